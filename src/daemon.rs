@@ -1,0 +1,115 @@
+//! `lorastream run`: opens the store, registers the configured sources, and runs
+//! until told to stop. The actor pipeline (DESIGN.md §1) plugs in here.
+//!
+//! Like mini-redis, the daemon takes its control signals as a stream parameter,
+//! so tests drive it without sending real signals; [`signals`] maps SIGINT,
+//! SIGTERM and SIGHUP onto it.
+
+use std::path::PathBuf;
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+/// What the outside world asks of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// SIGHUP: re-read the config; an invalid file keeps the old one running.
+    Reload,
+    /// SIGINT / SIGTERM.
+    Shutdown(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot create state directory {}: {source}", path.display())]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the daemon until a shutdown arrives on `control` (or the sender is dropped).
+pub async fn run(
+    config_path: PathBuf,
+    mut config: Config,
+    mut control: mpsc::Receiver<Control>,
+) -> Result<(), DaemonError> {
+    let state_dir = config.state_dir();
+    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let store = Store::open_with_timeout(
+        &config.store_path(),
+        std::time::Duration::from_millis(config.store.busy_timeout_ms),
+    )?;
+    register_sources(&store, &config)?;
+    crate::ml::device::set_threads(config.model.threads);
+    tracing::info!(
+        config = %config_path.display(),
+        state_dir = %state_dir.display(),
+        db = %store.path().display(),
+        schema = store.schema_version()?,
+        summary = %config.summary(),
+        "lorastream started"
+    );
+
+    let reason = loop {
+        match control.recv().await {
+            Some(Control::Reload) => match Config::load(&config_path) {
+                Ok(new) => {
+                    register_sources(&store, &new)?;
+                    config = new;
+                    tracing::info!(config = %config_path.display(), summary = %config.summary(), "config reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(config = %config_path.display(), error = %e, "config reload failed; keeping the running config");
+                }
+            },
+            Some(Control::Shutdown(signal)) => break signal,
+            None => break "control channel closed",
+        }
+    };
+    tracing::info!(reason, "shutting down");
+    store.checkpoint()?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+fn register_sources(store: &Store, config: &Config) -> Result<(), StoreError> {
+    for s in &config.sources {
+        store.ensure_source(&s.name, s.kind.as_str())?;
+    }
+    Ok(())
+}
+
+/// Forwards SIGHUP as [`Control::Reload`] and SIGINT/SIGTERM as
+/// [`Control::Shutdown`] to the returned receiver. Must be called inside a tokio
+/// runtime; the forwarding task ends after the first shutdown signal.
+pub fn signals() -> Result<mpsc::Receiver<Control>, DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = term.recv() => Control::Shutdown("SIGTERM"),
+                _ = int.recv() => Control::Shutdown("SIGINT"),
+                _ = hup.recv() => Control::Reload,
+            };
+            let stop = matches!(msg, Control::Shutdown(_));
+            if tx.send(msg).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -1,0 +1,22 @@
+//! lorastream: a daemon that keeps a language model learning from the web.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML configuration, defaults, validation with key and line.
+//! - [`store`]: SQLite (WAL) with numbered migrations and a typed API per table.
+//! - [`fsutil`]: atomic file writes used for every artifact.
+//! - [`logging`]: tracing-subscriber set-up (terminal, plain, JSON).
+//! - [`ml`]: the model layer on libtorch (tch): devices for now.
+//! - [`daemon`]: `lorastream run`: store, sources, signals; the actor pipeline
+//!   of DESIGN.md §1 plugs in here.
+//! - [`status`]: the report behind `lorastream status`.
+//!
+//! The binary (`src/main.rs`) is the clap command line over these modules.
+
+pub mod config;
+pub mod daemon;
+pub mod fsutil;
+pub mod logging;
+pub mod ml;
+pub mod status;
+pub mod store;

@@ -1,0 +1,97 @@
+//! tracing-subscriber set-up: human format on a terminal, plain text without
+//! colours otherwise (journald adds its own timestamps), JSON on request.
+//! Filters use `RUST_LOG` syntax; `RUST_LOG` wins over `-v/-q` and the config.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// How the process should log, resolved from flags, environment and config.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+impl LogSettings {
+    /// `verbosity` is `-v` count minus `-q` count; 0 keeps `config_filter`.
+    pub fn new(format: LogFormat, verbosity: i8, config_filter: &str) -> Self {
+        let filter = match verbosity {
+            i8::MIN..=-2 => "error".to_string(),
+            -1 => "warn".to_string(),
+            0 => config_filter.to_string(),
+            1 => "debug".to_string(),
+            _ => "trace".to_string(),
+        };
+        LogSettings { format, filter }
+    }
+}
+
+/// The output style that `format` resolves to on this process's stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Ansi,
+    Plain { timestamps: bool },
+    Json,
+}
+
+pub fn style(format: LogFormat, stdout_is_tty: bool, under_journald: bool) -> Style {
+    match format {
+        LogFormat::Json => Style::Json,
+        LogFormat::Pretty | LogFormat::Auto if stdout_is_tty => Style::Ansi,
+        _ => Style::Plain {
+            timestamps: !under_journald,
+        },
+    }
+}
+
+/// Installs the global subscriber. Returns an error naming a bad filter.
+pub fn init(settings: &LogSettings) -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.trim().is_empty() => EnvFilter::try_new(&f).map_err(|e| format!("invalid RUST_LOG {f:?}: {e}"))?,
+        _ => EnvFilter::try_new(&settings.filter)
+            .map_err(|e| format!("invalid log filter {:?}: {e}", settings.filter))?,
+    };
+    // systemd sets JOURNAL_STREAM when stdout is connected to the journal.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let result = match style(settings.format, std::io::stdout().is_terminal(), journald) {
+        Style::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        Style::Ansi => builder.with_ansi(true).try_init(),
+        Style::Plain { timestamps: true } => builder.with_ansi(false).try_init(),
+        Style::Plain { timestamps: false } => builder.with_ansi(false).without_time().try_init(),
+    };
+    result.map_err(|e| format!("cannot install logger: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn style_follows_terminal_and_request() {
+        assert_eq!(style(LogFormat::Auto, true, false), Style::Ansi);
+        assert_eq!(style(LogFormat::Auto, false, false), Style::Plain { timestamps: true });
+        assert_eq!(style(LogFormat::Auto, false, true), Style::Plain { timestamps: false });
+        assert_eq!(style(LogFormat::Pretty, false, false), Style::Plain { timestamps: true });
+        assert_eq!(style(LogFormat::Json, true, false), Style::Json);
+    }
+
+    #[test]
+    fn verbosity_maps_to_filters() {
+        assert_eq!(LogSettings::new(LogFormat::Auto, 0, "info,lorastream=debug").filter, "info,lorastream=debug");
+        assert_eq!(LogSettings::new(LogFormat::Auto, 1, "info").filter, "debug");
+        assert_eq!(LogSettings::new(LogFormat::Auto, 3, "info").filter, "trace");
+        assert_eq!(LogSettings::new(LogFormat::Auto, -1, "info").filter, "warn");
+        assert_eq!(LogSettings::new(LogFormat::Auto, -5, "info").filter, "error");
+    }
+}

@@ -1,0 +1,97 @@
+//! Which device and how many threads tensor work uses.
+
+use serde::Serialize;
+use tch::Device;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("device {0:?} is not one of auto, cpu, cuda, cuda:N")]
+    Unknown(String),
+    #[error("device {spec:?} asked for, but {found}")]
+    Unavailable { spec: String, found: String },
+}
+
+/// Resolves `auto | cpu | cuda | cuda:N` against what this machine has.
+pub fn resolve(spec: &str) -> Result<Device, DeviceError> {
+    let gpus = tch::Cuda::device_count().max(0) as usize;
+    let cuda = |i: usize| {
+        if i < gpus {
+            Ok(Device::Cuda(i))
+        } else {
+            Err(DeviceError::Unavailable {
+                spec: spec.to_string(),
+                found: format!("{gpus} CUDA device(s) are visible"),
+            })
+        }
+    };
+    match spec {
+        "auto" => Ok(if gpus > 0 { Device::Cuda(0) } else { Device::Cpu }),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => cuda(i),
+            _ => Err(DeviceError::Unknown(other.to_string())),
+        },
+    }
+}
+
+/// Sets libtorch's intra-op thread count; 0 means one per core.
+pub fn set_threads(threads: usize) {
+    let n = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    tch::set_num_threads(n as i32);
+}
+
+/// Facts about the libtorch this binary runs on.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeInfo {
+    /// The libtorch `lib/` directory the binary was linked against (its rpath).
+    pub libtorch_lib: &'static str,
+    pub cuda_devices: usize,
+    pub cudnn: bool,
+    pub threads: i32,
+}
+
+pub fn runtime_info() -> RuntimeInfo {
+    RuntimeInfo {
+        libtorch_lib: env!("LORASTREAM_LIBTORCH_LIB"),
+        cuda_devices: tch::Cuda::device_count().max(0) as usize,
+        cudnn: tch::Cuda::cudnn_is_available(),
+        threads: tch::get_num_threads(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn resolves_device_specs() {
+        assert_eq!(resolve("cpu").unwrap(), Device::Cpu);
+        let auto = resolve("auto").unwrap();
+        assert_eq!(auto.is_cuda(), tch::Cuda::device_count() > 0);
+        assert!(matches!(resolve("tpu"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(resolve("cuda:x"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(resolve("cuda:99"), Err(DeviceError::Unavailable { .. })));
+    }
+
+    #[test]
+    fn libtorch_computes_on_cpu() {
+        set_threads(1);
+        assert_eq!(tch::get_num_threads(), 1);
+        let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).reshape([2, 2]);
+        let b = a.matmul(&a.transpose(0, 1));
+        // [[1,2],[3,4]] @ [[1,3],[2,4]] = [[5,11],[11,25]]
+        let got: Vec<f32> = b.flatten(0, 1).try_into().unwrap();
+        assert_eq!(got, vec![5.0, 11.0, 11.0, 25.0]);
+        let x = Tensor::from_slice(&[0.5f32, -1.0, 2.0]).set_requires_grad(true);
+        let y = (&x * &x).sum(Kind::Float);
+        y.backward();
+        let g: Vec<f32> = x.grad().try_into().unwrap();
+        assert_eq!(g, vec![1.0, -2.0, 4.0]);
+    }
+}

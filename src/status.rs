@@ -1,0 +1,189 @@
+//! `lorastream status`: what the store says about sources, items, streams and
+//! adapters, plus the libtorch the binary runs on.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::ml::device::{RuntimeInfo, runtime_info};
+use crate::store::{
+    AdapterRow, ExampleState, SourceRow, Store, StoreError, StreamRow,
+};
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub state_dir: PathBuf,
+    pub db: PathBuf,
+    /// False when the daemon has never run with this config (no database yet).
+    pub initialized: bool,
+    pub schema_version: Option<i64>,
+    pub libtorch: RuntimeInfo,
+    pub sources: Vec<SourceStatus>,
+    /// (state, drop reason, count) over raw items.
+    pub raw_items: Vec<(String, Option<String>, i64)>,
+    /// (state, count) over examples.
+    pub examples: Vec<(String, i64)>,
+    pub streams: Vec<StreamRow>,
+    pub adapters: Vec<AdapterRow>,
+    pub served_adapter: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub kind: String,
+    pub enabled: bool,
+    pub schedule: Option<String>,
+    /// None when the source is configured but has never run.
+    pub store: Option<SourceRow>,
+}
+
+/// Gathers the report. A missing database is reported, not created.
+pub fn gather(config: &Config) -> Result<StatusReport, StoreError> {
+    let db = config.store_path();
+    let mut report = StatusReport {
+        state_dir: config.state_dir(),
+        db: db.clone(),
+        initialized: db.exists(),
+        schema_version: None,
+        libtorch: runtime_info(),
+        sources: Vec::new(),
+        raw_items: Vec::new(),
+        examples: Vec::new(),
+        streams: Vec::new(),
+        adapters: Vec::new(),
+        served_adapter: None,
+    };
+    let store = if report.initialized {
+        Some(Store::open(&db)?)
+    } else {
+        None
+    };
+    let rows = match &store {
+        Some(s) => s.sources()?,
+        None => Vec::new(),
+    };
+    for s in &config.sources {
+        report.sources.push(SourceStatus {
+            name: s.name.clone(),
+            kind: s.kind.to_string(),
+            enabled: s.enabled,
+            schedule: s.schedule.clone().or_else(|| config.schedule.crawl.clone()),
+            store: rows.iter().find(|r| r.name == s.name).cloned(),
+        });
+    }
+    if let Some(store) = store {
+        report.schema_version = Some(store.schema_version()?);
+        report.raw_items = store.raw_item_counts()?;
+        for &state in ExampleState::ALL {
+            report
+                .examples
+                .push((state.to_string(), store.count_examples(state)?));
+        }
+        report.streams = store.streams()?;
+        report.adapters = store.adapters()?;
+        report.served_adapter = store.served_adapter()?.map(|a| a.id);
+    }
+    Ok(report)
+}
+
+fn ago(ms: Option<i64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(t) => {
+            let secs = (crate::store::now_ms() - t).max(0) / 1000;
+            match secs {
+                0..120 => format!("{secs}s ago"),
+                120..7200 => format!("{}m ago", secs / 60),
+                7200..172800 => format!("{}h ago", secs / 3600),
+                _ => format!("{}d ago", secs / 86400),
+            }
+        }
+    }
+}
+
+impl StatusReport {
+    /// The human-readable form.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "state_dir  {}", self.state_dir.display());
+        match self.schema_version {
+            Some(v) => {
+                let _ = writeln!(o, "store      {} (schema {v})", self.db.display());
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "store      {} (not created yet: the daemon has not run)",
+                    self.db.display()
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "libtorch   {} ({} CUDA device(s), {} threads)",
+            self.libtorch.libtorch_lib, self.libtorch.cuda_devices, self.libtorch.threads
+        );
+        let _ = writeln!(o, "\nsources ({})", self.sources.len());
+        for s in &self.sources {
+            let (last, health, items) = match &s.store {
+                None => ("never".to_string(), "ok".to_string(), 0),
+                Some(r) => (
+                    ago(r.last_run_at),
+                    if r.degraded {
+                        format!("DEGRADED ({} failures: {})", r.error_count, r.last_error.as_deref().unwrap_or("?"))
+                    } else if r.error_count > 0 {
+                        format!("{} failure(s)", r.error_count)
+                    } else {
+                        "ok".to_string()
+                    },
+                    r.items_total,
+                ),
+            };
+            let _ = writeln!(
+                o,
+                "  {:<20} {:<12} {:<8} last run {:<10} items {:<7} {}  schedule {}",
+                s.name,
+                s.kind,
+                if s.enabled { "enabled" } else { "disabled" },
+                last,
+                items,
+                health,
+                s.schedule.as_deref().unwrap_or("on demand"),
+            );
+        }
+        if !self.raw_items.is_empty() {
+            let _ = writeln!(o, "\nraw items");
+            for (state, reason, n) in &self.raw_items {
+                let _ = match reason {
+                    Some(r) => writeln!(o, "  {state:<10} {r:<24} {n}"),
+                    None => writeln!(o, "  {state:<10} {:<24} {n}", ""),
+                };
+            }
+        }
+        if self.schema_version.is_some() {
+            let ex: Vec<String> = self.examples.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            let _ = writeln!(o, "\nexamples   {}", ex.join(", "));
+        }
+        let _ = writeln!(o, "\nstreams ({})", self.streams.len());
+        for s in &self.streams {
+            let _ = writeln!(
+                o,
+                "  #{:<4} {:<24} train {:<6} eval {:<6} {}",
+                s.id, s.name, s.n_train, s.n_eval, s.state
+            );
+        }
+        let _ = writeln!(o, "\nadapters ({})", self.adapters.len());
+        for a in &self.adapters {
+            let served = if Some(a.id) == self.served_adapter { "  <- serving" } else { "" };
+            let _ = writeln!(
+                o,
+                "  v{:<4} stream #{:<4} attempt {} {}{served}",
+                a.id, a.stream_id, a.attempt, a.state
+            );
+        }
+        o
+    }
+}

@@ -1,0 +1,391 @@
+//! Row types and the state machines of the store's tables.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::Row;
+use serde::Serialize;
+use serde_json::Value;
+
+/// A text column holding one of a fixed set of values.
+macro_rules! text_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok($name::$variant),)+
+                    other => Err(format!("unknown {} {other:?}", stringify!($name))),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                v.as_str()?.parse().map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
+            }
+        }
+    };
+}
+
+/// A table whose rows move through states; `can_become` is the transition table.
+pub trait StateMachine: Copy + fmt::Display + rusqlite::types::FromSql + 'static {
+    const WHAT: &'static str;
+    const TABLE: &'static str;
+    fn as_str(self) -> &'static str;
+    fn can_become(self, to: Self) -> bool;
+}
+
+text_enum!(
+    /// raw_items.state
+    RawState { New = "new", Processed = "processed", Dropped = "dropped" }
+);
+text_enum!(
+    /// examples.state
+    ExampleState { New = "new", Ready = "ready", Sealed = "sealed", Dropped = "dropped" }
+);
+text_enum!(
+    /// streams.state
+    StreamState { Sealed = "sealed", Training = "training", Trained = "trained", Failed = "failed" }
+);
+text_enum!(
+    /// adapters.state
+    AdapterState {
+        Training = "training",
+        Candidate = "candidate",
+        Promoted = "promoted",
+        Rejected = "rejected",
+        RolledBack = "rolled_back",
+        Failed = "failed",
+    }
+);
+text_enum!(
+    /// examples.origin
+    Origin { Crawl = "crawl", Import = "import", Conversation = "conversation" }
+);
+text_enum!(
+    /// examples.split
+    Split { Train = "train", Eval = "eval" }
+);
+text_enum!(
+    /// messages.role
+    Role { System = "system", User = "user", Assistant = "assistant" }
+);
+
+impl StateMachine for RawState {
+    const WHAT: &'static str = "raw item";
+    const TABLE: &'static str = "raw_items";
+    fn as_str(self) -> &'static str {
+        RawState::as_str(self)
+    }
+    fn can_become(self, to: Self) -> bool {
+        use RawState::*;
+        matches!((self, to), (New, Processed) | (New, Dropped))
+    }
+}
+
+impl StateMachine for ExampleState {
+    const WHAT: &'static str = "example";
+    const TABLE: &'static str = "examples";
+    fn as_str(self) -> &'static str {
+        ExampleState::as_str(self)
+    }
+    fn can_become(self, to: Self) -> bool {
+        use ExampleState::*;
+        matches!((self, to), (New, Ready) | (New, Dropped) | (Ready, Sealed) | (Ready, Dropped))
+    }
+}
+
+impl StateMachine for StreamState {
+    const WHAT: &'static str = "stream";
+    const TABLE: &'static str = "streams";
+    fn as_str(self) -> &'static str {
+        StreamState::as_str(self)
+    }
+    fn can_become(self, to: Self) -> bool {
+        use StreamState::*;
+        // trained -> training: the feedback loop retrains a stream.
+        matches!(
+            (self, to),
+            (Sealed, Training) | (Training, Trained) | (Training, Failed) | (Failed, Training) | (Trained, Training)
+        )
+    }
+}
+
+impl StateMachine for AdapterState {
+    const WHAT: &'static str = "adapter";
+    const TABLE: &'static str = "adapters";
+    fn as_str(self) -> &'static str {
+        AdapterState::as_str(self)
+    }
+    fn can_become(self, to: Self) -> bool {
+        use AdapterState::*;
+        matches!(
+            (self, to),
+            (Training, Candidate)
+                | (Training, Failed)
+                | (Candidate, Promoted)
+                | (Candidate, Rejected)
+                | (Promoted, RolledBack)
+                // An operator may promote by hand what the policy refused or rolled back.
+                | (Rejected, Promoted)
+                | (RolledBack, Promoted)
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRow {
+    pub name: String,
+    pub kind: String,
+    pub cursor: Option<String>,
+    pub last_run_at: Option<i64>,
+    pub last_ok_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub error_count: i64,
+    pub degraded: bool,
+    pub items_total: i64,
+}
+
+impl SourceRow {
+    pub(crate) const SELECT: &'static str = "SELECT name, kind, cursor, last_run_at, last_ok_at, last_error, error_count, degraded, items_total FROM sources";
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(SourceRow {
+            name: r.get(0)?,
+            kind: r.get(1)?,
+            cursor: r.get(2)?,
+            last_run_at: r.get(3)?,
+            last_ok_at: r.get(4)?,
+            last_error: r.get(5)?,
+            error_count: r.get(6)?,
+            degraded: r.get(7)?,
+            items_total: r.get(8)?,
+        })
+    }
+}
+
+/// A record to store in `raw_items`.
+#[derive(Debug, Clone)]
+pub struct NewRawItem<'a> {
+    pub source: &'a str,
+    pub external_id: Option<&'a str>,
+    pub url: Option<&'a str>,
+    pub question: &'a str,
+    pub answer: Option<&'a str>,
+    /// upvotes, comment_count, shares, date … as found.
+    pub meta: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RawItem {
+    pub id: i64,
+    pub source: String,
+    pub content_hash: String,
+    pub external_id: Option<String>,
+    pub url: Option<String>,
+    pub question: String,
+    pub answer: Option<String>,
+    pub meta: Value,
+    pub fetched_at: i64,
+    pub state: RawState,
+    pub drop_reason: Option<String>,
+}
+
+impl RawItem {
+    pub(crate) const SELECT: &'static str = "SELECT id, source, content_hash, external_id, url, question, answer, meta, fetched_at, state, drop_reason FROM raw_items";
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(RawItem {
+            id: r.get(0)?,
+            source: r.get(1)?,
+            content_hash: r.get(2)?,
+            external_id: r.get(3)?,
+            url: r.get(4)?,
+            question: r.get(5)?,
+            answer: r.get(6)?,
+            meta: r.get(7)?,
+            fetched_at: r.get(8)?,
+            state: r.get(9)?,
+            drop_reason: r.get(10)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewExample {
+    pub raw_item_id: Option<i64>,
+    /// `[{"role": "user", "content": …}, {"role": "assistant", …}]`
+    pub messages: Value,
+    pub origin: Origin,
+    pub quality: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExampleRow {
+    pub id: i64,
+    pub raw_item_id: Option<i64>,
+    pub messages: Value,
+    pub origin: Origin,
+    pub quality: Value,
+    pub summary_backend: Option<String>,
+    pub summary: Option<String>,
+    pub state: ExampleState,
+    pub stream_id: Option<i64>,
+    pub split: Option<Split>,
+    pub created_at: i64,
+}
+
+impl ExampleRow {
+    pub(crate) const SELECT: &'static str = "SELECT id, raw_item_id, messages, origin, quality, summary_backend, summary, state, stream_id, split, created_at FROM examples";
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(ExampleRow {
+            id: r.get(0)?,
+            raw_item_id: r.get(1)?,
+            messages: r.get(2)?,
+            origin: r.get(3)?,
+            quality: r.get(4)?,
+            summary_backend: r.get(5)?,
+            summary: r.get(6)?,
+            state: r.get(7)?,
+            stream_id: r.get(8)?,
+            split: r.get(9)?,
+            created_at: r.get(10)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamRow {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+    pub n_train: i64,
+    pub n_eval: i64,
+    pub path: PathBuf,
+    pub state: StreamState,
+}
+
+impl StreamRow {
+    pub(crate) const SELECT: &'static str =
+        "SELECT id, name, created_at, n_train, n_eval, path, state FROM streams";
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(StreamRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            created_at: r.get(2)?,
+            n_train: r.get(3)?,
+            n_eval: r.get(4)?,
+            path: PathBuf::from(r.get::<_, String>(5)?),
+            state: r.get(6)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAdapter<'a> {
+    pub parent_id: Option<i64>,
+    pub stream_id: i64,
+    pub attempt: i64,
+    pub path: &'a Path,
+    pub hyperparams: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterRow {
+    pub id: i64,
+    pub parent_id: Option<i64>,
+    pub stream_id: i64,
+    pub attempt: i64,
+    pub path: PathBuf,
+    pub hyperparams: Value,
+    pub train_log: Option<Value>,
+    pub decision: Option<Value>,
+    pub state: AdapterState,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl AdapterRow {
+    pub(crate) const SELECT: &'static str = "SELECT id, parent_id, stream_id, attempt, path, hyperparams, train_log, decision, state, created_at, updated_at FROM adapters";
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(AdapterRow {
+            id: r.get(0)?,
+            parent_id: r.get(1)?,
+            stream_id: r.get(2)?,
+            attempt: r.get(3)?,
+            path: PathBuf::from(r.get::<_, String>(4)?),
+            hyperparams: r.get(5)?,
+            train_log: r.get(6)?,
+            decision: r.get(7)?,
+            state: r.get(8)?,
+            created_at: r.get(9)?,
+            updated_at: r.get(10)?,
+        })
+    }
+}
+
+/// One cell of the perplexity matrix.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalRow {
+    /// 0 = the base model.
+    pub adapter_id: i64,
+    /// 0 = the general probe set.
+    pub stream_id: i64,
+    pub perplexity: f64,
+    pub nll_sum: f64,
+    pub tokens: i64,
+    pub evaluated_at: i64,
+}
+
+impl EvalRow {
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(EvalRow {
+            adapter_id: r.get(0)?,
+            stream_id: r.get(1)?,
+            perplexity: r.get(2)?,
+            nll_sum: r.get(3)?,
+            tokens: r.get(4)?,
+            evaluated_at: r.get(5)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageRow {
+    pub id: i64,
+    pub conversation_id: String,
+    pub role: Role,
+    pub content: String,
+    pub created_at: i64,
+}
+
+impl MessageRow {
+    pub(crate) const SELECT: &'static str =
+        "SELECT id, conversation_id, role, content, created_at FROM messages";
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(MessageRow {
+            id: r.get(0)?,
+            conversation_id: r.get(1)?,
+            role: r.get(2)?,
+            content: r.get(3)?,
+            created_at: r.get(4)?,
+        })
+    }
+}

@@ -1,0 +1,267 @@
+//! Store tests against a real SQLite file in a temporary directory.
+
+use super::*;
+use serde_json::json;
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state/lorastream.db")).unwrap();
+    (dir, store)
+}
+
+fn qa(store: &Store, q: &str, a: &str) -> Inserted {
+    store
+        .insert_raw_item(&NewRawItem {
+            source: "spool",
+            external_id: None,
+            url: Some("https://www.quora.com/q"),
+            question: q,
+            answer: Some(a),
+            meta: json!({"upvotes": 3}),
+        })
+        .unwrap()
+}
+
+fn example(store: &Store, q: &str, a: &str) -> i64 {
+    store
+        .insert_example(&NewExample {
+            raw_item_id: None,
+            messages: json!([{"role": "user", "content": q}, {"role": "assistant", "content": a}]),
+            origin: Origin::Import,
+            quality: json!({}),
+        })
+        .unwrap()
+        .id()
+}
+
+#[test]
+fn opens_in_wal_with_current_schema_and_reopens() {
+    let (dir, store) = open();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(store.journal_mode().unwrap(), "wal");
+    store.ensure_source("spool", "spool").unwrap();
+    drop(store);
+    let again = Store::open(&dir.path().join("state/lorastream.db")).unwrap();
+    assert_eq!(again.sources().unwrap().len(), 1);
+}
+
+#[test]
+fn refuses_a_newer_database_without_touching_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE t (x); PRAGMA user_version = 99;")
+            .unwrap();
+    }
+    let err = Store::open(&path).err().expect("a newer schema must be refused");
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::NewerSchema { found: 99, .. }), "{msg}");
+    assert!(msg.contains("99") && msg.contains("future.db"), "{msg}");
+    let c = Connection::open(&path).unwrap();
+    let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!((v, mode.as_str()), (99, "delete"));
+}
+
+#[test]
+fn raw_items_dedup_by_content_across_sources_and_spacing() {
+    let (_d, store) = open();
+    store.ensure_source("spool", "spool").unwrap();
+    let a = qa(&store, "What is Rust?", "A systems  language.");
+    let b = qa(&store, "  What is Rust?\n", "A systems language.");
+    let c = qa(&store, "What is Rust?", "Something else.");
+    assert!(a.is_new() && !b.is_new() && c.is_new());
+    assert_eq!(a.id(), b.id());
+    let item = store.raw_item(a.id()).unwrap().unwrap();
+    assert_eq!(item.meta["upvotes"], 3);
+    assert_eq!(item.state, RawState::New);
+}
+
+#[test]
+fn raw_item_needs_a_registered_source() {
+    let (_d, store) = open();
+    let err = store
+        .insert_raw_item(&NewRawItem {
+            source: "nobody",
+            external_id: None,
+            url: None,
+            question: "q",
+            answer: None,
+            meta: json!({}),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+}
+
+#[test]
+fn raw_item_states_follow_the_state_machine() {
+    let (_d, store) = open();
+    store.ensure_source("spool", "spool").unwrap();
+    let id = qa(&store, "q1", "a1").id();
+    let id2 = qa(&store, "q2", "a2").id();
+    store
+        .set_raw_item_state(id, RawState::Dropped, Some("no_answer"))
+        .unwrap();
+    store.set_raw_item_state(id2, RawState::Processed, None).unwrap();
+    let err = store
+        .set_raw_item_state(id, RawState::Processed, None)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidTransition { .. }), "{err}");
+    assert_eq!(store.raw_item(id).unwrap().unwrap().drop_reason.as_deref(), Some("no_answer"));
+    assert_eq!(store.raw_items_in_state(RawState::New, 10).unwrap().len(), 0);
+    let counts = store.raw_item_counts().unwrap();
+    assert!(counts.contains(&("dropped".into(), Some("no_answer".into()), 1)));
+    assert!(matches!(
+        store.set_raw_item_state(999, RawState::Dropped, None),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn source_failures_degrade_and_success_recovers() {
+    let (_d, store) = open();
+    store.ensure_source("hf", "hf_datasets").unwrap();
+    store.set_source_cursor("hf", "300").unwrap();
+    for i in 1..=3 {
+        let row = store.record_source_failure("hf", "HTTP 503", 3).unwrap();
+        assert_eq!(row.error_count, i);
+        assert_eq!(row.degraded, i >= 3);
+    }
+    store.record_source_success("hf", 40).unwrap();
+    let row = store.source("hf").unwrap().unwrap();
+    assert_eq!((row.error_count, row.degraded, row.items_total), (0, false, 40));
+    assert_eq!(row.cursor.as_deref(), Some("300"));
+    assert!(row.last_error.is_none());
+    // Re-registering keeps the cursor.
+    store.ensure_source("hf", "hf_datasets").unwrap();
+    assert_eq!(store.source("hf").unwrap().unwrap().cursor.as_deref(), Some("300"));
+    assert!(matches!(
+        store.set_source_cursor("missing", "1"),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn examples_dedup_then_seal_into_a_stream_atomically() {
+    let (dir, store) = open();
+    let ids: Vec<i64> = (0..5).map(|i| example(&store, &format!("q{i}"), "a")).collect();
+    assert_eq!(example(&store, "q0", "a"), ids[0], "duplicate example must return the first id");
+    for &id in &ids[..4] {
+        store.mark_example_ready(id, Some(("extractive", "short"))).unwrap();
+    }
+    assert_eq!(store.count_examples(ExampleState::Ready).unwrap(), 4);
+    let row = store.example(ids[0]).unwrap().unwrap();
+    assert_eq!(row.summary_backend.as_deref(), Some("extractive"));
+
+    // ids[4] is not ready: sealing must fail and change nothing.
+    let path = dir.path().join("streams/1");
+    let err = store
+        .seal_stream("s1", &ids[..3], &[ids[4]], &path)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidTransition { .. }), "{err}");
+    assert!(store.streams().unwrap().is_empty());
+    assert_eq!(store.count_examples(ExampleState::Ready).unwrap(), 4);
+
+    let sid = store.seal_stream("s1", &ids[..3], &[ids[3]], &path).unwrap();
+    let s = store.stream(sid).unwrap().unwrap();
+    assert_eq!((s.n_train, s.n_eval, s.state), (3, 1, StreamState::Sealed));
+    assert_eq!(store.stream_example_ids(sid, Split::Train).unwrap(), ids[..3].to_vec());
+    assert_eq!(store.stream_example_ids(sid, Split::Eval).unwrap(), vec![ids[3]]);
+    assert_eq!(store.count_examples(ExampleState::Sealed).unwrap(), 4);
+
+    store.set_stream_state(sid, StreamState::Training).unwrap();
+    store.set_stream_state(sid, StreamState::Trained).unwrap();
+    assert!(store.set_stream_state(sid, StreamState::Sealed).is_err());
+}
+
+#[test]
+fn adapters_promote_and_roll_back() {
+    let (dir, store) = open();
+    let e = example(&store, "q", "a");
+    store.mark_example_ready(e, None).unwrap();
+    let sid = store.seal_stream("s", &[e], &[], dir.path()).unwrap();
+    let mk = |parent| {
+        store
+            .insert_adapter(&NewAdapter {
+                parent_id: parent,
+                stream_id: sid,
+                attempt: 1,
+                path: Path::new("/x"),
+                hyperparams: json!({"lr": 2e-4, "r": 8}),
+            })
+            .unwrap()
+    };
+    let v1 = mk(None);
+    assert!(store.set_adapter_state(v1, AdapterState::Promoted, None).is_err(), "training cannot be promoted");
+    store.set_adapter_state(v1, AdapterState::Candidate, None).unwrap();
+    store
+        .set_adapter_state(v1, AdapterState::Promoted, Some(&json!({"reason": "improved"})))
+        .unwrap();
+    assert_eq!(store.served_adapter().unwrap().unwrap().id, v1);
+
+    let v2 = mk(Some(v1));
+    store.set_adapter_train_log(v2, &json!({"loss": [2.0, 1.5]})).unwrap();
+    store.set_adapter_state(v2, AdapterState::Candidate, None).unwrap();
+    store.set_adapter_state(v2, AdapterState::Promoted, None).unwrap();
+    assert_eq!(store.served_adapter().unwrap().unwrap().id, v2);
+    store.set_adapter_state(v2, AdapterState::RolledBack, None).unwrap();
+    let served = store.served_adapter().unwrap().unwrap();
+    assert_eq!(served.id, v1);
+    assert_eq!(served.decision.unwrap()["reason"], "improved");
+    let row = store.adapter(v2).unwrap().unwrap();
+    assert_eq!(row.parent_id, Some(v1));
+    assert_eq!(row.train_log.unwrap()["loss"][1], 1.5);
+}
+
+#[test]
+fn evals_upsert_one_cell_per_pair() {
+    let (_d, store) = open();
+    let cell = |ppl: f64| EvalRow {
+        adapter_id: 0,
+        stream_id: 1,
+        perplexity: ppl,
+        nll_sum: ppl.ln() * 10.0,
+        tokens: 10,
+        evaluated_at: 0,
+    };
+    store.upsert_eval(&cell(12.0)).unwrap();
+    store.upsert_eval(&cell(9.5)).unwrap();
+    let all = store.evals().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].perplexity, 9.5);
+}
+
+#[test]
+fn conversations_are_searchable_and_queries_are_inert() {
+    let (_d, store) = open();
+    store.create_conversation("c1", Some("rust"), false).unwrap();
+    store.add_message("c1", Role::User, "How do I learn Rust borrowing?").unwrap();
+    store
+        .add_message("c1", Role::Assistant, "Read the book chapter on ownership.")
+        .unwrap();
+    store.create_conversation("c2", None, true).unwrap();
+    store.add_message("c2", Role::User, "Best pizza in Naples?").unwrap();
+
+    let hits = store.search_messages("ownership", 5).unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].conversation_id, "c1");
+    // FTS5 syntax in user text must not error or widen the match.
+    for q in ["NEAR(\"pizza\" AND", "\"unterminated", "* OR -", ""] {
+        let r = store.search_messages(q, 5);
+        assert!(r.is_ok(), "{q}: {r:?}");
+    }
+    assert_eq!(store.search_messages("pizza AND", 5).unwrap().len(), 1);
+    assert_eq!(store.messages("c1").unwrap().len(), 2);
+    assert!(matches!(
+        store.add_message("nope", Role::User, "hi"),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn content_hash_ignores_spacing_but_not_text_or_boundaries() {
+    assert_eq!(content_hash(&["a  b", "c"]), content_hash(&[" a b\n", "c "]));
+    assert_ne!(content_hash(&["a b", "c"]), content_hash(&["a", "b c"]));
+    assert_ne!(content_hash(&["a", "b"]), content_hash(&["a", "c"]));
+}
