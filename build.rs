@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const HINT: &str = "run scripts/setup-libtorch.sh (or `make build`), or set LIBTORCH to a libtorch directory";
+const HINT: &str =
+    "run scripts/setup-libtorch.sh (or `make build`), or set LIBTORCH to a libtorch directory";
 
 fn libtorch_dir() -> Result<PathBuf, String> {
     println!("cargo::rerun-if-env-changed=LIBTORCH");
@@ -20,7 +21,10 @@ fn libtorch_dir() -> Result<PathBuf, String> {
     if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
         let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python3".into());
         let out = Command::new(&python)
-            .args(["-c", "import os, torch; print(os.path.dirname(torch.__file__))"])
+            .args([
+                "-c",
+                "import os, torch; print(os.path.dirname(torch.__file__))",
+            ])
             .output()
             .map_err(|e| format!("cannot run {python}: {e}"))?;
         if !out.status.success() {
@@ -43,11 +47,17 @@ fn main() {
     let lib = dir.join("lib");
     println!("cargo::rerun-if-changed={}", lib.display());
     let Ok(lib) = lib.canonicalize() else {
-        println!("cargo::error=libtorch not found at {}: {HINT}", dir.display());
+        println!(
+            "cargo::error=libtorch not found at {}: {HINT}",
+            dir.display()
+        );
         return;
     };
     if !lib.join("libtorch_cpu.so").exists() && !lib.join("libtorch_cpu.dylib").exists() {
-        println!("cargo::error=no libtorch_cpu library in {}: {HINT}", lib.display());
+        println!(
+            "cargo::error=no libtorch_cpu library in {}: {HINT}",
+            lib.display()
+        );
         return;
     }
     println!("cargo::rustc-link-arg=-Wl,-rpath,{}", lib.display());

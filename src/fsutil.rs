@@ -81,7 +81,7 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), b"one");
         write_atomic(&target, b"two").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two");
-        assert!(leftovers(&target.parent().unwrap().to_path_buf()).is_empty());
+        assert!(leftovers(target.parent().unwrap()).is_empty());
     }
 
     #[test]

@@ -50,7 +50,9 @@ pub fn style(format: LogFormat, stdout_is_tty: bool, under_journald: bool) -> St
 /// Installs the global subscriber. Returns an error naming a bad filter.
 pub fn init(settings: &LogSettings) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(f) if !f.trim().is_empty() => EnvFilter::try_new(&f).map_err(|e| format!("invalid RUST_LOG {f:?}: {e}"))?,
+        Ok(f) if !f.trim().is_empty() => {
+            EnvFilter::try_new(&f).map_err(|e| format!("invalid RUST_LOG {f:?}: {e}"))?
+        }
         _ => EnvFilter::try_new(&settings.filter)
             .map_err(|e| format!("invalid log filter {:?}: {e}", settings.filter))?,
     };
@@ -80,18 +82,33 @@ mod tests {
     #[test]
     fn style_follows_terminal_and_request() {
         assert_eq!(style(LogFormat::Auto, true, false), Style::Ansi);
-        assert_eq!(style(LogFormat::Auto, false, false), Style::Plain { timestamps: true });
-        assert_eq!(style(LogFormat::Auto, false, true), Style::Plain { timestamps: false });
-        assert_eq!(style(LogFormat::Pretty, false, false), Style::Plain { timestamps: true });
+        assert_eq!(
+            style(LogFormat::Auto, false, false),
+            Style::Plain { timestamps: true }
+        );
+        assert_eq!(
+            style(LogFormat::Auto, false, true),
+            Style::Plain { timestamps: false }
+        );
+        assert_eq!(
+            style(LogFormat::Pretty, false, false),
+            Style::Plain { timestamps: true }
+        );
         assert_eq!(style(LogFormat::Json, true, false), Style::Json);
     }
 
     #[test]
     fn verbosity_maps_to_filters() {
-        assert_eq!(LogSettings::new(LogFormat::Auto, 0, "info,lorastream=debug").filter, "info,lorastream=debug");
+        assert_eq!(
+            LogSettings::new(LogFormat::Auto, 0, "info,lorastream=debug").filter,
+            "info,lorastream=debug"
+        );
         assert_eq!(LogSettings::new(LogFormat::Auto, 1, "info").filter, "debug");
         assert_eq!(LogSettings::new(LogFormat::Auto, 3, "info").filter, "trace");
         assert_eq!(LogSettings::new(LogFormat::Auto, -1, "info").filter, "warn");
-        assert_eq!(LogSettings::new(LogFormat::Auto, -5, "info").filter, "error");
+        assert_eq!(
+            LogSettings::new(LogFormat::Auto, -5, "info").filter,
+            "error"
+        );
     }
 }

@@ -14,10 +14,20 @@ use lorastream::{daemon, status};
 const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(name = "lorastream", version, about = "Keeps a language model learning from the web: crawl, clean, train LoRA adapters stream by stream, measure forgetting, serve the best.")]
+#[command(
+    name = "lorastream",
+    version,
+    about = "Keeps a language model learning from the web: crawl, clean, train LoRA adapters stream by stream, measure forgetting, serve the best."
+)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, short, global = true, env = "LORASTREAM_CONFIG", default_value = "/etc/lorastream/lorastream.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "LORASTREAM_CONFIG",
+        default_value = "/etc/lorastream/lorastream.toml"
+    )]
     config: PathBuf,
     /// Log format (default: the config's [daemon] log_format, else auto).
     #[arg(long, global = true, value_enum)]
@@ -83,7 +93,12 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 fn init_logs(cli: &Cli, config: &Config) -> anyhow::Result<()> {
     let verbosity = cli.verbose.min(10) as i8 - cli.quiet.min(10) as i8;
     let format = cli.log_format.unwrap_or(config.daemon.log_format);
-    logging::init(&LogSettings::new(format, verbosity, &config.daemon.log_filter)).map_err(anyhow::Error::msg)
+    logging::init(&LogSettings::new(
+        format,
+        verbosity,
+        &config.daemon.log_filter,
+    ))
+    .map_err(anyhow::Error::msg)
 }
 
 fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {

@@ -8,9 +8,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::ml::device::{RuntimeInfo, runtime_info};
-use crate::store::{
-    AdapterRow, ExampleState, SourceRow, Store, StoreError, StreamRow,
-};
+use crate::store::{AdapterRow, ExampleState, SourceRow, Store, StoreError, StreamRow};
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
@@ -133,7 +131,11 @@ impl StatusReport {
                 Some(r) => (
                     ago(r.last_run_at),
                     if r.degraded {
-                        format!("DEGRADED ({} failures: {})", r.error_count, r.last_error.as_deref().unwrap_or("?"))
+                        format!(
+                            "DEGRADED ({} failures: {})",
+                            r.error_count,
+                            r.last_error.as_deref().unwrap_or("?")
+                        )
                     } else if r.error_count > 0 {
                         format!("{} failure(s)", r.error_count)
                     } else {
@@ -164,7 +166,11 @@ impl StatusReport {
             }
         }
         if self.schema_version.is_some() {
-            let ex: Vec<String> = self.examples.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            let ex: Vec<String> = self
+                .examples
+                .iter()
+                .map(|(s, n)| format!("{s} {n}"))
+                .collect();
             let _ = writeln!(o, "\nexamples   {}", ex.join(", "));
         }
         let _ = writeln!(o, "\nstreams ({})", self.streams.len());
@@ -177,7 +183,11 @@ impl StatusReport {
         }
         let _ = writeln!(o, "\nadapters ({})", self.adapters.len());
         for a in &self.adapters {
-            let served = if Some(a.id) == self.served_adapter { "  <- serving" } else { "" };
+            let served = if Some(a.id) == self.served_adapter {
+                "  <- serving"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 o,
                 "  v{:<4} stream #{:<4} attempt {} {}{served}",

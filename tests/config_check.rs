@@ -28,10 +28,18 @@ fn example() -> PathBuf {
 fn the_example_config_is_valid() {
     let out = check(&example());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("valid"), "{stdout}");
     assert!(stdout.contains("3 sources (1 enabled"), "{stdout}");
-    assert_eq!(stdout.lines().count(), 1, "one-line summary expected: {stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "one-line summary expected: {stdout}"
+    );
 }
 
 /// Each case: a broken variant of a small valid config, the key the error must
@@ -83,7 +91,10 @@ fn cases(dir: &Path) -> Vec<Case> {
         },
         Case {
             name: "missing required path",
-            toml: base.replace(&spool.display().to_string(), "/nonexistent/lorastream-spool"),
+            toml: base.replace(
+                &spool.display().to_string(),
+                "/nonexistent/lorastream-spool",
+            ),
             key: "sources[0].dir",
             line: 7,
             says: "does not exist",
@@ -157,17 +168,30 @@ fn broken_configs_name_file_key_and_line() {
         std::fs::write(&path, &case.toml).unwrap();
         let out = check(&path);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let ctx = format!("case {:?}\n--- config\n{}--- stderr\n{stderr}", case.name, case.toml);
+        let ctx = format!(
+            "case {:?}\n--- config\n{}--- stderr\n{stderr}",
+            case.name, case.toml
+        );
         assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{ctx}");
         assert!(!stderr.contains("panicked"), "{ctx}");
         assert!(out.stdout.is_empty(), "{ctx}");
         let first = stderr.lines().next().unwrap_or("");
         let want_place = format!("{}:{}:", path.display(), case.line);
-        assert!(first.starts_with(&want_place), "expected {want_place}…\n{ctx}");
+        assert!(
+            first.starts_with(&want_place),
+            "expected {want_place}…\n{ctx}"
+        );
         if !case.key.is_empty() {
-            assert!(stderr.contains(&format!("`{}`", case.key)), "key not named\n{ctx}");
+            assert!(
+                stderr.contains(&format!("`{}`", case.key)),
+                "key not named\n{ctx}"
+            );
         }
-        assert!(stderr.contains(case.says), "expected {:?}\n{ctx}", case.says);
+        assert!(
+            stderr.contains(case.says),
+            "expected {:?}\n{ctx}",
+            case.says
+        );
     }
 }
 
@@ -183,7 +207,12 @@ fn every_problem_is_reported_at_once() {
     let out = check(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{stderr}");
-    for (key, line) in [("train.lr", 2), ("train.batch_size", 3), ("lora.dropout", 6), ("schedule.train", 9)] {
+    for (key, line) in [
+        ("train.lr", 2),
+        ("train.batch_size", 3),
+        ("lora.dropout", 6),
+        ("schedule.train", 9),
+    ] {
         let want = format!("{}:{line}:1: `{key}`", path.display());
         assert!(stderr.contains(&want), "missing {want}\n{stderr}");
     }
@@ -198,12 +227,18 @@ fn unreadable_and_non_utf8_files_are_clear_errors() {
     let out = check(&missing);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(EXIT_CONFIG));
-    assert!(stderr.contains("nope.toml") && stderr.contains("cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("nope.toml") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
 
     let binary = dir.path().join("binary.toml");
     std::fs::write(&binary, [0xff, 0xfe, b'a', b'=', b'1']).unwrap();
     let out = check(&binary);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(EXIT_CONFIG));
-    assert!(stderr.contains("binary.toml") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("binary.toml") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }

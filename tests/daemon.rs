@@ -65,8 +65,8 @@ impl Daemon {
                 .lines
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("no {msg:?} log line within 30 s"));
-            let v: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
             if v["message"] == msg {
                 return v;
             }
@@ -97,7 +97,10 @@ fn runs_reloads_and_shuts_down_on_sigterm() {
     let d = Daemon::start(&config);
     let started = d.wait_for("lorastream started");
     assert_eq!(started["level"], "INFO");
-    assert!(started["summary"].as_str().unwrap().contains("drops:spool"), "{started}");
+    assert!(
+        started["summary"].as_str().unwrap().contains("drops:spool"),
+        "{started}"
+    );
     assert_eq!(started["schema"], 1);
     assert!(dir.path().join("state/lorastream.db").exists());
 
@@ -105,13 +108,22 @@ fn runs_reloads_and_shuts_down_on_sigterm() {
     std::fs::write(&config, "[train]\nlr = -1\n").unwrap();
     d.signal(libc::SIGHUP);
     let failed = d.wait_for("config reload failed; keeping the running config");
-    assert!(failed["error"].as_str().unwrap().contains("train.lr"), "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("train.lr"),
+        "{failed}"
+    );
 
     // A good file is applied.
-    write_config(dir.path(), "\n[[sources]]\nname = \"more\"\nkind = \"spool\"\n");
+    write_config(
+        dir.path(),
+        "\n[[sources]]\nname = \"more\"\nkind = \"spool\"\n",
+    );
     d.signal(libc::SIGHUP);
     let reloaded = d.wait_for("config reloaded");
-    assert!(reloaded["summary"].as_str().unwrap().contains("more:spool"), "{reloaded}");
+    assert!(
+        reloaded["summary"].as_str().unwrap().contains("more:spool"),
+        "{reloaded}"
+    );
 
     d.signal(libc::SIGTERM);
     let stopping = d.wait_for("shutting down");
@@ -125,7 +137,11 @@ fn runs_reloads_and_shuts_down_on_sigterm() {
         .arg(&config)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["initialized"], true);
     assert_eq!(report["schema_version"], 1);
@@ -155,9 +171,17 @@ fn sigint_exits_zero() {
 fn status_before_first_run_does_not_create_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
-    let out = lorastream().args(["status", "--config"]).arg(&config).output().unwrap();
+    let out = lorastream()
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("not created yet"), "{stdout}");
     assert!(stdout.contains("drops"), "{stdout}");
     assert!(!dir.path().join("state/lorastream.db").exists());
@@ -180,5 +204,8 @@ fn a_newer_store_stops_the_daemon_with_a_clear_error() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("schema version 7") && stderr.contains("refusing"), "{stderr}");
+    assert!(
+        stderr.contains("schema version 7") && stderr.contains("refusing"),
+        "{stderr}"
+    );
 }

@@ -114,7 +114,11 @@ impl<'a> SpanIndex<'a> {
         self.entries
             .iter()
             .filter_map(|e| {
-                let in_key = e.key.as_ref().filter(|k| k.contains(&offset)).map(|k| k.len());
+                let in_key = e
+                    .key
+                    .as_ref()
+                    .filter(|k| k.contains(&offset))
+                    .map(|k| k.len());
                 let in_value = e.value.contains(&offset).then(|| e.value.len());
                 in_key.or(in_value).map(|len| (len, e))
             })
@@ -139,7 +143,10 @@ impl<'a> SpanIndex<'a> {
         let offset = offset.min(self.text.len());
         let before = &self.text.as_bytes()[..offset];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
         let col = self.text[line_start..offset].chars().count() + 1;
         LineCol { line, col }
     }
@@ -185,7 +192,12 @@ mod tests {
     fn locates_keys_and_array_tables() {
         let idx = SpanIndex::new(DOC);
         assert_eq!(idx.locate(&KeyPath::parse("train.lr")).unwrap().line, 2);
-        assert_eq!(idx.locate(&KeyPath::parse("sources[1].schedule")).unwrap().line, 9);
+        assert_eq!(
+            idx.locate(&KeyPath::parse("sources[1].schedule"))
+                .unwrap()
+                .line,
+            9
+        );
         // A missing key falls back to its table.
         let missing = idx.locate(&KeyPath::parse("sources[1].kind")).unwrap();
         assert!(missing.line >= 7 && missing.line <= 9, "{missing:?}");

@@ -424,10 +424,11 @@ impl Default for SummarizerConfig {
             api_key_env: None,
             timeout_secs: 60,
             temperature: 0.2,
-            prompt: "Condense this answer to the question below into at most {{ max_tokens }} tokens. \
+            prompt:
+                "Condense this answer to the question below into at most {{ max_tokens }} tokens. \
                      Keep the facts and the author's advice; do not add anything.\n\n\
                      Question: {{ question }}\n\nAnswer: {{ answer }}"
-                .into(),
+                    .into(),
         }
     }
 }
@@ -691,7 +692,10 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{}", render_problems(path, problems))]
-    Invalid { path: PathBuf, problems: Vec<Problem> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
 }
 
 fn render_problems(path: &Path, problems: &[Problem]) -> String {
@@ -744,7 +748,7 @@ impl Config {
             }]
         })?;
         config.resolve_paths(base);
-        let problems: Vec<Problem> = validate::validate(&config)
+        let mut problems: Vec<Problem> = validate::validate(&config)
             .into_iter()
             .map(|(key, message)| Problem {
                 line: index.locate(&key),
@@ -752,6 +756,7 @@ impl Config {
                 message,
             })
             .collect();
+        problems.sort_by_key(|p| p.line.map(|l| (l.line, l.col)));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -898,14 +903,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.state_dir(), PathBuf::from("/etc/lorastream/state"));
-        assert_eq!(c.store_path(), PathBuf::from("/etc/lorastream/state/lorastream.db"));
+        assert_eq!(
+            c.store_path(),
+            PathBuf::from("/etc/lorastream/state/lorastream.db")
+        );
         assert_eq!(c.model_path(), PathBuf::from("/abs/model"));
     }
 
     #[test]
     fn serde_errors_name_key_and_line() {
-        let p = Config::from_toml("[train]\nepochs_per_stream = 2\nlrr = 0.1\n", Path::new("."))
-            .unwrap_err();
+        let p = Config::from_toml(
+            "[train]\nepochs_per_stream = 2\nlrr = 0.1\n",
+            Path::new("."),
+        )
+        .unwrap_err();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].key.to_string(), "train.lrr");
         assert_eq!(p[0].line.unwrap().line, 3);
@@ -916,7 +927,10 @@ mod tests {
         match v {
             serde_json::Value::Object(m) => {
                 for (k, v) in m {
-                    if v.is_object() || v.as_array().is_some_and(|a| a.iter().any(|x| x.is_object())) {
+                    if v.is_object()
+                        || v.as_array()
+                            .is_some_and(|a| a.iter().any(|x| x.is_object()))
+                    {
                         leaf_keys(v, out);
                     } else {
                         out.insert(k.clone());
@@ -941,7 +955,11 @@ mod tests {
     fn example_config_documents_every_key_and_section() {
         let text = include_str!("../../config/lorastream.toml");
         let mut c = Config::default();
-        for kind in [SourceKind::HfDatasets, SourceKind::Crawlbase, SourceKind::Spool] {
+        for kind in [
+            SourceKind::HfDatasets,
+            SourceKind::Crawlbase,
+            SourceKind::Spool,
+        ] {
             c.sources.push(SourceConfig::new("x", kind));
         }
         let v = serde_json::to_value(&c).unwrap();
@@ -955,7 +973,10 @@ mod tests {
         leaf_keys(&v, &mut keys);
         assert!(keys.len() > 80, "{keys:?}");
         let missing: Vec<&String> = keys.iter().filter(|k| !documented(text, k)).collect();
-        assert!(missing.is_empty(), "undocumented keys in config/lorastream.toml: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "undocumented keys in config/lorastream.toml: {missing:?}"
+        );
     }
 
     #[test]
@@ -965,11 +986,24 @@ mod tests {
         let d = Config::default();
         let sections = |c: &Config| {
             serde_json::to_value((
-                &c.daemon, &c.store, &c.preprocess, &c.streams, &c.summarizer, &c.model, &c.lora, &c.train,
-                &c.eval, &c.feedback, &c.server,
+                &c.daemon,
+                &c.store,
+                &c.preprocess,
+                &c.streams,
+                &c.summarizer,
+                &c.model,
+                &c.lora,
+                &c.train,
+                &c.eval,
+                &c.feedback,
+                &c.server,
             ))
             .unwrap()
         };
-        assert_eq!(sections(&c), sections(&d), "an uncommented value in the example differs from its default");
+        assert_eq!(
+            sections(&c),
+            sections(&d),
+            "an uncommented value in the example differs from its default"
+        );
     }
 }

@@ -33,7 +33,10 @@ impl Checker {
 
     fn at_least<T: PartialOrd + std::fmt::Display + Copy>(&mut self, key: &str, v: T, min: T) {
         if v < min {
-            self.fail(KeyPath::parse(key), format!("must be at least {min} (got {v})"));
+            self.fail(
+                KeyPath::parse(key),
+                format!("must be at least {min} (got {v})"),
+            );
         }
     }
 
@@ -54,7 +57,12 @@ impl Checker {
     }
 
     fn positive(&mut self, key: &str, v: f64) {
-        self.range(KeyPath::parse(key), v, 0.0, false, f64::INFINITY, false);
+        if !(v.is_finite() && v > 0.0) {
+            self.fail(
+                KeyPath::parse(key),
+                format!("must be greater than 0 (got {v})"),
+            );
+        }
     }
 
     fn cron(&mut self, key: KeyPath, expr: &str) {
@@ -83,7 +91,10 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     for (i, s) in c.sources.iter().enumerate() {
         let at = KeyPath::root().key("sources").index(i);
         if !names.insert(s.name.as_str()) {
-            k.fail(at.key("name"), format!("duplicate source name {:?}", s.name));
+            k.fail(
+                at.key("name"),
+                format!("duplicate source name {:?}", s.name),
+            );
         }
         check_source(&mut k, &at, s);
     }
@@ -139,7 +150,9 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
                     KeyPath::parse("summarizer").key(key),
                     "required when backend = \"openai\"",
                 ),
-                Some(url) if key == "base_url" => check_url(&mut k, KeyPath::parse("summarizer.base_url"), url),
+                Some(url) if key == "base_url" => {
+                    check_url(&mut k, KeyPath::parse("summarizer.base_url"), url)
+                }
                 _ => {}
             }
         }
@@ -172,7 +185,14 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     // [lora]
     k.at_least("lora.r", c.lora.r, 1);
     k.positive("lora.alpha", c.lora.alpha);
-    k.range(KeyPath::parse("lora.dropout"), c.lora.dropout, 0.0, true, 1.0, false);
+    k.range(
+        KeyPath::parse("lora.dropout"),
+        c.lora.dropout,
+        0.0,
+        true,
+        1.0,
+        false,
+    );
     const MODULES: &[&str] = &[
         "c_attn",
         "c_proj",
@@ -189,7 +209,10 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
         if !MODULES.contains(&m.as_str()) {
             k.fail(
                 KeyPath::parse("lora.target_modules").index(i),
-                format!("unknown module {m:?}; expected one of {}", MODULES.join(", ")),
+                format!(
+                    "unknown module {m:?}; expected one of {}",
+                    MODULES.join(", ")
+                ),
             );
         }
     }
@@ -201,9 +224,23 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     k.at_least("train.grad_accum_steps", t.grad_accum_steps, 1);
     k.at_least("train.seq_len", t.seq_len, 8);
     k.positive("train.lr", t.lr);
-    k.range(KeyPath::parse("train.weight_decay"), t.weight_decay, 0.0, true, 1.0, true);
+    k.range(
+        KeyPath::parse("train.weight_decay"),
+        t.weight_decay,
+        0.0,
+        true,
+        1.0,
+        true,
+    );
     k.positive("train.max_grad_norm", t.max_grad_norm);
-    k.range(KeyPath::parse("train.replay_fraction"), t.replay_fraction, 0.0, true, 1.0, false);
+    k.range(
+        KeyPath::parse("train.replay_fraction"),
+        t.replay_fraction,
+        0.0,
+        true,
+        1.0,
+        false,
+    );
     k.at_least("train.checkpoint_every", t.checkpoint_every, 1);
     k.at_least("train.log_every", t.log_every, 1);
 
@@ -224,15 +261,39 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
         false,
     );
     k.at_least("feedback.max_attempts", f.max_attempts, 1);
-    k.range(KeyPath::parse("feedback.replay_step"), f.replay_step, 0.0, true, 1.0, false);
-    k.range(KeyPath::parse("feedback.replay_max"), f.replay_max, 0.0, true, 1.0, false);
-    k.range(KeyPath::parse("feedback.lr_decay"), f.lr_decay, 0.0, false, 1.0, true);
+    k.range(
+        KeyPath::parse("feedback.replay_step"),
+        f.replay_step,
+        0.0,
+        true,
+        1.0,
+        false,
+    );
+    k.range(
+        KeyPath::parse("feedback.replay_max"),
+        f.replay_max,
+        0.0,
+        true,
+        1.0,
+        false,
+    );
+    k.range(
+        KeyPath::parse("feedback.lr_decay"),
+        f.lr_decay,
+        0.0,
+        false,
+        1.0,
+        true,
+    );
 
     // [server]
     if c.server.listen.parse::<std::net::SocketAddr>().is_err() {
         k.fail(
             KeyPath::parse("server.listen"),
-            format!("must be an address:port such as \"127.0.0.1:8080\" (got {:?})", c.server.listen),
+            format!(
+                "must be an address:port such as \"127.0.0.1:8080\" (got {:?})",
+                c.server.listen
+            ),
         );
     }
     k.at_least("server.max_tokens", c.server.max_tokens, 1);
@@ -243,7 +304,11 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
 
     // [schedule]
     let sch = &c.schedule;
-    for (key, v) in [("crawl", &sch.crawl), ("seal", &sch.seal), ("eval", &sch.eval)] {
+    for (key, v) in [
+        ("crawl", &sch.crawl),
+        ("seal", &sch.seal),
+        ("eval", &sch.eval),
+    ] {
         if let Some(expr) = v {
             k.cron(KeyPath::parse("schedule").key(key), expr);
         }
@@ -258,7 +323,10 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
 fn check_url(k: &mut Checker, key: KeyPath, url: &str) {
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-        Ok(u) => k.fail(key, format!("scheme must be http or https (got {:?})", u.scheme())),
+        Ok(u) => k.fail(
+            key,
+            format!("scheme must be http or https (got {:?})", u.scheme()),
+        ),
         Err(e) => k.fail(key, format!("invalid URL {url:?}: {e}")),
     }
 }
@@ -266,14 +334,16 @@ fn check_url(k: &mut Checker, key: KeyPath, url: &str) {
 fn check_source(k: &mut Checker, at: &KeyPath, s: &SourceConfig) {
     let name_ok = !s.name.is_empty()
         && s.name.len() <= 64
-        && s
-            .name
+        && s.name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !name_ok {
         k.fail(
             at.key("name"),
-            format!("must be 1-64 letters, digits, '-' or '_' (got {:?})", s.name),
+            format!(
+                "must be 1-64 letters, digits, '-' or '_' (got {:?})",
+                s.name
+            ),
         );
     }
     if let Some(expr) = &s.schedule {
@@ -300,7 +370,14 @@ fn check_source(k: &mut Checker, at: &KeyPath, s: &SourceConfig) {
             ),
         );
     }
-    k.range(at.key("rate_limit_per_sec"), s.rate_limit_per_sec, 0.0, false, f64::INFINITY, false);
+    k.range(
+        at.key("rate_limit_per_sec"),
+        s.rate_limit_per_sec,
+        0.0,
+        false,
+        f64::INFINITY,
+        false,
+    );
     if s.degraded_after == 0 {
         k.fail(at.key("degraded_after"), "must be at least 1 (got 0)");
     }
@@ -360,7 +437,10 @@ fn check_source(k: &mut Checker, at: &KeyPath, s: &SourceConfig) {
             if !(1..=100).contains(&s.page_size()) {
                 k.fail(
                     at.key("page_size"),
-                    format!("must be in 1..=100, the rows API's limit (got {})", s.page_size()),
+                    format!(
+                        "must be in 1..=100, the rows API's limit (got {})",
+                        s.page_size()
+                    ),
                 );
             }
         }
@@ -378,7 +458,11 @@ fn check_source(k: &mut Checker, at: &KeyPath, s: &SourceConfig) {
             if list.1.as_ref().is_none_or(|v| v.is_empty()) {
                 k.fail(
                     at.key(list.0),
-                    format!("mode = {:?} needs at least one URL in `{}`", s.mode(), list.0),
+                    format!(
+                        "mode = {:?} needs at least one URL in `{}`",
+                        s.mode(),
+                        list.0
+                    ),
                 );
             }
             for (i, url) in list.1.iter().flatten().enumerate() {

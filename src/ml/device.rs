@@ -25,7 +25,11 @@ pub fn resolve(spec: &str) -> Result<Device, DeviceError> {
         }
     };
     match spec {
-        "auto" => Ok(if gpus > 0 { Device::Cuda(0) } else { Device::Cpu }),
+        "auto" => Ok(if gpus > 0 {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
         "cpu" => Ok(Device::Cpu),
         "cuda" => cuda(0),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
@@ -76,7 +80,10 @@ mod tests {
         assert_eq!(auto.is_cuda(), tch::Cuda::device_count() > 0);
         assert!(matches!(resolve("tpu"), Err(DeviceError::Unknown(_))));
         assert!(matches!(resolve("cuda:x"), Err(DeviceError::Unknown(_))));
-        assert!(matches!(resolve("cuda:99"), Err(DeviceError::Unavailable { .. })));
+        assert!(matches!(
+            resolve("cuda:99"),
+            Err(DeviceError::Unavailable { .. })
+        ));
     }
 
     #[test]

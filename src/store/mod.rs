@@ -219,7 +219,11 @@ impl Store {
     }
 
     pub fn sources(&self) -> Result<Vec<SourceRow>> {
-        self.query_all(&format!("{} ORDER BY name", SourceRow::SELECT), [], SourceRow::from_row)
+        self.query_all(
+            &format!("{} ORDER BY name", SourceRow::SELECT),
+            [],
+            SourceRow::from_row,
+        )
     }
 
     pub fn set_source_cursor(&self, name: &str, cursor: &str) -> Result<()> {
@@ -308,7 +312,12 @@ impl Store {
         )
     }
 
-    pub fn set_raw_item_state(&self, id: i64, to: RawState, drop_reason: Option<&str>) -> Result<()> {
+    pub fn set_raw_item_state(
+        &self,
+        id: i64,
+        to: RawState,
+        drop_reason: Option<&str>,
+    ) -> Result<()> {
         self.transition(id, to, |tx| {
             tx.execute(
                 "UPDATE raw_items SET drop_reason = ?2 WHERE id = ?1",
@@ -366,7 +375,10 @@ impl Store {
 
     pub fn examples_in_state(&self, state: ExampleState, limit: usize) -> Result<Vec<ExampleRow>> {
         self.query_all(
-            &format!("{} WHERE state = ?1 ORDER BY id LIMIT ?2", ExampleRow::SELECT),
+            &format!(
+                "{} WHERE state = ?1 ORDER BY id LIMIT ?2",
+                ExampleRow::SELECT
+            ),
             params![state.as_str(), limit as i64],
             ExampleRow::from_row,
         )
@@ -415,10 +427,15 @@ impl Store {
                 for &id in ids {
                     if upd.execute(params![id, stream_id, split])? != 1 {
                         let from: Option<ExampleState> = tx
-                            .query_row("SELECT state FROM examples WHERE id = ?1", [id], |r| r.get(0))
+                            .query_row("SELECT state FROM examples WHERE id = ?1", [id], |r| {
+                                r.get(0)
+                            })
                             .optional()?;
                         return Err(match from {
-                            None => StoreError::NotFound { what: "example", id: id.to_string() },
+                            None => StoreError::NotFound {
+                                what: "example",
+                                id: id.to_string(),
+                            },
                             Some(from) => invalid(id, from, ExampleState::Sealed),
                         });
                     }
@@ -441,7 +458,11 @@ impl Store {
     }
 
     pub fn streams(&self) -> Result<Vec<StreamRow>> {
-        self.query_all(&format!("{} ORDER BY id", StreamRow::SELECT), [], StreamRow::from_row)
+        self.query_all(
+            &format!("{} ORDER BY id", StreamRow::SELECT),
+            [],
+            StreamRow::from_row,
+        )
     }
 
     pub fn set_stream_state(&self, id: i64, to: StreamState) -> Result<()> {
@@ -481,7 +502,11 @@ impl Store {
     }
 
     pub fn adapters(&self) -> Result<Vec<AdapterRow>> {
-        self.query_all(&format!("{} ORDER BY id", AdapterRow::SELECT), [], AdapterRow::from_row)
+        self.query_all(
+            &format!("{} ORDER BY id", AdapterRow::SELECT),
+            [],
+            AdapterRow::from_row,
+        )
     }
 
     /// The adapter being served: the newest promoted version not rolled back.
@@ -489,7 +514,10 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                &format!("{} WHERE state = 'promoted' ORDER BY updated_at DESC, id DESC LIMIT 1", AdapterRow::SELECT),
+                &format!(
+                    "{} WHERE state = 'promoted' ORDER BY updated_at DESC, id DESC LIMIT 1",
+                    AdapterRow::SELECT
+                ),
                 [],
                 AdapterRow::from_row,
             )
@@ -497,7 +525,12 @@ impl Store {
     }
 
     /// Moves an adapter to `to`, optionally recording the decision that did it.
-    pub fn set_adapter_state(&self, id: i64, to: AdapterState, decision: Option<&Value>) -> Result<()> {
+    pub fn set_adapter_state(
+        &self,
+        id: i64,
+        to: AdapterState,
+        decision: Option<&Value>,
+    ) -> Result<()> {
         self.transition(id, to, |tx| {
             tx.execute(
                 "UPDATE adapters SET decision = COALESCE(?2, decision), updated_at = ?3 WHERE id = ?1",
@@ -572,7 +605,10 @@ impl Store {
 
     pub fn messages(&self, conversation_id: &str) -> Result<Vec<MessageRow>> {
         self.query_all(
-            &format!("{} WHERE conversation_id = ?1 ORDER BY id", MessageRow::SELECT),
+            &format!(
+                "{} WHERE conversation_id = ?1 ORDER BY id",
+                MessageRow::SELECT
+            ),
             [conversation_id],
             MessageRow::from_row,
         )
@@ -611,23 +647,40 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
     }
 
-    fn update_one<P: rusqlite::Params>(&self, what: &'static str, id: &str, sql: &str, params: P) -> Result<()> {
+    fn update_one<P: rusqlite::Params>(
+        &self,
+        what: &'static str,
+        id: &str,
+        sql: &str,
+        params: P,
+    ) -> Result<()> {
         match self.conn.execute(sql, params)? {
-            0 => Err(StoreError::NotFound { what, id: id.into() }),
+            0 => Err(StoreError::NotFound {
+                what,
+                id: id.into(),
+            }),
             _ => Ok(()),
         }
     }
 
-    fn dedup_insert<P: rusqlite::Params>(&self, insert: &str, params: P, select: &str, hash: &str) -> Result<Inserted> {
+    fn dedup_insert<P: rusqlite::Params>(
+        &self,
+        insert: &str,
+        params: P,
+        select: &str,
+        hash: &str,
+    ) -> Result<Inserted> {
         let new: Option<i64> = self
             .conn
             .query_row(insert, params, |r| r.get(0))
             .optional()?;
         match new {
             Some(id) => Ok(Inserted::New(id)),
-            None => Ok(Inserted::Duplicate(
-                self.conn.query_row(select, [hash], |r| r.get(0))?,
-            )),
+            None => Ok(Inserted::Duplicate(self.conn.query_row(
+                select,
+                [hash],
+                |r| r.get(0),
+            )?)),
         }
     }
 
@@ -639,9 +692,16 @@ impl Store {
         to: S,
         also: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<usize>,
     ) -> Result<()> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
         let from: S = tx
-            .query_row(&format!("SELECT state FROM {} WHERE id = ?1", S::TABLE), [id], |r| r.get(0))
+            .query_row(
+                &format!("SELECT state FROM {} WHERE id = ?1", S::TABLE),
+                [id],
+                |r| r.get(0),
+            )
             .optional()?
             .ok_or_else(|| StoreError::NotFound {
                 what: S::WHAT,

@@ -110,7 +110,10 @@ impl StateMachine for ExampleState {
     }
     fn can_become(self, to: Self) -> bool {
         use ExampleState::*;
-        matches!((self, to), (New, Ready) | (New, Dropped) | (Ready, Sealed) | (Ready, Dropped))
+        matches!(
+            (self, to),
+            (New, Ready) | (New, Dropped) | (Ready, Sealed) | (Ready, Dropped)
+        )
     }
 }
 
@@ -125,7 +128,11 @@ impl StateMachine for StreamState {
         // trained -> training: the feedback loop retrains a stream.
         matches!(
             (self, to),
-            (Sealed, Training) | (Training, Trained) | (Training, Failed) | (Failed, Training) | (Trained, Training)
+            (Sealed, Training)
+                | (Training, Trained)
+                | (Training, Failed)
+                | (Failed, Training)
+                | (Trained, Training)
         )
     }
 }

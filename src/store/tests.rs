@@ -54,13 +54,22 @@ fn refuses_a_newer_database_without_touching_it() {
         c.execute_batch("CREATE TABLE t (x); PRAGMA user_version = 99;")
             .unwrap();
     }
-    let err = Store::open(&path).err().expect("a newer schema must be refused");
+    let err = Store::open(&path)
+        .err()
+        .expect("a newer schema must be refused");
     let msg = err.to_string();
-    assert!(matches!(err, StoreError::NewerSchema { found: 99, .. }), "{msg}");
+    assert!(
+        matches!(err, StoreError::NewerSchema { found: 99, .. }),
+        "{msg}"
+    );
     assert!(msg.contains("99") && msg.contains("future.db"), "{msg}");
     let c = Connection::open(&path).unwrap();
-    let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!((v, mode.as_str()), (99, "delete"));
 }
 
@@ -103,13 +112,21 @@ fn raw_item_states_follow_the_state_machine() {
     store
         .set_raw_item_state(id, RawState::Dropped, Some("no_answer"))
         .unwrap();
-    store.set_raw_item_state(id2, RawState::Processed, None).unwrap();
+    store
+        .set_raw_item_state(id2, RawState::Processed, None)
+        .unwrap();
     let err = store
         .set_raw_item_state(id, RawState::Processed, None)
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidTransition { .. }), "{err}");
-    assert_eq!(store.raw_item(id).unwrap().unwrap().drop_reason.as_deref(), Some("no_answer"));
-    assert_eq!(store.raw_items_in_state(RawState::New, 10).unwrap().len(), 0);
+    assert_eq!(
+        store.raw_item(id).unwrap().unwrap().drop_reason.as_deref(),
+        Some("no_answer")
+    );
+    assert_eq!(
+        store.raw_items_in_state(RawState::New, 10).unwrap().len(),
+        0
+    );
     let counts = store.raw_item_counts().unwrap();
     assert!(counts.contains(&("dropped".into(), Some("no_answer".into()), 1)));
     assert!(matches!(
@@ -130,12 +147,18 @@ fn source_failures_degrade_and_success_recovers() {
     }
     store.record_source_success("hf", 40).unwrap();
     let row = store.source("hf").unwrap().unwrap();
-    assert_eq!((row.error_count, row.degraded, row.items_total), (0, false, 40));
+    assert_eq!(
+        (row.error_count, row.degraded, row.items_total),
+        (0, false, 40)
+    );
     assert_eq!(row.cursor.as_deref(), Some("300"));
     assert!(row.last_error.is_none());
     // Re-registering keeps the cursor.
     store.ensure_source("hf", "hf_datasets").unwrap();
-    assert_eq!(store.source("hf").unwrap().unwrap().cursor.as_deref(), Some("300"));
+    assert_eq!(
+        store.source("hf").unwrap().unwrap().cursor.as_deref(),
+        Some("300")
+    );
     assert!(matches!(
         store.set_source_cursor("missing", "1"),
         Err(StoreError::NotFound { .. })
@@ -145,10 +168,18 @@ fn source_failures_degrade_and_success_recovers() {
 #[test]
 fn examples_dedup_then_seal_into_a_stream_atomically() {
     let (dir, store) = open();
-    let ids: Vec<i64> = (0..5).map(|i| example(&store, &format!("q{i}"), "a")).collect();
-    assert_eq!(example(&store, "q0", "a"), ids[0], "duplicate example must return the first id");
+    let ids: Vec<i64> = (0..5)
+        .map(|i| example(&store, &format!("q{i}"), "a"))
+        .collect();
+    assert_eq!(
+        example(&store, "q0", "a"),
+        ids[0],
+        "duplicate example must return the first id"
+    );
     for &id in &ids[..4] {
-        store.mark_example_ready(id, Some(("extractive", "short"))).unwrap();
+        store
+            .mark_example_ready(id, Some(("extractive", "short")))
+            .unwrap();
     }
     assert_eq!(store.count_examples(ExampleState::Ready).unwrap(), 4);
     let row = store.example(ids[0]).unwrap().unwrap();
@@ -163,11 +194,19 @@ fn examples_dedup_then_seal_into_a_stream_atomically() {
     assert!(store.streams().unwrap().is_empty());
     assert_eq!(store.count_examples(ExampleState::Ready).unwrap(), 4);
 
-    let sid = store.seal_stream("s1", &ids[..3], &[ids[3]], &path).unwrap();
+    let sid = store
+        .seal_stream("s1", &ids[..3], &[ids[3]], &path)
+        .unwrap();
     let s = store.stream(sid).unwrap().unwrap();
     assert_eq!((s.n_train, s.n_eval, s.state), (3, 1, StreamState::Sealed));
-    assert_eq!(store.stream_example_ids(sid, Split::Train).unwrap(), ids[..3].to_vec());
-    assert_eq!(store.stream_example_ids(sid, Split::Eval).unwrap(), vec![ids[3]]);
+    assert_eq!(
+        store.stream_example_ids(sid, Split::Train).unwrap(),
+        ids[..3].to_vec()
+    );
+    assert_eq!(
+        store.stream_example_ids(sid, Split::Eval).unwrap(),
+        vec![ids[3]]
+    );
     assert_eq!(store.count_examples(ExampleState::Sealed).unwrap(), 4);
 
     store.set_stream_state(sid, StreamState::Training).unwrap();
@@ -193,19 +232,38 @@ fn adapters_promote_and_roll_back() {
             .unwrap()
     };
     let v1 = mk(None);
-    assert!(store.set_adapter_state(v1, AdapterState::Promoted, None).is_err(), "training cannot be promoted");
-    store.set_adapter_state(v1, AdapterState::Candidate, None).unwrap();
+    assert!(
+        store
+            .set_adapter_state(v1, AdapterState::Promoted, None)
+            .is_err(),
+        "training cannot be promoted"
+    );
     store
-        .set_adapter_state(v1, AdapterState::Promoted, Some(&json!({"reason": "improved"})))
+        .set_adapter_state(v1, AdapterState::Candidate, None)
+        .unwrap();
+    store
+        .set_adapter_state(
+            v1,
+            AdapterState::Promoted,
+            Some(&json!({"reason": "improved"})),
+        )
         .unwrap();
     assert_eq!(store.served_adapter().unwrap().unwrap().id, v1);
 
     let v2 = mk(Some(v1));
-    store.set_adapter_train_log(v2, &json!({"loss": [2.0, 1.5]})).unwrap();
-    store.set_adapter_state(v2, AdapterState::Candidate, None).unwrap();
-    store.set_adapter_state(v2, AdapterState::Promoted, None).unwrap();
+    store
+        .set_adapter_train_log(v2, &json!({"loss": [2.0, 1.5]}))
+        .unwrap();
+    store
+        .set_adapter_state(v2, AdapterState::Candidate, None)
+        .unwrap();
+    store
+        .set_adapter_state(v2, AdapterState::Promoted, None)
+        .unwrap();
     assert_eq!(store.served_adapter().unwrap().unwrap().id, v2);
-    store.set_adapter_state(v2, AdapterState::RolledBack, None).unwrap();
+    store
+        .set_adapter_state(v2, AdapterState::RolledBack, None)
+        .unwrap();
     let served = store.served_adapter().unwrap().unwrap();
     assert_eq!(served.id, v1);
     assert_eq!(served.decision.unwrap()["reason"], "improved");
@@ -235,13 +293,19 @@ fn evals_upsert_one_cell_per_pair() {
 #[test]
 fn conversations_are_searchable_and_queries_are_inert() {
     let (_d, store) = open();
-    store.create_conversation("c1", Some("rust"), false).unwrap();
-    store.add_message("c1", Role::User, "How do I learn Rust borrowing?").unwrap();
+    store
+        .create_conversation("c1", Some("rust"), false)
+        .unwrap();
+    store
+        .add_message("c1", Role::User, "How do I learn Rust borrowing?")
+        .unwrap();
     store
         .add_message("c1", Role::Assistant, "Read the book chapter on ownership.")
         .unwrap();
     store.create_conversation("c2", None, true).unwrap();
-    store.add_message("c2", Role::User, "Best pizza in Naples?").unwrap();
+    store
+        .add_message("c2", Role::User, "Best pizza in Naples?")
+        .unwrap();
 
     let hits = store.search_messages("ownership", 5).unwrap();
     assert_eq!(hits.len(), 1);
@@ -261,7 +325,10 @@ fn conversations_are_searchable_and_queries_are_inert() {
 
 #[test]
 fn content_hash_ignores_spacing_but_not_text_or_boundaries() {
-    assert_eq!(content_hash(&["a  b", "c"]), content_hash(&[" a b\n", "c "]));
+    assert_eq!(
+        content_hash(&["a  b", "c"]),
+        content_hash(&[" a b\n", "c "])
+    );
     assert_ne!(content_hash(&["a b", "c"]), content_hash(&["a", "b c"]));
     assert_ne!(content_hash(&["a", "b"]), content_hash(&["a", "c"]));
 }
