@@ -51,5 +51,7 @@ fi
 # and build.rs gives the binaries an rpath to its resolved lib/ directory.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ln -sfn "$TORCH_DIR" "$ROOT/.libtorch"
+# Tests run the parity scripts with this venv's python: <clone>/.venv/bin/python.
+ln -sfn "$VENV" "$ROOT/.venv"
 say "libtorch: $TORCH_DIR (linked from $ROOT/.libtorch)"
 echo "$TORCH_DIR"

@@ -6,13 +6,16 @@
 //! - [`store`]: SQLite (WAL) with numbered migrations and a typed API per table.
 //! - [`fsutil`]: atomic file writes used for every artifact.
 //! - [`logging`]: tracing-subscriber set-up (terminal, plain, JSON).
-//! - [`ml`]: the model layer on libtorch (tch): devices for now.
+//! - [`ml`]: the model layer on libtorch (tch): GPT-2 and Llama, LoRA in PEFT's
+//!   format, tokenizer and chat templates, generation, `model init`.
+//! - [`bench`]: benchmarks comparable with `../shared/bench/peer_hf.py`.
 //! - [`daemon`]: `lorastream run`: store, sources, signals; the actor pipeline
 //!   of DESIGN.md §1 plugs in here.
 //! - [`status`]: the report behind `lorastream status`.
 //!
 //! The binary (`src/main.rs`) is the clap command line over these modules.
 
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;

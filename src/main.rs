@@ -6,8 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use lorastream::bench::{self, GenerateArgs};
 use lorastream::config::{Config, ConfigError, LogFormat};
 use lorastream::logging::{self, LogSettings};
+use lorastream::ml::Arch;
+use lorastream::ml::init::{InitOptions, Preset, init_model};
 use lorastream::{daemon, status};
 
 /// sysexits' EX_CONFIG: the configuration is invalid.
@@ -57,6 +60,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Model commands.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Benchmarks printing one JSON line, comparable with ../shared/bench/peer_hf.py.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Write a small random model (HF layout) with a BPE tokenizer trained on a corpus.
+    Init {
+        #[arg(long, value_enum)]
+        arch: Arch,
+        #[arg(long, value_enum, default_value = "tiny")]
+        preset: Preset,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Text to train the tokenizer on (default: a built-in corpus).
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        /// Target tokenizer vocabulary size.
+        #[arg(long, default_value_t = 1024)]
+        vocab_size: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Greedy decoding with a KV cache: new tokens per second.
+    Generate(GenerateArgs),
 }
 
 #[derive(Subcommand)]
@@ -102,18 +143,51 @@ fn init_logs(cli: &Cli, config: &Config) -> anyhow::Result<()> {
 }
 
 fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let config = match load(&cli.config) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
     match &cli.command {
-        Command::Config {
-            command: ConfigCommand::Check,
+        Command::Model {
+            command:
+                ModelCommand::Init {
+                    arch,
+                    preset,
+                    out,
+                    corpus,
+                    seed,
+                    vocab_size,
+                },
         } => {
-            println!("{}: valid: {}", cli.config.display(), config.summary());
+            let cfg = init_model(
+                out,
+                &InitOptions {
+                    arch: *arch,
+                    preset: *preset,
+                    corpus: corpus.as_deref(),
+                    seed: *seed,
+                    vocab_size: *vocab_size,
+                },
+            )?;
+            println!(
+                "wrote {} ({:?}, {} layers, width {}, vocab {})",
+                out.display(),
+                cfg.arch,
+                cfg.num_layers,
+                cfg.hidden_size,
+                cfg.vocab_size
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json } => {
+        Command::Bench {
+            command: BenchCommand::Generate(args),
+        } => {
+            println!("{}", bench::bench_generate(args)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => with_config(cli, |config| {
+            println!("{}: valid: {}", cli.config.display(), config.summary());
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Status { json } => with_config(cli, |config| {
             let report = status::gather(&config).context("cannot read the store")?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -121,8 +195,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.render());
             }
             Ok(ExitCode::SUCCESS)
-        }
-        Command::Run => {
+        }),
+        Command::Run => with_config(cli, |config| {
             init_logs(cli, &config)?;
             let system = actix::System::new();
             system.block_on(async {
@@ -130,6 +204,17 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 daemon::run(cli.config.clone(), config, control).await
             })?;
             Ok(ExitCode::SUCCESS)
-        }
+        }),
+    }
+}
+
+/// Runs `f` with the loaded config; an invalid config exits with EX_CONFIG.
+fn with_config(
+    cli: &Cli,
+    f: impl FnOnce(Config) -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    match load(&cli.config) {
+        Ok(config) => f(config),
+        Err(code) => Ok(code),
     }
 }

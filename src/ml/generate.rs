@@ -1,0 +1,286 @@
+//! Token generation with a KV cache: greedy, temperature, top-k, top-p,
+//! repetition penalty, stop tokens and stop strings, seedable. Tokens are
+//! handed to a callback as they come, for streaming.
+
+use std::ops::ControlFlow;
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::MlError;
+use super::model::CausalLm;
+use super::tokenizer::ChatTokenizer;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f64,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1.0 = off.
+    pub top_p: f64,
+    /// 1.0 = off; > 1 discourages tokens already in the sequence (as transformers).
+    pub repetition_penalty: f64,
+    pub seed: u64,
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// `max_new_tokens` reached.
+    Length,
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// The callback asked to stop (client went away).
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+}
+
+/// xorshift64*: small, fast, and the same sequence for the same seed everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Picks the next token from `logits` (one row, f32) given the sequence so far.
+fn pick(logits: &mut [f32], seen: &[u32], p: &SamplingParams, rng: &mut Rng) -> u32 {
+    if p.repetition_penalty != 1.0 {
+        let pen = p.repetition_penalty as f32;
+        let mut done = std::collections::HashSet::new();
+        for &t in seen {
+            if let Some(l) = logits.get_mut(t as usize)
+                && done.insert(t)
+            {
+                *l = if *l < 0.0 { *l * pen } else { *l / pen };
+            }
+        }
+    }
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &l)| {
+                if l > best.1 { (i, l) } else { best }
+            })
+            .0 as u32
+    };
+    if p.temperature <= 0.0 {
+        return argmax();
+    }
+    let t = p.temperature as f32;
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l / t))
+        .collect();
+    cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    if p.top_k > 0 {
+        cand.truncate(p.top_k);
+    }
+    let max = cand[0].1;
+    let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
+    let sum: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|x| *x /= sum);
+    if p.top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (i, &x) in probs.iter().enumerate() {
+            acc += x;
+            if acc >= p.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        cand.truncate(keep);
+        let s: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= s);
+    }
+    let mut u = rng.next_f64();
+    for (c, x) in cand.iter().zip(&probs) {
+        if u < *x {
+            return c.0;
+        }
+        u -= x;
+    }
+    cand.last().map_or_else(argmax, |c| c.0)
+}
+
+/// Generates after `prompt` (token ids). `on_token(id, text_delta)` is called
+/// for each new token; returning `Break` cancels. Runs without gradients.
+pub fn generate(
+    model: &CausalLm,
+    tok: &ChatTokenizer,
+    prompt: &[u32],
+    params: &SamplingParams,
+    mut on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+) -> Result<Generation, MlError> {
+    if prompt.is_empty() {
+        return Err(MlError::Template("empty prompt".into()));
+    }
+    let max_pos = model.config.max_position_embeddings;
+    if prompt.len() >= max_pos {
+        return Err(MlError::Template(format!(
+            "prompt of {} tokens does not fit the model's {max_pos} positions",
+            prompt.len()
+        )));
+    }
+    let eos: Vec<u32> = model
+        .config
+        .eos_token_ids
+        .iter()
+        .map(|&i| i as u32)
+        .chain(tok.eos_id())
+        .collect();
+    let mut rng = Rng::new(params.seed);
+    let mut cache = model.new_cache();
+    let mut seen: Vec<u32> = prompt.to_vec();
+    let mut out: Vec<u32> = Vec::new();
+    let mut text = String::new();
+    let mut finish = FinishReason::Length;
+    let budget = params.max_new_tokens.min(max_pos - prompt.len());
+    let _guard = tch::no_grad_guard();
+    let mut input: Vec<i64> = prompt.iter().map(|&i| i as i64).collect();
+    for _ in 0..budget {
+        let ids = Tensor::from_slice(&input)
+            .unsqueeze(0)
+            .to_device(model.device);
+        let logits = model.forward(&ids, None, Some(&mut cache), false);
+        let last = logits.select(1, -1).squeeze_dim(0);
+        let next = if params.temperature <= 0.0 && params.repetition_penalty == 1.0 {
+            last.argmax(-1, false).int64_value(&[]) as u32
+        } else {
+            let mut row: Vec<f32> =
+                Vec::try_from(last.to_kind(Kind::Float).to_device(tch::Device::Cpu))?;
+            pick(&mut row, &seen, params, &mut rng)
+        };
+        if !params.ignore_eos && eos.contains(&next) {
+            finish = FinishReason::Stop;
+            break;
+        }
+        out.push(next);
+        seen.push(next);
+        input = vec![next as i64];
+        // Emit text only once it decodes to whole characters.
+        let full = tok.decode(&out);
+        if !full.ends_with('\u{FFFD}') && full.len() >= text.len() && full.starts_with(&text) {
+            let delta = full[text.len()..].to_string();
+            text = full;
+            if let Some(cut) = params
+                .stop
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
+                text.truncate(cut);
+                finish = FinishReason::Stop;
+                break;
+            }
+            if on_token(next, &delta).is_break() {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+        } else if on_token(next, "").is_break() {
+            finish = FinishReason::Cancelled;
+            break;
+        }
+    }
+    if finish == FinishReason::Length && text.is_empty() {
+        text = tok.decode(&out);
+    }
+    Ok(Generation {
+        ids: out,
+        text,
+        finish,
+        prompt_tokens: prompt.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_picks_the_max_and_penalty_applies() {
+        let p = SamplingParams::default();
+        let mut rng = Rng::new(1);
+        assert_eq!(pick(&mut [0.1, 2.0, 1.0], &[], &p, &mut rng), 1);
+        let p = SamplingParams {
+            repetition_penalty: 4.0,
+            ..SamplingParams::default()
+        };
+        assert_eq!(pick(&mut [0.1, 2.0, 1.0], &[1], &p, &mut rng), 2);
+    }
+
+    #[test]
+    fn sampling_is_seeded_and_respects_top_k() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            seed: 7,
+            ..SamplingParams::default()
+        };
+        let draw = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..200)
+                .map(|_| pick(&mut [1.0, 4.0, 0.9, 5.0, -1.0], &[], &p, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        let a = draw(7);
+        assert_eq!(a, draw(7));
+        assert_ne!(a, draw(8));
+        assert!(
+            a.iter().all(|&t| t == 3 || t == 1),
+            "top-k 2 keeps tokens 3 and 1"
+        );
+        assert!(a.contains(&1), "token 1 has 27% of the mass: {a:?}");
+    }
+
+    #[test]
+    fn top_p_cuts_the_tail() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..SamplingParams::default()
+        };
+        let mut rng = Rng::new(3);
+        for _ in 0..100 {
+            assert_eq!(pick(&mut [0.0, 3.0, 0.0, 0.0], &[], &p, &mut rng), 1);
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Llama (LlamaForCausalLM, also SmolLM2, TinyLlama): RMSNorm, rotary position
+//! embeddings with the config's theta and scaling, grouped-query attention,
+//! SiLU-gated MLP.
+
+use tch::{Kind, Tensor};
+
+use super::MlError;
+use super::hf_config::HfConfig;
+use super::lora::Linear;
+use super::model::{LayerCache, attention};
+use super::weights::Weights;
+
+struct RmsNorm {
+    w: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(ws: &mut Weights, name: &str, d: i64, eps: f64) -> Result<Self, MlError> {
+        Ok(RmsNorm {
+            w: ws.take(&format!("{name}.weight"), &[d])?,
+            eps,
+        })
+    }
+    /// As transformers: normalise in f32, cast back, then scale.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let normed = (xf * (var + self.eps).rsqrt()).to_kind(kind);
+        &self.w * normed
+    }
+}
+
+fn linear(
+    ws: &mut Weights,
+    path: &str,
+    fan_in: i64,
+    fan_out: i64,
+    bias: bool,
+) -> Result<Linear, MlError> {
+    Ok(Linear {
+        path: path.to_string(),
+        weight: ws.take(&format!("{path}.weight"), &[fan_out, fan_in])?,
+        bias: if bias {
+            Some(ws.take(&format!("{path}.bias"), &[fan_out])?)
+        } else {
+            None
+        },
+        fan_in_fan_out: false,
+        lora: None,
+        merged: false,
+    })
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Layer {
+    fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
+    }
+    fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.o,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
+    }
+}
+
+pub struct Llama {
+    cfg: HfConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Option<Tensor>,
+    /// `[head_dim / 2]` inverse frequencies after rope scaling, f32 on the model's device.
+    inv_freq: Tensor,
+}
+
+/// Inverse RoPE frequencies for the config's theta and scaling (default, linear, llama3).
+pub fn rope_inv_freq(cfg: &HfConfig) -> Vec<f64> {
+    let hd = cfg.head_dim;
+    let mut inv: Vec<f64> = (0..hd / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64))
+        .collect();
+    if let Some(s) = &cfg.rope_scaling {
+        let factor = s.factor.unwrap_or(1.0);
+        match s.rope_type.as_str() {
+            "linear" => inv.iter_mut().for_each(|f| *f /= factor),
+            "llama3" => {
+                let low = s.low_freq_factor.unwrap_or(1.0);
+                let high = s.high_freq_factor.unwrap_or(4.0);
+                let old = s.original_max_position_embeddings.unwrap_or(8192) as f64;
+                let low_wavelen = old / low;
+                let high_wavelen = old / high;
+                for f in inv.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    inv
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[x2.neg(), x1], -1)
+}
+
+impl Llama {
+    pub fn load(cfg: &HfConfig, ws: &mut Weights) -> Result<Llama, MlError> {
+        let d = cfg.hidden_size as i64;
+        let hd = cfg.head_dim as i64;
+        let nh = cfg.num_heads as i64;
+        let nkv = cfg.num_kv_heads as i64;
+        let inter = cfg.intermediate_size as i64;
+        let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_norm: RmsNorm::load(ws, &format!("{p}.input_layernorm"), d, cfg.norm_eps)?,
+                q: linear(ws, &format!("{p}.self_attn.q_proj"), d, nh * hd, ab)?,
+                k: linear(ws, &format!("{p}.self_attn.k_proj"), d, nkv * hd, ab)?,
+                v: linear(ws, &format!("{p}.self_attn.v_proj"), d, nkv * hd, ab)?,
+                o: linear(ws, &format!("{p}.self_attn.o_proj"), nh * hd, d, ab)?,
+                post_norm: RmsNorm::load(
+                    ws,
+                    &format!("{p}.post_attention_layernorm"),
+                    d,
+                    cfg.norm_eps,
+                )?,
+                gate: linear(ws, &format!("{p}.mlp.gate_proj"), d, inter, mb)?,
+                up: linear(ws, &format!("{p}.mlp.up_proj"), d, inter, mb)?,
+                down: linear(ws, &format!("{p}.mlp.down_proj"), inter, d, mb)?,
+            });
+        }
+        let v = cfg.vocab_size as i64;
+        let embed = ws.take("model.embed_tokens.weight", &[v, d])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(ws.take("lm_head.weight", &[v, d])?)
+        };
+        let device = embed.device();
+        let inv_freq = Tensor::from_slice(&rope_inv_freq(cfg))
+            .to_kind(Kind::Float)
+            .to_device(device);
+        Ok(Llama {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm: RmsNorm::load(ws, "model.norm", d, cfg.norm_eps)?,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    pub fn linears(&self) -> Vec<&Linear> {
+        self.layers.iter().flat_map(|l| l.linears()).collect()
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| l.linears_mut())
+            .collect()
+    }
+
+    pub fn named_tensors(&self) -> Vec<(String, &Tensor)> {
+        let mut v = vec![
+            ("model.embed_tokens.weight".to_string(), &self.embed),
+            ("model.norm.weight".to_string(), &self.norm.w),
+        ];
+        for (i, l) in self.layers.iter().enumerate() {
+            v.push((
+                format!("model.layers.{i}.input_layernorm.weight"),
+                &l.input_norm.w,
+            ));
+            v.push((
+                format!("model.layers.{i}.post_attention_layernorm.weight"),
+                &l.post_norm.w,
+            ));
+            for lin in l.linears() {
+                v.push((format!("{}.weight", lin.path), &lin.weight));
+                if let Some(b) = &lin.bias {
+                    v.push((format!("{}.bias", lin.path), b));
+                }
+            }
+        }
+        if let Some(h) = &self.lm_head {
+            v.push(("lm_head.weight".to_string(), h));
+        }
+        v
+    }
+
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        mut cache: Option<&mut Vec<LayerCache>>,
+        train: bool,
+    ) -> Tensor {
+        let (b, t) = ids.size2().expect("ids are [batch, time]");
+        let nh = self.cfg.num_heads as i64;
+        let nkv = self.cfg.num_kv_heads as i64;
+        let hd = self.cfg.head_dim as i64;
+        let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
+        let kind = x.kind();
+        // cos/sin: [1, 1, t, hd], computed in f32 as transformers does.
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(1) * self.inv_freq.unsqueeze(0);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        let cos = emb.cos().to_kind(kind).unsqueeze(0).unsqueeze(0);
+        let sin = emb.sin().to_kind(kind).unsqueeze(0).unsqueeze(0);
+        let rope = |x: &Tensor| x * &cos + rotate_half(x) * &sin;
+        for (i, l) in self.layers.iter().enumerate() {
+            let h = l.input_norm.forward(&x);
+            let q = l.q.forward(&h, train).view([b, t, nh, hd]).transpose(1, 2);
+            let k = l.k.forward(&h, train).view([b, t, nkv, hd]).transpose(1, 2);
+            let v = l.v.forward(&h, train).view([b, t, nkv, hd]).transpose(1, 2);
+            let (q, k) = (rope(&q), rope(&k));
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
+            let a = attention(&q, k, v, mask, layer_cache, nkv != nh);
+            let a = a.transpose(1, 2).contiguous().view([b, t, nh * hd]);
+            x = x + l.o.forward(&a, train);
+            let h = l.post_norm.forward(&x);
+            let m = l.gate.forward(&h, train).silu() * l.up.forward(&h, train);
+            x = x + l.down.forward(&m, train);
+        }
+        let x = self.norm.forward(&x);
+        x.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed), None)
+    }
+}

@@ -1,0 +1,327 @@
+//! A causal language model of either architecture, with LoRA, a KV cache, and
+//! Hugging Face / PEFT file formats.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::MlError;
+use super::gpt2::Gpt2;
+use super::hf_config::{Arch, HfConfig};
+use super::llama::Llama;
+use super::lora::{self, Linear, LoraSpec, LoraWeights, PeftConfig};
+use super::weights::Weights;
+
+/// Cached keys and values of one layer: `[b, kv_heads, past, head_dim]`.
+#[derive(Default)]
+pub struct LayerCache {
+    pub kv: Option<(Tensor, Tensor)>,
+}
+
+/// The KV cache of a whole model for incremental decoding.
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    /// Tokens already in the cache.
+    pub len: i64,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> KvCache {
+        KvCache {
+            layers: (0..num_layers).map(|_| LayerCache::default()).collect(),
+            len: 0,
+        }
+    }
+}
+
+/// Scaled dot-product attention over `q` and the new `k`, `v` appended to the cache.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: &Tensor,
+    cache: Option<&mut LayerCache>,
+    gqa: bool,
+) -> Tensor {
+    let (k, v) = match cache {
+        Some(c) => {
+            let (k, v) = match c.kv.take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2), Tensor::cat(&[&pv, &v], 2)),
+                None => (k, v),
+            };
+            c.kv = Some((k.shallow_clone(), v.shallow_clone()));
+            (k, v)
+        }
+        None => (k, v),
+    };
+    let (k, v) = if gqa {
+        let rep = q.size()[1] / k.size()[1];
+        (
+            k.repeat_interleave_self_int(rep, 1, None),
+            v.repeat_interleave_self_int(rep, 1, None),
+        )
+    } else {
+        (k, v)
+    };
+    Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), 0.0, false, None, false)
+}
+
+enum Inner {
+    Gpt2(Gpt2),
+    Llama(Llama),
+}
+
+pub struct CausalLm {
+    pub config: HfConfig,
+    inner: Inner,
+    pub device: Device,
+    pub kind: Kind,
+    /// The LoRA hyperparameters attached, if any.
+    pub lora: Option<LoraSpec>,
+}
+
+impl CausalLm {
+    /// Loads `config.json` and the safetensors of a Hugging Face model directory.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<CausalLm, MlError> {
+        let config = HfConfig::load(dir)?;
+        let mut ws = Weights::load(dir, device, kind)?;
+        let m = Self::from_weights(config, &mut ws, device, kind)?;
+        let unused = ws.unused();
+        if !unused.is_empty() {
+            tracing::warn!(model = %dir.display(), count = unused.len(), first = unused[0], "unused tensors in checkpoint");
+        }
+        Ok(m)
+    }
+
+    pub fn from_weights(
+        config: HfConfig,
+        ws: &mut Weights,
+        device: Device,
+        kind: Kind,
+    ) -> Result<CausalLm, MlError> {
+        let inner = match config.arch {
+            Arch::Gpt2 => Inner::Gpt2(Gpt2::load(&config, ws)?),
+            Arch::Llama => Inner::Llama(Llama::load(&config, ws)?),
+        };
+        Ok(CausalLm {
+            config,
+            inner,
+            device,
+            kind,
+            lora: None,
+        })
+    }
+
+    pub fn linears(&self) -> Vec<&Linear> {
+        match &self.inner {
+            Inner::Gpt2(m) => m.linears(),
+            Inner::Llama(m) => m.linears(),
+        }
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        match &mut self.inner {
+            Inner::Gpt2(m) => m.linears_mut(),
+            Inner::Llama(m) => m.linears_mut(),
+        }
+    }
+
+    /// Logits `[b, t, vocab]` for `ids` `[b, t]`. `attention_mask` `[b, past + t]`
+    /// (1 = token, 0 = padding) covers cached tokens too; `None` = all tokens.
+    /// With a cache, `ids` continue the cached sequence.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        let (b, t) = ids.size2().expect("ids are [batch, time]");
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let positions = Tensor::arange_start(past, past + t, (Kind::Int64, self.device));
+        let mask = self.additive_mask(b, t, past, attention_mask);
+        let layers = cache.as_deref_mut().map(|c| &mut c.layers);
+        let logits = match &self.inner {
+            Inner::Gpt2(m) => m.forward(ids, &positions, &mask, layers, train),
+            Inner::Llama(m) => m.forward(ids, &positions, &mask, layers, train),
+        };
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        logits
+    }
+
+    /// `[b, 1, t, past + t]`: 0 where query i may attend key j (causal and not
+    /// padding), the dtype's minimum elsewhere (as transformers, so no row is NaN).
+    fn additive_mask(&self, b: i64, t: i64, past: i64, attention_mask: Option<&Tensor>) -> Tensor {
+        let total = past + t;
+        let opts = (Kind::Int64, self.device);
+        let q = Tensor::arange_start(past, total, opts).unsqueeze(1);
+        let k = Tensor::arange(total, opts).unsqueeze(0);
+        let mut allowed = k
+            .le_tensor(&q)
+            .unsqueeze(0)
+            .unsqueeze(0)
+            .expand([b, 1, t, total], false);
+        if let Some(m) = attention_mask {
+            let keys = m.to_device(self.device).ne(0).view([b, 1, 1, total]);
+            allowed = allowed.logical_and(&keys);
+        }
+        let min = match self.kind {
+            Kind::BFloat16 => -3.3895313892515355e38,
+            Kind::Half => -65504.0,
+            Kind::Double => f64::MIN,
+            _ => f32::MIN as f64,
+        };
+        Tensor::zeros([b, 1, t, total], (self.kind, self.device))
+            .masked_fill(&allowed.logical_not(), min)
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_layers)
+    }
+
+    /// Attaches fresh LoRA weights (B = 0) to the targeted modules.
+    pub fn attach_lora(&mut self, spec: LoraSpec) -> Result<(), MlError> {
+        let spec = spec.resolved(self.config.arch)?;
+        for l in self.linears_mut() {
+            if spec.target_modules.iter().any(|m| m == l.module_name()) {
+                l.attach_fresh(&spec);
+            } else {
+                l.lora = None;
+            }
+        }
+        self.lora = Some(spec);
+        Ok(())
+    }
+
+    /// The trainable LoRA tensors, in a stable order (A then B per module).
+    pub fn lora_params(&self) -> Vec<(String, &Tensor)> {
+        let mut v = Vec::new();
+        for l in self.linears() {
+            if let Some(w) = &l.lora {
+                v.push((lora::peft_key(&l.path, 'A'), &w.a));
+                v.push((lora::peft_key(&l.path, 'B'), &w.b));
+            }
+        }
+        v
+    }
+
+    /// Loads a PEFT adapter directory onto this model (replacing any LoRA).
+    /// Every targeted module must have both tensors with the right shapes.
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<(), MlError> {
+        let (cfg, mut tensors) = lora::read_adapter(dir)?;
+        let spec = cfg
+            .to_spec(dir)?
+            .resolved(self.config.arch)
+            .map_err(|e| match e {
+                MlError::Adapter { msg, .. } => MlError::Adapter {
+                    path: dir.to_owned(),
+                    msg,
+                },
+                other => other,
+            })?;
+        let (device, r) = (self.device, spec.r as i64);
+        let mut attached = 0;
+        for l in self.linears_mut() {
+            l.lora = None;
+            l.merged = false;
+            if !spec.target_modules.iter().any(|m| m == l.module_name()) {
+                continue;
+            }
+            let (fan_in, fan_out) = l.in_out();
+            let mut take = |which: char, shape: [i64; 2]| -> Result<Tensor, MlError> {
+                let key = lora::peft_key(&l.path, which);
+                let t = tensors.remove(&key).ok_or_else(|| MlError::MissingTensor {
+                    name: key.clone(),
+                    path: dir.join("adapter_model.safetensors"),
+                })?;
+                if t.size() != shape {
+                    return Err(MlError::ShapeMismatch {
+                        name: key,
+                        expected: shape.to_vec(),
+                        found: t.size(),
+                        path: dir.join("adapter_model.safetensors"),
+                    });
+                }
+                Ok(t.to_kind(Kind::Float).to_device(device))
+            };
+            let a = take('A', [r, fan_in])?;
+            let b = take('B', [fan_out, r])?;
+            l.lora = Some(LoraWeights {
+                a,
+                b,
+                scale: spec.scale(),
+                dropout: spec.dropout,
+            });
+            attached += 1;
+        }
+        if attached == 0 {
+            return Err(MlError::Adapter {
+                path: dir.to_owned(),
+                msg: "the adapter targets no module of this model".into(),
+            });
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(MlError::Adapter {
+                path: dir.to_owned(),
+                msg: format!("tensor {extra} matches no targeted module of this model"),
+            });
+        }
+        self.lora = Some(spec);
+        Ok(())
+    }
+
+    /// Saves the attached LoRA in PEFT's format.
+    pub fn save_adapter(&self, dir: &Path, base: Option<&Path>) -> Result<(), MlError> {
+        let spec = self.lora.as_ref().ok_or_else(|| MlError::Adapter {
+            path: dir.to_owned(),
+            msg: "no LoRA attached to save".into(),
+        })?;
+        let cfg = PeftConfig::from_spec(spec, self.config.arch, base);
+        lora::save_adapter(dir, &cfg, &self.linears())
+    }
+
+    pub fn merge_lora(&mut self) {
+        self.linears_mut().into_iter().for_each(Linear::merge);
+    }
+
+    pub fn unmerge_lora(&mut self) {
+        self.linears_mut().into_iter().for_each(Linear::unmerge);
+    }
+
+    /// Writes the model (LoRA merged in) in Hugging Face layout: `config.json`
+    /// and `model.safetensors`. Tokenizer files are the caller's to copy.
+    pub fn export_merged(&mut self, dir: &Path) -> Result<(), MlError> {
+        let was_merged = self.linears().iter().all(|l| l.merged || l.lora.is_none());
+        self.merge_lora();
+        let named: Vec<(String, Tensor)> = match &self.inner {
+            Inner::Gpt2(m) => m.named_tensors(),
+            Inner::Llama(m) => m.named_tensors(),
+        }
+        .into_iter()
+        // A deep copy: the unmerge below must not reach the tensors being written.
+        .map(|(n, t)| {
+            (
+                n,
+                t.detach()
+                    .to_kind(Kind::Float)
+                    .to_device(Device::Cpu)
+                    .copy(),
+            )
+        })
+        .collect();
+        if !was_merged {
+            self.unmerge_lora();
+        }
+        std::fs::create_dir_all(dir).map_err(|e| MlError::io(dir, e))?;
+        let file = dir.join("model.safetensors");
+        Tensor::write_safetensors(&named, &file).map_err(|e| MlError::Safetensors {
+            path: file.clone(),
+            msg: e.to_string(),
+        })?;
+        let cfg = dir.join("config.json");
+        let json = serde_json::to_vec_pretty(&self.config.to_json()).unwrap_or_default();
+        crate::fsutil::write_atomic(&cfg, &json).map_err(|e| MlError::io(&cfg, e))
+    }
+}

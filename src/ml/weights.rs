@@ -1,0 +1,137 @@
+//! Reading a model's safetensors (single file or sharded with an index) into a
+//! name → tensor map that the layers take their weights from, by checkpoint name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, Tensor};
+
+use super::MlError;
+
+/// The tensors of a checkpoint, taken out one by one as layers load.
+pub struct Weights {
+    tensors: HashMap<String, Tensor>,
+    source: PathBuf,
+    device: Device,
+    kind: Kind,
+}
+
+fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>, MlError> {
+    if !path.exists() {
+        return Err(MlError::io(
+            path,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
+    Tensor::read_safetensors(path).map_err(|e| MlError::Safetensors {
+        path: path.to_owned(),
+        msg: e.to_string(),
+    })
+}
+
+impl Weights {
+    /// Loads `model.safetensors`, or every shard named by `model.safetensors.index.json`.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Weights, MlError> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let mut tensors = HashMap::new();
+        let source = if single.exists() || !index.exists() {
+            tensors.extend(read_file(&single)?);
+            single
+        } else {
+            let text = std::fs::read_to_string(&index).map_err(|e| MlError::io(&index, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| MlError::Safetensors {
+                    path: index.clone(),
+                    msg: e.to_string(),
+                })?;
+            let map = v["weight_map"]
+                .as_object()
+                .ok_or_else(|| MlError::Safetensors {
+                    path: index.clone(),
+                    msg: "no weight_map object".into(),
+                })?;
+            let mut files: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
+            files.sort_unstable();
+            files.dedup();
+            for f in files {
+                if f.contains('/') || f.contains("..") {
+                    return Err(MlError::Safetensors {
+                        path: index.clone(),
+                        msg: format!("shard name {f:?} leaves the model directory"),
+                    });
+                }
+                tensors.extend(read_file(&dir.join(f))?);
+            }
+            index
+        };
+        Ok(Weights {
+            tensors,
+            source,
+            device,
+            kind,
+        })
+    }
+
+    /// From tensors in memory (tests, `model init`).
+    pub fn from_map(tensors: HashMap<String, Tensor>, device: Device, kind: Kind) -> Weights {
+        Weights {
+            tensors,
+            source: PathBuf::from("(memory)"),
+            device,
+            kind,
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Removes `name`, checks its shape, and moves it to the model's device and dtype.
+    pub fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor, MlError> {
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| MlError::MissingTensor {
+                name: name.to_string(),
+                path: self.source.clone(),
+            })?;
+        if t.size() != shape {
+            return Err(MlError::ShapeMismatch {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: t.size(),
+                path: self.source.clone(),
+            });
+        }
+        Ok(t.to_device(self.device)
+            .to_kind(self.kind)
+            .set_requires_grad(false))
+    }
+
+    /// Like [`take`](Self::take) for the first of `names` present.
+    pub fn take_any(&mut self, names: &[String], shape: &[i64]) -> Result<Tensor, MlError> {
+        let name = names
+            .iter()
+            .find(|n| self.contains(n))
+            .unwrap_or(&names[0])
+            .clone();
+        self.take(&name, shape)
+    }
+
+    /// Names left after loading, minus known buffers that carry no weights.
+    pub fn unused(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .tensors
+            .keys()
+            .map(String::as_str)
+            .filter(|k| {
+                !k.ends_with(".attn.bias")
+                    && !k.ends_with(".attn.masked_bias")
+                    && !k.ends_with("rotary_emb.inv_freq")
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Reference outputs from transformers + PEFT for the Rust parity tests.
+
+usage: make_reference.py OUT_DIR
+
+Writes, for each tiny random model (fixed seed):
+  OUT_DIR/<name>/            config.json, model.safetensors (HF layout)
+  OUT_DIR/<name>/adapter/    a PEFT LoRA adapter with non-zero B (alpha != r)
+  OUT_DIR/<name>/reference.safetensors
+      input_ids [2, T], attention_mask [2, T] (row 1 right-padded),
+      logits (base model), logits_lora (base + adapter)
+and OUT_DIR/tok/: a byte-level BPE tokenizer with SmolLM2's chat template, plus
+reference.json with apply_chat_template texts and ids for several conversations.
+Test-only: needs torch, transformers, peft, tokenizers.
+"""
+import json
+import os
+import sys
+
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast)
+
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+VOCAB = 97
+T = 10
+
+
+def models():
+    yield "gpt2", GPT2LMHeadModel(GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)), ["c_attn", "c_proj", "c_fc"]
+    yield "llama", LlamaForCausalLM(LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rope_theta=5000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)), \
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    yield "llama3", LlamaForCausalLM(LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+        rope_theta=500000.0, tie_word_embeddings=True,
+        rope_scaling={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16})), \
+        ["q_proj", "v_proj"]
+
+
+def reference_models(out):
+    for name, model, targets in models():
+        d = os.path.join(out, name)
+        model.eval()
+        model.save_pretrained(d, safe_serialization=True)
+        gen = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, VOCAB, (2, T), generator=gen)
+        mask = torch.ones(2, T, dtype=torch.long)
+        mask[1, T - 3:] = 0
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
+                         init_lora_weights=False, fan_in_fan_out=(name == "gpt2"))
+        peft_model = get_peft_model(model, cfg)
+        peft_model.eval()
+        with torch.no_grad():
+            logits_lora = peft_model(input_ids=ids, attention_mask=mask).logits
+        peft_model.save_pretrained(os.path.join(d, "adapter"))
+        save_file({"input_ids": ids.contiguous(), "attention_mask": mask.contiguous(),
+                   "logits": logits.contiguous(), "logits_lora": logits_lora.contiguous()},
+                  os.path.join(d, "reference.safetensors"))
+
+
+def reference_tokenizer(out):
+    from tokenizers import Tokenizer, decoders, models as tm, pre_tokenizers, trainers
+    d = os.path.join(out, "tok")
+    os.makedirs(d, exist_ok=True)
+    tok = Tokenizer(tm.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    text = ["What is LoRA? Low-rank adaptation trains small matrices.",
+            "How do I learn Rust? Read the book and write programs every day.",
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face"] * 20
+    tok.train_from_iterator(text, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    fast.chat_template = SMOLLM2_TEMPLATE
+    fast.save_pretrained(d)
+    convs = [
+        [{"role": "user", "content": "What is LoRA?"}],
+        [{"role": "user", "content": "How do I learn Rust?"},
+         {"role": "assistant", "content": "Read the book.\nThen write programs every day."},
+         {"role": "user", "content": "And after that? Ünïcödé too — ok"}],
+        [{"role": "system", "content": "Answer briefly."},
+         {"role": "user", "content": "What is LoRA?"},
+         {"role": "assistant", "content": "Low-rank adaptation."}],
+    ]
+    cases = []
+    for conv in convs:
+        for gen in (False, True):
+            cases.append({
+                "messages": conv, "add_generation_prompt": gen,
+                "text": fast.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen),
+                "ids": fast.apply_chat_template(conv, tokenize=True, add_generation_prompt=gen),
+            })
+    with open(os.path.join(d, "reference.json"), "w", encoding="utf-8") as f:
+        json.dump(cases, f, ensure_ascii=False, indent=1)
+
+
+def main():
+    out = sys.argv[1]
+    torch.manual_seed(0)
+    reference_models(out)
+    reference_tokenizer(out)
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
