@@ -220,6 +220,9 @@ impl Llama {
         v
     }
 
+    // `x = x + f(x)`, not `x += f(x)`: an in-place add on `x` would clobber
+    // what autograd saved for the backward pass.
+    #[allow(clippy::assign_op_pattern)]
     pub fn forward(
         &self,
         ids: &Tensor,

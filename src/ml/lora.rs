@@ -210,6 +210,12 @@ pub struct PeftConfig {
     pub base_model_name_or_path: Option<String>,
     #[serde(default)]
     pub inference_mode: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers_to_transform: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modules_to_save: Option<serde_json::Value>,
+    #[serde(default)]
+    pub lora_bias: bool,
 }
 
 fn none_str() -> String {
@@ -241,6 +247,9 @@ impl PeftConfig {
             alpha_pattern: HashMap::new(),
             base_model_name_or_path: base.map(|p| p.display().to_string()),
             inference_mode: true,
+            layers_to_transform: None,
+            modules_to_save: None,
+            lora_bias: false,
         }
     }
 
@@ -259,6 +268,12 @@ impl PeftConfig {
         if !self.rank_pattern.is_empty() || !self.alpha_pattern.is_empty() {
             return Err(bad(
                 "per-module rank_pattern/alpha_pattern are not supported".into(),
+            ));
+        }
+        let set = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
+        if set(&self.layers_to_transform) || set(&self.modules_to_save) || self.lora_bias {
+            return Err(bad(
+                "layers_to_transform, modules_to_save and lora_bias are not supported".into(),
             ));
         }
         if self.bias != "none" {
