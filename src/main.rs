@@ -92,6 +92,17 @@ enum ModelCommand {
         #[arg(long, default_value_t = 1024)]
         vocab_size: usize,
     },
+    /// Merge a LoRA adapter into its base model and write a standalone HF model directory.
+    Export {
+        /// Base model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// PEFT adapter directory.
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +184,18 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 cfg.hidden_size,
                 cfg.vocab_size
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Model {
+            command:
+                ModelCommand::Export {
+                    model,
+                    adapter,
+                    out,
+                },
+        } => {
+            lorastream::ml::model::export_merged_model(model, adapter, out)?;
+            println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

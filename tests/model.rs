@@ -216,6 +216,24 @@ fn adapter_for_another_shape_is_refused() {
         msg.contains("lora_A.weight") && msg.contains("adapter_model.safetensors"),
         "{msg}"
     );
+    // The CLI merges a matching adapter into a standalone model with tokenizer files.
+    let merged = small.path().join("merged");
+    let out = Command::new(env!("CARGO_BIN_EXE_lorastream"))
+        .args(["model", "export", "--model"])
+        .arg(small.path())
+        .arg("--adapter")
+        .arg(&adapter)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(load(&merged).is_ok());
+    assert!(ChatTokenizer::load(&merged, None).is_ok());
     // A target the architecture does not have is refused too.
     let bad = m.attach_lora(LoraSpec {
         r: 4,

@@ -39,6 +39,23 @@ pub fn resolve(spec: &str) -> Result<Device, DeviceError> {
     }
 }
 
+/// The device and dtype `[model]` asks for: `dtype = "auto"` is bf16 on CUDA
+/// and f32 on CPU.
+pub fn select(
+    device: &str,
+    dtype: crate::config::DType,
+) -> Result<(Device, tch::Kind), DeviceError> {
+    use crate::config::DType;
+    let d = resolve(device)?;
+    let kind = match dtype {
+        DType::Auto if d.is_cuda() => tch::Kind::BFloat16,
+        DType::Auto | DType::F32 => tch::Kind::Float,
+        DType::Bf16 => tch::Kind::BFloat16,
+        DType::F16 => tch::Kind::Half,
+    };
+    Ok((d, kind))
+}
+
 /// Sets libtorch's intra-op thread count; 0 means one per core.
 pub fn set_threads(threads: usize) {
     let n = if threads == 0 {
@@ -84,6 +101,20 @@ mod tests {
             resolve("cuda:99"),
             Err(DeviceError::Unavailable { .. })
         ));
+    }
+
+    #[test]
+    fn dtype_auto_is_f32_on_cpu() {
+        use crate::config::DType;
+        assert_eq!(
+            select("cpu", DType::Auto).unwrap(),
+            (Device::Cpu, Kind::Float)
+        );
+        assert_eq!(
+            select("cpu", DType::Bf16).unwrap(),
+            (Device::Cpu, Kind::BFloat16)
+        );
+        assert!(select("gpu", DType::Auto).is_err());
     }
 
     #[test]

@@ -325,3 +325,30 @@ impl CausalLm {
         crate::fsutil::write_atomic(&cfg, &json).map_err(|e| MlError::io(&cfg, e))
     }
 }
+
+/// Files besides the weights that make a model directory usable by tokenizers
+/// and transformers; copied by merged exports.
+pub const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+];
+
+/// Merges `adapter` into the base model at `base` and writes a standalone model
+/// directory (weights, config, tokenizer files) to `out`.
+pub fn export_merged_model(base: &Path, adapter: &Path, out: &Path) -> Result<(), MlError> {
+    let mut m = CausalLm::load(base, Device::Cpu, Kind::Float)?;
+    m.load_adapter(adapter)?;
+    m.export_merged(out)?;
+    for f in TOKENIZER_FILES {
+        let src = base.join(f);
+        if src.exists() {
+            let bytes = std::fs::read(&src).map_err(|e| MlError::io(&src, e))?;
+            let dst = out.join(f);
+            crate::fsutil::write_atomic(&dst, &bytes).map_err(|e| MlError::io(&dst, e))?;
+        }
+    }
+    Ok(())
+}
