@@ -3,7 +3,7 @@
 //!
 //! libtorch is located the way torch-sys does it: `$LIBTORCH` (set by
 //! `.cargo/config.toml` to the `.libtorch` link made by `scripts/setup-libtorch.sh`),
-//! or the `torch` package of `$LIBTORCH_USE_PYTORCH`'s python.
+//! or the `torch` package of python when `LIBTORCH_USE_PYTORCH` is set.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,13 +14,20 @@ const HINT: &str =
 fn libtorch_dir() -> Result<PathBuf, String> {
     println!("cargo::rerun-if-env-changed=LIBTORCH");
     println!("cargo::rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
-    println!("cargo::rerun-if-env-changed=PYTHON_SYS_EXECUTABLE");
-    if let Ok(dir) = std::env::var("LIBTORCH") {
+    println!("cargo::rerun-if-env-changed=VIRTUAL_ENV");
+    if let Ok(dir) = std::env::var("LIBTORCH")
+        && std::env::var_os("LIBTORCH_USE_PYTORCH").is_none()
+    {
         return Ok(PathBuf::from(dir));
     }
     if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
-        let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python3".into());
-        let out = Command::new(&python)
+        // As torch-sys: `python` inside an activated venv, else `python3`.
+        let python = if std::env::var_os("VIRTUAL_ENV").is_some() {
+            "python"
+        } else {
+            "python3"
+        };
+        let out = Command::new(python)
             .args([
                 "-c",
                 "import os, torch; print(os.path.dirname(torch.__file__))",
@@ -28,11 +35,12 @@ fn libtorch_dir() -> Result<PathBuf, String> {
             .output()
             .map_err(|e| format!("cannot run {python}: {e}"))?;
         if !out.status.success() {
-            return Err(format!("{python} cannot import torch"));
+            let why = String::from_utf8_lossy(&out.stderr);
+            return Err(format!("{python} cannot import torch: {}", why.trim()));
         }
         return Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
     }
-    Err("LIBTORCH is not set".into())
+    Err("neither LIBTORCH nor LIBTORCH_USE_PYTORCH is set".into())
 }
 
 fn main() {

@@ -8,7 +8,7 @@
 # Idempotent: when the venv already holds what this script would install (a stamp
 # file records the requirement set), it only prints the paths and exits.
 # Links <clone>/.libtorch to the torch package directory (…/site-packages/torch)
-# and prints that directory as its last line.
+# and <clone>/.venv to the venv, and prints the torch directory as its last line.
 set -euo pipefail
 
 VENV="${LORASTREAM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/lorastream/venv}"
@@ -47,11 +47,11 @@ if [[ ! -f "$TORCH_DIR/lib/libtorch_cpu.so" ]]; then
   say "error: $TORCH_DIR/lib/libtorch_cpu.so missing; remove $VENV and rerun"
   exit 1
 fi
-# The clone finds libtorch through this link: .cargo/config.toml points LIBTORCH at it,
-# and build.rs gives the binaries an rpath to its resolved lib/ directory.
+# The clone finds libtorch through <clone>/.libtorch (.cargo/config.toml points
+# LIBTORCH at it; build.rs gives the binaries an rpath to its resolved lib/), and
+# the parity tests run their Python scripts with <clone>/.venv/bin/python.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ln -sfn "$TORCH_DIR" "$ROOT/.libtorch"
-# Tests run the parity scripts with this venv's python: <clone>/.venv/bin/python.
 ln -sfn "$VENV" "$ROOT/.venv"
-say "libtorch: $TORCH_DIR (linked from $ROOT/.libtorch)"
+say "libtorch: $TORCH_DIR (linked at $ROOT/.libtorch; venv at $ROOT/.venv)"
 echo "$TORCH_DIR"
