@@ -2,14 +2,19 @@
 //! with the same flags and one JSON line of the same keys, so both can be run
 //! side by side and compared as a ratio.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::json;
 use tch::{Device, Kind};
 
+use tch::Tensor;
+
+use crate::ml::data::{self, Encoded, Labels};
 use crate::ml::generate::{SamplingParams, generate};
-use crate::ml::{CausalLm, ChatTokenizer, Message, MlError};
+use crate::ml::{CausalLm, ChatTokenizer, LoraSpec, Message, MlError};
+use crate::streams::read_jsonl as load_examples;
+use crate::train::{AdamW, clip_grad_norm, zero_grads};
 
 /// Flags shared by every bench subcommand (as the peer's).
 #[derive(Debug, Clone, clap::Args)]
@@ -40,44 +45,159 @@ pub struct GenerateArgs {
     pub max_new_tokens: usize,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Use only the first N examples; 0 = all.
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Timed optimizer steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed optimizer steps before them.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Comma-separated module names (gpt2: c_attn).
+    #[arg(long, default_value = "q_proj,v_proj")]
+    pub targets: String,
+    /// Run the model in bf16 autocast on CPU (not in the peer; off by default).
+    #[arg(long)]
+    pub bf16: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error(transparent)]
     Ml(#[from] MlError),
-    #[error("{}: {msg}", path.display())]
-    Data { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Data(#[from] crate::streams::StreamError),
+    #[error("no example has two or more tokens")]
+    NoData,
 }
 
-/// Reads chat examples from JSONL; a bad line is an error naming its number.
-pub fn load_examples(path: &Path, limit: usize) -> Result<Vec<Vec<Message>>, BenchError> {
-    let data_err = |msg: String| BenchError::Data {
-        path: path.to_owned(),
-        msg,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| data_err(e.to_string()))?;
+/// Renders every example with the chat template (plain for GPT-2), truncates to
+/// `seq_len`, keeps those of two or more tokens; loss on every token, as the peer.
+fn encode_for_peer(
+    tok: &ChatTokenizer,
+    examples: &[Vec<Message>],
+    seq_len: usize,
+) -> Result<Vec<Encoded>, BenchError> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        #[derive(serde::Deserialize)]
-        struct Ex {
-            messages: Vec<Message>,
-        }
-        let ex: Ex =
-            serde_json::from_str(line).map_err(|e| data_err(format!("line {}: {e}", i + 1)))?;
-        if ex.messages.is_empty() {
-            return Err(data_err(format!("line {}: no messages", i + 1)));
-        }
-        out.push(ex.messages);
-        if limit > 0 && out.len() >= limit {
-            break;
+    for m in examples {
+        if let Some(e) = data::encode(tok, m, seq_len, Labels::All)? {
+            out.push(e);
         }
     }
     if out.is_empty() {
-        return Err(data_err("no examples".into()));
+        return Err(BenchError::NoData);
     }
     Ok(out)
+}
+
+/// Perplexity over every non-pad token, after one untimed warm-up batch.
+pub fn bench_eval(a: &EvalArgs) -> Result<serde_json::Value, BenchError> {
+    set_threads(a.common.threads);
+    let tok = ChatTokenizer::load(&a.common.model, None)?;
+    let model = CausalLm::load(&a.common.model, Device::Cpu, Kind::Float)?;
+    let enc = encode_for_peer(
+        &tok,
+        &load_examples(&a.common.data, a.limit)?,
+        a.common.seq_len,
+    )?;
+    let pad_id = tok.pad_id() as i64;
+    let bs = a.common.batch_size.max(1);
+    crate::eval::perplexity_encoded(&model, &enc[..bs.min(enc.len())], pad_id, bs);
+    let t0 = Instant::now();
+    let p = crate::eval::perplexity_encoded(&model, &enc, pad_id, bs);
+    let dt = t0.elapsed().as_secs_f64();
+    let tokens: usize = enc.iter().map(|e| e.ids.len()).sum();
+    Ok(json!({
+        "bench": "eval", "impl": "lorastream", "perplexity": round4(p.perplexity),
+        "predicted_tokens": p.tokens, "tokens": tokens, "seconds": round4(dt),
+        "tokens_per_s": round2(tokens as f64 / dt), "threads": tch::get_num_threads(),
+    }))
+}
+
+/// LoRA training throughput: `warmup` untimed steps, then `steps` timed ones,
+/// batches taken in order and cycled, AdamW at a constant rate, clipping at 1.0.
+pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
+    set_threads(a.common.threads);
+    tch::manual_seed(0);
+    let tok = ChatTokenizer::load(&a.common.model, None)?;
+    let kind = if a.bf16 { Kind::BFloat16 } else { Kind::Float };
+    let mut model = CausalLm::load(&a.common.model, Device::Cpu, kind)?;
+    model.attach_lora(LoraSpec {
+        r: a.rank,
+        alpha: a.alpha,
+        dropout: a.dropout,
+        target_modules: a
+            .targets
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        rslora: false,
+    })?;
+    let enc = encode_for_peer(&tok, &load_examples(&a.common.data, 0)?, a.common.seq_len)?;
+    let pad_id = tok.pad_id() as i64;
+    let batches: Vec<Vec<&Encoded>> = enc
+        .chunks(a.common.batch_size.max(1))
+        .map(|c| c.iter().collect())
+        .collect();
+    let params: Vec<(String, Tensor)> = model
+        .lora_params()
+        .into_iter()
+        .map(|(k, p)| (k, p.shallow_clone()))
+        .collect();
+    let refs: Vec<(String, &Tensor)> = params.iter().map(|(k, p)| (k.clone(), p)).collect();
+    let trainable: i64 = params.iter().map(|(_, p)| p.numel() as i64).sum();
+    let mut opt = AdamW::new(&refs, 0.0);
+    let mut losses = Vec::new();
+    let mut tokens = 0i64;
+    let mut t0 = Instant::now();
+    for step in 0..a.warmup + a.steps {
+        if step == a.warmup {
+            t0 = Instant::now();
+            tokens = 0;
+        }
+        let b = data::pad(
+            &batches[step % batches.len()],
+            pad_id,
+            model.mask_min(),
+            Device::Cpu,
+            kind,
+        );
+        let logits = model.forward_raw(&b.ids, &b.positions, &b.mask, None, true);
+        let loss = data::nll_sum(&logits, &b.labels) / b.targets.max(1) as f64;
+        loss.backward();
+        clip_grad_norm(&refs, 1.0);
+        opt.step(&refs, a.lr, step + 1);
+        zero_grads(&refs);
+        tokens += b.tokens;
+        losses.push(loss.double_value(&[]));
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "bench": "train", "impl": "lorastream", "tokens": tokens, "seconds": round4(dt),
+        "tokens_per_s": round2(tokens as f64 / dt), "steps": a.steps,
+        "first_loss": round4(losses[0]), "last_loss": round4(*losses.last().unwrap_or(&f64::NAN)),
+        "trainable_params": trainable, "threads": tch::get_num_threads(),
+    }))
 }
 
 fn set_threads(threads: usize) {

@@ -12,14 +12,22 @@
 //! - [`daemon`]: `lorastream run`: store, sources, signals; the actor pipeline
 //!   of DESIGN.md §1 plugs in here.
 //! - [`status`]: the report behind `lorastream status`.
+//! - [`streams`]: sealed streams of chat examples and their train/eval files.
+//! - [`train`]: continual LoRA training with checkpoints and replay.
+//! - [`eval`]: perplexity and the forgetting matrix.
+//! - [`pipeline`]: train / evaluate over the store (used by CLI and daemon).
 //!
 //! The binary (`src/main.rs`) is the clap command line over these modules.
 
 pub mod bench;
 pub mod config;
 pub mod daemon;
+pub mod eval;
 pub mod fsutil;
 pub mod logging;
 pub mod ml;
+pub mod pipeline;
 pub mod status;
 pub mod store;
+pub mod streams;
+pub mod train;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use lorastream::bench::{self, GenerateArgs};
+use lorastream::bench::{self, EvalArgs, GenerateArgs, TrainArgs};
 use lorastream::config::{Config, ConfigError, LogFormat};
 use lorastream::logging::{self, LogSettings};
 use lorastream::ml::Arch;
@@ -60,6 +60,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stream commands.
+    Streams {
+        #[command(subcommand)]
+        command: StreamsCommand,
+    },
+    /// Train the oldest untrained stream (or --stream ID) into a candidate adapter;
+    /// an interrupted run resumes from its checkpoint.
+    Train {
+        #[arg(long)]
+        stream: Option<i64>,
+    },
+    /// Fill missing cells of the perplexity matrix and print it with forgetting.
+    Eval {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Model commands.
     Model {
         #[command(subcommand)]
@@ -109,6 +126,21 @@ enum ModelCommand {
 enum BenchCommand {
     /// Greedy decoding with a KV cache: new tokens per second.
     Generate(GenerateArgs),
+    /// LoRA training throughput: tokens per second over timed optimizer steps.
+    Train(TrainArgs),
+    /// Perplexity over a data set, and tokens per second.
+    Eval(EvalArgs),
+}
+
+#[derive(Subcommand)]
+enum StreamsCommand {
+    /// Seal a JSONL of chat examples ({"messages": [...]} per line) into a new stream.
+    Import {
+        file: PathBuf,
+        /// Stream name (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,12 +230,103 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench {
-            command: BenchCommand::Generate(args),
-        } => {
-            println!("{}", bench::bench_generate(args)?);
+        Command::Bench { command } => {
+            let line = match command {
+                BenchCommand::Generate(args) => bench::bench_generate(args)?,
+                BenchCommand::Train(args) => bench::bench_train(args)?,
+                BenchCommand::Eval(args) => bench::bench_eval(args)?,
+            };
+            println!("{line}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Streams {
+            command: StreamsCommand::Import { file, name },
+        } => with_config(cli, |config| {
+            init_logs(cli, &config)?;
+            let store = open_store(&config)?;
+            let name = name.clone().unwrap_or_else(|| {
+                file.file_stem()
+                    .map_or("import".into(), |s| s.to_string_lossy().into_owned())
+            });
+            let (id, new, dup) = lorastream::streams::import(
+                &store,
+                &config.state_dir(),
+                file,
+                &name,
+                config.streams.eval_fraction,
+            )?;
+            let s = store.stream(id)?.context("stream vanished")?;
+            println!(
+                "stream {id} {name:?}: {new} new examples ({dup} already stored), train {} / eval {}, {}",
+                s.n_train,
+                s.n_eval,
+                s.path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Train { stream } => {
+            with_config(cli, |config| {
+                init_logs(cli, &config)?;
+                let store = open_store(&config)?;
+                let stop = std::sync::atomic::AtomicBool::new(false);
+                let bar = progress_bar();
+                let log_every = config.train.log_every;
+                let t = lorastream::pipeline::train_stream(&config, &store, *stream, &stop, |p| {
+                    match &bar {
+                        Some(bar) => {
+                            bar.set_length(p.total_steps as u64);
+                            bar.set_position(p.step as u64);
+                            bar.set_message(format!(
+                                "loss {:.4}  {:.0} tok/s",
+                                p.loss, p.tokens_per_s
+                            ));
+                        }
+                        None if p.step % log_every == 0 || p.step == p.total_steps => {
+                            tracing::info!(
+                                step = p.step,
+                                total_steps = p.total_steps,
+                                loss = p.loss,
+                                lr = p.lr,
+                                tokens_per_s = p.tokens_per_s,
+                                eta_s = p.eta_s,
+                                "training"
+                            )
+                        }
+                        None => {}
+                    }
+                })?;
+                if let Some(bar) = bar {
+                    bar.finish();
+                }
+                let o = &t.outcome;
+                println!(
+                    "stream {} -> adapter v{} (candidate): {} steps{}, loss {:.4} -> {:.4}, {:.0} tokens/s",
+                    t.stream_id,
+                    t.adapter_id,
+                    o.steps,
+                    if o.resumed_from > 0 {
+                        format!(" (resumed at {})", o.resumed_from)
+                    } else {
+                        String::new()
+                    },
+                    o.losses.first().copied().unwrap_or(f32::NAN),
+                    o.losses.last().copied().unwrap_or(f32::NAN),
+                    o.tokens_per_s
+                );
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Eval { json } => with_config(cli, |config| {
+            init_logs(cli, &config)?;
+            let store = open_store(&config)?;
+            let m = lorastream::pipeline::evaluate(&config, &store)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                print!("{}", m.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Config {
             command: ConfigCommand::Check,
         } => with_config(cli, |config| {
@@ -229,6 +352,27 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
     }
+}
+
+fn open_store(config: &Config) -> anyhow::Result<lorastream::store::Store> {
+    Ok(lorastream::store::Store::open_with_timeout(
+        &config.store_path(),
+        std::time::Duration::from_millis(config.store.busy_timeout_ms),
+    )?)
+}
+
+/// A progress bar with loss, tokens/s and ETA when stderr is a terminal.
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(1);
+    let style =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  eta {eta}")
+            .ok()?;
+    bar.set_style(style);
+    Some(bar)
 }
 
 /// Runs `f` with the loaded config; an invalid config exits with EX_CONFIG.

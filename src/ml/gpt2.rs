@@ -155,7 +155,7 @@ impl Gpt2 {
         v
     }
 
-    /// `ids`: `[b, t]`; `positions`: `[t]`; `mask`: additive `[b, 1, t, past + t]`.
+    /// `ids`, `positions`: `[b, t]`; `mask`: additive `[b, 1, t, past + t]`.
     // `x = x + f(x)`, not `x += f(x)`: an in-place add on `x` would clobber
     // what autograd saved for the backward pass.
     #[allow(clippy::assign_op_pattern)]

@@ -237,11 +237,11 @@ impl Llama {
         let hd = self.cfg.head_dim as i64;
         let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
         let kind = x.kind();
-        // cos/sin: [1, 1, t, hd], computed in f32 as transformers does.
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(1) * self.inv_freq.unsqueeze(0);
+        // cos/sin: [b, 1, t, hd] from positions [b, t], computed in f32 as transformers does.
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        let cos = emb.cos().to_kind(kind).unsqueeze(0).unsqueeze(0);
-        let sin = emb.sin().to_kind(kind).unsqueeze(0).unsqueeze(0);
+        let cos = emb.cos().to_kind(kind).unsqueeze(1);
+        let sin = emb.sin().to_kind(kind).unsqueeze(1);
         let rope = |x: &Tensor| x * &cos + rotate_half(x) * &sin;
         for (i, l) in self.layers.iter().enumerate() {
             let h = l.input_norm.forward(&x);

@@ -2,6 +2,7 @@
 //! Llama-family models, LoRA with PEFT's file format, tokenizers with chat
 //! templates, generation with a KV cache, and tiny random models for tests.
 
+pub mod data;
 pub mod device;
 pub mod generate;
 pub mod gpt2;

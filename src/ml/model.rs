@@ -138,17 +138,42 @@ impl CausalLm {
     ) -> Tensor {
         let (b, t) = ids.size2().expect("ids are [batch, time]");
         let past = cache.as_ref().map_or(0, |c| c.len);
-        let positions = Tensor::arange_start(past, past + t, (Kind::Int64, self.device));
+        let positions = Tensor::arange_start(past, past + t, (Kind::Int64, self.device))
+            .unsqueeze(0)
+            .expand([b, t], false);
         let mask = self.additive_mask(b, t, past, attention_mask);
-        let layers = cache.as_deref_mut().map(|c| &mut c.layers);
-        let logits = match &self.inner {
-            Inner::Gpt2(m) => m.forward(ids, &positions, &mask, layers, train),
-            Inner::Llama(m) => m.forward(ids, &positions, &mask, layers, train),
-        };
+        let logits = self.forward_raw(ids, &positions, &mask, cache.as_deref_mut(), train);
         if let Some(c) = cache {
             c.len += t;
         }
         logits
+    }
+
+    /// Logits for explicit `positions` `[b, t]` and an additive attention mask
+    /// `[b, 1, t, past + t]` (e.g. block-diagonal for packed sequences).
+    pub fn forward_raw(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        let layers = cache.map(|c| &mut c.layers);
+        match &self.inner {
+            Inner::Gpt2(m) => m.forward(ids, positions, mask, layers, train),
+            Inner::Llama(m) => m.forward(ids, positions, mask, layers, train),
+        }
+    }
+
+    /// The value masked attention scores get: the dtype's minimum, as transformers.
+    pub fn mask_min(&self) -> f64 {
+        match self.kind {
+            Kind::BFloat16 => -3.3895313892515355e38,
+            Kind::Half => -65504.0,
+            Kind::Double => f64::MIN,
+            _ => f32::MIN as f64,
+        }
     }
 
     /// `[b, 1, t, past + t]`: 0 where query i may attend key j (causal and not
@@ -195,6 +220,15 @@ impl CausalLm {
         Ok(())
     }
 
+    /// Removes any LoRA (unmerging first), leaving the base model.
+    pub fn clear_lora(&mut self) {
+        self.unmerge_lora();
+        for l in self.linears_mut() {
+            l.lora = None;
+        }
+        self.lora = None;
+    }
+
     /// The trainable LoRA tensors, in a stable order (A then B per module).
     pub fn lora_params(&self) -> Vec<(String, &Tensor)> {
         let mut v = Vec::new();
@@ -210,6 +244,7 @@ impl CausalLm {
     /// Loads a PEFT adapter directory onto this model (replacing any LoRA).
     /// Every targeted module must have both tensors with the right shapes.
     pub fn load_adapter(&mut self, dir: &Path) -> Result<(), MlError> {
+        self.unmerge_lora();
         let (cfg, mut tensors) = lora::read_adapter(dir)?;
         let spec = cfg
             .to_spec(dir)?

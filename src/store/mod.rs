@@ -51,6 +51,11 @@ pub enum StoreError {
     },
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: String },
+    #[error("writing the files of {what}: {source}")]
+    Files {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("stored JSON is invalid: {0}")]
     Json(#[from] serde_json::Error),
     #[error(transparent)]
@@ -412,10 +417,23 @@ impl Store {
     /// is created and every example moves to `sealed` with its split, or nothing
     /// changes. `path` is where the stream's files are (written by the caller first).
     pub fn seal_stream(&self, name: &str, train: &[i64], eval: &[i64], path: &Path) -> Result<i64> {
+        self.seal_stream_with(name, train, eval, |_| Ok(path.to_owned()))
+    }
+
+    /// Like [`seal_stream`](Self::seal_stream), with the files written by `write`
+    /// once the stream id is known, inside the transaction: if `write` fails,
+    /// nothing is sealed. `write` returns the stream's directory.
+    pub fn seal_stream_with(
+        &self,
+        name: &str,
+        train: &[i64],
+        eval: &[i64],
+        write: impl FnOnce(i64) -> std::io::Result<PathBuf>,
+    ) -> Result<i64> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
-            "INSERT INTO streams (name, created_at, n_train, n_eval, path) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, now_ms(), train.len() as i64, eval.len() as i64, path.to_string_lossy()],
+            "INSERT INTO streams (name, created_at, n_train, n_eval, path) VALUES (?1, ?2, ?3, ?4, '')",
+            params![name, now_ms(), train.len() as i64, eval.len() as i64],
         )?;
         let stream_id = tx.last_insert_rowid();
         {
@@ -442,6 +460,14 @@ impl Store {
                 }
             }
         }
+        let path = write(stream_id).map_err(|e| StoreError::Files {
+            what: format!("stream {stream_id}"),
+            source: e,
+        })?;
+        tx.execute(
+            "UPDATE streams SET path = ?2 WHERE id = ?1",
+            params![stream_id, path.to_string_lossy()],
+        )?;
         tx.commit()?;
         Ok(stream_id)
     }
@@ -537,6 +563,15 @@ impl Store {
                 params![id, decision.map(Value::to_string), now_ms()],
             )
         })
+    }
+
+    pub fn set_adapter_path(&self, id: i64, path: &Path) -> Result<()> {
+        self.update_one(
+            "adapter",
+            &id.to_string(),
+            "UPDATE adapters SET path = ?2 WHERE id = ?1",
+            params![id, path.to_string_lossy()],
+        )
     }
 
     pub fn set_adapter_train_log(&self, id: i64, log: &Value) -> Result<()> {

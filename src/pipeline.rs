@@ -1,0 +1,268 @@
+//! The learning stages over the store: train the next stream into a candidate
+//! adapter, and fill the evaluation matrix. The CLI calls these directly; the
+//! daemon's actors call them from their threads.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use serde_json::json;
+
+use crate::config::Config;
+use crate::eval::{self, Matrix};
+use crate::ml::data::Labels;
+use crate::ml::{CausalLm, ChatTokenizer, Message, MlError};
+use crate::store::{
+    AdapterState, EvalRow, NewAdapter, Split, Store, StoreError, StreamRow, StreamState,
+};
+use crate::streams::{self, StreamError};
+use crate::train::{self, Progress, TrainError, TrainJob, TrainSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error(transparent)]
+    Ml(#[from] MlError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error("no stream waits for training")]
+    NothingToTrain,
+    #[error("stream {0} does not exist")]
+    NoSuchStream(i64),
+    #[error("base model {} not found: create one with `lorastream model init --arch llama --out {}` or set [model] path", .0.display(), .0.display())]
+    NoModel(PathBuf),
+}
+
+fn load_base(config: &Config) -> Result<(CausalLm, ChatTokenizer), PipelineError> {
+    let dir = config.model_path();
+    if !dir.join("config.json").exists() {
+        return Err(PipelineError::NoModel(dir));
+    }
+    let (device, kind) = train::device_for(config)?;
+    crate::ml::device::set_threads(config.model.threads);
+    let model = CausalLm::load(&dir, device, kind)?;
+    let tok = ChatTokenizer::load(&dir, config.model.chat_template.as_deref())?;
+    Ok((model, tok))
+}
+
+fn split_of(stream: &StreamRow, split: Split) -> Result<Vec<Vec<Message>>, PipelineError> {
+    Ok(streams::load_split(&stream.path, split)?)
+}
+
+/// What a finished training run produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Trained {
+    pub adapter_id: i64,
+    pub stream_id: i64,
+    pub outcome: train::TrainOutcome,
+}
+
+/// Trains `stream_id` (default: the oldest stream not trained yet) into a
+/// candidate adapter, continuing from the served adapter. An unfinished run of
+/// the same stream resumes from its checkpoint.
+pub fn train_stream(
+    config: &Config,
+    store: &Store,
+    stream_id: Option<i64>,
+    stop: &AtomicBool,
+    progress: impl FnMut(&Progress),
+) -> Result<Trained, PipelineError> {
+    let all = store.streams()?;
+    let stream = match stream_id {
+        Some(id) => all
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or(PipelineError::NoSuchStream(id))?,
+        None => all
+            .iter()
+            .find(|s| matches!(s.state, StreamState::Sealed | StreamState::Training))
+            .ok_or(PipelineError::NothingToTrain)?,
+    };
+    let (mut model, tok) = load_base(config)?;
+    let adapters = store.adapters()?;
+    let unfinished = adapters
+        .iter()
+        .find(|a| a.stream_id == stream.id && a.state == AdapterState::Training);
+    let parent = store.served_adapter()?;
+    let spec = TrainSpec::from_config(config);
+    let adapter_id = match unfinished {
+        Some(a) => a.id,
+        None => {
+            let attempt = adapters.iter().filter(|a| a.stream_id == stream.id).count() as i64 + 1;
+            let id = store.insert_adapter(&NewAdapter {
+                parent_id: parent.as_ref().map(|p| p.id),
+                stream_id: stream.id,
+                attempt,
+                path: std::path::Path::new(""),
+                hyperparams: serde_json::to_value(&spec).map_err(StoreError::Json)?,
+            })?;
+            id
+        }
+    };
+    let dir = config
+        .state_dir()
+        .join("adapters")
+        .join(adapter_id.to_string());
+    store.set_adapter_path(adapter_id, &dir)?;
+    if stream.state != StreamState::Training {
+        store.set_stream_state(stream.id, StreamState::Training)?;
+    }
+    let train_set = split_of(stream, Split::Train)?;
+    // Replay pool: a bounded reservoir over earlier streams' train splits.
+    let mut earlier = Vec::new();
+    for s in all.iter().filter(|s| s.id < stream.id) {
+        earlier.extend(split_of(s, Split::Train)?);
+    }
+    let replay = train::reservoir(
+        earlier,
+        config.train.replay_buffer,
+        spec.seed ^ stream.id as u64,
+    );
+    let parent_dir = parent.as_ref().map(|p| p.path.clone());
+    tracing::info!(
+        stream = stream.id,
+        adapter = adapter_id,
+        parent = parent.as_ref().map(|p| p.id),
+        examples = train_set.len(),
+        replay = replay.len(),
+        "training stream"
+    );
+    let result = train::train(
+        TrainJob {
+            model: &mut model,
+            tok: &tok,
+            train: &train_set,
+            replay: if spec.replay_fraction > 0.0 {
+                &replay
+            } else {
+                &[]
+            },
+            init_adapter: parent_dir.as_deref(),
+            out_dir: &dir,
+            spec: &spec,
+        },
+        stop,
+        progress,
+    );
+    match result {
+        Ok(outcome) => {
+            store.set_adapter_train_log(
+                adapter_id,
+                &json!({"loss": outcome.losses, "steps": outcome.steps, "tokens": outcome.tokens,
+                        "seconds": outcome.seconds, "tokens_per_s": outcome.tokens_per_s,
+                        "resumed_from": outcome.resumed_from}),
+            )?;
+            store.set_adapter_state(adapter_id, AdapterState::Candidate, None)?;
+            store.set_stream_state(stream.id, StreamState::Trained)?;
+            Ok(Trained {
+                adapter_id,
+                stream_id: stream.id,
+                outcome,
+            })
+        }
+        Err(TrainError::Stopped(step)) => Err(TrainError::Stopped(step).into()),
+        Err(e) => {
+            store.set_adapter_state(
+                adapter_id,
+                AdapterState::Failed,
+                Some(&json!({"error": e.to_string()})),
+            )?;
+            store.set_stream_state(stream.id, StreamState::Failed)?;
+            Err(e.into())
+        }
+    }
+}
+
+/// Fills every missing cell R[version][stream] (streams up to the version's
+/// own, all streams for the base model, the probe set for every row) and
+/// returns the matrix. The base model is loaded once.
+pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError> {
+    let streams = store.streams()?;
+    let adapters: Vec<_> = store
+        .adapters()?
+        .into_iter()
+        .filter(|a| !matches!(a.state, AdapterState::Training | AdapterState::Failed))
+        .collect();
+    let mut versions: Vec<(i64, Option<i64>, Option<PathBuf>)> = vec![(0, None, None)];
+    versions.extend(
+        adapters
+            .iter()
+            .map(|a| (a.id, Some(a.stream_id), Some(a.path.clone()))),
+    );
+    let have = store.evals()?;
+    let probe = match &config.eval.probe_set {
+        Some(p) => Some(streams::read_jsonl(p, config.eval.max_examples_per_stream)?),
+        None => None,
+    };
+    let limit = |mut v: Vec<Vec<Message>>| {
+        if config.eval.max_examples_per_stream > 0 {
+            v.truncate(config.eval.max_examples_per_stream);
+        }
+        v
+    };
+    let mut todo: Vec<(i64, Option<PathBuf>, i64)> = Vec::new();
+    for (v, trained, path) in &versions {
+        let mut cols: Vec<i64> = streams
+            .iter()
+            .filter(|s| trained.is_none_or(|t| s.id <= t) && s.n_eval > 0)
+            .map(|s| s.id)
+            .collect();
+        if probe.is_some() {
+            cols.push(0);
+        }
+        for s in cols {
+            if !have.iter().any(|c| c.adapter_id == *v && c.stream_id == s) {
+                todo.push((*v, path.clone(), s));
+            }
+        }
+    }
+    if !todo.is_empty() {
+        let (mut model, tok) = load_base(config)?;
+        let mut loaded: Option<i64> = None;
+        for (v, path, s) in todo {
+            if loaded != Some(v) {
+                match &path {
+                    Some(p) => model.load_adapter(p)?,
+                    None => model.clear_lora(),
+                }
+                loaded = Some(v);
+            }
+            let examples = if s == 0 {
+                probe.clone().unwrap_or_default()
+            } else {
+                let row = streams
+                    .iter()
+                    .find(|r| r.id == s)
+                    .ok_or(PipelineError::NoSuchStream(s))?;
+                limit(split_of(row, Split::Eval)?)
+            };
+            let p = eval::perplexity(
+                &model,
+                &tok,
+                &examples,
+                config.eval.batch_size,
+                config.train.seq_len,
+                Labels::Assistant,
+            )?;
+            tracing::info!(
+                adapter = v,
+                stream = s,
+                ppl = p.perplexity,
+                tokens = p.tokens,
+                "evaluated"
+            );
+            store.upsert_eval(&EvalRow {
+                adapter_id: v,
+                stream_id: s,
+                perplexity: p.perplexity,
+                nll_sum: p.nll_sum,
+                tokens: p.tokens,
+                evaluated_at: 0,
+            })?;
+        }
+    }
+    let rows: Vec<(i64, Option<i64>)> = versions.iter().map(|(v, t, _)| (*v, *t)).collect();
+    Ok(eval::matrix(&store.evals()?, &rows))
+}

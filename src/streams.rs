@@ -1,0 +1,165 @@
+//! Streams: sealed sets of chat examples with a deterministic train/eval split,
+//! stored as `streams/<id>/{train,eval}.jsonl` (one `{"messages": [...]}` per
+//! line) and a row in `streams`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::ml::Message;
+use crate::store::{NewExample, Origin, Split, Store, StoreError, content_hash};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("{}: {msg}", path.display())]
+    Data { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Reads chat examples from JSONL; a bad line is an error naming its number.
+pub fn read_jsonl(path: &Path, limit: usize) -> Result<Vec<Vec<Message>>, StreamError> {
+    let err = |msg: String| StreamError::Data {
+        path: path.to_owned(),
+        msg,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    #[derive(serde::Deserialize)]
+    struct Ex {
+        messages: Vec<Message>,
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ex: Ex = serde_json::from_str(line).map_err(|e| err(format!("line {}: {e}", i + 1)))?;
+        if ex.messages.is_empty() {
+            return Err(err(format!("line {}: no messages", i + 1)));
+        }
+        out.push(ex.messages);
+        if limit > 0 && out.len() >= limit {
+            break;
+        }
+    }
+    if out.is_empty() {
+        return Err(err("no examples".into()));
+    }
+    Ok(out)
+}
+
+/// True when the example goes to the eval split: a hash of its content below
+/// `eval_fraction` of the hash range, so the split does not depend on order.
+pub fn is_eval(messages: &[Message], eval_fraction: f64) -> bool {
+    let parts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+    let h = content_hash(&parts);
+    let x = u64::from_str_radix(&h[..16], 16).unwrap_or(0);
+    (x as f64 / u64::MAX as f64) < eval_fraction
+}
+
+fn write_jsonl(path: &Path, examples: &[&serde_json::Value]) -> std::io::Result<()> {
+    crate::fsutil::write_atomic_with(path, |w| {
+        for m in examples {
+            serde_json::to_writer(&mut *w, &json!({ "messages": m }))?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
+/// Seals ready examples into a stream: splits them, writes the files, and
+/// records the stream in one store transaction.
+pub fn seal(
+    store: &Store,
+    state_dir: &Path,
+    name: &str,
+    example_ids: &[i64],
+    eval_fraction: f64,
+) -> Result<i64, StreamError> {
+    let mut train = Vec::new();
+    let mut eval = Vec::new();
+    let mut rows = Vec::new();
+    for &id in example_ids {
+        let row = store.example(id)?.ok_or(StoreError::NotFound {
+            what: "example",
+            id: id.to_string(),
+        })?;
+        let messages: Vec<Message> =
+            serde_json::from_value(row.messages.clone()).map_err(StoreError::Json)?;
+        if is_eval(&messages, eval_fraction) {
+            eval.push(id);
+        } else {
+            train.push(id);
+        }
+        rows.push(row);
+    }
+    // Tiny streams still get both splits.
+    if eval.is_empty() && train.len() >= 2 {
+        eval.push(train.pop().unwrap_or_default());
+    }
+    if train.is_empty() && eval.len() >= 2 {
+        train.push(eval.pop().unwrap_or_default());
+    }
+    let messages_of = |ids: &[i64]| -> Vec<&serde_json::Value> {
+        ids.iter()
+            .filter_map(|id| rows.iter().find(|r| r.id == *id).map(|r| &r.messages))
+            .collect()
+    };
+    let id = store.seal_stream_with(name, &train, &eval, |id| {
+        let dir = state_dir.join("streams").join(id.to_string());
+        write_jsonl(&dir.join("train.jsonl"), &messages_of(&train))?;
+        write_jsonl(&dir.join("eval.jsonl"), &messages_of(&eval))?;
+        Ok(dir)
+    })?;
+    Ok(id)
+}
+
+/// `lorastream streams import`: stores each example (deduplicated) and seals
+/// the new ones into a stream. Returns the stream id and how many examples were
+/// new and duplicate.
+pub fn import(
+    store: &Store,
+    state_dir: &Path,
+    file: &Path,
+    name: &str,
+    eval_fraction: f64,
+) -> Result<(i64, usize, usize), StreamError> {
+    let examples = read_jsonl(file, 0)?;
+    let mut new = Vec::new();
+    let mut dup = 0;
+    for m in &examples {
+        let ins = store.insert_example(&NewExample {
+            raw_item_id: None,
+            messages: serde_json::to_value(m).map_err(StoreError::Json)?,
+            origin: Origin::Import,
+            quality: json!({}),
+        })?;
+        if ins.is_new() {
+            store.mark_example_ready(ins.id(), None)?;
+            new.push(ins.id());
+        } else {
+            dup += 1;
+        }
+    }
+    if new.is_empty() {
+        return Err(StreamError::Data {
+            path: file.to_owned(),
+            msg: format!(
+                "all {} examples are already stored; nothing to seal",
+                examples.len()
+            ),
+        });
+    }
+    let id = seal(store, state_dir, name, &new, eval_fraction)?;
+    Ok((id, new.len(), dup))
+}
+
+/// A stream's examples of one split, from its files.
+pub fn load_split(dir: &Path, split: Split) -> Result<Vec<Vec<Message>>, StreamError> {
+    let path = dir.join(format!("{}.jsonl", split.as_str()));
+    match read_jsonl(&path, 0) {
+        Err(StreamError::Data { msg, .. }) if msg == "no examples" => Ok(Vec::new()),
+        other => other,
+    }
+}
