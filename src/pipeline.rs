@@ -91,14 +91,13 @@ pub fn train_stream(
         Some(a) => a.id,
         None => {
             let attempt = adapters.iter().filter(|a| a.stream_id == stream.id).count() as i64 + 1;
-            let id = store.insert_adapter(&NewAdapter {
+            store.insert_adapter(&NewAdapter {
                 parent_id: parent.as_ref().map(|p| p.id),
                 stream_id: stream.id,
                 attempt,
                 path: std::path::Path::new(""),
                 hyperparams: serde_json::to_value(&spec).map_err(StoreError::Json)?,
-            })?;
-            id
+            })?
         }
     };
     let dir = config
