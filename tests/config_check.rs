@@ -1,19 +1,15 @@
 //! `lorastream config check` on the shipped example and on broken files: the
 //! binary must exit non-zero naming the file, the key and the line, never panic.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const EXIT_CONFIG: i32 = 78;
 
-fn lorastream() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lorastream"));
-    c.env_remove("RUST_LOG").env_remove("LORASTREAM_CONFIG");
-    c
-}
-
 fn check(path: &Path) -> Output {
-    lorastream()
+    common::lorastream()
         .args(["config", "check", "--config"])
         .arg(path)
         .output()
@@ -28,11 +24,7 @@ fn example() -> PathBuf {
 fn the_example_config_is_valid() {
     let out = check(&example());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     assert!(stdout.contains("valid"), "{stdout}");
     assert!(stdout.contains("3 sources (1 enabled"), "{stdout}");
     assert_eq!(

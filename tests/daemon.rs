@@ -2,21 +2,17 @@
 //! survives a bad SIGHUP reload, applies a good one, and exits 0 on SIGTERM and
 //! SIGINT with 'shutdown complete' logged. `status` reads what it left.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 struct Daemon {
     child: Child,
     lines: mpsc::Receiver<String>,
-}
-
-fn lorastream() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lorastream"));
-    c.env_remove("RUST_LOG").env_remove("LORASTREAM_CONFIG");
-    c
 }
 
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
@@ -45,7 +41,7 @@ fn reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
 
 impl Daemon {
     fn start(config: &Path) -> Daemon {
-        let mut child = lorastream()
+        let mut child = common::lorastream()
             .args(["run", "--log-format", "json", "--config"])
             .arg(config)
             .stdout(Stdio::piped())
@@ -132,16 +128,12 @@ fn runs_reloads_and_shuts_down_on_sigterm() {
     assert!(d.wait_exit().success());
 
     // status sees both sources registered by the daemon.
-    let out = lorastream()
+    let out = common::lorastream()
         .args(["status", "--json", "--config"])
         .arg(&config)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["initialized"], true);
     assert_eq!(report["schema_version"], 1);
@@ -171,17 +163,13 @@ fn sigint_exits_zero() {
 fn status_before_first_run_does_not_create_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
-    let out = lorastream()
+    let out = common::lorastream()
         .args(["status", "--config"])
         .arg(&config)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     assert!(stdout.contains("not created yet"), "{stdout}");
     assert!(stdout.contains("drops"), "{stdout}");
     assert!(!dir.path().join("state/lorastream.db").exists());
@@ -197,7 +185,7 @@ fn a_newer_store_stops_the_daemon_with_a_clear_error() {
         .unwrap()
         .execute_batch("PRAGMA user_version = 7")
         .unwrap();
-    let out = lorastream()
+    let out = common::lorastream()
         .args(["run", "--log-format", "json", "--config"])
         .arg(&config)
         .output()

@@ -1,10 +1,11 @@
 //! The model layer on models made by `model init`: loading, generation, the
 //! plain template, and clear errors for broken files.
 
+mod common;
+
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::process::Command;
 
 use lorastream::ml::generate::{FinishReason, SamplingParams, generate};
 use lorastream::ml::init::{InitOptions, Preset, init_model};
@@ -218,7 +219,7 @@ fn adapter_for_another_shape_is_refused() {
     );
     // The CLI merges a matching adapter into a standalone model with tokenizer files.
     let merged = small.path().join("merged");
-    let out = Command::new(env!("CARGO_BIN_EXE_lorastream"))
+    let out = common::lorastream()
         .args(["model", "export", "--model"])
         .arg(small.path())
         .arg("--adapter")
@@ -227,11 +228,7 @@ fn adapter_for_another_shape_is_refused() {
         .arg(&merged)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     assert!(load(&merged).is_ok());
     assert!(ChatTokenizer::load(&merged, None).is_ok());
     // A target the architecture does not have is refused too.
@@ -249,18 +246,14 @@ fn adapter_for_another_shape_is_refused() {
 fn cli_model_init_and_bench_generate() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m");
-    let out = Command::new(env!("CARGO_BIN_EXE_lorastream"))
+    let out = common::lorastream()
         .args([
             "model", "init", "--arch", "llama", "--preset", "tiny", "--out",
         ])
         .arg(&model)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     for f in [
         "config.json",
         "model.safetensors",
@@ -276,7 +269,7 @@ fn cli_model_init_and_bench_generate() {
          {\"messages\":[{\"role\":\"user\",\"content\":\"What is LoRA?\"}]}\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lorastream"))
+    let out = common::lorastream()
         .args([
             "bench",
             "generate",
@@ -291,11 +284,7 @@ fn cli_model_init_and_bench_generate() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["bench"], "generate");
     assert_eq!(v["prompts"], 2);
@@ -304,7 +293,7 @@ fn cli_model_init_and_bench_generate() {
     assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
 
     std::fs::write(&data, "{\"messages\": 3}\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lorastream"))
+    let out = common::lorastream()
         .args(["bench", "generate", "--model"])
         .arg(&model)
         .arg("--data")

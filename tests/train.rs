@@ -1,6 +1,8 @@
 //! Continual training on streams: labels, packing, three real Quora streams in
 //! sequence with the perplexity matrix, and resume after `kill -9`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -262,7 +264,7 @@ fn synthetic(n: usize) -> Vec<Vec<Message>> {
 }
 
 fn lorastream(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lorastream"));
+    let mut c = common::lorastream();
     c.env_remove("RUST_LOG")
         .args(["-q", "--config"])
         .arg(dir.join("lorastream.toml"));
@@ -281,11 +283,7 @@ fn setup_run(dir: &Path, data: &Path) {
         .arg(data)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
 }
 
 fn train_log(dir: &Path) -> serde_json::Value {
@@ -308,11 +306,7 @@ fn training_resumes_after_kill_9_with_the_same_step_count() {
     std::fs::create_dir_all(&whole).unwrap();
     setup_run(&whole, &data);
     let out = lorastream(&whole).arg("train").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let full = train_log(&whole);
 
     // Killed with SIGKILL after a few checkpoints, then resumed.
@@ -342,11 +336,7 @@ fn training_resumes_after_kill_9_with_the_same_step_count() {
         std::thread::sleep(Duration::from_millis(10));
     };
     let out = lorastream(&cut).arg("train").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let resumed = train_log(&cut);
     assert!(
         resumed["resumed_from"].as_u64().unwrap() >= killed_at,

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::{Config, KeyPath, ON_NEW_STREAM, SourceConfig, SourceKind, SummarizerBackend};
+use crate::ml::Arch;
 
 /// Parses a cron expression the way tokio-cron-scheduler does (seconds required,
 /// day-of-month and day-of-week both honoured), and checks that it ever fires.
@@ -193,25 +194,17 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
         1.0,
         false,
     );
-    const MODULES: &[&str] = &[
-        "c_attn",
-        "c_proj",
-        "c_fc",
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ];
+    let modules: Vec<&str> = [Arch::Gpt2, Arch::Llama]
+        .iter()
+        .flat_map(|a| a.lora_modules().iter().copied())
+        .collect();
     for (i, m) in c.lora.target_modules.iter().enumerate() {
-        if !MODULES.contains(&m.as_str()) {
+        if !modules.contains(&m.as_str()) {
             k.fail(
                 KeyPath::parse("lora.target_modules").index(i),
                 format!(
                     "unknown module {m:?}; expected one of {}",
-                    MODULES.join(", ")
+                    modules.join(", ")
                 ),
             );
         }

@@ -143,10 +143,7 @@ impl Gpt2 {
                 v.push((format!("transformer.h.{i}.{n}.bias"), &ln.b));
             }
             for l in [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj] {
-                v.push((format!("{}.weight", l.path), &l.weight));
-                if let Some(bias) = &l.bias {
-                    v.push((format!("{}.bias", l.path), bias));
-                }
+                v.extend(l.named_tensors());
             }
         }
         if let Some(h) = &self.lm_head {

@@ -208,10 +208,7 @@ impl Llama {
                 &l.post_norm.w,
             ));
             for lin in l.linears() {
-                v.push((format!("{}.weight", lin.path), &lin.weight));
-                if let Some(b) = &lin.bias {
-                    v.push((format!("{}.bias", lin.path), b));
-                }
+                v.extend(lin.named_tensors());
             }
         }
         if let Some(h) = &self.lm_head {

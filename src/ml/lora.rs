@@ -102,6 +102,15 @@ impl Linear {
         }
     }
 
+    /// `(<path>.weight, weight)` and the bias, as checkpoints name them.
+    pub fn named_tensors(&self) -> Vec<(String, &Tensor)> {
+        let mut v = vec![(format!("{}.weight", self.path), &self.weight)];
+        if let Some(b) = &self.bias {
+            v.push((format!("{}.bias", self.path), b));
+        }
+        v
+    }
+
     /// The PEFT module name: the last path component (`c_attn`, `q_proj`, …).
     pub fn module_name(&self) -> &str {
         self.path.rsplit('.').next().unwrap_or(&self.path)
