@@ -7,12 +7,12 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
 
-use crate::config::Config;
+use crate::config::{Config, TrainStrategy};
 use crate::eval::{self, Matrix};
 use crate::ml::data::Labels;
 use crate::ml::{CausalLm, ChatTokenizer, Message, MlError};
 use crate::store::{
-    AdapterState, EvalRow, NewAdapter, Split, Store, StoreError, StreamRow, StreamState,
+    AdapterRow, AdapterState, EvalRow, NewAdapter, Split, Store, StoreError, StreamRow, StreamState,
 };
 use crate::streams::{self, StreamError};
 use crate::train::{self, Progress, TrainError, TrainJob, TrainSpec};
@@ -45,6 +45,44 @@ fn load_base(config: &Config) -> Result<(CausalLm, ChatTokenizer), PipelineError
     let model = CausalLm::load(&dir, device, kind)?;
     let tok = ChatTokenizer::load(&dir, config.model.chat_template.as_deref())?;
     Ok((model, tok))
+}
+
+/// Whether `a` was trained on a base with its ancestors merged in (`merge_each`).
+fn merges_ancestors(a: &AdapterRow) -> bool {
+    a.hyperparams["strategy"] == "merge_each"
+}
+
+/// The ancestors of `a` (root first), following `parent_id`.
+fn ancestors(all: &[AdapterRow], a: &AdapterRow) -> Vec<AdapterRow> {
+    let mut chain = Vec::new();
+    let mut next = a.parent_id;
+    while let Some(id) = next {
+        match all.iter().find(|x| x.id == id) {
+            Some(p) if !chain.iter().any(|c: &AdapterRow| c.id == p.id) => {
+                next = p.parent_id;
+                chain.push(p.clone());
+            }
+            _ => break,
+        }
+    }
+    chain.reverse();
+    chain
+}
+
+/// Puts `model` (a freshly loaded base) in the state adapter `a` was trained
+/// on: under `merge_each`, every ancestor merged into the weights.
+fn bake_ancestors(
+    model: &mut CausalLm,
+    all: &[AdapterRow],
+    a: &AdapterRow,
+) -> Result<(), PipelineError> {
+    if merges_ancestors(a) {
+        for p in ancestors(all, a) {
+            model.load_adapter(&p.path)?;
+            model.bake_lora();
+        }
+    }
+    Ok(())
 }
 
 fn split_of(stream: &StreamRow, split: Split) -> Result<Vec<Vec<Message>>, PipelineError> {
@@ -85,18 +123,21 @@ pub fn train_stream(
     let unfinished = adapters
         .iter()
         .find(|a| a.stream_id == stream.id && a.state == AdapterState::Training);
-    let parent = store.served_adapter()?;
     let spec = TrainSpec::from_config(config);
+    let merge_each = config.train.strategy == TrainStrategy::MergeEach;
+    let mut hyperparams = serde_json::to_value(&spec).map_err(StoreError::Json)?;
+    hyperparams["strategy"] = json!(if merge_each { "merge_each" } else { "continue" });
     let adapter_id = match unfinished {
         Some(a) => a.id,
         None => {
+            let parent = store.served_adapter()?;
             let attempt = adapters.iter().filter(|a| a.stream_id == stream.id).count() as i64 + 1;
             store.insert_adapter(&NewAdapter {
                 parent_id: parent.as_ref().map(|p| p.id),
                 stream_id: stream.id,
                 attempt,
                 path: std::path::Path::new(""),
-                hyperparams: serde_json::to_value(&spec).map_err(StoreError::Json)?,
+                hyperparams,
             })?
         }
     };
@@ -105,6 +146,25 @@ pub fn train_stream(
         .join("adapters")
         .join(adapter_id.to_string());
     store.set_adapter_path(adapter_id, &dir)?;
+    let all_adapters = store.adapters()?;
+    let this = all_adapters
+        .iter()
+        .find(|a| a.id == adapter_id)
+        .ok_or(StoreError::NotFound {
+            what: "adapter",
+            id: adapter_id.to_string(),
+        })?;
+    let parent = this
+        .parent_id
+        .and_then(|p| all_adapters.iter().find(|a| a.id == p));
+    // continue: train the parent's LoRA further; merge_each: merge the lineage
+    // into the base and train a fresh LoRA on top.
+    bake_ancestors(&mut model, &all_adapters, this)?;
+    let init_adapter = if merges_ancestors(this) {
+        None
+    } else {
+        parent.map(|p| p.path.clone())
+    };
     if stream.state != StreamState::Training {
         store.set_stream_state(stream.id, StreamState::Training)?;
     }
@@ -119,11 +179,10 @@ pub fn train_stream(
         config.train.replay_buffer,
         spec.seed ^ stream.id as u64,
     );
-    let parent_dir = parent.as_ref().map(|p| p.path.clone());
     tracing::info!(
         stream = stream.id,
         adapter = adapter_id,
-        parent = parent.as_ref().map(|p| p.id),
+        parent = parent.map(|p| p.id),
         examples = train_set.len(),
         replay = replay.len(),
         "training stream"
@@ -138,7 +197,7 @@ pub fn train_stream(
             } else {
                 &[]
             },
-            init_adapter: parent_dir.as_deref(),
+            init_adapter: init_adapter.as_deref(),
             out_dir: &dir,
             spec: &spec,
         },
@@ -179,17 +238,13 @@ pub fn train_stream(
 /// returns the matrix. The base model is loaded once.
 pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError> {
     let streams = store.streams()?;
-    let adapters: Vec<_> = store
-        .adapters()?
-        .into_iter()
+    let all_adapters = store.adapters()?;
+    let adapters: Vec<&AdapterRow> = all_adapters
+        .iter()
         .filter(|a| !matches!(a.state, AdapterState::Training | AdapterState::Failed))
         .collect();
-    let mut versions: Vec<(i64, Option<i64>, Option<PathBuf>)> = vec![(0, None, None)];
-    versions.extend(
-        adapters
-            .iter()
-            .map(|a| (a.id, Some(a.stream_id), Some(a.path.clone()))),
-    );
+    let mut versions: Vec<(i64, Option<i64>, Option<&AdapterRow>)> = vec![(0, None, None)];
+    versions.extend(adapters.iter().map(|a| (a.id, Some(a.stream_id), Some(*a))));
     let have = store.evals()?;
     let probe = match &config.eval.probe_set {
         Some(p) => Some(streams::read_jsonl(p, config.eval.max_examples_per_stream)?),
@@ -201,8 +256,8 @@ pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError>
         }
         v
     };
-    let mut todo: Vec<(i64, Option<PathBuf>, i64)> = Vec::new();
-    for (v, trained, path) in &versions {
+    let mut todo: Vec<(i64, Option<&AdapterRow>, i64)> = Vec::new();
+    for (v, trained, row) in &versions {
         let mut cols: Vec<i64> = streams
             .iter()
             .filter(|s| trained.is_none_or(|t| s.id <= t) && s.n_eval > 0)
@@ -213,17 +268,29 @@ pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError>
         }
         for s in cols {
             if !have.iter().any(|c| c.adapter_id == *v && c.stream_id == s) {
-                todo.push((*v, path.clone(), s));
+                todo.push((*v, *row, s));
             }
         }
     }
     if !todo.is_empty() {
         let (mut model, tok) = load_base(config)?;
+        let mut baked = false;
         let mut loaded: Option<i64> = None;
-        for (v, path, s) in todo {
+        for (v, row, s) in todo {
             if loaded != Some(v) {
-                match &path {
-                    Some(p) => model.load_adapter(p)?,
+                // The base is loaded once; only merge_each versions change its weights.
+                if baked {
+                    model = load_base(config)?.0;
+                    baked = false;
+                }
+                match row {
+                    Some(a) => {
+                        if merges_ancestors(a) && a.parent_id.is_some() {
+                            bake_ancestors(&mut model, &all_adapters, a)?;
+                            baked = true;
+                        }
+                        model.load_adapter(&a.path)?;
+                    }
                     None => model.clear_lora(),
                 }
                 loaded = Some(v);

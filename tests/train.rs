@@ -360,3 +360,62 @@ fn training_resumes_after_kill_9_with_the_same_step_count() {
         "final loss {la} vs resumed {lb}"
     );
 }
+
+#[test]
+fn merge_each_trains_a_fresh_adapter_on_the_merged_lineage() {
+    let dir = tempfile::tempdir().unwrap();
+    init(&dir.path().join("model"), Arch::Gpt2, None);
+    let cfg = config(
+        dir.path(),
+        "[train]\nstrategy = \"merge_each\"\nepochs_per_stream = 1\nbatch_size = 4\nseq_len = 64\nlr = 0.01\n",
+    );
+    let store = Store::open(&cfg.store_path()).unwrap();
+    let stop = AtomicBool::new(false);
+    let data = synthetic(40);
+    let mut ids = Vec::new();
+    for (i, part) in data.chunks(20).enumerate() {
+        let f = dir.path().join(format!("p{i}.jsonl"));
+        write_jsonl(&f, part);
+        lorastream::streams::import(&store, &cfg.state_dir(), &f, "p", 0.2).unwrap();
+        let t = lorastream::pipeline::train_stream(&cfg, &store, None, &stop, |_| {}).unwrap();
+        store
+            .set_adapter_state(t.adapter_id, AdapterState::Promoted, None)
+            .unwrap();
+        ids.push(t.adapter_id);
+    }
+    let a = store.adapters().unwrap();
+    assert_eq!(a[1].parent_id, Some(ids[0]));
+    assert_eq!(a[1].hyperparams["strategy"], "merge_each");
+    let m = lorastream::pipeline::evaluate(&cfg, &store).unwrap();
+    // R[v2][stream 2] by hand: base, v1 merged in, v2 on top.
+    let tok = ChatTokenizer::load(&cfg.model_path(), None).unwrap();
+    let mut model = CausalLm::load(&cfg.model_path(), Device::Cpu, Kind::Float).unwrap();
+    model.load_adapter(&a[0].path).unwrap();
+    model.bake_lora();
+    model.load_adapter(&a[1].path).unwrap();
+    let s2 = store.streams().unwrap()[1].clone();
+    let eval = lorastream::streams::load_split(&s2.path, lorastream::store::Split::Eval).unwrap();
+    let p =
+        lorastream::eval::perplexity(&model, &tok, &eval, 8, cfg.train.seq_len, Labels::Assistant)
+            .unwrap();
+    let r = m.versions.iter().position(|&v| v == ids[1]).unwrap();
+    let c = m.streams.iter().position(|&s| s == s2.id).unwrap();
+    let stored = m.cells[r][c].unwrap();
+    assert!(
+        (stored - p.perplexity).abs() < 1e-6 * p.perplexity,
+        "stored {stored} vs by hand {}",
+        p.perplexity
+    );
+    // Without v1 merged the number differs: the lineage matters.
+    let mut plain = CausalLm::load(&cfg.model_path(), Device::Cpu, Kind::Float).unwrap();
+    plain.load_adapter(&a[1].path).unwrap();
+    let q =
+        lorastream::eval::perplexity(&plain, &tok, &eval, 8, cfg.train.seq_len, Labels::Assistant)
+            .unwrap();
+    assert!(
+        (q.perplexity - p.perplexity).abs() > 1e-4,
+        "{} vs {}",
+        q.perplexity,
+        p.perplexity
+    );
+}

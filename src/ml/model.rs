@@ -220,6 +220,17 @@ impl CausalLm {
         Ok(())
     }
 
+    /// Folds the attached LoRA into the base weights for good and drops it: the
+    /// model becomes "base + adapter" with no adapter attached.
+    pub fn bake_lora(&mut self) {
+        self.merge_lora();
+        for l in self.linears_mut() {
+            l.lora = None;
+            l.merged = false;
+        }
+        self.lora = None;
+    }
+
     /// Removes any LoRA (unmerging first), leaving the base model.
     pub fn clear_lora(&mut self) {
         self.unmerge_lora();
