@@ -11,6 +11,8 @@ use lorastream::config::{Config, ConfigError, LogFormat};
 use lorastream::logging::{self, LogSettings};
 use lorastream::ml::Arch;
 use lorastream::ml::init::{InitOptions, Preset, init_model};
+use lorastream::pipeline::PipelineError;
+use lorastream::train::TrainError;
 use lorastream::{daemon, status};
 
 /// sysexits' EX_CONFIG: the configuration is invalid.
@@ -268,36 +270,50 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             with_config(cli, |config| {
                 init_logs(cli, &config)?;
                 let store = open_store(&config)?;
-                let stop = std::sync::atomic::AtomicBool::new(false);
+                // SIGINT/SIGTERM: finish the step, checkpoint, exit; `train` again resumes.
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                    signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
+                }
                 let bar = progress_bar();
                 let log_every = config.train.log_every;
-                let t = lorastream::pipeline::train_stream(&config, &store, *stream, &stop, |p| {
-                    match &bar {
-                        Some(bar) => {
-                            bar.set_length(p.total_steps as u64);
-                            bar.set_position(p.step as u64);
-                            bar.set_message(format!(
-                                "loss {:.4}  {:.0} tok/s",
-                                p.loss, p.tokens_per_s
-                            ));
+                let result =
+                    lorastream::pipeline::train_stream(&config, &store, *stream, &stop, |p| {
+                        match &bar {
+                            Some(bar) => {
+                                bar.set_length(p.total_steps as u64);
+                                bar.set_position(p.step as u64);
+                                bar.set_message(format!(
+                                    "loss {:.4}  {:.0} tok/s",
+                                    p.loss, p.tokens_per_s
+                                ));
+                            }
+                            None if p.step % log_every == 0 || p.step == p.total_steps => {
+                                tracing::info!(
+                                    step = p.step,
+                                    total_steps = p.total_steps,
+                                    loss = p.loss,
+                                    lr = p.lr,
+                                    tokens_per_s = p.tokens_per_s,
+                                    eta_s = p.eta_s,
+                                    "training"
+                                )
+                            }
+                            None => {}
                         }
-                        None if p.step % log_every == 0 || p.step == p.total_steps => {
-                            tracing::info!(
-                                step = p.step,
-                                total_steps = p.total_steps,
-                                loss = p.loss,
-                                lr = p.lr,
-                                tokens_per_s = p.tokens_per_s,
-                                eta_s = p.eta_s,
-                                "training"
-                            )
-                        }
-                        None => {}
-                    }
-                })?;
+                    });
                 if let Some(bar) = bar {
                     bar.finish();
                 }
+                let t = match result {
+                    Err(PipelineError::Train(TrainError::Stopped(step))) => {
+                        eprintln!(
+                            "stopped at step {step}; checkpoint saved; run `lorastream train` again to resume"
+                        );
+                        return Ok(ExitCode::from(130));
+                    }
+                    other => other?,
+                };
                 let o = &t.outcome;
                 println!(
                     "stream {} -> adapter v{} (candidate): {} steps{}, loss {:.4} -> {:.4}, {:.0} tokens/s",

@@ -299,7 +299,7 @@ fn train_log(dir: &Path) -> serde_json::Value {
 fn training_resumes_after_kill_9_with_the_same_step_count() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data.jsonl");
-    write_jsonl(&data, &synthetic(160));
+    write_jsonl(&data, &synthetic(80));
 
     // Uninterrupted.
     let whole = root.path().join("whole");
@@ -418,4 +418,34 @@ fn merge_each_trains_a_fresh_adapter_on_the_merged_lineage() {
         q.perplexity,
         p.perplexity
     );
+}
+
+#[test]
+fn sigterm_checkpoints_and_exits_then_train_resumes() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data.jsonl");
+    write_jsonl(&data, &synthetic(80));
+    setup_run(root.path(), &data);
+    let state = root.path().join("state/adapters/1/trainer_state.json");
+    let mut child = lorastream(root.path()).arg("train").spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&state).is_err() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the signal"
+        );
+        assert!(Instant::now() < deadline, "no checkpoint within 120 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "stopped runs exit 130");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let at = s["step"].as_u64().unwrap();
+    assert!(!s["done"].as_bool().unwrap() && at > 0, "{s}");
+    let out = lorastream(root.path()).arg("train").output().unwrap();
+    common::assert_ok(&out);
+    let log = train_log(root.path());
+    assert_eq!(log["resumed_from"].as_u64().unwrap(), at);
 }
