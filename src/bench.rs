@@ -182,7 +182,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
             Device::Cpu,
             kind,
         );
-        let logits = model.forward_raw(&b.ids, &b.positions, &b.mask, None, true);
+        let logits = model.forward_raw(&b.ids, &b.positions, b.mask.as_ref(), None, true);
         let loss = data::nll_sum(&logits, &b.labels) / b.targets.max(1) as f64;
         loss.backward();
         clip_grad_norm(&refs, 1.0);

@@ -56,7 +56,7 @@ pub fn perplexity_encoded(
     for chunk in enc.chunks(batch_size.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
         let b = data::pad(&refs, pad_id, model.mask_min(), model.device, model.kind);
-        let logits = model.forward_raw(&b.ids, &b.positions, &b.mask, None, false);
+        let logits = model.forward_raw(&b.ids, &b.positions, b.mask.as_ref(), None, false);
         nll += data::nll_sum(&logits, &b.labels).double_value(&[]);
         count += b.targets;
     }

@@ -389,7 +389,11 @@ pub fn train(
                 let _ = p.set_requires_grad(true);
             }
         }
-        None => job.model.attach_lora(spec.lora.clone())?,
+        None => {
+            // A fresh A is drawn from libtorch's generator: seed it.
+            tch::manual_seed(spec.seed as i64);
+            job.model.attach_lora(spec.lora.clone())?
+        }
     }
     let n_replay = if replay.is_empty() {
         0
@@ -468,7 +472,7 @@ pub fn train(
             };
             let logits = job
                 .model
-                .forward_raw(&b.ids, &b.positions, &b.mask, None, true);
+                .forward_raw(&b.ids, &b.positions, b.mask.as_ref(), None, true);
             // Mean over all target tokens of the optimizer step.
             let loss = data::nll_sum(&logits, &b.labels) / targets.max(1) as f64;
             loss.backward();

@@ -110,8 +110,9 @@ pub struct Batch {
     pub ids: Tensor,
     /// `[b, t]` positions (restart at 0 for each packed example).
     pub positions: Tensor,
-    /// Additive `[b, 1, t, t]`.
-    pub mask: Tensor,
+    /// Additive `[b, 1, t, t]`; `None` when every row is one unpadded example
+    /// (plain causal attention).
+    pub mask: Option<Tensor>,
     /// `[b, t]` targets before the shift, [`IGNORE`] where not learned.
     pub labels: Tensor,
     /// Non-pad tokens fed to the model.
@@ -229,7 +230,7 @@ fn build(
         positions: Tensor::from_slice(&positions)
             .view([b, t])
             .to_device(device),
-        mask,
+        mask: Some(mask),
         labels: Tensor::from_slice(&labels).view([b, t]).to_device(device),
         tokens,
         targets,

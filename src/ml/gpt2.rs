@@ -152,7 +152,7 @@ impl Gpt2 {
         v
     }
 
-    /// `ids`, `positions`: `[b, t]`; `mask`: additive `[b, 1, t, past + t]`.
+    /// `ids`, `positions`: `[b, t]`; `mask`: additive `[b, 1, t, past + t]` or `None` (causal).
     // `x = x + f(x)`, not `x += f(x)`: an in-place add on `x` would clobber
     // what autograd saved for the backward pass.
     #[allow(clippy::assign_op_pattern)]
@@ -160,7 +160,7 @@ impl Gpt2 {
         &self,
         ids: &Tensor,
         positions: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         mut cache: Option<&mut Vec<LayerCache>>,
         train: bool,
     ) -> Tensor {

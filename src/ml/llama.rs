@@ -224,7 +224,7 @@ impl Llama {
         &self,
         ids: &Tensor,
         positions: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         mut cache: Option<&mut Vec<LayerCache>>,
         train: bool,
     ) -> Tensor {

@@ -34,12 +34,15 @@ impl KvCache {
     }
 }
 
-/// Scaled dot-product attention over `q` and the new `k`, `v` appended to the cache.
+/// Scaled dot-product attention over `q` and the new `k`, `v` appended to the
+/// cache. `mask`: additive `[b, 1, t, past + t]`; `None` = causal over the new
+/// tokens when the cache was empty, or all keys for a single query (which lets
+/// libtorch use its fused kernels instead of materialising the scores).
 pub(crate) fn attention(
     q: &Tensor,
     k: Tensor,
     v: Tensor,
-    mask: &Tensor,
+    mask: Option<&Tensor>,
     cache: Option<&mut LayerCache>,
     gqa: bool,
 ) -> Tensor {
@@ -63,7 +66,8 @@ pub(crate) fn attention(
     } else {
         (k, v)
     };
-    Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), 0.0, false, None, false)
+    let causal = mask.is_none() && q.size()[2] > 1;
+    Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, causal, None, false)
 }
 
 enum Inner {
@@ -141,8 +145,12 @@ impl CausalLm {
         let positions = Tensor::arange_start(past, past + t, (Kind::Int64, self.device))
             .unsqueeze(0)
             .expand([b, t], false);
-        let mask = self.additive_mask(b, t, past, attention_mask);
-        let logits = self.forward_raw(ids, &positions, &mask, cache.as_deref_mut(), train);
+        // Plain causal attention needs no mask tensor (and runs faster without one).
+        let mask = match attention_mask {
+            None if past == 0 || t == 1 => None,
+            _ => Some(self.additive_mask(b, t, past, attention_mask)),
+        };
+        let logits = self.forward_raw(ids, &positions, mask.as_ref(), cache.as_deref_mut(), train);
         if let Some(c) = cache {
             c.len += t;
         }
@@ -150,12 +158,13 @@ impl CausalLm {
     }
 
     /// Logits for explicit `positions` `[b, t]` and an additive attention mask
-    /// `[b, 1, t, past + t]` (e.g. block-diagonal for packed sequences).
+    /// `[b, 1, t, past + t]` (e.g. block-diagonal for packed sequences); `None`
+    /// is causal attention (see [`attention`]).
     pub fn forward_raw(
         &self,
         ids: &Tensor,
         positions: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Tensor {
