@@ -238,12 +238,15 @@ fn build(
 }
 
 /// Summed next-token negative log-likelihood over the targets of a batch, in f32.
+/// As transformers does: the labels are shifted left (with an ignored last
+/// column) instead of slicing the logits, so the `[b, t, vocab]` logits are
+/// never copied.
 pub fn nll_sum(logits: &Tensor, labels: &Tensor) -> Tensor {
-    let (_, t, v) = logits.size3().expect("logits are [b, t, vocab]");
-    let pred = logits
-        .narrow(1, 0, t - 1)
+    let (b, t, v) = logits.size3().expect("logits are [b, t, vocab]");
+    let ignore = Tensor::full([b, 1], IGNORE, (Kind::Int64, labels.device()));
+    let shifted = Tensor::cat(&[&labels.narrow(1, 1, t - 1), &ignore], 1);
+    logits
         .to_kind(Kind::Float)
-        .reshape([-1, v]);
-    let tgt = labels.narrow(1, 1, t - 1).reshape([-1]);
-    pred.cross_entropy_loss::<Tensor>(&tgt, None, tch::Reduction::Sum, IGNORE, 0.0)
+        .view([-1, v])
+        .cross_entropy_loss::<Tensor>(&shifted.view([-1]), None, tch::Reduction::Sum, IGNORE, 0.0)
 }

@@ -57,17 +57,10 @@ pub(crate) fn attention(
         }
         None => (k, v),
     };
-    let (k, v) = if gqa {
-        let rep = q.size()[1] / k.size()[1];
-        (
-            k.repeat_interleave_self_int(rep, 1, None),
-            v.repeat_interleave_self_int(rep, 1, None),
-        )
-    } else {
-        (k, v)
-    };
+    // Grouped-query attention: SDPA shares each key/value head across its query
+    // heads itself (enable_gqa), without copying k and v.
     let causal = mask.is_none() && q.size()[2] > 1;
-    Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, causal, None, false)
+    Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, causal, None, gqa)
 }
 
 enum Inner {
