@@ -175,13 +175,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
             t0 = Instant::now();
             tokens = 0;
         }
-        let b = data::pad(
-            &batches[step % batches.len()],
-            pad_id,
-            model.mask_min(),
-            Device::Cpu,
-            kind,
-        );
+        let b = data::pad(&batches[step % batches.len()], pad_id, Device::Cpu);
         let logits = model.forward_raw(&b.ids, &b.positions, b.mask.as_ref(), None, true);
         let loss = data::nll_sum(&logits, &b.labels) / b.targets.max(1) as f64;
         loss.backward();

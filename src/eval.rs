@@ -55,7 +55,7 @@ pub fn perplexity_encoded(
     let mut count = 0i64;
     for chunk in enc.chunks(batch_size.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
-        let b = data::pad(&refs, pad_id, model.mask_min(), model.device, model.kind);
+        let b = data::pad(&refs, pad_id, model.device);
         let logits = model.forward_raw(&b.ids, &b.positions, b.mask.as_ref(), None, false);
         nll += data::nll_sum(&logits, &b.labels).double_value(&[]);
         count += b.targets;

@@ -406,7 +406,7 @@ pub fn train(
     let total_steps = steps_per_epoch * spec.epochs;
 
     let pad_id = job.tok.pad_id() as i64;
-    let (device, kind, mask_min) = (job.model.device, job.model.kind, job.model.mask_min());
+    let device = job.model.device;
     let params: Vec<(String, Tensor)> = job
         .model
         .lora_params()
@@ -466,9 +466,9 @@ pub fn train(
         let mut loss_sum = 0.0;
         for batch in &micro {
             let b = if spec.packing {
-                data::pack(batch, spec.seq_len, pad_id, mask_min, device, kind)
+                data::pack(batch, spec.seq_len, pad_id, device)
             } else {
-                data::pad(batch, pad_id, mask_min, device, kind)
+                data::pad(batch, pad_id, device)
             };
             let logits = job
                 .model

@@ -103,21 +103,8 @@ fn packed_batches_give_the_same_loss_as_padded_ones() {
             b.ids.size()[0],
         )
     };
-    let (padded, t1, rows1) = loss(data::pad(
-        &refs,
-        tok.pad_id() as i64,
-        model.mask_min(),
-        Device::Cpu,
-        Kind::Float,
-    ));
-    let (packed, t2, rows2) = loss(data::pack(
-        &refs,
-        1024,
-        tok.pad_id() as i64,
-        model.mask_min(),
-        Device::Cpu,
-        Kind::Float,
-    ));
+    let (padded, t1, rows1) = loss(data::pad(&refs, tok.pad_id() as i64, Device::Cpu));
+    let (packed, t2, rows2) = loss(data::pack(&refs, 1024, tok.pad_id() as i64, Device::Cpu));
     assert_eq!((rows1, rows2), (3, 1), "three examples fit one packed row");
     assert_eq!(t1, t2);
     assert!(

@@ -110,8 +110,8 @@ pub struct Batch {
     pub ids: Tensor,
     /// `[b, t]` positions (restart at 0 for each packed example).
     pub positions: Tensor,
-    /// Additive `[b, 1, t, t]`; `None` when every row is one unpadded example
-    /// (plain causal attention).
+    /// Boolean `[b, 1, t, t]` (true = may attend); `None` when every row is one
+    /// unpadded example (plain causal attention).
     pub mask: Option<Tensor>,
     /// `[b, t]` targets before the shift, [`IGNORE`] where not learned.
     pub labels: Tensor,
@@ -122,34 +122,27 @@ pub struct Batch {
 }
 
 /// Right-pads each example to the longest in the batch.
-pub fn pad(examples: &[&Encoded], pad_id: i64, mask_min: f64, device: Device, kind: Kind) -> Batch {
+pub fn pad(examples: &[&Encoded], pad_id: i64, device: Device) -> Batch {
     let b = examples.len() as i64;
     let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(1) as i64;
     let mut ids = vec![pad_id; (b * t) as usize];
     let mut labels = vec![IGNORE; (b * t) as usize];
-    let mut keep = vec![0i64; (b * t) as usize];
     for (r, e) in examples.iter().enumerate() {
         let off = r * t as usize;
         ids[off..off + e.ids.len()].copy_from_slice(&e.ids);
         labels[off..off + e.labels.len()].copy_from_slice(&e.labels);
-        keep[off..off + e.ids.len()].iter_mut().for_each(|k| *k = 1);
     }
     let segments: Vec<Vec<usize>> = examples.iter().map(|e| vec![e.ids.len()]).collect();
-    build(
-        ids, labels, &segments, b, t, pad_id, mask_min, device, kind, examples,
-    )
+    let mut batch = build(ids, labels, &segments, b, t, device, examples);
+    if examples.iter().all(|e| e.ids.len() as i64 == t) {
+        batch.mask = None;
+    }
+    batch
 }
 
 /// Packs examples into rows of at most `seq_len` tokens; attention stays inside
 /// each example (block-diagonal causal mask) and positions restart per example.
-pub fn pack(
-    examples: &[&Encoded],
-    seq_len: usize,
-    pad_id: i64,
-    mask_min: f64,
-    device: Device,
-    kind: Kind,
-) -> Batch {
+pub fn pack(examples: &[&Encoded], seq_len: usize, pad_id: i64, device: Device) -> Batch {
     let mut rows: Vec<Vec<&Encoded>> = Vec::new();
     let mut used: Vec<usize> = Vec::new();
     for e in examples {
@@ -180,22 +173,19 @@ pub fn pack(
         }
         segments.push(row.iter().map(|e| e.ids.len()).collect());
     }
-    build(
-        ids, labels, &segments, b, t, pad_id, mask_min, device, kind, examples,
-    )
+    build(ids, labels, &segments, b, t, device, examples)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Tensors for rows of `segments` (example lengths, laid end to end): positions
+/// restart per segment, and the boolean mask (true = may attend) is causal
+/// within each segment, as transformers' SDPA masks are.
 fn build(
     ids: Vec<i64>,
     labels: Vec<i64>,
     segments: &[Vec<usize>],
     b: i64,
     t: i64,
-    _pad_id: i64,
-    mask_min: f64,
     device: Device,
-    kind: Kind,
     examples: &[&Encoded],
 ) -> Batch {
     let tu = t as usize;
@@ -221,8 +211,7 @@ fn build(
     let allowed = Tensor::from_slice(&allowed)
         .view([b, 1, t, t])
         .to_device(device);
-    let mask =
-        Tensor::zeros([b, 1, t, t], (kind, device)).masked_fill(&allowed.logical_not(), mask_min);
+    let mask = allowed;
     let tokens = examples.iter().map(|e| e.ids.len() as i64).sum();
     let targets = examples.iter().map(|e| e.targets() as i64).sum();
     Batch {
