@@ -170,20 +170,31 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
     let mut losses = Vec::new();
     let mut tokens = 0i64;
     let mut t0 = Instant::now();
+    // Where the timed steps spend their time: forward (incl. loss), backward, optimizer.
+    let (mut fwd, mut bwd, mut optim) = (0.0, 0.0, 0.0);
     for step in 0..a.warmup + a.steps {
         if step == a.warmup {
             t0 = Instant::now();
             tokens = 0;
+            (fwd, bwd, optim) = (0.0, 0.0, 0.0);
         }
+        let ts = Instant::now();
         let b = data::pad(&batches[step % batches.len()], pad_id, Device::Cpu);
         let logits = model.forward_raw(&b.ids, &b.positions, b.mask.as_ref(), None, true);
         let loss = data::nll_sum(&logits, &b.labels) / b.targets.max(1) as f64;
+        let loss_value = loss.double_value(&[]);
+        let tf = Instant::now();
         loss.backward();
+        let tb = Instant::now();
         clip_grad_norm(&refs, 1.0);
         opt.step(&refs, a.lr, step + 1);
         zero_grads(&refs);
+        let to = Instant::now();
+        fwd += (tf - ts).as_secs_f64();
+        bwd += (tb - tf).as_secs_f64();
+        optim += (to - tb).as_secs_f64();
         tokens += b.tokens;
-        losses.push(loss.double_value(&[]));
+        losses.push(loss_value);
     }
     let dt = t0.elapsed().as_secs_f64();
     Ok(json!({
@@ -191,6 +202,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
         "tokens_per_s": round2(tokens as f64 / dt), "steps": a.steps,
         "first_loss": round4(losses[0]), "last_loss": round4(*losses.last().unwrap_or(&f64::NAN)),
         "trainable_params": trainable, "threads": tch::get_num_threads(),
+        "forward_s": round4(fwd), "backward_s": round4(bwd), "optimizer_s": round4(optim),
     }))
 }
 
