@@ -301,21 +301,13 @@ fn save_checkpoint(
 ) -> Result<(), TrainError> {
     let name = format!("checkpoint-{}.safetensors", state.step);
     let file = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp"));
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for (i, (k, p)) in params.iter().enumerate() {
         tensors.push((k.clone(), p.detach().copy()));
         tensors.push((format!("opt.m.{k}"), opt.m[i].copy()));
         tensors.push((format!("opt.v.{k}"), opt.v[i].copy()));
     }
-    Tensor::write_safetensors(&tensors, &tmp).map_err(|e| TrainError::Checkpoint {
-        path: tmp.clone(),
-        msg: e.to_string(),
-    })?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, &file))
-        .map_err(io_err(&file))?;
+    crate::ml::weights::write_safetensors_atomic(&file, &tensors)?;
     let previous = state.checkpoint.replace(name);
     let state_path = dir.join("trainer_state.json");
     let json = serde_json::to_vec_pretty(state).unwrap_or_default();

@@ -127,12 +127,8 @@ pub fn init_model(out: &Path, o: &InitOptions<'_>) -> Result<HfConfig, MlError> 
     tch::manual_seed(o.seed);
     let tensors = random_weights(&cfg);
     std::fs::create_dir_all(out).map_err(|e| MlError::io(out, e))?;
-    let file = out.join("model.safetensors");
     let named: Vec<(&String, &Tensor)> = tensors.iter().collect();
-    Tensor::write_safetensors(&named, &file).map_err(|e| MlError::Safetensors {
-        path: file.clone(),
-        msg: e.to_string(),
-    })?;
+    super::weights::write_safetensors_atomic(&out.join("model.safetensors"), &named)?;
     let write_json = |name: &str, v: &serde_json::Value| {
         let p = out.join(name);
         crate::fsutil::write_atomic(

@@ -323,17 +323,7 @@ pub fn save_adapter(dir: &Path, config: &PeftConfig, layers: &[&Linear]) -> Resu
             ));
         }
     }
-    let file = dir.join("adapter_model.safetensors");
-    let tmp = dir.join(".adapter_model.safetensors.tmp");
-    Tensor::write_safetensors(&tensors, &tmp).map_err(|e| MlError::Safetensors {
-        path: file.clone(),
-        msg: e.to_string(),
-    })?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, &file))
-        .and_then(|_| crate::fsutil::sync_dir(dir))
-        .map_err(|e| MlError::io(&file, e))?;
+    super::weights::write_safetensors_atomic(&dir.join("adapter_model.safetensors"), &tensors)?;
     let json = serde_json::to_vec_pretty(config).map_err(|e| MlError::Adapter {
         path: dir.to_owned(),
         msg: e.to_string(),

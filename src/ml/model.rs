@@ -363,11 +363,7 @@ impl CausalLm {
             self.unmerge_lora();
         }
         std::fs::create_dir_all(dir).map_err(|e| MlError::io(dir, e))?;
-        let file = dir.join("model.safetensors");
-        Tensor::write_safetensors(&named, &file).map_err(|e| MlError::Safetensors {
-            path: file.clone(),
-            msg: e.to_string(),
-        })?;
+        super::weights::write_safetensors_atomic(&dir.join("model.safetensors"), &named)?;
         let cfg = dir.join("config.json");
         let json = serde_json::to_vec_pretty(&self.config.to_json()).unwrap_or_default();
         crate::fsutil::write_atomic(&cfg, &json).map_err(|e| MlError::io(&cfg, e))

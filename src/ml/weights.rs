@@ -135,3 +135,33 @@ impl Weights {
         v
     }
 }
+
+/// Writes tensors as a safetensors file atomically, like every artifact: a
+/// temporary file beside the target, fsync, rename, fsync of the directory.
+pub fn write_safetensors_atomic<S: AsRef<str>, T: AsRef<Tensor>>(
+    path: &Path,
+    tensors: &[(S, T)],
+) -> Result<(), MlError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| MlError::io(&dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    if let Err(e) = Tensor::write_safetensors(tensors, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(MlError::Safetensors {
+            path: path.to_owned(),
+            msg: e.to_string(),
+        });
+    }
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .and_then(|_| crate::fsutil::sync_dir(&dir))
+        .map_err(|e| MlError::io(path, e))
+}
