@@ -206,9 +206,10 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
     }))
 }
 
+/// As the peer: `--threads 0` keeps libtorch's default.
 fn set_threads(threads: usize) {
     if threads > 0 {
-        tch::set_num_threads(threads as i32);
+        crate::ml::device::set_threads(threads);
     }
 }
 

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use tch::Tensor;
 
 use crate::ml::data::{self, Encoded, Labels};
 use crate::ml::{CausalLm, ChatTokenizer, Message, MlError};
@@ -194,11 +193,6 @@ impl Matrix {
         }
         o
     }
-}
-
-/// Mean token NLL of a batch of logits (for tests and benchmarks).
-pub fn mean_nll(logits: &Tensor, labels: &Tensor, targets: i64) -> f64 {
-    data::nll_sum(logits, labels).double_value(&[]) / targets.max(1) as f64
 }
 
 #[cfg(test)]

@@ -40,7 +40,8 @@ fn load_base(config: &Config) -> Result<(CausalLm, ChatTokenizer), PipelineError
     if !dir.join("config.json").exists() {
         return Err(PipelineError::NoModel(dir));
     }
-    let (device, kind) = train::device_for(config)?;
+    let (device, kind) = crate::ml::device::select(&config.model.device, config.model.dtype)
+        .map_err(MlError::from)?;
     crate::ml::device::set_threads(config.model.threads);
     let model = CausalLm::load(&dir, device, kind)?;
     let tok = ChatTokenizer::load(&dir, config.model.chat_template.as_deref())?;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::ml::data::{self, Encoded, Labels};
 use crate::ml::{CausalLm, ChatTokenizer, LoraSpec, Message, MlError};
@@ -318,7 +318,7 @@ fn save_checkpoint(
     Ok(())
 }
 
-/// Reads `trainer_state.json` of an unfinished run with the same spec.
+/// Reads a run's `trainer_state.json`, if there is a readable one.
 pub fn read_state(dir: &Path) -> Option<TrainerState> {
     let text = std::fs::read_to_string(dir.join("trainer_state.json")).ok()?;
     serde_json::from_str(&text).ok()
@@ -515,14 +515,6 @@ pub fn train(
         tokens_per_s: run_tokens as f64 / seconds.max(1e-9),
         resumed_from,
     })
-}
-
-/// The device a trainer should use for `config`.
-pub fn device_for(config: &crate::config::Config) -> Result<(Device, Kind), MlError> {
-    Ok(crate::ml::device::select(
-        &config.model.device,
-        config.model.dtype,
-    )?)
 }
 
 #[cfg(test)]

@@ -83,6 +83,11 @@ fn load_model(name: &str) -> CausalLm {
     CausalLm::load(&reference().join(name), Device::Cpu, Kind::Float).unwrap()
 }
 
+/// Logits of `m` on the reference inputs, without gradients.
+fn ref_logits(m: &CausalLm, r: &Ref) -> Tensor {
+    tch::no_grad(|| m.forward(&r.ids, Some(&r.mask), None, false))
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
     (a - b).abs().max().double_value(&[])
@@ -99,7 +104,7 @@ fn base_logits_match_transformers() {
     for name in MODELS {
         let r = load_ref(name);
         let m = load_model(name);
-        let logits = tch::no_grad(|| m.forward(&r.ids, Some(&r.mask), None, false));
+        let logits = ref_logits(&m, &r);
         assert_close(&format!("{name} base"), &logits, &r.logits);
     }
 }
@@ -139,7 +144,7 @@ fn peft_adapter_loads_and_matches() {
         let mut m = load_model(name);
         m.load_adapter(&reference().join(name).join("adapter"))
             .unwrap();
-        let logits = tch::no_grad(|| m.forward(&r.ids, Some(&r.mask), None, false));
+        let logits = ref_logits(&m, &r);
         assert_close(&format!("{name} + PEFT adapter"), &logits, &r.logits_lora);
         assert!(
             max_diff(&r.logits_lora, &r.logits) > 1e-3,
@@ -157,19 +162,19 @@ fn merged_equals_unmerged() {
             .unwrap();
         let spec = m.lora.clone().unwrap();
         assert_ne!(spec.alpha, spec.r as f64, "the test needs alpha != r");
-        let unmerged = tch::no_grad(|| m.forward(&r.ids, Some(&r.mask), None, false));
+        let unmerged = ref_logits(&m, &r);
         m.merge_lora();
-        let merged = tch::no_grad(|| m.forward(&r.ids, Some(&r.mask), None, false));
+        let merged = ref_logits(&m, &r);
         assert_close(&format!("{name} merged"), &merged, &unmerged);
         m.unmerge_lora();
-        let back = tch::no_grad(|| m.forward(&r.ids, Some(&r.mask), None, false));
+        let back = ref_logits(&m, &r);
         assert_close(&format!("{name} unmerged again"), &back, &unmerged);
 
         // The merged export loads as a plain model with the same outputs.
         let out = tempfile::tempdir().unwrap();
         m.export_merged(out.path()).unwrap();
         let exported = CausalLm::load(out.path(), Device::Cpu, Kind::Float).unwrap();
-        let logits = tch::no_grad(|| exported.forward(&r.ids, Some(&r.mask), None, false));
+        let logits = ref_logits(&exported, &r);
         assert_close(&format!("{name} exported merged"), &logits, &unmerged);
     }
 }
@@ -194,7 +199,7 @@ fn rust_trained_adapter_loads_in_peft() {
             rslora: false,
         })
         .unwrap();
-        let before = tch::no_grad(|| m.forward(&r.ids, Some(&r.mask), None, false));
+        let before = ref_logits(&m, &r);
         assert_close(
             &format!("{name} fresh adapter is a no-op"),
             &before,
@@ -225,7 +230,7 @@ fn rust_trained_adapter_loads_in_peft() {
                 let _ = p.g_sub_(&(g * 5.0));
             }
         });
-        let after = tch::no_grad(|| m.forward(&r.ids, Some(&r.mask), None, false));
+        let after = ref_logits(&m, &r);
         assert!(
             max_diff(&after, &r.logits) > 1e-3,
             "{name}: one step must move the outputs"
@@ -249,7 +254,7 @@ fn rust_trained_adapter_loads_in_peft() {
         // And it loads back in Rust the same.
         let mut again = load_model(name);
         again.load_adapter(&adapter).unwrap();
-        let reloaded = tch::no_grad(|| again.forward(&r.ids, Some(&r.mask), None, false));
+        let reloaded = ref_logits(&again, &r);
         assert_close(&format!("{name} Rust adapter reloaded"), &reloaded, &after);
     }
 }
