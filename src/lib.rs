@@ -11,6 +11,11 @@
 //! - [`bench`]: benchmarks comparable with `../shared/bench/peer_hf.py`.
 //! - [`daemon`]: `lorastream run`: store, sources, signals; the actor pipeline
 //!   of DESIGN.md §1 plugs in here.
+//! - [`sources`]: hf_datasets, crawlbase and spool sources over one HTTP
+//!   client with retries, rate limits and size caps.
+//! - [`preprocess`]: raw items to chat examples (cleaning, limits, dedup).
+//! - [`summarize`]: condensing long answers (extractive, OpenAI-compatible).
+//! - [`crawl`]: one pass of sources → preprocess → summarize → seal.
 //! - [`status`]: the report behind `lorastream status`.
 //! - [`streams`]: sealed streams of chat examples and their train/eval files.
 //! - [`train`]: continual LoRA training with checkpoints and replay.
@@ -21,13 +26,17 @@
 
 pub mod bench;
 pub mod config;
+pub mod crawl;
 pub mod daemon;
 pub mod eval;
 pub mod fsutil;
 pub mod logging;
 pub mod ml;
 pub mod pipeline;
+pub mod preprocess;
+pub mod sources;
 pub mod status;
 pub mod store;
 pub mod streams;
+pub mod summarize;
 pub mod train;

@@ -62,6 +62,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch from the sources, clean, summarize and seal ready examples into
+    /// streams; prints counts per source. Without --once, keeps running on the
+    /// sources' schedules until SIGINT/SIGTERM.
+    Crawl {
+        /// Only this source (even if disabled).
+        #[arg(long)]
+        source: Option<String>,
+        /// One pass, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Seal whatever is ready, even below [streams] min_examples.
+        #[arg(long)]
+        seal: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stream commands.
     Streams {
         #[command(subcommand)]
@@ -332,6 +349,26 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Crawl {
+            source,
+            once,
+            seal,
+            json,
+        } => with_config(cli, |config| {
+            init_logs(cli, &config)?;
+            let store = open_store(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(crawl_command(
+                &config,
+                &store,
+                source.as_deref(),
+                *once,
+                *seal,
+                *json,
+            ))
+        }),
         Command::Eval { json } => with_config(cli, |config| {
             init_logs(cli, &config)?;
             let store = open_store(&config)?;
@@ -367,6 +404,76 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }),
+    }
+}
+
+/// `lorastream crawl`: one pass, or passes on the sources' schedules.
+async fn crawl_command(
+    config: &Config,
+    store: &lorastream::store::Store,
+    source: Option<&str>,
+    once: bool,
+    seal: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use lorastream::crawl::crawl;
+    let http = lorastream::sources::Http::new();
+    let print = |r: &lorastream::crawl::CrawlReport| -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            print!("{}", r.render());
+        }
+        Ok(())
+    };
+    let first = crawl(config, store, &http, source, seal).await?;
+    print(&first)?;
+    // Schedules of the sources this command runs.
+    let scheduled: Vec<(String, String)> = config
+        .sources
+        .iter()
+        .filter(|s| source.map_or(s.enabled, |n| n == s.name))
+        .filter_map(|s| {
+            let expr = s
+                .schedule
+                .clone()
+                .or_else(|| config.schedule.crawl.clone())?;
+            Some((s.name.clone(), expr))
+        })
+        .collect();
+    if once || scheduled.is_empty() {
+        if !once {
+            eprintln!("no source has a schedule ([schedule] crawl or the source's own); done");
+        }
+        return Ok(if first.any_failed() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let now = chrono::Utc::now();
+        let next = scheduled
+            .iter()
+            .filter_map(|(name, expr)| {
+                lorastream::config::validate::next_fire(expr, &now)
+                    .ok()
+                    .map(|t| (t, name.clone()))
+            })
+            .min();
+        let Some((at, name)) = next else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        tracing::info!(source = %name, at = %at.to_rfc3339(), "next crawl");
+        let wait = (at - now).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = term.recv() => return Ok(ExitCode::SUCCESS),
+        }
+        let r = crawl(config, store, &http, Some(&name), seal).await?;
+        print(&r)?;
     }
 }
 

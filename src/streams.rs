@@ -58,7 +58,7 @@ pub fn is_eval(messages: &[Message], eval_fraction: f64) -> bool {
     (x as f64 / u64::MAX as f64) < eval_fraction
 }
 
-fn write_jsonl(path: &Path, examples: &[&serde_json::Value]) -> std::io::Result<()> {
+fn write_jsonl(path: &Path, examples: &[serde_json::Value]) -> std::io::Result<()> {
     crate::fsutil::write_atomic_with(path, |w| {
         for m in examples {
             serde_json::to_writer(&mut *w, &json!({ "messages": m }))?;
@@ -101,9 +101,14 @@ pub fn seal(
     if train.is_empty() && eval.len() >= 2 {
         train.push(eval.pop().unwrap_or_default());
     }
-    let messages_of = |ids: &[i64]| -> Vec<&serde_json::Value> {
+    // What is trained on: condensed answers where the summarizer made them.
+    let messages_of = |ids: &[i64]| -> Vec<serde_json::Value> {
         ids.iter()
-            .filter_map(|id| rows.iter().find(|r| r.id == *id).map(|r| &r.messages))
+            .filter_map(|id| {
+                rows.iter()
+                    .find(|r| r.id == *id)
+                    .map(|r| r.training_messages())
+            })
             .collect()
     };
     let id = store.seal_stream_with(name, &train, &eval, |id| {
@@ -134,6 +139,7 @@ pub fn import(
             messages: serde_json::to_value(m).map_err(StoreError::Json)?,
             origin: Origin::Import,
             quality: json!({}),
+            norm_hash: None,
         })?;
         if ins.is_new() {
             store.mark_example_ready(ins.id(), None)?;
@@ -161,5 +167,56 @@ pub fn load_split(dir: &Path, split: Split) -> Result<Vec<Vec<Message>>, StreamE
     match read_jsonl(&path, 0) {
         Err(StreamError::Data { msg, .. }) if msg == "no examples" => Ok(Vec::new()),
         other => other,
+    }
+}
+
+/// Seals ready examples into streams: while at least `min_examples` are ready
+/// (or any, with `force`), the oldest `max_examples` become one stream.
+/// Returns the new stream ids.
+pub fn seal_ready(
+    store: &Store,
+    state_dir: &Path,
+    cfg: &crate::config::StreamsConfig,
+    force: bool,
+) -> Result<Vec<i64>, StreamError> {
+    let mut sealed = Vec::new();
+    loop {
+        let ready = store.count_examples(crate::store::ExampleState::Ready)? as usize;
+        if ready == 0 || (!force && ready < cfg.min_examples.max(1)) {
+            break;
+        }
+        let ids: Vec<i64> = store
+            .examples_in_state(crate::store::ExampleState::Ready, cfg.max_examples.max(1))?
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        let name = stream_name(&store.example_labels(&ids)?);
+        let id = seal(store, state_dir, &name, &ids, cfg.eval_fraction)?;
+        let row = store.stream(id)?;
+        tracing::info!(
+            stream = id,
+            name = %name,
+            train = row.as_ref().map_or(0, |r| r.n_train),
+            eval = row.as_ref().map_or(0, |r| r.n_eval),
+            "stream sealed"
+        );
+        sealed.push(id);
+    }
+    Ok(sealed)
+}
+
+/// A stream is named after where its examples came from: the one label
+/// (spool file, dataset, topic), or the first ones joined, in order.
+pub fn stream_name(labels: &[String]) -> String {
+    let mut distinct: Vec<&str> = Vec::new();
+    for l in labels {
+        if !distinct.contains(&l.as_str()) {
+            distinct.push(l);
+        }
+    }
+    match distinct.len() {
+        0 => "stream".into(),
+        1..=3 => distinct.join(" + "),
+        n => format!("{} + {} more", distinct[..2].join(" + "), n - 2),
     }
 }

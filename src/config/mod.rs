@@ -7,7 +7,7 @@
 //! directory.
 
 mod locate;
-mod validate;
+pub mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

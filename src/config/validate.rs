@@ -10,6 +10,14 @@ use crate::ml::Arch;
 /// Parses a cron expression the way tokio-cron-scheduler does (seconds required,
 /// day-of-month and day-of-week both honoured), and checks that it ever fires.
 pub fn check_cron(expr: &str) -> Result<(), String> {
+    next_fire(expr, &chrono::Utc::now()).map(|_| ())
+}
+
+/// The first time after `after` that `expr` fires (UTC).
+pub fn next_fire(
+    expr: &str,
+    after: &chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, String> {
     let cron = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
         .dom_and_dow(true)
@@ -18,9 +26,8 @@ pub fn check_cron(expr: &str) -> Result<(), String> {
         .map_err(|e| {
             format!("invalid cron expression {expr:?} ({e}); expected 6 or 7 fields: sec min hour day-of-month month day-of-week [year], e.g. \"0 */15 * * * *\"")
         })?;
-    cron.find_next_occurrence(&chrono::Utc::now(), false)
-        .map_err(|e| format!("cron expression {expr:?} never fires ({e})"))?;
-    Ok(())
+    cron.find_next_occurrence(after, false)
+        .map_err(|e| format!("cron expression {expr:?} never fires ({e})"))
 }
 
 struct Checker {

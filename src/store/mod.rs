@@ -14,7 +14,10 @@ use sha2::{Digest, Sha256};
 pub use rows::*;
 
 /// Migrations, in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_data_plane.sql"),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -252,6 +255,16 @@ impl Store {
         )
     }
 
+    /// Adds to a source's item total (items stored by a run that later failed).
+    pub fn add_source_items(&self, name: &str, new_items: u64) -> Result<()> {
+        self.update_one(
+            "source",
+            name,
+            "UPDATE sources SET items_total = items_total + ?2 WHERE name = ?1",
+            params![name, new_items as i64],
+        )
+    }
+
     /// A run that failed; after `degraded_after` failures in a row the source is
     /// marked degraded. Returns the updated row.
     pub fn record_source_failure(
@@ -351,8 +364,8 @@ impl Store {
             .unwrap_or_default();
         let hash = content_hash(&text);
         self.dedup_insert(
-            "INSERT INTO examples (raw_item_id, content_hash, messages, origin, quality, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO examples (raw_item_id, content_hash, messages, origin, quality, created_at, norm_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(content_hash) DO NOTHING RETURNING id",
             params![
                 ex.raw_item_id,
@@ -360,7 +373,8 @@ impl Store {
                 ex.messages.to_string(),
                 ex.origin.as_str(),
                 ex.quality.to_string(),
-                now_ms()
+                now_ms(),
+                ex.norm_hash
             ],
             "SELECT id FROM examples WHERE content_hash = ?1",
             &hash,
@@ -409,6 +423,72 @@ impl Store {
 
     pub fn drop_example(&self, id: i64) -> Result<()> {
         self.transition(id, ExampleState::Dropped, |_| Ok(0))
+    }
+
+    /// The stored example whose folded text hashes to `norm_hash`, if any.
+    pub fn example_by_norm_hash(&self, norm_hash: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id FROM examples WHERE norm_hash = ?1 LIMIT 1",
+                [norm_hash],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// For each example id, where it came from: the raw item's `meta.label`
+    /// (spool file, dataset, topic), else its source, else its origin.
+    pub fn example_labels(&self, ids: &[i64]) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT COALESCE(json_extract(r.meta, '$.label'), r.source, e.origin)
+             FROM examples e LEFT JOIN raw_items r ON r.id = e.raw_item_id WHERE e.id = ?1",
+        )?;
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(l) = stmt.query_row([id], |r| r.get(0)).optional()? {
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- crawl bookkeeping --------------------------------------------
+
+    pub fn url_seen(&self, source: &str, url: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM seen_urls WHERE source = ?1 AND url = ?2",
+                [source, url],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    pub fn mark_url_seen(&self, source: &str, url: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO seen_urls (source, url, seen_at) VALUES (?1, ?2, ?3)",
+            params![source, url, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Runs `f` in one immediate transaction: committed when it returns `Ok`,
+    /// rolled back when it fails. Store methods called inside join it.
+    pub fn in_transaction<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Store) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(StoreError::from)?;
+        let v = f(self)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(v)
     }
 
     // ---- streams -------------------------------------------------------
@@ -725,33 +805,44 @@ impl Store {
         &self,
         id: i64,
         to: S,
-        also: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<usize>,
+        also: impl FnOnce(&Connection) -> rusqlite::Result<usize>,
     ) -> Result<()> {
+        self.atomically(|tx| {
+            let from: S = tx
+                .query_row(
+                    &format!("SELECT state FROM {} WHERE id = ?1", S::TABLE),
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: S::WHAT,
+                    id: id.to_string(),
+                })?;
+            if !from.can_become(to) {
+                return Err(invalid(id, from, to));
+            }
+            tx.execute(
+                &format!("UPDATE {} SET state = ?2 WHERE id = ?1", S::TABLE),
+                params![id, to.as_str()],
+            )?;
+            also(tx)?;
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in an immediate transaction, or inside the caller's when one is open.
+    fn atomically<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        if !self.conn.is_autocommit() {
+            return f(&self.conn);
+        }
         let tx = rusqlite::Transaction::new_unchecked(
             &self.conn,
             rusqlite::TransactionBehavior::Immediate,
         )?;
-        let from: S = tx
-            .query_row(
-                &format!("SELECT state FROM {} WHERE id = ?1", S::TABLE),
-                [id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound {
-                what: S::WHAT,
-                id: id.to_string(),
-            })?;
-        if !from.can_become(to) {
-            return Err(invalid(id, from, to));
-        }
-        tx.execute(
-            &format!("UPDATE {} SET state = ?2 WHERE id = ?1", S::TABLE),
-            params![id, to.as_str()],
-        )?;
-        also(&tx)?;
+        let v = f(&tx)?;
         tx.commit()?;
-        Ok(())
+        Ok(v)
     }
 }
 

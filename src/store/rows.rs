@@ -242,6 +242,8 @@ pub struct NewExample {
     pub messages: Value,
     pub origin: Origin,
     pub quality: Value,
+    /// Hash of the folded text (see `preprocess::norm_hash`), for near-duplicates.
+    pub norm_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -260,6 +262,18 @@ pub struct ExampleRow {
 }
 
 impl ExampleRow {
+    /// The messages to train on: the stored ones, with the last assistant turn
+    /// replaced by its condensed form when the summarizer made one.
+    pub fn training_messages(&self) -> Value {
+        let mut m = self.messages.clone();
+        if let (Some(summary), Some(turns)) = (&self.summary, m.as_array_mut())
+            && let Some(last) = turns.iter_mut().rev().find(|t| t["role"] == "assistant")
+        {
+            last["content"] = Value::String(summary.clone());
+        }
+        m
+    }
+
     pub(crate) const SELECT: &'static str = "SELECT id, raw_item_id, messages, origin, quality, summary_backend, summary, state, stream_id, split, created_at FROM examples";
     pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(ExampleRow {

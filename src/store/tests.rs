@@ -29,6 +29,7 @@ fn example(store: &Store, q: &str, a: &str) -> i64 {
             messages: json!([{"role": "user", "content": q}, {"role": "assistant", "content": a}]),
             origin: Origin::Import,
             quality: json!({}),
+            norm_hash: None,
         })
         .unwrap()
         .id()
