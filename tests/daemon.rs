@@ -97,7 +97,7 @@ fn runs_reloads_and_shuts_down_on_sigterm() {
         started["summary"].as_str().unwrap().contains("drops:spool"),
         "{started}"
     );
-    assert_eq!(started["schema"], 1);
+    assert_eq!(started["schema"], lorastream::store::SCHEMA_VERSION);
     assert!(dir.path().join("state/lorastream.db").exists());
 
     // A broken file is refused and the daemon keeps running.
@@ -136,7 +136,7 @@ fn runs_reloads_and_shuts_down_on_sigterm() {
     common::assert_ok(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["initialized"], true);
-    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["schema_version"], lorastream::store::SCHEMA_VERSION);
     let names: Vec<&str> = report["sources"]
         .as_array()
         .unwrap()

@@ -131,7 +131,7 @@ pub fn read_file(path: &Path, src: &SourceConfig) -> Result<Vec<Record>, String>
     };
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
-    let rows: Vec<(String, Map<String, Value>)> = match format {
+    let rows: Rows = match format {
         SpoolFormat::Json => json_rows(bytes)?,
         SpoolFormat::Jsonl => jsonl_rows(bytes)?,
         _ => csv_rows(bytes, &src.fields.question)?,
@@ -169,6 +169,9 @@ pub fn read_file(path: &Path, src: &SourceConfig) -> Result<Vec<Record>, String>
         .collect())
 }
 
+/// (where in the file: index, line or row number; the record's fields).
+type Rows = Vec<(String, Map<String, Value>)>;
+
 fn utf8(bytes: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(bytes).map_err(|e| {
         let line = bytes[..e.valid_up_to()]
@@ -182,7 +185,7 @@ fn utf8(bytes: &[u8]) -> Result<&str, String> {
 
 /// A JSON array of objects, or an object with such an array under `rows` or
 /// `data` (rows may be wrapped as `{"row": {...}}`, as the datasets-server writes).
-fn json_rows(bytes: &[u8]) -> Result<Vec<(String, Map<String, Value>)>, String> {
+fn json_rows(bytes: &[u8]) -> Result<Rows, String> {
     let v: Value = serde_json::from_str(utf8(bytes)?).map_err(|e| format!("invalid JSON: {e}"))?;
     let items = match v {
         Value::Array(a) => a,
@@ -218,7 +221,7 @@ fn json_rows(bytes: &[u8]) -> Result<Vec<(String, Map<String, Value>)>, String> 
         .collect()
 }
 
-fn jsonl_rows(bytes: &[u8]) -> Result<Vec<(String, Map<String, Value>)>, String> {
+fn jsonl_rows(bytes: &[u8]) -> Result<Rows, String> {
     let mut out = Vec::new();
     for (i, line) in utf8(bytes)?.lines().enumerate() {
         if line.trim().is_empty() {
@@ -241,7 +244,7 @@ fn jsonl_rows(bytes: &[u8]) -> Result<Vec<(String, Map<String, Value>)>, String>
 
 /// CSV with a header row; every field is kept as text. Row numbers are data
 /// rows (1 = the first after the header).
-fn csv_rows(bytes: &[u8], question_key: &str) -> Result<Vec<(String, Map<String, Value>)>, String> {
+fn csv_rows(bytes: &[u8], question_key: &str) -> Result<Rows, String> {
     let mut rd = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)

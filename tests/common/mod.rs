@@ -18,3 +18,4 @@ pub fn assert_ok(out: &Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+pub mod loopback;
