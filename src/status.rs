@@ -174,10 +174,11 @@ impl StatusReport {
             let _ = writeln!(o, "\nexamples   {}", ex.join(", "));
         }
         let _ = writeln!(o, "\nstreams ({})", self.streams.len());
+        let w = self.streams.iter().map(|s| s.name.chars().count()).max().unwrap_or(0).max(24);
         for s in &self.streams {
             let _ = writeln!(
                 o,
-                "  #{:<4} {:<24} train {:<6} eval {:<6} {}",
+                "  #{:<4} {:<w$} train {:<6} eval {:<6} {}",
                 s.id, s.name, s.n_train, s.n_eval, s.state
             );
         }
