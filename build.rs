@@ -68,6 +68,9 @@ fn main() {
         );
         return;
     }
+    // First the libtorch link `make install` puts beside an installed binary,
+    // then the libtorch it was built against.
+    println!("cargo::rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib/lorastream/torch/lib");
     println!("cargo::rustc-link-arg=-Wl,-rpath,{}", lib.display());
     println!("cargo::rustc-env=LORASTREAM_LIBTORCH_LIB={}", lib.display());
 }

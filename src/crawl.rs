@@ -175,7 +175,7 @@ pub async fn crawl(
     let pre = preprocess::run(store, &config.preprocess)?;
     let summarizer = Summarizer::new(
         &config.summarizer,
-        TokenCounter::for_model(config.model.path.as_deref()),
+        TokenCounter::for_model(Some(&config.model_path())),
         http.clone(),
     );
     let summarize = summarizer.run(store).await?;

@@ -1,5 +1,6 @@
-//! `lorastream run`: opens the store, registers the configured sources, and runs
-//! until told to stop. The actor pipeline (DESIGN.md §1) plugs in here.
+//! `lorastream run`: opens the store, registers the configured sources, starts
+//! the actor pipeline (DESIGN.md §1, [`crate::actors`]) and runs until told to
+//! stop.
 //!
 //! Like mini-redis, the daemon takes its control signals as a stream parameter,
 //! so tests drive it without sending real signals; [`signals`] maps SIGINT,
@@ -7,9 +8,13 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
+use crate::actors::supervisor::{Reload, Shutdown, Supervisor};
 use crate::config::Config;
+use crate::notify::Notifier;
 use crate::store::{Store, StoreError};
 
 /// What the outside world asks of the daemon.
@@ -34,10 +39,12 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
-/// Runs the daemon until a shutdown arrives on `control` (or the sender is dropped).
+/// Runs the daemon until a shutdown arrives on `control` (or the sender is
+/// dropped): the store, the actor pipeline under its supervisor, the
+/// schedules; SIGHUP reloads the config. Must run inside an actix `System`.
 pub async fn run(
     config_path: PathBuf,
-    mut config: Config,
+    config: Config,
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), DaemonError> {
     let state_dir = config.state_dir();
@@ -59,14 +66,16 @@ pub async fn run(
         summary = %config.summary(),
         "lorastream started"
     );
+    let grace = std::time::Duration::from_secs(config.daemon.shutdown_grace_secs + 5);
+    let supervisor = Supervisor::start(Arc::new(config), Notifier::from_env())?;
 
     let reason = loop {
         match control.recv().await {
             Some(Control::Reload) => match Config::load(&config_path) {
                 Ok(new) => {
                     register_sources(&store, &new)?;
-                    config = new;
-                    tracing::info!(config = %config_path.display(), summary = %config.summary(), "config reloaded");
+                    tracing::info!(config = %config_path.display(), summary = %new.summary(), "config reloaded");
+                    let _ = supervisor.send(Reload(Arc::new(new))).await;
                 }
                 Err(e) => {
                     tracing::error!(config = %config_path.display(), error = %e, "config reload failed; keeping the running config");
@@ -77,6 +86,12 @@ pub async fn run(
         }
     };
     tracing::info!(reason, "shutting down");
+    if tokio::time::timeout(grace, supervisor.send(Shutdown))
+        .await
+        .is_err()
+    {
+        tracing::warn!("the supervisor did not finish in time");
+    }
     store.checkpoint()?;
     tracing::info!("shutdown complete");
     Ok(())

@@ -9,8 +9,9 @@
 //! - [`ml`]: the model layer on libtorch (tch): GPT-2 and Llama, LoRA in PEFT's
 //!   format, tokenizer and chat templates, generation, `model init`.
 //! - [`bench`]: benchmarks comparable with `../shared/bench/peer_hf.py`.
-//! - [`daemon`]: `lorastream run`: store, sources, signals; the actor pipeline
-//!   of DESIGN.md §1 plugs in here.
+//! - [`daemon`]: `lorastream run`: store, signals, reload, shutdown.
+//! - [`actors`]: the actor pipeline of DESIGN.md §1 and its supervisor.
+//! - [`notify`]: systemd's notify protocol (READY, STATUS, WATCHDOG …).
 //! - [`sources`]: hf_datasets, crawlbase and spool sources over one HTTP
 //!   client with retries, rate limits and size caps.
 //! - [`preprocess`]: raw items to chat examples (cleaning, limits, dedup).
@@ -24,6 +25,7 @@
 //!
 //! The binary (`src/main.rs`) is the clap command line over these modules.
 
+pub mod actors;
 pub mod bench;
 pub mod config;
 pub mod crawl;
@@ -32,6 +34,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod logging;
 pub mod ml;
+pub mod notify;
 pub mod pipeline;
 pub mod preprocess;
 pub mod sources;

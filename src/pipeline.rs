@@ -257,11 +257,16 @@ pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError>
         }
         v
     };
+    // The served version is also measured on later streams: the feedback
+    // compares each new candidate with it there.
+    let served = store.served_adapter()?.map(|a| a.id);
     let mut todo: Vec<(i64, Option<&AdapterRow>, i64)> = Vec::new();
     for (v, trained, row) in &versions {
         let mut cols: Vec<i64> = streams
             .iter()
-            .filter(|s| trained.is_none_or(|t| s.id <= t) && s.n_eval > 0)
+            .filter(|s| {
+                (trained.is_none_or(|t| s.id <= t) || Some(*v) == served) && s.n_eval > 0
+            })
             .map(|s| s.id)
             .collect();
         if probe.is_some() {

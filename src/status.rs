@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::ml::device::{RuntimeInfo, runtime_info};
-use crate::store::{AdapterRow, ExampleState, SourceRow, Store, StoreError, StreamRow};
+use crate::store::{AdapterRow, ExampleState, SourceRow, StageRow, Store, StoreError, StreamRow};
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
@@ -26,6 +26,8 @@ pub struct StatusReport {
     pub streams: Vec<StreamRow>,
     pub adapters: Vec<AdapterRow>,
     pub served_adapter: Option<i64>,
+    /// The daemon's stages: what each does now, runs and failures.
+    pub stages: Vec<StageRow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,6 +55,7 @@ pub fn gather(config: &Config) -> Result<StatusReport, StoreError> {
         streams: Vec::new(),
         adapters: Vec::new(),
         served_adapter: None,
+        stages: Vec::new(),
     };
     let store = if report.initialized {
         Some(Store::open(&db)?)
@@ -83,6 +86,7 @@ pub fn gather(config: &Config) -> Result<StatusReport, StoreError> {
         report.streams = store.streams()?;
         report.adapters = store.adapters()?;
         report.served_adapter = store.served_adapter()?.map(|a| a.id);
+        report.stages = store.stages()?;
     }
     Ok(report)
 }
@@ -124,6 +128,39 @@ impl StatusReport {
             "libtorch   {} ({} CUDA device(s), {} threads)",
             self.libtorch.libtorch_lib, self.libtorch.cuda_devices, self.libtorch.threads
         );
+        if !self.stages.is_empty() {
+            let running: Vec<String> = self
+                .stages
+                .iter()
+                .filter(|s| s.state == "running")
+                .map(|s| format!("{} ({})", s.name, s.detail.as_deref().unwrap_or("")))
+                .collect();
+            let _ = writeln!(
+                o,
+                "stage      {}",
+                if running.is_empty() {
+                    "idle".to_string()
+                } else {
+                    running.join(", ")
+                }
+            );
+            let _ = writeln!(o, "\nstages");
+            for s in &self.stages {
+                let _ = writeln!(
+                    o,
+                    "  {:<13} {:<8} runs {:<5} failures {:<4} updated {}{}",
+                    s.name,
+                    s.state,
+                    s.runs,
+                    s.failures,
+                    ago(Some(s.updated_at)),
+                    s.last_error
+                        .as_deref()
+                        .map(|e| format!("  last error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
         let _ = writeln!(o, "\nsources ({})", self.sources.len());
         for s in &self.sources {
             let (last, health, items) = match &s.store {
@@ -189,10 +226,19 @@ impl StatusReport {
             } else {
                 ""
             };
+            let why = a
+                .decision
+                .as_ref()
+                .and_then(|d| d["reasons"].as_array())
+                .map(|r| {
+                    let r: Vec<&str> = r.iter().filter_map(|x| x.as_str()).collect();
+                    format!("  ({})", r.join("; "))
+                })
+                .unwrap_or_default();
             let _ = writeln!(
                 o,
-                "  v{:<4} stream #{:<4} attempt {} {}{served}",
-                a.id, a.stream_id, a.attempt, a.state
+                "  v{:<4} stream #{:<4} attempt {} {:<9}{served}{why}",
+                a.id, a.stream_id, a.attempt, a.state.to_string()
             );
         }
         o

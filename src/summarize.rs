@@ -27,7 +27,7 @@ pub enum TokenCounter {
 impl TokenCounter {
     /// The tokenizer of the model directory, if it has one.
     pub fn for_model(dir: Option<&Path>) -> TokenCounter {
-        let Some(path) = dir.map(|d| d.join("tokenizer.json")) else {
+        let Some(path) = dir.map(|d| d.join("tokenizer.json")).filter(|p| p.exists()) else {
             return TokenCounter::Approx;
         };
         match tokenizers::Tokenizer::from_file(&path) {

@@ -120,6 +120,9 @@ pub struct FetchReport {
     pub error: Option<String>,
     /// True once the source reached the end of what is there (for now).
     pub exhausted: bool,
+    /// Ids of the raw items this run stored.
+    #[serde(skip)]
+    pub new_ids: Vec<i64>,
 }
 
 impl FetchReport {
@@ -132,6 +135,7 @@ impl FetchReport {
         records: &[Record],
         also: impl FnOnce(&Store) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let mut ids = Vec::new();
         let (new, dup) = store.in_transaction(|s| {
             let (mut new, mut dup) = (0, 0);
             for r in records {
@@ -145,6 +149,7 @@ impl FetchReport {
                 })?;
                 if ins.is_new() {
                     new += 1;
+                    ids.push(ins.id());
                 } else {
                     dup += 1;
                 }
@@ -152,6 +157,7 @@ impl FetchReport {
             also(s)?;
             Ok::<_, StoreError>((new, dup))
         })?;
+        self.new_ids.extend(ids);
         self.fetched += records.len() as u64;
         self.new += new;
         self.duplicate += dup;

@@ -17,6 +17,7 @@ pub use rows::*;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_data_plane.sql"),
+    include_str!("migrations/0003_stages.sql"),
 ];
 
 /// The schema version this build writes.
@@ -451,6 +452,48 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    // ---- daemon stages -------------------------------------------------
+
+    /// Records what a stage is doing now (`running` also counts a run).
+    pub fn set_stage(&self, name: &str, state: &str, detail: Option<&str>) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO stages (name, state, detail, runs, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(name) DO UPDATE SET state = excluded.state, detail = excluded.detail,
+                 runs = runs + excluded.runs, updated_at = excluded.updated_at",
+            params![name, state, detail, (state == "running") as i64, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Counts a failure of a stage; it waits (`backoff`) before its next try.
+    pub fn stage_failed(&self, name: &str, error: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO stages (name, state, failures, last_error, updated_at) VALUES (?1, 'backoff', 1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET state = 'backoff', failures = failures + 1,
+                 last_error = excluded.last_error, updated_at = excluded.updated_at",
+            params![name, error, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn stages(&self) -> Result<Vec<StageRow>> {
+        self.query_all(
+            "SELECT name, state, detail, runs, failures, last_error, updated_at FROM stages ORDER BY name",
+            [],
+            |r| {
+                Ok(StageRow {
+                    name: r.get(0)?,
+                    state: r.get(1)?,
+                    detail: r.get(2)?,
+                    runs: r.get(3)?,
+                    failures: r.get(4)?,
+                    last_error: r.get(5)?,
+                    updated_at: r.get(6)?,
+                })
+            },
+        )
     }
 
     // ---- crawl bookkeeping --------------------------------------------

@@ -410,3 +410,15 @@ impl MessageRow {
         })
     }
 }
+
+/// One daemon stage as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRow {
+    pub name: String,
+    pub state: String,
+    pub detail: Option<String>,
+    pub runs: i64,
+    pub failures: i64,
+    pub last_error: Option<String>,
+    pub updated_at: i64,
+}

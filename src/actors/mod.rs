@@ -1,0 +1,199 @@
+//! The daemon's actors (DESIGN.md §1): one per stage, one file each.
+//!
+//! ```text
+//! cron ──Crawl──▶ Crawler ──RawBatch──▶ Preprocessor ──Examples──▶ Summarizer
+//!                                                                    │ StreamSealed
+//!        Supervisor ◀──Decided── Feedback ◀──EvalReport── Evaluator ◀──Candidate── Trainer
+//! ```
+//!
+//! Crawler, Preprocessor and Summarizer share one arbiter thread (async I/O and
+//! short SQLite work); Trainer and Evaluator each run on a `SyncArbiter`
+//! thread, because tensor work must not block an async executor; Feedback and
+//! the Supervisor run on the system arbiter, which also answers signals and
+//! pings the watchdog. Each actor opens its own store connection (WAL).
+//!
+//! Every stage reads its input from the store, whatever the message says, so a
+//! `Kick` (on start, after a crash, after a backoff) resumes anything that was
+//! in flight, and repeating a message is harmless.
+
+pub mod crawler;
+pub mod evaluator;
+pub mod feedback;
+pub mod messages;
+pub mod preprocessor;
+pub mod summarizer;
+pub mod supervisor;
+pub mod trainer;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use actix::Message;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+/// The stages, as status and the logs name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    Crawler,
+    Preprocessor,
+    Summarizer,
+    Trainer,
+    Evaluator,
+    Feedback,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::Crawler,
+        Stage::Preprocessor,
+        Stage::Summarizer,
+        Stage::Trainer,
+        Stage::Evaluator,
+        Stage::Feedback,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Crawler => "crawler",
+            Stage::Preprocessor => "preprocessor",
+            Stage::Summarizer => "summarizer",
+            Stage::Trainer => "trainer",
+            Stage::Evaluator => "evaluator",
+            Stage::Feedback => "feedback",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Do whatever the store says is waiting for this stage.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Kick;
+
+/// A new configuration (after SIGHUP).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct UseConfig(pub Arc<Config>);
+
+/// Answered once the stage has finished what it was doing (used on shutdown).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Ping;
+
+/// Mailbox size of every stage: a full mailbox makes `send().await` wait, so a
+/// slow stage slows the one before it instead of growing memory.
+pub const MAILBOX: usize = 16;
+
+/// Jobs running now (`crawl:<source>`, `seal`, `train`, `eval`): a scheduled
+/// run of a job that is still running is skipped, not queued.
+#[derive(Debug, Clone, Default)]
+pub struct Busy(Arc<Mutex<HashSet<String>>>);
+
+impl Busy {
+    pub fn is_busy(&self, job: &str) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(job)
+    }
+    /// Marks `job` running until the guard drops; `None` if it already is.
+    pub fn begin(&self, job: &str) -> Option<BusyGuard> {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(job.to_string()).then(|| BusyGuard {
+            busy: self.clone(),
+            job: job.to_string(),
+        })
+    }
+}
+
+pub struct BusyGuard {
+    busy: Busy,
+    job: String,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.busy
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.job);
+    }
+}
+
+pub(crate) fn open_store(config: &Config) -> Result<Store, StoreError> {
+    Store::open_with_timeout(
+        &config.store_path(),
+        std::time::Duration::from_millis(config.store.busy_timeout_ms),
+    )
+}
+
+/// Records a stage's state for `status`; a failure to record is only logged.
+pub(crate) fn mark(store: &Store, stage: Stage, state: &str, detail: Option<&str>) {
+    if let Err(e) = store.set_stage(stage.as_str(), state, detail) {
+        tracing::warn!(stage = %stage, error = %e, "cannot record the stage state");
+    }
+}
+
+/// Drives a future to completion on the current thread: how the sync stages
+/// (Trainer, Evaluator) `send().await` to the next stage.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// Runs tensor work, turning a panic into an error so the stage can be retried.
+pub(crate) fn catch<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(format!("{what} panicked: {msg}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_jobs_are_exclusive() {
+        let b = Busy::default();
+        let g = b.begin("train").unwrap();
+        assert!(b.is_busy("train"));
+        assert!(b.begin("train").is_none());
+        assert!(b.begin("crawl:x").is_some());
+        drop(g);
+        assert!(!b.is_busy("train"));
+    }
+
+    #[test]
+    fn block_on_and_catch() {
+        assert_eq!(block_on(async { 7 }), 7);
+        let r: Result<(), String> = catch("work", || panic!("boom"));
+        assert_eq!(r.unwrap_err(), "work panicked: boom");
+    }
+}

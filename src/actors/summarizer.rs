@@ -1,0 +1,111 @@
+//! Summarizer: condenses long answers (see [`crate::summarize`]), seals ready
+//! examples into streams, and tells the Trainer about each new stream.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::messages::{Examples, StageDone, StreamSealed};
+use super::trainer::Trainer;
+use super::{Busy, Kick, MAILBOX, Stage, UseConfig, mark};
+use crate::config::Config;
+use crate::sources::Http;
+use crate::store::Store;
+use crate::summarize::{Summarizer as Condenser, TokenCounter};
+
+/// Seal what is ready (the `[schedule] seal` job).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Seal;
+
+pub struct Summarizer {
+    pub config: Arc<Config>,
+    pub store: Rc<Store>,
+    pub http: Http,
+    pub condenser: Rc<Condenser>,
+    pub next: Addr<Trainer>,
+    pub supervisor: Recipient<StageDone>,
+    pub busy: Busy,
+}
+
+impl Summarizer {
+    pub fn condenser(config: &Config, http: &Http) -> Rc<Condenser> {
+        Rc::new(Condenser::new(
+            &config.summarizer,
+            TokenCounter::for_model(Some(&config.model_path())),
+            http.clone(),
+        ))
+    }
+
+    /// Condenses every `new` example, then seals while enough are ready.
+    fn pass(&mut self, summarize: bool) -> AtomicResponse<Self, ()> {
+        let config = Arc::clone(&self.config);
+        let store = Rc::clone(&self.store);
+        let condenser = Rc::clone(&self.condenser);
+        let next = self.next.clone();
+        let supervisor = self.supervisor.clone();
+        let busy = self.busy.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let result: Result<(), String> = async {
+                    if summarize {
+                        mark(&store, Stage::Summarizer, "running", Some("condensing long answers"));
+                        condenser.run(&store).await.map_err(|e| e.to_string())?;
+                    }
+                    let _guard = busy.begin("seal");
+                    mark(&store, Stage::Summarizer, "running", Some("sealing streams"));
+                    let sealed = crate::streams::seal_ready(&store, &config.state_dir(), &config.streams, false)
+                        .map_err(|e| e.to_string())?;
+                    for stream_id in sealed {
+                        let _ = next.send(StreamSealed { stream_id }).await;
+                    }
+                    Ok(())
+                }
+                .await;
+                mark(&store, Stage::Summarizer, "idle", None);
+                supervisor.do_send(StageDone {
+                    stage: Stage::Summarizer,
+                    result,
+                });
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Actor for Summarizer {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX);
+    }
+}
+
+impl Handler<Examples> for Summarizer {
+    type Result = AtomicResponse<Self, ()>;
+    fn handle(&mut self, _: Examples, _: &mut Context<Self>) -> Self::Result {
+        self.pass(true)
+    }
+}
+
+impl Handler<Kick> for Summarizer {
+    type Result = AtomicResponse<Self, ()>;
+    fn handle(&mut self, _: Kick, _: &mut Context<Self>) -> Self::Result {
+        self.pass(true)
+    }
+}
+
+impl Handler<Seal> for Summarizer {
+    type Result = AtomicResponse<Self, ()>;
+    fn handle(&mut self, _: Seal, _: &mut Context<Self>) -> Self::Result {
+        self.pass(false)
+    }
+}
+
+impl Handler<UseConfig> for Summarizer {
+    type Result = ();
+    fn handle(&mut self, msg: UseConfig, _: &mut Context<Self>) {
+        self.condenser = Self::condenser(&msg.0, &self.http);
+        self.config = msg.0;
+    }
+}

@@ -1,0 +1,509 @@
+//! Supervisor: starts the stages, resumes what the store says was in flight,
+//! runs the cron schedules, retries failed stages with capped exponential
+//! backoff, keeps systemd informed (READY, STATUS, WATCHDOG, RELOADING,
+//! STOPPING), reloads the config and shuts down in order.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use super::crawler::{Crawl, Crawler};
+use super::evaluator::Evaluator;
+use super::feedback::Feedback;
+use super::messages::{Decided, StageDone};
+use super::preprocessor::Preprocessor;
+use super::summarizer::{Seal, Summarizer};
+use super::trainer::Trainer;
+use super::{Busy, Kick, Ping, Stage, UseConfig, open_store};
+use crate::config::{Config, ON_NEW_STREAM};
+use crate::notify::Notifier;
+use crate::sources::Http;
+use crate::store::{AdapterState, Store, StoreError};
+
+/// Backoff before a failed stage is retried: 1 s, 2 s, 4 s … capped at 5 min.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+pub fn backoff(consecutive_failures: u32) -> Duration {
+    BACKOFF_BASE
+        .saturating_mul(1u32 << consecutive_failures.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP)
+}
+
+/// What a cron entry triggers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheduled {
+    Crawl(String),
+    Seal,
+    Train,
+    Eval,
+}
+
+impl Scheduled {
+    fn key(&self) -> String {
+        match self {
+            Scheduled::Crawl(s) => format!("crawl:{s}"),
+            Scheduled::Seal => "seal".into(),
+            Scheduled::Train => "train".into(),
+            Scheduled::Eval => "eval".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct CronFired(pub Scheduled);
+
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Reload(pub Arc<Config>);
+
+/// Stop schedules, let the current training step finish and checkpoint, and
+/// answer once the stages are still (or `grace` has passed).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+struct Stages {
+    crawler: Addr<Crawler>,
+    preprocessor: Addr<Preprocessor>,
+    summarizer: Addr<Summarizer>,
+    trainer: Addr<Trainer>,
+    evaluator: Addr<Evaluator>,
+}
+
+pub struct Supervisor {
+    config: Arc<Config>,
+    store: Store,
+    notifier: Rc<Notifier>,
+    busy: Busy,
+    stop: Arc<AtomicBool>,
+    stages: Option<Stages>,
+    pending: Option<PendingStores>,
+    scheduler: Option<JobScheduler>,
+    consecutive: HashMap<Stage, u32>,
+    stopping: bool,
+    last_status: String,
+}
+
+/// Store connections opened before the actors start (so failures are errors
+/// of `start`, not panics inside an arbiter).
+struct PendingStores {
+    crawler: Store,
+    preprocessor: Store,
+    summarizer: Store,
+    feedback: Store,
+}
+
+impl Supervisor {
+    /// Opens the store connections and starts the supervisor, which starts
+    /// the stages.
+    pub fn start(config: Arc<Config>, notifier: Notifier) -> Result<Addr<Supervisor>, StoreError> {
+        let store = open_store(&config)?;
+        let pending = PendingStores {
+            crawler: open_store(&config)?,
+            preprocessor: open_store(&config)?,
+            summarizer: open_store(&config)?,
+            feedback: open_store(&config)?,
+        };
+        for s in Stage::ALL {
+            store.set_stage(s.as_str(), "idle", None)?;
+        }
+        Ok(Supervisor {
+            config,
+            store,
+            notifier: Rc::new(notifier),
+            busy: Busy::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            stages: None,
+            pending: Some(pending),
+            scheduler: None,
+            consecutive: HashMap::new(),
+            stopping: false,
+            last_status: String::new(),
+        }
+        .start())
+    }
+
+    fn spawn_stages(&mut self, ctx: &mut Context<Self>) {
+        let Some(p) = self.pending.take() else { return };
+        let me = ctx.address();
+        let config = Arc::clone(&self.config);
+        let http = Http::new();
+        let feedback = Feedback {
+            config: Arc::clone(&config),
+            store: p.feedback,
+            supervisor: me.clone().recipient(),
+            done: me.clone().recipient(),
+        }
+        .start();
+        let evaluator = {
+            let (config, feedback, me, busy) = (Arc::clone(&config), feedback.clone(), me.clone(), self.busy.clone());
+            SyncArbiter::start(1, move || Evaluator {
+                config: Arc::clone(&config),
+                store: None,
+                next: feedback.clone(),
+                supervisor: me.clone().recipient(),
+                busy: busy.clone(),
+            })
+        };
+        let trainer = {
+            let (config, evaluator, me, busy, stop) = (
+                Arc::clone(&config),
+                evaluator.clone(),
+                me.clone(),
+                self.busy.clone(),
+                Arc::clone(&self.stop),
+            );
+            SyncArbiter::start(1, move || Trainer {
+                config: Arc::clone(&config),
+                store: None,
+                next: evaluator.clone(),
+                supervisor: me.clone().recipient(),
+                stop: Arc::clone(&stop),
+                busy: busy.clone(),
+            })
+        };
+        // Crawl, clean and condense share one thread of their own.
+        let data = Arbiter::new().handle();
+        let summarizer = {
+            let (config, trainer, me, busy, http, store) = (
+                Arc::clone(&config),
+                trainer.clone(),
+                me.clone(),
+                self.busy.clone(),
+                http.clone(),
+                p.summarizer,
+            );
+            Summarizer::start_in_arbiter(&data, move |_| Summarizer {
+                condenser: Summarizer::condenser(&config, &http),
+                config,
+                store: Rc::new(store),
+                http,
+                next: trainer,
+                supervisor: me.recipient(),
+                busy,
+            })
+        };
+        let preprocessor = {
+            let (config, next, me, store) = (Arc::clone(&config), summarizer.clone(), me.clone(), p.preprocessor);
+            Preprocessor::start_in_arbiter(&data, move |_| Preprocessor {
+                config,
+                store: Rc::new(store),
+                next,
+                supervisor: me.recipient(),
+            })
+        };
+        let crawler = {
+            let (config, next, me, busy, store) = (
+                Arc::clone(&config),
+                preprocessor.clone(),
+                me.clone(),
+                self.busy.clone(),
+                p.crawler,
+            );
+            Crawler::start_in_arbiter(&data, move |_| Crawler {
+                config,
+                store: Rc::new(store),
+                http,
+                next,
+                supervisor: me.recipient(),
+                busy,
+            })
+        };
+        self.stages = Some(Stages {
+            crawler,
+            preprocessor,
+            summarizer,
+            trainer,
+            evaluator,
+        });
+    }
+
+    /// Resumes what the store says was in flight.
+    fn resume(&mut self) {
+        let Some(st) = &self.stages else { return };
+        let counts = |s: &Store| -> Result<(usize, i64, usize), StoreError> {
+            let raw = s.raw_items_in_state(crate::store::RawState::New, 1)?.len();
+            let examples = s.count_examples(crate::store::ExampleState::New)?
+                + s.count_examples(crate::store::ExampleState::Ready)?;
+            let candidates = s
+                .adapters()?
+                .iter()
+                .filter(|a| a.state == AdapterState::Candidate)
+                .count();
+            Ok((raw, examples, candidates))
+        };
+        match counts(&self.store) {
+            Ok((raw, examples, candidates)) => {
+                tracing::info!(raw_items_waiting = raw > 0, examples_waiting = examples, candidates, "resuming from the store");
+                // Raw items → examples → streams; Kick each so leftovers of a crash move on.
+                st.preprocessor.do_send(Kick);
+                st.summarizer.do_send(Kick);
+                if candidates > 0 {
+                    st.evaluator.do_send(Kick);
+                } else if self.config.schedule.train == ON_NEW_STREAM {
+                    // A stream sealed (or half trained) before the crash.
+                    st.trainer.do_send(Kick);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the store to resume"),
+        }
+    }
+
+    fn kick(&self, stage: Stage) {
+        let Some(st) = &self.stages else { return };
+        match stage {
+            Stage::Crawler => {} // sources run again at their next schedule
+            Stage::Preprocessor => st.preprocessor.do_send(Kick),
+            Stage::Summarizer => st.summarizer.do_send(Kick),
+            Stage::Trainer => st.trainer.do_send(Kick),
+            Stage::Evaluator | Stage::Feedback => st.evaluator.do_send(Kick),
+        }
+    }
+
+    /// The cron entries of the current config.
+    fn jobs(&self) -> Vec<(String, Scheduled)> {
+        let c = &self.config;
+        let mut jobs = Vec::new();
+        for s in c.sources.iter().filter(|s| s.enabled) {
+            if let Some(expr) = s.schedule.clone().or_else(|| c.schedule.crawl.clone()) {
+                jobs.push((expr, Scheduled::Crawl(s.name.clone())));
+            }
+        }
+        if let Some(e) = &c.schedule.seal {
+            jobs.push((e.clone(), Scheduled::Seal));
+        }
+        if c.schedule.train != ON_NEW_STREAM {
+            jobs.push((c.schedule.train.clone(), Scheduled::Train));
+        }
+        if let Some(e) = &c.schedule.eval {
+            jobs.push((e.clone(), Scheduled::Eval));
+        }
+        jobs
+    }
+
+    /// Replaces the scheduler with one for the current config.
+    fn reschedule(&mut self, ctx: &mut Context<Self>) {
+        let old = self.scheduler.take();
+        let jobs = self.jobs();
+        let me = ctx.address();
+        let fut = async move {
+            if let Some(mut old) = old {
+                let _ = old.shutdown().await;
+            }
+            let sched = JobScheduler::new().await.map_err(|e| e.to_string())?;
+            for (expr, job) in &jobs {
+                let (me, job2) = (me.clone(), job.clone());
+                let j = Job::new_async(expr.as_str(), move |_, _| {
+                    let (me, job) = (me.clone(), job2.clone());
+                    Box::pin(async move {
+                        let _ = me.try_send(CronFired(job));
+                    })
+                })
+                .map_err(|e| format!("schedule {expr:?}: {e}"))?;
+                sched.add(j).await.map_err(|e| e.to_string())?;
+                tracing::info!(job = %job.key(), cron = %expr, "scheduled");
+            }
+            sched.start().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(sched)
+        };
+        ctx.wait(fut.into_actor(self).map(|res, act, _| match res {
+            Ok(s) => act.scheduler = Some(s),
+            Err(e) => tracing::error!(error = %e, "cannot start the schedules"),
+        }));
+    }
+
+    /// STATUS= for systemd: what the stages are doing.
+    fn status_line(&self) -> String {
+        match self.store.stages() {
+            Ok(rows) => {
+                let running: Vec<String> = rows
+                    .iter()
+                    .filter(|r| r.state == "running")
+                    .map(|r| format!("{}: {}", r.name, r.detail.as_deref().unwrap_or("")))
+                    .collect();
+                if running.is_empty() {
+                    "idle, waiting for the schedule".into()
+                } else {
+                    running.join("; ")
+                }
+            }
+            Err(e) => format!("store unreadable: {e}"),
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(64);
+        self.spawn_stages(ctx);
+        self.reschedule(ctx);
+        self.resume();
+        let n = self.config.sources.iter().filter(|s| s.enabled).count();
+        self.notifier
+            .ready(&format!("running: {n} source(s), {} schedule(s)", self.jobs().len()));
+        // STATUS= every 2 s when it changed; WATCHDOG=1 while the store answers.
+        ctx.run_interval(Duration::from_secs(2), |act, _| {
+            let line = act.status_line();
+            if line != act.last_status {
+                act.notifier.status(&line);
+                act.last_status = line;
+            }
+        });
+        if let Some(every) = crate::notify::watchdog_interval() {
+            tracing::info!(interval_ms = every.as_millis() as u64, "watchdog enabled");
+            ctx.run_interval(every, |act, _| {
+                if !act.stopping && act.store.schema_version().is_ok() {
+                    act.notifier.watchdog();
+                }
+            });
+        }
+    }
+}
+
+impl Handler<CronFired> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: CronFired, _: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let key = msg.0.key();
+        if self.busy.is_busy(&key) {
+            tracing::info!(job = %key, "scheduled run skipped: the previous one is still running");
+            return;
+        }
+        let Some(st) = &self.stages else { return };
+        let sent = match msg.0 {
+            Scheduled::Crawl(source) => st.crawler.try_send(Crawl { source: Some(source) }).is_ok(),
+            Scheduled::Seal => st.summarizer.try_send(Seal).is_ok(),
+            Scheduled::Train => st.trainer.try_send(Kick).is_ok(),
+            Scheduled::Eval => st.evaluator.try_send(Kick).is_ok(),
+        };
+        if !sent {
+            tracing::info!(job = %key, "scheduled run skipped: the stage's mailbox is full");
+        }
+    }
+}
+
+impl Handler<StageDone> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: StageDone, ctx: &mut Context<Self>) {
+        match msg.result {
+            Ok(()) => {
+                self.consecutive.insert(msg.stage, 0);
+            }
+            Err(e) => {
+                let n = self.consecutive.entry(msg.stage).or_default();
+                *n += 1;
+                let wait = backoff(*n);
+                if let Err(se) = self.store.stage_failed(msg.stage.as_str(), &e) {
+                    tracing::warn!(error = %se, "cannot record the failure");
+                }
+                tracing::error!(stage = %msg.stage, error = %e, consecutive = *n, retry_in_ms = wait.as_millis() as u64, "stage failed; restarting it after a backoff");
+                let stage = msg.stage;
+                ctx.run_later(wait, move |act, _| {
+                    if !act.stopping {
+                        let _ = act.store.set_stage(stage.as_str(), "idle", None);
+                        act.kick(stage);
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Handler<Decided> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Decided, _: &mut Context<Self>) {
+        tracing::debug!(adapter = msg.adapter_id, promoted = msg.promoted, "decision made");
+        if !self.stopping && self.config.schedule.train == ON_NEW_STREAM {
+            self.kick(Stage::Trainer);
+        }
+    }
+}
+
+impl Handler<Reload> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Reload, ctx: &mut Context<Self>) {
+        self.notifier.reloading();
+        self.config = msg.0;
+        for s in &self.config.sources {
+            if let Err(e) = self.store.ensure_source(&s.name, s.kind.as_str()) {
+                tracing::error!(source = %s.name, error = %e, "cannot register the source");
+            }
+        }
+        if let Some(st) = &self.stages {
+            let m = UseConfig(Arc::clone(&self.config));
+            st.crawler.do_send(m.clone());
+            st.preprocessor.do_send(m.clone());
+            st.summarizer.do_send(m.clone());
+            st.trainer.do_send(m.clone());
+            st.evaluator.do_send(m);
+        }
+        self.reschedule(ctx);
+        self.notifier.ready("running (configuration reloaded)");
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        self.stop.store(true, Ordering::SeqCst);
+        self.notifier.stopping();
+        let grace = Duration::from_secs(self.config.daemon.shutdown_grace_secs);
+        let sched = self.scheduler.take();
+        let (trainer, evaluator) = match &self.stages {
+            Some(s) => (Some(s.trainer.clone()), Some(s.evaluator.clone())),
+            None => (None, None),
+        };
+        Box::pin(
+            async move {
+                if let Some(mut s) = sched {
+                    let _ = s.shutdown().await;
+                }
+                // The sync stages answer a Ping once their current work is done:
+                // training finishes its step and writes a checkpoint first.
+                let wait = async {
+                    if let Some(t) = trainer {
+                        let _ = t.send(Ping).await;
+                    }
+                    if let Some(e) = evaluator {
+                        let _ = e.send(Ping).await;
+                    }
+                };
+                if tokio::time::timeout(grace, wait).await.is_err() {
+                    tracing::warn!(grace_s = grace.as_secs(), "stages still busy after the grace period; stopping anyway (the last checkpoint stays)");
+                }
+            }
+            .into_actor(self)
+            .map(|_, act, _| {
+                for s in Stage::ALL {
+                    let _ = act.store.set_stage(s.as_str(), "stopped", None);
+                }
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(12), BACKOFF_CAP);
+        assert_eq!(backoff(100), BACKOFF_CAP);
+    }
+}

@@ -1,0 +1,160 @@
+//! Trainer: trains the oldest sealed stream into a candidate adapter (see
+//! [`crate::pipeline::train_stream`]) on its own thread, resuming an
+//! interrupted run from its checkpoint, then hands the candidate to the
+//! Evaluator. It trains one stream at a time and waits while a candidate is
+//! undecided, so each stream starts from the adapter the feedback promoted.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use actix::prelude::*;
+
+use super::evaluator::Evaluator;
+use super::messages::{Candidate, StageDone, StreamSealed};
+use super::{Busy, Kick, Ping, Stage, UseConfig, block_on, catch, mark};
+use crate::config::{Config, ON_NEW_STREAM};
+use crate::pipeline::PipelineError;
+use crate::store::{AdapterState, Store};
+use crate::train::TrainError;
+
+pub struct Trainer {
+    pub config: Arc<Config>,
+    pub store: Option<Store>,
+    pub next: Addr<Evaluator>,
+    pub supervisor: Recipient<StageDone>,
+    pub stop: Arc<AtomicBool>,
+    pub busy: Busy,
+}
+
+impl Actor for Trainer {
+    type Context = SyncContext<Self>;
+}
+
+impl Trainer {
+    fn store(&mut self) -> Result<&Store, String> {
+        if self.store.is_none() {
+            self.store = Some(super::open_store(&self.config).map_err(|e| e.to_string())?);
+        }
+        self.store.as_ref().ok_or_else(|| "no store".to_string())
+    }
+
+    /// Trains the next stream if nothing is waiting for a decision.
+    fn train_next(&mut self) {
+        if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let Some(_guard) = self.busy.begin("train") else {
+            return;
+        };
+        let result = self.try_train();
+        let stage_result = match result {
+            Ok(Some(candidate)) => {
+                if block_on(self.next.send(candidate)).is_err() {
+                    tracing::warn!("evaluator is gone; the candidate waits in the store");
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Ok(store) = self.store() {
+            mark(store, Stage::Trainer, "idle", None);
+        }
+        self.supervisor.do_send(StageDone {
+            stage: Stage::Trainer,
+            result: stage_result,
+        });
+    }
+
+    fn try_train(&mut self) -> Result<Option<Candidate>, String> {
+        let config = Arc::clone(&self.config);
+        let stop = Arc::clone(&self.stop);
+        let store = self.store()?;
+        let adapters = store.adapters().map_err(|e| e.to_string())?;
+        if let Some(c) = adapters.iter().find(|a| a.state == AdapterState::Candidate) {
+            tracing::debug!(adapter = c.id, "a candidate waits for its decision; training later");
+            return Ok(None);
+        }
+        let log_every = config.train.log_every.max(1);
+        let outcome = catch("training", || {
+            crate::pipeline::train_stream(&config, store, None, &stop, |p| {
+                if p.step % log_every == 0 || p.step == p.total_steps {
+                    tracing::info!(
+                        step = p.step,
+                        total_steps = p.total_steps,
+                        loss = p.loss,
+                        lr = p.lr,
+                        tokens_per_s = p.tokens_per_s,
+                        eta_s = p.eta_s,
+                        "training"
+                    );
+                    mark(
+                        store,
+                        Stage::Trainer,
+                        "running",
+                        Some(&format!("training: step {}/{}, loss {:.4}", p.step, p.total_steps, p.loss)),
+                    );
+                }
+            })
+            .map_err(|e| match e {
+                PipelineError::NothingToTrain => "nothing".to_string(),
+                PipelineError::Train(TrainError::Stopped(step)) => format!("stopped:{step}"),
+                other => other.to_string(),
+            })
+        });
+        match outcome {
+            Ok(t) => {
+                tracing::info!(
+                    stream = t.stream_id,
+                    adapter = t.adapter_id,
+                    steps = t.outcome.steps,
+                    loss = t.outcome.losses.last().copied().unwrap_or(f32::NAN),
+                    tokens_per_s = t.outcome.tokens_per_s,
+                    resumed_from = t.outcome.resumed_from,
+                    duration_ms = (t.outcome.seconds * 1000.0) as u64,
+                    "candidate trained"
+                );
+                Ok(Some(Candidate {
+                    adapter_id: t.adapter_id,
+                    stream_id: t.stream_id,
+                }))
+            }
+            Err(e) if e == "nothing" => Ok(None),
+            Err(e) if e.starts_with("stopped:") => {
+                tracing::info!(step = %e.trim_start_matches("stopped:"), "training stopped for shutdown; checkpoint saved");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Handler<StreamSealed> for Trainer {
+    type Result = ();
+    fn handle(&mut self, msg: StreamSealed, _: &mut SyncContext<Self>) {
+        if self.config.schedule.train != ON_NEW_STREAM {
+            tracing::info!(stream = msg.stream_id, schedule = %self.config.schedule.train, "stream sealed; training waits for its schedule");
+            return;
+        }
+        self.train_next();
+    }
+}
+
+impl Handler<Kick> for Trainer {
+    type Result = ();
+    fn handle(&mut self, _: Kick, _: &mut SyncContext<Self>) {
+        self.train_next();
+    }
+}
+
+impl Handler<Ping> for Trainer {
+    type Result = ();
+    fn handle(&mut self, _: Ping, _: &mut SyncContext<Self>) {}
+}
+
+impl Handler<UseConfig> for Trainer {
+    type Result = ();
+    fn handle(&mut self, msg: UseConfig, _: &mut SyncContext<Self>) {
+        self.config = msg.0;
+    }
+}
