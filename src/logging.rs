@@ -53,8 +53,15 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
         Ok(f) if !f.trim().is_empty() => {
             EnvFilter::try_new(&f).map_err(|e| format!("invalid RUST_LOG {f:?}: {e}"))?
         }
-        _ => EnvFilter::try_new(&settings.filter)
-            .map_err(|e| format!("invalid log filter {:?}: {e}", settings.filter))?,
+        _ => {
+            let f = EnvFilter::try_new(&settings.filter)
+                .map_err(|e| format!("invalid log filter {:?}: {e}", settings.filter))?;
+            // The scheduler's own start-up chatter is not an event of ours.
+            match "tokio_cron_scheduler=warn".parse() {
+                Ok(d) if !settings.filter.contains("tokio_cron_scheduler") => f.add_directive(d),
+                _ => f,
+            }
+        }
     };
     // systemd sets JOURNAL_STREAM when stdout is connected to the journal.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();

@@ -106,7 +106,10 @@ mod tests {
         let path = dir.path().join("notify.sock");
         let server = UnixDatagram::bind(&path).unwrap();
         let n = Notifier {
-            socket: Some((UnixDatagram::unbound().unwrap(), path.to_string_lossy().into())),
+            socket: Some((
+                UnixDatagram::unbound().unwrap(),
+                path.to_string_lossy().into(),
+            )),
         };
         n.ready("ok");
         let mut buf = [0u8; 256];

@@ -264,9 +264,7 @@ pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError>
     for (v, trained, row) in &versions {
         let mut cols: Vec<i64> = streams
             .iter()
-            .filter(|s| {
-                (trained.is_none_or(|t| s.id <= t) || Some(*v) == served) && s.n_eval > 0
-            })
+            .filter(|s| (trained.is_none_or(|t| s.id <= t) || Some(*v) == served) && s.n_eval > 0)
             .map(|s| s.id)
             .collect();
         if probe.is_some() {

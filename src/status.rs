@@ -211,7 +211,13 @@ impl StatusReport {
             let _ = writeln!(o, "\nexamples   {}", ex.join(", "));
         }
         let _ = writeln!(o, "\nstreams ({})", self.streams.len());
-        let w = self.streams.iter().map(|s| s.name.chars().count()).max().unwrap_or(0).max(24);
+        let w = self
+            .streams
+            .iter()
+            .map(|s| s.name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(24);
         for s in &self.streams {
             let _ = writeln!(
                 o,
@@ -238,7 +244,10 @@ impl StatusReport {
             let _ = writeln!(
                 o,
                 "  v{:<4} stream #{:<4} attempt {} {:<9}{served}{why}",
-                a.id, a.stream_id, a.attempt, a.state.to_string()
+                a.id,
+                a.stream_id,
+                a.attempt,
+                a.state.to_string()
             );
         }
         o

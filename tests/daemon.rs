@@ -4,16 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
+use common::daemon::Daemon;
 
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("lorastream.toml");
@@ -25,65 +19,6 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     )
     .unwrap();
     path
-}
-
-fn reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = common::lorastream()
-            .args(["run", "--log-format", "json", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start lorastream run");
-        let lines = reader(child.stdout.take().unwrap());
-        Daemon { child, lines }
-    }
-
-    /// Waits for a JSON log line whose message is `msg`; every line must parse.
-    fn wait_for(&self, msg: &str) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {msg:?} log line within 30 s"));
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
-            if v["message"] == msg {
-                return v;
-            }
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill failed");
-    }
-
-    fn wait_exit(mut self) -> std::process::ExitStatus {
-        for _ in 0..300 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        panic!("daemon did not exit within 30 s");
-    }
 }
 
 #[test]
@@ -196,4 +131,97 @@ fn a_newer_store_stops_the_daemon_with_a_clear_error() {
         stderr.contains("schema version 7") && stderr.contains("refusing"),
         "{stderr}"
     );
+}
+
+/// Reads the datagrams the daemon sends to a NOTIFY_SOCKET we bind, as systemd would.
+fn notifications(
+    sock: &std::os::unix::net::UnixDatagram,
+    until: &str,
+    within: Duration,
+) -> Vec<String> {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = msg.contains(until);
+            got.push(msg);
+            if done {
+                return got;
+            }
+        }
+    }
+    panic!("no {until:?} within {within:?}; got {got:?}");
+}
+
+#[test]
+fn speaks_the_systemd_notify_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let d = Daemon::start_with_env(
+        &config,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let got = notifications(&sock, "READY=1", Duration::from_secs(30));
+    // READY only once the store is open and the stages run.
+    assert!(dir.path().join("state/lorastream.db").exists());
+    let ready = got.last().unwrap();
+    assert!(ready.contains("STATUS=running: 1 source(s)"), "{ready}");
+    // Watchdog pings every WATCHDOG_USEC / 2 while healthy.
+    let pings = notifications(&sock, "WATCHDOG=1", Duration::from_secs(5));
+    assert!(pings.iter().any(|p| p == "WATCHDOG=1"), "{pings:?}");
+    // Reload: RELOADING=1 with MONOTONIC_USEC, then READY=1 again.
+    d.signal(libc::SIGHUP);
+    let got = notifications(&sock, "RELOADING=1", Duration::from_secs(10));
+    let reloading = got.last().unwrap();
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("{reloading}"))
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    notifications(&sock, "READY=1", Duration::from_secs(10));
+    d.signal(libc::SIGTERM);
+    notifications(&sock, "STOPPING=1", Duration::from_secs(10));
+    assert!(d.wait_exit().success());
+}
+
+#[test]
+fn sighup_changes_schedules_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // First: the source runs once a year.
+    let config = write_config(dir.path(), "schedule = \"0 0 0 1 1 *\"\n");
+    let d = Daemon::start(&config);
+    let v = d.wait_for("scheduled");
+    assert_eq!(v["cron"], "0 0 0 1 1 *");
+    // Then every second: the crawler runs within a few seconds of the reload.
+    write_config(dir.path(), "schedule = \"* * * * * *\"\n");
+    d.signal(libc::SIGHUP);
+    let v = d.wait_for("scheduled");
+    assert_eq!(v["cron"], "* * * * * *");
+    let store = lorastream::store::Store::open(&dir.path().join("state/lorastream.db")).unwrap();
+    let mut ran = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let rows = store.sources().unwrap();
+        if rows
+            .iter()
+            .any(|r| r.name == "drops" && r.last_run_at.is_some())
+        {
+            ran = true;
+            break;
+        }
+    }
+    assert!(ran, "the new schedule did not run the source");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
 }

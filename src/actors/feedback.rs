@@ -140,7 +140,12 @@ impl Feedback {
 impl Handler<EvalReport> for Feedback {
     type Result = ();
     fn handle(&mut self, msg: EvalReport, _: &mut Context<Self>) {
-        mark(&self.store, Stage::Feedback, "running", Some(&format!("deciding on adapter v{}", msg.adapter_id)));
+        mark(
+            &self.store,
+            Stage::Feedback,
+            "running",
+            Some(&format!("deciding on adapter v{}", msg.adapter_id)),
+        );
         let result = self.decide_one(msg.adapter_id);
         mark(&self.store, Stage::Feedback, "idle", None);
         if let Ok(Some(d)) = &result {
@@ -235,7 +240,13 @@ mod tests {
         assert!(decide(&lax, &c, &streams, &flat).unwrap().promote);
         // The first stream is compared with the base model (version 0).
         let first = adapter(1, None, 1);
-        let d = decide(&cfg, &first, &streams, &cells(&[(0, 1, 30.0), (1, 1, 12.0)])).unwrap();
+        let d = decide(
+            &cfg,
+            &first,
+            &streams,
+            &cells(&[(0, 1, 30.0), (1, 1, 12.0)]),
+        )
+        .unwrap();
         assert!(d.promote && d.reference == 0 && d.forgetting.is_empty());
         // Missing cells: no decision yet.
         let e = decide(&cfg, &c, &streams, &cells(&[(2, 2, 15.0)])).unwrap_err();

@@ -98,7 +98,10 @@ pub struct Busy(Arc<Mutex<HashSet<String>>>);
 
 impl Busy {
     pub fn is_busy(&self, job: &str) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(job)
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(job)
     }
     /// Marks `job` running until the guard drops; `None` if it already is.
     pub fn begin(&self, job: &str) -> Option<BusyGuard> {

@@ -50,13 +50,28 @@ impl Summarizer {
             async move {
                 let result: Result<(), String> = async {
                     if summarize {
-                        mark(&store, Stage::Summarizer, "running", Some("condensing long answers"));
+                        mark(
+                            &store,
+                            Stage::Summarizer,
+                            "running",
+                            Some("condensing long answers"),
+                        );
                         condenser.run(&store).await.map_err(|e| e.to_string())?;
                     }
                     let _guard = busy.begin("seal");
-                    mark(&store, Stage::Summarizer, "running", Some("sealing streams"));
-                    let sealed = crate::streams::seal_ready(&store, &config.state_dir(), &config.streams, false)
-                        .map_err(|e| e.to_string())?;
+                    mark(
+                        &store,
+                        Stage::Summarizer,
+                        "running",
+                        Some("sealing streams"),
+                    );
+                    let sealed = crate::streams::seal_ready(
+                        &store,
+                        &config.state_dir(),
+                        &config.streams,
+                        false,
+                    )
+                    .map_err(|e| e.to_string())?;
                     for stream_id in sealed {
                         let _ = next.send(StreamSealed { stream_id }).await;
                     }

@@ -143,7 +143,12 @@ impl Supervisor {
         }
         .start();
         let evaluator = {
-            let (config, feedback, me, busy) = (Arc::clone(&config), feedback.clone(), me.clone(), self.busy.clone());
+            let (config, feedback, me, busy) = (
+                Arc::clone(&config),
+                feedback.clone(),
+                me.clone(),
+                self.busy.clone(),
+            );
             SyncArbiter::start(1, move || Evaluator {
                 config: Arc::clone(&config),
                 store: None,
@@ -191,7 +196,12 @@ impl Supervisor {
             })
         };
         let preprocessor = {
-            let (config, next, me, store) = (Arc::clone(&config), summarizer.clone(), me.clone(), p.preprocessor);
+            let (config, next, me, store) = (
+                Arc::clone(&config),
+                summarizer.clone(),
+                me.clone(),
+                p.preprocessor,
+            );
             Preprocessor::start_in_arbiter(&data, move |_| Preprocessor {
                 config,
                 store: Rc::new(store),
@@ -241,7 +251,12 @@ impl Supervisor {
         };
         match counts(&self.store) {
             Ok((raw, examples, candidates)) => {
-                tracing::info!(raw_items_waiting = raw > 0, examples_waiting = examples, candidates, "resuming from the store");
+                tracing::info!(
+                    raw_items_waiting = raw > 0,
+                    examples_waiting = examples,
+                    candidates,
+                    "resuming from the store"
+                );
                 // Raw items → examples → streams; Kick each so leftovers of a crash move on.
                 st.preprocessor.do_send(Kick);
                 st.summarizer.do_send(Kick);
@@ -348,8 +363,10 @@ impl Actor for Supervisor {
         self.reschedule(ctx);
         self.resume();
         let n = self.config.sources.iter().filter(|s| s.enabled).count();
-        self.notifier
-            .ready(&format!("running: {n} source(s), {} schedule(s)", self.jobs().len()));
+        self.notifier.ready(&format!(
+            "running: {n} source(s), {} schedule(s)",
+            self.jobs().len()
+        ));
         // STATUS= every 2 s when it changed; WATCHDOG=1 while the store answers.
         ctx.run_interval(Duration::from_secs(2), |act, _| {
             let line = act.status_line();
@@ -382,7 +399,12 @@ impl Handler<CronFired> for Supervisor {
         }
         let Some(st) = &self.stages else { return };
         let sent = match msg.0 {
-            Scheduled::Crawl(source) => st.crawler.try_send(Crawl { source: Some(source) }).is_ok(),
+            Scheduled::Crawl(source) => st
+                .crawler
+                .try_send(Crawl {
+                    source: Some(source),
+                })
+                .is_ok(),
             Scheduled::Seal => st.summarizer.try_send(Seal).is_ok(),
             Scheduled::Train => st.trainer.try_send(Kick).is_ok(),
             Scheduled::Eval => st.evaluator.try_send(Kick).is_ok(),
@@ -423,7 +445,11 @@ impl Handler<StageDone> for Supervisor {
 impl Handler<Decided> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: Decided, _: &mut Context<Self>) {
-        tracing::debug!(adapter = msg.adapter_id, promoted = msg.promoted, "decision made");
+        tracing::debug!(
+            adapter = msg.adapter_id,
+            promoted = msg.promoted,
+            "decision made"
+        );
         if !self.stopping && self.config.schedule.train == ON_NEW_STREAM {
             self.kick(Stage::Trainer);
         }

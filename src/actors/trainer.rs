@@ -72,7 +72,10 @@ impl Trainer {
         let store = self.store()?;
         let adapters = store.adapters().map_err(|e| e.to_string())?;
         if let Some(c) = adapters.iter().find(|a| a.state == AdapterState::Candidate) {
-            tracing::debug!(adapter = c.id, "a candidate waits for its decision; training later");
+            tracing::debug!(
+                adapter = c.id,
+                "a candidate waits for its decision; training later"
+            );
             return Ok(None);
         }
         let log_every = config.train.log_every.max(1);
@@ -92,7 +95,10 @@ impl Trainer {
                         store,
                         Stage::Trainer,
                         "running",
-                        Some(&format!("training: step {}/{}, loss {:.4}", p.step, p.total_steps, p.loss)),
+                        Some(&format!(
+                            "training: step {}/{}, loss {:.4}",
+                            p.step, p.total_steps, p.loss
+                        )),
                     );
                 }
             })

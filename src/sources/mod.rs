@@ -191,10 +191,14 @@ pub async fn run_source(
             if let Err(e) = store.record_source_success(&src.name, report.new) {
                 report.error = Some(e.to_string());
             }
-            tracing::info!(
-                source = %src.name, kind = %src.kind, fetched = report.fetched, new = report.new,
-                duplicate = report.duplicate, duration_ms, "source run finished"
-            );
+            if report.fetched > 0 || report.files_failed > 0 {
+                tracing::info!(
+                    source = %src.name, kind = %src.kind, fetched = report.fetched, new = report.new,
+                    duplicate = report.duplicate, duration_ms, "source run finished"
+                );
+            } else {
+                tracing::debug!(source = %src.name, kind = %src.kind, duration_ms, "source run found nothing new");
+            }
         }
         Err(e) => {
             let msg = e.to_string();

@@ -18,4 +18,5 @@ pub fn assert_ok(out: &Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+pub mod daemon;
 pub mod loopback;
