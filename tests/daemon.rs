@@ -199,16 +199,23 @@ fn speaks_the_systemd_notify_protocol() {
 fn sighup_changes_schedules_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     // First: the source runs once a year.
-    let config = write_config(dir.path(), "schedule = \"0 0 0 1 1 *\"\n");
+    let config = write_config(
+        dir.path(),
+        "schedule = \"0 0 0 1 1 *\"\n\n[schedule]\ncrawl_on_start = false\n",
+    );
     let d = Daemon::start(&config);
     let v = d.wait_for("scheduled");
     assert_eq!(v["cron"], "0 0 0 1 1 *");
     // Then every second: the crawler runs within a few seconds of the reload.
-    write_config(dir.path(), "schedule = \"* * * * * *\"\n");
+    let store = lorastream::store::Store::open(&dir.path().join("state/lorastream.db")).unwrap();
+    assert_eq!(store.source("drops").unwrap().unwrap().last_run_at, None);
+    write_config(
+        dir.path(),
+        "schedule = \"* * * * * *\"\n\n[schedule]\ncrawl_on_start = false\n",
+    );
     d.signal(libc::SIGHUP);
     let v = d.wait_for("scheduled");
     assert_eq!(v["cron"], "* * * * * *");
-    let store = lorastream::store::Store::open(&dir.path().join("state/lorastream.db")).unwrap();
     let mut ran = false;
     for _ in 0..50 {
         std::thread::sleep(Duration::from_millis(100));
@@ -224,4 +231,41 @@ fn sighup_changes_schedules_without_a_restart() {
     assert!(ran, "the new schedule did not run the source");
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit().success());
+}
+
+#[test]
+fn a_scheduled_crawl_still_running_is_skipped_not_queued() {
+    use common::loopback::{Reply, Req, Server};
+    // Every page takes 2.5 s; the schedule fires every second.
+    let server = Server::start(|_: &Req| {
+        Reply::Delay(
+            Duration::from_millis(2500),
+            Box::new(Reply::json(
+                200,
+                &serde_json::json!({"rows": [], "num_rows_total": 0}),
+            )),
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lorastream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"state\"\n\n[[sources]]\nname = \"slow\"\nkind = \"hf_datasets\"\ndataset = \"x/y\"\nbase_url = \"{}\"\nschedule = \"* * * * * *\"\ntimeout_secs = 10\n",
+            server.base
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&config);
+    let skipped = d
+        .wait_until(Duration::from_secs(20), |v| {
+            v["message"] == "scheduled run skipped: the previous one is still running"
+        })
+        .expect("no skip logged");
+    assert_eq!(skipped["job"], "crawl:slow");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+    // One request per finished run: overlapping ticks were dropped, not queued.
+    let seen = server.seen().len();
+    assert!((1..=3).contains(&seen), "{seen} requests");
 }

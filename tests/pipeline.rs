@@ -330,7 +330,24 @@ fn killed_anywhere_the_daemon_resumes_and_ends_the_same() {
         "training restarted instead of resuming (killed at step {killed_at}): {resumed}"
     );
 
-    // 4. Run to the end, then SIGTERM.
+    // 4. SIGTERM while the second stream trains: the step finishes, a
+    //    checkpoint is written, the daemon exits 0.
+    let d = Daemon::start(&s.config);
+    d.wait_until(Duration::from_secs(120), |v| {
+        v["message"] == "training" && v["step"].as_u64().unwrap_or(0) >= 3
+    })
+    .expect("second stream did not train");
+    d.signal(libc::SIGTERM);
+    d.wait_until(
+        Duration::from_secs(60),
+        log("training stopped for shutdown; checkpoint saved"),
+    )
+    .expect("training did not stop at a checkpoint");
+    d.wait_until(Duration::from_secs(60), log("shutdown complete"))
+        .expect("no clean shutdown");
+    assert!(d.wait_exit().success());
+
+    // 5. Run to the end, then SIGTERM.
     let d = Daemon::start(&s.config);
     let f = wait_finished(&s.root, Duration::from_secs(240));
     d.signal(libc::SIGTERM);
@@ -342,6 +359,11 @@ fn killed_anywhere_the_daemon_resumes_and_ends_the_same() {
         store.source("quora-hf").unwrap().unwrap().cursor.as_deref(),
         Some("60")
     );
-    let log = store.adapter(1).unwrap().unwrap().train_log.unwrap();
-    assert!(log["resumed_from"].as_u64().unwrap() >= 2, "{log}");
+    for id in [1, 2] {
+        let log = store.adapter(id).unwrap().unwrap().train_log.unwrap();
+        assert!(
+            log["resumed_from"].as_u64().unwrap() >= 2,
+            "adapter {id}: {log}"
+        );
+    }
 }

@@ -260,6 +260,9 @@ impl Supervisor {
                 // Raw items → examples → streams; Kick each so leftovers of a crash move on.
                 st.preprocessor.do_send(Kick);
                 st.summarizer.do_send(Kick);
+                if self.config.schedule.crawl_on_start {
+                    st.crawler.do_send(Crawl { source: None });
+                }
                 if candidates > 0 {
                     st.evaluator.do_send(Kick);
                 } else if self.config.schedule.train == ON_NEW_STREAM {
@@ -460,6 +463,20 @@ impl Handler<Reload> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: Reload, ctx: &mut Context<Self>) {
         self.notifier.reloading();
+        let added: Vec<String> = msg
+            .0
+            .sources
+            .iter()
+            .filter(|s| {
+                s.enabled
+                    && !self
+                        .config
+                        .sources
+                        .iter()
+                        .any(|o| o.name == s.name && o.enabled)
+            })
+            .map(|s| s.name.clone())
+            .collect();
         self.config = msg.0;
         for s in &self.config.sources {
             if let Err(e) = self.store.ensure_source(&s.name, s.kind.as_str()) {
@@ -475,6 +492,13 @@ impl Handler<Reload> for Supervisor {
             st.evaluator.do_send(m);
         }
         self.reschedule(ctx);
+        if self.config.schedule.crawl_on_start
+            && let Some(st) = &self.stages
+        {
+            for name in added {
+                let _ = st.crawler.try_send(Crawl { source: Some(name) });
+            }
+        }
         self.notifier.ready("running (configuration reloaded)");
     }
 }

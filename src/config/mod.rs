@@ -660,6 +660,9 @@ pub struct ScheduleConfig {
     pub train: String,
     /// Cron for filling missing cells of the evaluation matrix.
     pub eval: Option<String>,
+    /// Run every enabled source once when the daemon starts (and after a
+    /// reload adds one), instead of waiting for its first scheduled time.
+    pub crawl_on_start: bool,
 }
 
 impl Default for ScheduleConfig {
@@ -669,6 +672,7 @@ impl Default for ScheduleConfig {
             seal: None,
             train: ON_NEW_STREAM.into(),
             eval: None,
+            crawl_on_start: true,
         }
     }
 }
