@@ -12,6 +12,12 @@
 //! the Supervisor run on the system arbiter, which also answers signals and
 //! pings the watchdog. Each actor opens its own store connection (WAL).
 //!
+//! Stages hand work on with `send().await` into bounded mailboxes, so a slow
+//! stage slows the one before it; the one exception is Summarizer → Trainer,
+//! which only notifies (`try_send`): waiting there would hold crawling for a
+//! whole training run, and the trainer takes the oldest sealed stream from the
+//! store anyway.
+//!
 //! Every stage reads its input from the store, whatever the message says, so a
 //! `Kick` (on start, after a crash, after a backoff) resumes anything that was
 //! in flight, and repeating a message is harmless.

@@ -72,8 +72,16 @@ impl Summarizer {
                         false,
                     )
                     .map_err(|e| e.to_string())?;
+                    // Not `send().await`: that would wait for the whole training
+                    // run and stall crawling behind it. The stream is in the store;
+                    // a full mailbox only means the trainer finds it later.
                     for stream_id in sealed {
-                        let _ = next.send(StreamSealed { stream_id }).await;
+                        if next.try_send(StreamSealed { stream_id }).is_err() {
+                            tracing::info!(
+                                stream = stream_id,
+                                "trainer busy; the stream waits in the store"
+                            );
+                        }
                     }
                     Ok(())
                 }
