@@ -196,10 +196,10 @@ impl Matrix {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn cell(a: i64, s: i64, p: f64) -> EvalRow {
+    pub(crate) fn cell(a: i64, s: i64, p: f64) -> EvalRow {
         EvalRow {
             adapter_id: a,
             stream_id: s,

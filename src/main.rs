@@ -305,17 +305,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                                     p.loss, p.tokens_per_s
                                 ));
                             }
-                            None if p.step % log_every == 0 || p.step == p.total_steps => {
-                                tracing::info!(
-                                    step = p.step,
-                                    total_steps = p.total_steps,
-                                    loss = p.loss,
-                                    lr = p.lr,
-                                    tokens_per_s = p.tokens_per_s,
-                                    eta_s = p.eta_s,
-                                    "training"
-                                )
-                            }
+                            None if p.step % log_every == 0 || p.step == p.total_steps => p.log(),
                             None => {}
                         }
                     });

@@ -243,6 +243,21 @@ pub struct Progress {
     pub eta_s: f64,
 }
 
+impl Progress {
+    /// The structured log line of a training step.
+    pub fn log(&self) {
+        tracing::info!(
+            step = self.step,
+            total_steps = self.total_steps,
+            loss = self.loss,
+            lr = self.lr,
+            tokens_per_s = self.tokens_per_s,
+            eta_s = self.eta_s,
+            "training"
+        );
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainOutcome {
     pub steps: usize,

@@ -114,6 +114,28 @@ min_examples = 20
         (report, stdout + &String::from_utf8_lossy(&out.stderr))
     }
 
+    /// `lorastream status --json`.
+    fn status(&self) -> Value {
+        let st = lorastream()
+            .arg("-c")
+            .arg(&self.config)
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        assert_ok(&st);
+        serde_json::from_slice(&st.stdout).unwrap()
+    }
+
+    /// The examples of the `i`-th stream (train and eval), from its files.
+    fn stream_examples(&self, i: usize) -> Vec<Vec<lorastream::ml::Message>> {
+        let status = self.status();
+        let dir = PathBuf::from(status["streams"][i]["path"].as_str().unwrap());
+        let mut all =
+            lorastream::streams::load_split(&dir, lorastream::store::Split::Train).unwrap();
+        all.extend(lorastream::streams::load_split(&dir, lorastream::store::Split::Eval).unwrap());
+        all
+    }
+
     fn drop_file(&self, sub: &str, from: &Path) {
         std::fs::copy(from, self.root.join(sub).join(from.file_name().unwrap())).unwrap();
     }
@@ -218,14 +240,7 @@ fn five_quora_topic_files_become_five_streams_and_a_second_crawl_adds_nothing() 
     assert_eq!(r["streams"].as_array().unwrap().len(), 0);
 
     // The stream files are the format training reads, with condensed answers.
-    let st = lorastream()
-        .arg("-c")
-        .arg(&s.config)
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    assert_ok(&st);
-    let status: Value = serde_json::from_slice(&st.stdout).unwrap();
+    let status = s.status();
     let streams = status["streams"].as_array().unwrap();
     assert_eq!(streams.len(), 5);
     let dir = PathBuf::from(streams[0]["path"].as_str().unwrap());
@@ -293,16 +308,7 @@ fn spool_fixtures_bad_files_and_unsettled_files() {
     let (r, _) = s.crawl(&["--seal"]);
     assert_eq!(r["streams"][0][1], "topic-a + qa");
     // Multi-line answers keep their paragraphs; HTML is gone; PII scrubbed.
-    let st = lorastream()
-        .arg("-c")
-        .arg(&s.config)
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    let status: Value = serde_json::from_slice(&st.stdout).unwrap();
-    let dir = PathBuf::from(status["streams"][0]["path"].as_str().unwrap());
-    let mut all = lorastream::streams::load_split(&dir, lorastream::store::Split::Train).unwrap();
-    all.extend(lorastream::streams::load_split(&dir, lorastream::store::Split::Eval).unwrap());
+    let all = s.stream_examples(0);
     let text: Vec<&str> = all.iter().map(|m| m[1].content.as_str()).collect();
     assert!(
         text.iter().any(|t| t.contains("ownership.\n\nBorrowing")),
@@ -362,16 +368,7 @@ fn openai_summarizer_is_used_and_falls_back_to_extractive() {
         logs.contains("summarizer endpoint failed; using extractive"),
         "{logs}"
     );
-    let st = lorastream()
-        .arg("-c")
-        .arg(&s.config)
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    let status: Value = serde_json::from_slice(&st.stdout).unwrap();
-    let dir = PathBuf::from(status["streams"][0]["path"].as_str().unwrap());
-    let mut all = lorastream::streams::load_split(&dir, lorastream::store::Split::Train).unwrap();
-    all.extend(lorastream::streams::load_split(&dir, lorastream::store::Split::Eval).unwrap());
+    let all = s.stream_examples(0);
     let answers: Vec<&str> = all.iter().map(|m| m[1].content.as_str()).collect();
     assert!(
         answers.contains(&"A condensed answer from the model."),

@@ -40,13 +40,8 @@ impl Evaluator {
     }
 
     fn try_pass(&mut self, why: &str) -> Result<(), String> {
-        if self.store.is_none() {
-            self.store = Some(super::open_store(&self.config).map_err(|e| e.to_string())?);
-        }
-        let Some(store) = self.store.as_ref() else {
-            return Ok(());
-        };
         let config = Arc::clone(&self.config);
+        let store = super::lazy_store(&mut self.store, &config)?;
         mark(store, Stage::Evaluator, "running", Some(why));
         let started = std::time::Instant::now();
         let matrix = catch("evaluation", || {

@@ -204,14 +204,7 @@ mod tests {
 
     fn cells(v: &[(i64, i64, f64)]) -> Vec<EvalRow> {
         v.iter()
-            .map(|&(a, s, p)| EvalRow {
-                adapter_id: a,
-                stream_id: s,
-                perplexity: p,
-                nll_sum: 0.0,
-                tokens: 1,
-                evaluated_at: 0,
-            })
+            .map(|&(a, s, p)| crate::eval::tests::cell(a, s, p))
             .collect()
     }
 

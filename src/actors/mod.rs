@@ -141,6 +141,17 @@ pub(crate) fn open_store(config: &Config) -> Result<Store, StoreError> {
     )
 }
 
+/// The store connection of a sync stage, opened on its thread at first use.
+pub(crate) fn lazy_store<'a>(
+    slot: &'a mut Option<Store>,
+    config: &Config,
+) -> Result<&'a Store, String> {
+    if slot.is_none() {
+        *slot = Some(open_store(config).map_err(|e| e.to_string())?);
+    }
+    slot.as_ref().ok_or_else(|| "no store".to_string())
+}
+
 /// Records a stage's state for `status`; a failure to record is only logged.
 pub(crate) fn mark(store: &Store, stage: Stage, state: &str, detail: Option<&str>) {
     if let Err(e) = store.set_stage(stage.as_str(), state, detail) {

@@ -32,10 +32,7 @@ impl Actor for Trainer {
 
 impl Trainer {
     fn store(&mut self) -> Result<&Store, String> {
-        if self.store.is_none() {
-            self.store = Some(super::open_store(&self.config).map_err(|e| e.to_string())?);
-        }
-        self.store.as_ref().ok_or_else(|| "no store".to_string())
+        super::lazy_store(&mut self.store, &self.config)
     }
 
     /// Trains the next stream if nothing is waiting for a decision.
@@ -82,15 +79,7 @@ impl Trainer {
         let outcome = catch("training", || {
             crate::pipeline::train_stream(&config, store, None, &stop, |p| {
                 if p.step % log_every == 0 || p.step == p.total_steps {
-                    tracing::info!(
-                        step = p.step,
-                        total_steps = p.total_steps,
-                        loss = p.loss,
-                        lr = p.lr,
-                        tokens_per_s = p.tokens_per_s,
-                        eta_s = p.eta_s,
-                        "training"
-                    );
+                    p.log();
                     mark(
                         store,
                         Stage::Trainer,
