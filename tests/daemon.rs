@@ -269,3 +269,56 @@ fn a_scheduled_crawl_still_running_is_skipped_not_queued() {
     let seen = server.seen().len();
     assert!((1..=3).contains(&seen), "{seen} requests");
 }
+
+#[test]
+fn a_failing_stage_is_retried_with_backoff_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool");
+    std::fs::copy(fixtures.join("topic-a.csv"), spool.join("topic-a.csv")).unwrap();
+    let model = dir.path().join("model");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "dir = \"{}\"\nsettle_secs = 0\n[sources.fields]\nquestion = \"Questions\"\nanswer = \"Answers\"\n\n[streams]\nmin_examples = 3\n\n[model]\npath = \"{}\"\n\n[train]\nseq_len = 64\n",
+            spool.display(),
+            model.display()
+        ),
+    );
+    // No model yet: the trainer fails, and is retried after 1 s, 2 s …
+    let d = Daemon::start(&config);
+    let first = d.wait_for("stage failed; restarting it after a backoff");
+    assert_eq!(first["stage"], "trainer");
+    assert_eq!(first["retry_in_ms"], 1000);
+    assert!(
+        first["error"].as_str().unwrap().contains("base model"),
+        "{first}"
+    );
+    let second = d.wait_for("stage failed; restarting it after a backoff");
+    assert_eq!(second["retry_in_ms"], 2000);
+    let store = lorastream::store::Store::open(&dir.path().join("state/lorastream.db")).unwrap();
+    let trainer = store
+        .stages()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "trainer")
+        .unwrap();
+    assert!(trainer.failures >= 2, "{trainer:?}");
+    assert!(trainer.last_error.unwrap().contains("base model"));
+    // The model appears: the next retry trains the waiting stream.
+    let out = common::lorastream()
+        .args(["model", "init", "--arch", "gpt2", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    common::assert_ok(&out);
+    let decided = d
+        .wait_until(Duration::from_secs(60), |v| {
+            v["message"] == "feedback decision"
+        })
+        .expect("no decision after the model appeared");
+    assert_eq!(decided["adapter"], 1);
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+}
