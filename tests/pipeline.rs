@@ -113,7 +113,7 @@ path = "{root}/model"
 [train]
 seq_len = 128
 batch_size = 2
-epochs_per_stream = 3
+epochs_per_stream = 20
 checkpoint_every = 2
 log_every = 1
 seed = 7
@@ -291,13 +291,34 @@ fn killed_anywhere_the_daemon_resumes_and_ends_the_same() {
     let after_crawl_kill = snapshot(&s.root).unwrap();
     assert!(after_crawl_kill.raw <= 20, "{after_crawl_kill:?}");
 
-    // 2. SIGKILL during training, after a checkpoint; `status` answers meanwhile.
+    // 2. SIGKILL during training, after a checkpoint.
     let d = Daemon::start(&s.config);
     let step = d
         .wait_until(Duration::from_secs(120), |v| {
             v["message"] == "training" && v["step"].as_u64().unwrap_or(0) >= 5
         })
         .expect("training did not start");
+    d.kill9();
+    let killed_at = step["step"].as_u64().unwrap();
+
+    // 3. SIGKILL right after a candidate is trained, before its evaluation is done.
+    let d = Daemon::start(&s.config);
+    let resumed = d
+        .wait_until(Duration::from_secs(120), log("candidate trained"))
+        .expect("no candidate");
+    d.kill9();
+    assert!(
+        resumed["resumed_from"].as_u64().unwrap() >= 2,
+        "training restarted instead of resuming (killed at step {killed_at}): {resumed}"
+    );
+
+    // 4. While the second stream trains, `status` answers from the store; then
+    //    SIGTERM: the step finishes, a checkpoint is written, the daemon exits 0.
+    let d = Daemon::start(&s.config);
+    d.wait_until(Duration::from_secs(120), |v| {
+        v["message"] == "training" && v["step"].as_u64().unwrap_or(0) >= 3
+    })
+    .expect("second stream did not train");
     let config = lorastream::config::Config::load(&s.config).unwrap();
     lorastream::status::gather(&config).unwrap();
     let t = Instant::now();
@@ -316,27 +337,6 @@ fn killed_anywhere_the_daemon_resumes_and_ends_the_same() {
         "{:?}",
         report.stages
     );
-    d.kill9();
-    let killed_at = step["step"].as_u64().unwrap();
-
-    // 3. SIGKILL right after a candidate is trained, before its evaluation is done.
-    let d = Daemon::start(&s.config);
-    let resumed = d
-        .wait_until(Duration::from_secs(120), log("candidate trained"))
-        .expect("no candidate");
-    d.kill9();
-    assert!(
-        resumed["resumed_from"].as_u64().unwrap() >= 2,
-        "training restarted instead of resuming (killed at step {killed_at}): {resumed}"
-    );
-
-    // 4. SIGTERM while the second stream trains: the step finishes, a
-    //    checkpoint is written, the daemon exits 0.
-    let d = Daemon::start(&s.config);
-    d.wait_until(Duration::from_secs(120), |v| {
-        v["message"] == "training" && v["step"].as_u64().unwrap_or(0) >= 3
-    })
-    .expect("second stream did not train");
     d.signal(libc::SIGTERM);
     d.wait_until(
         Duration::from_secs(60),
