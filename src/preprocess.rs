@@ -85,16 +85,16 @@ pub fn run(store: &Store, cfg: &PreprocessConfig) -> Result<PreprocessReport, St
             process(store, cfg, item, &mut report)?;
         }
     }
-    let dropped: u64 = report
-        .by_source
-        .values()
-        .flat_map(|c| c.dropped.values())
-        .sum();
+    let mut by_reason: BTreeMap<&str, u64> = BTreeMap::new();
+    for (reason, n) in report.by_source.values().flat_map(|c| c.dropped.iter()) {
+        *by_reason.entry(reason).or_default() += n;
+    }
     if report.processed() > 0 {
         tracing::info!(
             items = report.processed(),
             examples = report.examples(),
-            dropped,
+            dropped = by_reason.values().sum::<u64>(),
+            dropped_by_reason = %serde_json::to_string(&by_reason).unwrap_or_default(),
             "preprocessed raw items"
         );
     }
