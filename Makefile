@@ -18,6 +18,8 @@ LIBDIR     ?= $(PREFIX)/lib/lorastream
 DOCDIR     ?= $(PREFIX)/share/doc/lorastream
 SYSCONFDIR ?= /etc
 UNITDIR    ?= /etc/systemd/system
+# Where cargo puts the build (honours CARGO_TARGET_DIR).
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: all setup build run test check fmt clippy cargo-test clean install uninstall
 
@@ -31,7 +33,7 @@ build: setup
 	$(CARGO) build --release --locked
 
 run: build
-	./target/release/lorastream run --config $(CONFIG)
+	$(TARGET_DIR)/release/lorastream run --config $(CONFIG)
 
 fmt:
 	$(CARGO) fmt --all -- --check
@@ -54,7 +56,7 @@ clean:
 # be able to read it: for systemd, set up the venv outside /root and /home, e.g.
 #   sudo LORASTREAM_VENV=/opt/lorastream/venv make install
 install: build
-	install -Dm755 target/release/lorastream $(DESTDIR)$(BINDIR)/lorastream
+	install -Dm755 $(TARGET_DIR)/release/lorastream $(DESTDIR)$(BINDIR)/lorastream
 	install -d $(DESTDIR)$(LIBDIR)
 	ln -sfn "$$(readlink -f .libtorch)" $(DESTDIR)$(LIBDIR)/torch
 	@case "$$(readlink -f .libtorch)" in /root/*|/home/*) \
