@@ -11,7 +11,7 @@ use crate::preprocess::{self, PreprocessReport};
 use crate::sources::{self, FetchReport, Http};
 use crate::store::{Store, StoreError};
 use crate::streams::{self, StreamError};
-use crate::summarize::{SummarizeReport, Summarizer, TokenCounter};
+use crate::summarize::{SummarizeReport, Summarizer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CrawlError {
@@ -173,18 +173,13 @@ pub async fn crawl(
         });
     }
     let pre = preprocess::run(store, &config.preprocess)?;
-    let summarizer = Summarizer::new(
-        &config.summarizer,
-        TokenCounter::for_model(Some(&config.model_path())),
-        http.clone(),
-    );
-    let summarize = summarizer.run(store).await?;
-    let mut sealed = Vec::new();
-    for id in streams::seal_ready(store, &state_dir, &config.streams, force_seal)? {
-        if let Some(row) = store.stream(id)? {
-            sealed.push((id, row.name, row.n_train, row.n_eval));
-        }
-    }
+    let summarize = Summarizer::from_config(config, http.clone())
+        .run(store)
+        .await?;
+    let sealed = streams::seal_ready(store, &state_dir, &config.streams, force_seal)?
+        .into_iter()
+        .map(|row| (row.id, row.name, row.n_train, row.n_eval))
+        .collect();
     Ok(CrawlReport {
         sources: lines,
         preprocess: pre,

@@ -52,12 +52,8 @@ pub async fn run(
         path: state_dir.clone(),
         source,
     })?;
-    let store = Store::open_with_timeout(
-        &config.store_path(),
-        std::time::Duration::from_millis(config.store.busy_timeout_ms),
-    )?;
+    let store = Store::open_for(&config)?;
     register_sources(&store, &config)?;
-    crate::ml::device::set_threads(config.model.threads);
     tracing::info!(
         config = %config_path.display(),
         state_dir = %state_dir.display(),

@@ -262,7 +262,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             command: StreamsCommand::Import { file, name },
         } => with_config(cli, |config| {
             init_logs(cli, &config)?;
-            let store = open_store(&config)?;
+            let store = lorastream::store::Store::open_for(&config)?;
             let name = name.clone().unwrap_or_else(|| {
                 file.file_stem()
                     .map_or("import".into(), |s| s.to_string_lossy().into_owned())
@@ -286,7 +286,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Train { stream } => {
             with_config(cli, |config| {
                 init_logs(cli, &config)?;
-                let store = open_store(&config)?;
+                let store = lorastream::store::Store::open_for(&config)?;
                 // SIGINT/SIGTERM: finish the step, checkpoint, exit; `train` again resumes.
                 let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                 for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -346,7 +346,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             json,
         } => with_config(cli, |config| {
             init_logs(cli, &config)?;
-            let store = open_store(&config)?;
+            let store = lorastream::store::Store::open_for(&config)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -361,7 +361,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         }),
         Command::Eval { json } => with_config(cli, |config| {
             init_logs(cli, &config)?;
-            let store = open_store(&config)?;
+            let store = lorastream::store::Store::open_for(&config)?;
             let m = lorastream::pipeline::evaluate(&config, &store)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
@@ -465,13 +465,6 @@ async fn crawl_command(
         let r = crawl(config, store, &http, Some(&name), seal).await?;
         print(&r)?;
     }
-}
-
-fn open_store(config: &Config) -> anyhow::Result<lorastream::store::Store> {
-    Ok(lorastream::store::Store::open_with_timeout(
-        &config.store_path(),
-        std::time::Duration::from_millis(config.store.busy_timeout_ms),
-    )?)
 }
 
 /// A progress bar with loss, tokens/s and ETA when stderr is a terminal.

@@ -58,7 +58,7 @@ pub fn gather(config: &Config) -> Result<StatusReport, StoreError> {
         stages: Vec::new(),
     };
     let store = if report.initialized {
-        Some(Store::open(&db)?)
+        Some(Store::open_for(config)?)
     } else {
         None
     };
@@ -129,20 +129,10 @@ impl StatusReport {
             self.libtorch.libtorch_lib, self.libtorch.cuda_devices, self.libtorch.threads
         );
         if !self.stages.is_empty() {
-            let running: Vec<String> = self
-                .stages
-                .iter()
-                .filter(|s| s.state == "running")
-                .map(|s| format!("{} ({})", s.name, s.detail.as_deref().unwrap_or("")))
-                .collect();
             let _ = writeln!(
                 o,
                 "stage      {}",
-                if running.is_empty() {
-                    "idle".to_string()
-                } else {
-                    running.join(", ")
-                }
+                StageRow::running(&self.stages).unwrap_or_else(|| "idle".into())
             );
             let _ = writeln!(o, "\nstages");
             for s in &self.stages {

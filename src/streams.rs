@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::ml::Message;
-use crate::store::{NewExample, Origin, Split, Store, StoreError, content_hash};
+use crate::store::{
+    ExampleRow, ExampleState, NewExample, Origin, Split, Store, StoreError, StreamRow, content_hash,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -77,47 +79,60 @@ pub fn seal(
     example_ids: &[i64],
     eval_fraction: f64,
 ) -> Result<i64, StreamError> {
+    let rows = example_ids
+        .iter()
+        .map(|&id| {
+            store.example(id)?.ok_or(StoreError::NotFound {
+                what: "example",
+                id: id.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(seal_rows(store, state_dir, name, &rows, eval_fraction)?.id)
+}
+
+/// [`seal`] for rows already read.
+fn seal_rows(
+    store: &Store,
+    state_dir: &Path,
+    name: &str,
+    rows: &[ExampleRow],
+    eval_fraction: f64,
+) -> Result<StreamRow, StreamError> {
+    // Indexes into `rows` of each split.
     let mut train = Vec::new();
     let mut eval = Vec::new();
-    let mut rows = Vec::new();
-    for &id in example_ids {
-        let row = store.example(id)?.ok_or(StoreError::NotFound {
-            what: "example",
-            id: id.to_string(),
-        })?;
+    for (i, row) in rows.iter().enumerate() {
         let messages: Vec<Message> =
             serde_json::from_value(row.messages.clone()).map_err(StoreError::Json)?;
         if is_eval(&messages, eval_fraction) {
-            eval.push(id);
+            eval.push(i);
         } else {
-            train.push(id);
+            train.push(i);
         }
-        rows.push(row);
     }
     // Tiny streams still get both splits.
     if eval.is_empty() && train.len() >= 2 {
-        eval.push(train.pop().unwrap_or_default());
+        eval.extend(train.pop());
     }
     if train.is_empty() && eval.len() >= 2 {
-        train.push(eval.pop().unwrap_or_default());
+        train.extend(eval.pop());
     }
+    let ids = |split: &[usize]| -> Vec<i64> { split.iter().map(|&i| rows[i].id).collect() };
     // What is trained on: condensed answers where the summarizer made them.
-    let messages_of = |ids: &[i64]| -> Vec<serde_json::Value> {
-        ids.iter()
-            .filter_map(|id| {
-                rows.iter()
-                    .find(|r| r.id == *id)
-                    .map(|r| r.training_messages())
-            })
-            .collect()
+    let messages_of = |split: &[usize]| -> Vec<serde_json::Value> {
+        split.iter().map(|&i| rows[i].training_messages()).collect()
     };
-    let id = store.seal_stream_with(name, &train, &eval, |id| {
+    let id = store.seal_stream_with(name, &ids(&train), &ids(&eval), |id| {
         let dir = state_dir.join("streams").join(id.to_string());
         write_jsonl(&dir.join("train.jsonl"), &messages_of(&train))?;
         write_jsonl(&dir.join("eval.jsonl"), &messages_of(&eval))?;
         Ok(dir)
     })?;
-    Ok(id)
+    Ok(store.stream(id)?.ok_or(StoreError::NotFound {
+        what: "stream",
+        id: id.to_string(),
+    })?)
 }
 
 /// `lorastream streams import`: stores each example (deduplicated) and seals
@@ -172,35 +187,31 @@ pub fn load_split(dir: &Path, split: Split) -> Result<Vec<Vec<Message>>, StreamE
 
 /// Seals ready examples into streams: while at least `min_examples` are ready
 /// (or any, with `force`), the oldest `max_examples` become one stream.
-/// Returns the new stream ids.
+/// Returns the new streams.
 pub fn seal_ready(
     store: &Store,
     state_dir: &Path,
     cfg: &crate::config::StreamsConfig,
     force: bool,
-) -> Result<Vec<i64>, StreamError> {
+) -> Result<Vec<StreamRow>, StreamError> {
     let mut sealed = Vec::new();
     loop {
-        let ready = store.count_examples(crate::store::ExampleState::Ready)? as usize;
+        let ready = store.count_examples(ExampleState::Ready)? as usize;
         if ready == 0 || (!force && ready < cfg.min_examples.max(1)) {
             break;
         }
-        let ids: Vec<i64> = store
-            .examples_in_state(crate::store::ExampleState::Ready, cfg.max_examples.max(1))?
-            .iter()
-            .map(|e| e.id)
-            .collect();
+        let rows = store.examples_in_state(ExampleState::Ready, cfg.max_examples.max(1))?;
+        let ids: Vec<i64> = rows.iter().map(|e| e.id).collect();
         let name = stream_name(&store.example_labels(&ids)?);
-        let id = seal(store, state_dir, &name, &ids, cfg.eval_fraction)?;
-        let row = store.stream(id)?;
+        let stream = seal_rows(store, state_dir, &name, &rows, cfg.eval_fraction)?;
         tracing::info!(
-            stream = id,
+            stream = stream.id,
             name = %name,
-            train = row.as_ref().map_or(0, |r| r.n_train),
-            eval = row.as_ref().map_or(0, |r| r.n_eval),
+            train = stream.n_train,
+            eval = stream.n_eval,
             "stream sealed"
         );
-        sealed.push(id);
+        sealed.push(stream);
     }
     Ok(sealed)
 }

@@ -98,6 +98,15 @@ impl Summarizer {
         }
     }
 
+    /// The `[summarizer]` of `config`, counting tokens with its model's tokenizer.
+    pub fn from_config(config: &crate::config::Config, http: Http) -> Summarizer {
+        Self::new(
+            &config.summarizer,
+            TokenCounter::for_model(Some(&config.model_path())),
+            http,
+        )
+    }
+
     /// Makes every `new` example ready, condensing long answers.
     pub async fn run(&self, store: &Store) -> Result<SummarizeReport, StoreError> {
         let mut report = SummarizeReport::default();
@@ -123,7 +132,11 @@ impl Summarizer {
         ex: &ExampleRow,
         report: &mut SummarizeReport,
     ) -> Result<(), StoreError> {
-        let turns = ex.messages.as_array().cloned().unwrap_or_default();
+        let turns = ex
+            .messages
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let text_of = |role: &str| {
             turns
                 .iter()

@@ -44,9 +44,8 @@ impl Evaluator {
         let store = super::lazy_store(&mut self.store, &config)?;
         mark(store, Stage::Evaluator, "running", Some(why));
         let started = std::time::Instant::now();
-        let matrix = catch("evaluation", || {
-            crate::pipeline::evaluate(&config, store).map_err(|e| e.to_string())
-        })?;
+        let matrix = catch("evaluation", || crate::pipeline::evaluate(&config, store))?
+            .map_err(|e| e.to_string())?;
         tracing::info!(
             versions = matrix.versions.len(),
             streams = matrix.streams.len(),

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use actix::Message;
 
 use crate::config::Config;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// The stages, as status and the logs name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -134,20 +134,13 @@ impl Drop for BusyGuard {
     }
 }
 
-pub(crate) fn open_store(config: &Config) -> Result<Store, StoreError> {
-    Store::open_with_timeout(
-        &config.store_path(),
-        std::time::Duration::from_millis(config.store.busy_timeout_ms),
-    )
-}
-
 /// The store connection of a sync stage, opened on its thread at first use.
 pub(crate) fn lazy_store<'a>(
     slot: &'a mut Option<Store>,
     config: &Config,
 ) -> Result<&'a Store, String> {
     if slot.is_none() {
-        *slot = Some(open_store(config).map_err(|e| e.to_string())?);
+        *slot = Some(Store::open_for(config).map_err(|e| e.to_string())?);
     }
     slot.as_ref().ok_or_else(|| "no store".to_string())
 }
@@ -181,9 +174,9 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 /// Runs tensor work, turning a panic into an error so the stage can be retried.
-pub(crate) fn catch<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+pub(crate) fn catch<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r,
+        Ok(v) => Ok(v),
         Err(p) => {
             let msg = p
                 .downcast_ref::<String>()
@@ -215,5 +208,6 @@ mod tests {
         assert_eq!(block_on(async { 7 }), 7);
         let r: Result<(), String> = catch("work", || panic!("boom"));
         assert_eq!(r.unwrap_err(), "work panicked: boom");
+        assert_eq!(catch("work", || 3), Ok(3));
     }
 }

@@ -12,7 +12,7 @@ use super::{Busy, Kick, MAILBOX, Stage, UseConfig, mark};
 use crate::config::Config;
 use crate::sources::Http;
 use crate::store::Store;
-use crate::summarize::{Summarizer as Condenser, TokenCounter};
+use crate::summarize::Summarizer as Condenser;
 
 /// Seal what is ready (the `[schedule] seal` job).
 #[derive(Debug, Clone, Copy, Message)]
@@ -31,11 +31,7 @@ pub struct Summarizer {
 
 impl Summarizer {
     pub fn condenser(config: &Config, http: &Http) -> Rc<Condenser> {
-        Rc::new(Condenser::new(
-            &config.summarizer,
-            TokenCounter::for_model(Some(&config.model_path())),
-            http.clone(),
-        ))
+        Rc::new(Condenser::from_config(config, http.clone()))
     }
 
     /// Condenses every `new` example, then seals while enough are ready.
@@ -75,7 +71,7 @@ impl Summarizer {
                     // Not `send().await`: that would wait for the whole training
                     // run and stall crawling behind it. The stream is in the store;
                     // a full mailbox only means the trainer finds it later.
-                    for stream_id in sealed {
+                    for stream_id in sealed.into_iter().map(|s| s.id) {
                         if next.try_send(StreamSealed { stream_id }).is_err() {
                             tracing::info!(
                                 stream = stream_id,

@@ -19,7 +19,7 @@ use super::messages::{Decided, StageDone};
 use super::preprocessor::Preprocessor;
 use super::summarizer::{Seal, Summarizer};
 use super::trainer::Trainer;
-use super::{Busy, Kick, Ping, Stage, UseConfig, open_store};
+use super::{Busy, Kick, Ping, Stage, UseConfig};
 use crate::config::{Config, ON_NEW_STREAM};
 use crate::notify::Notifier;
 use crate::sources::Http;
@@ -104,12 +104,12 @@ impl Supervisor {
     /// Opens the store connections and starts the supervisor, which starts
     /// the stages.
     pub fn start(config: Arc<Config>, notifier: Notifier) -> Result<Addr<Supervisor>, StoreError> {
-        let store = open_store(&config)?;
+        let store = Store::open_for(&config)?;
         let pending = PendingStores {
-            crawler: open_store(&config)?,
-            preprocessor: open_store(&config)?,
-            summarizer: open_store(&config)?,
-            feedback: open_store(&config)?,
+            crawler: Store::open_for(&config)?,
+            preprocessor: Store::open_for(&config)?,
+            summarizer: Store::open_for(&config)?,
+            feedback: Store::open_for(&config)?,
         };
         for s in Stage::ALL {
             store.set_stage(s.as_str(), "idle", None)?;
@@ -238,39 +238,28 @@ impl Supervisor {
     /// Resumes what the store says was in flight.
     fn resume(&mut self) {
         let Some(st) = &self.stages else { return };
-        let counts = |s: &Store| -> Result<(usize, i64, usize), StoreError> {
-            let raw = s.raw_items_in_state(crate::store::RawState::New, 1)?.len();
-            let examples = s.count_examples(crate::store::ExampleState::New)?
-                + s.count_examples(crate::store::ExampleState::Ready)?;
-            let candidates = s
-                .adapters()?
+        let candidates = match self.store.adapters() {
+            Ok(a) => a
                 .iter()
                 .filter(|a| a.state == AdapterState::Candidate)
-                .count();
-            Ok((raw, examples, candidates))
-        };
-        match counts(&self.store) {
-            Ok((raw, examples, candidates)) => {
-                tracing::info!(
-                    raw_items_waiting = raw > 0,
-                    examples_waiting = examples,
-                    candidates,
-                    "resuming from the store"
-                );
-                // Raw items → examples → streams; Kick each so leftovers of a crash move on.
-                st.preprocessor.do_send(Kick);
-                st.summarizer.do_send(Kick);
-                if self.config.schedule.crawl_on_start {
-                    st.crawler.do_send(Crawl { source: None });
-                }
-                if candidates > 0 {
-                    st.evaluator.do_send(Kick);
-                } else if self.config.schedule.train == ON_NEW_STREAM {
-                    // A stream sealed (or half trained) before the crash.
-                    st.trainer.do_send(Kick);
-                }
+                .count(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the store to resume");
+                return;
             }
-            Err(e) => tracing::error!(error = %e, "cannot read the store to resume"),
+        };
+        tracing::info!(candidates, "resuming from the store");
+        // Raw items → examples → streams: the preprocessor always hands on to
+        // the summarizer, which condenses and seals what is left from before.
+        st.preprocessor.do_send(Kick);
+        if self.config.schedule.crawl_on_start {
+            st.crawler.do_send(Crawl { source: None });
+        }
+        if candidates > 0 {
+            st.evaluator.do_send(Kick);
+        } else if self.config.schedule.train == ON_NEW_STREAM {
+            // A stream sealed (or half trained) before the crash.
+            st.trainer.do_send(Kick);
         }
     }
 
@@ -340,18 +329,8 @@ impl Supervisor {
     /// STATUS= for systemd: what the stages are doing.
     fn status_line(&self) -> String {
         match self.store.stages() {
-            Ok(rows) => {
-                let running: Vec<String> = rows
-                    .iter()
-                    .filter(|r| r.state == "running")
-                    .map(|r| format!("{}: {}", r.name, r.detail.as_deref().unwrap_or("")))
-                    .collect();
-                if running.is_empty() {
-                    "idle, waiting for the schedule".into()
-                } else {
-                    running.join("; ")
-                }
-            }
+            Ok(rows) => crate::store::StageRow::running(&rows)
+                .unwrap_or_else(|| "idle, waiting for the schedule".into()),
             Err(e) => format!("store unreadable: {e}"),
         }
     }
@@ -477,12 +456,8 @@ impl Handler<Reload> for Supervisor {
             })
             .map(|s| s.name.clone())
             .collect();
+        // (daemon::run has registered the new sources in the store.)
         self.config = msg.0;
-        for s in &self.config.sources {
-            if let Err(e) = self.store.ensure_source(&s.name, s.kind.as_str()) {
-                tracing::error!(source = %s.name, error = %e, "cannot register the source");
-            }
-        }
         if let Some(st) = &self.stages {
             let m = UseConfig(Arc::clone(&self.config));
             st.crawler.do_send(m.clone());

@@ -91,12 +91,7 @@ impl Trainer {
                     );
                 }
             })
-            .map_err(|e| match e {
-                PipelineError::NothingToTrain => "nothing".to_string(),
-                PipelineError::Train(TrainError::Stopped(step)) => format!("stopped:{step}"),
-                other => other.to_string(),
-            })
-        });
+        })?;
         match outcome {
             Ok(t) => {
                 tracing::info!(
@@ -114,12 +109,12 @@ impl Trainer {
                     stream_id: t.stream_id,
                 }))
             }
-            Err(e) if e == "nothing" => Ok(None),
-            Err(e) if e.starts_with("stopped:") => {
-                tracing::info!(step = %e.trim_start_matches("stopped:"), "training stopped for shutdown; checkpoint saved");
+            Err(PipelineError::NothingToTrain) => Ok(None),
+            Err(PipelineError::Train(TrainError::Stopped(step))) => {
+                tracing::info!(step, "training stopped for shutdown; checkpoint saved");
                 Ok(None)
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         }
     }
 }

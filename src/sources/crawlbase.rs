@@ -118,7 +118,6 @@ pub async fn run(
             s.mark_url_seen(&src.name, &question_url)
         })?;
     }
-    report.exhausted = true;
     Ok(())
 }
 

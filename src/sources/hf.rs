@@ -49,7 +49,6 @@ pub async fn run(
         let page = parse_json(&body, "rows API")?;
         let (records, total) = parse_page(&page, src, dataset, offset)?;
         if records.is_empty() {
-            report.exhausted = true;
             break;
         }
         let n = records.len() as u64;
@@ -61,7 +60,6 @@ pub async fn run(
         offset = next;
         taken += n;
         if total.is_some_and(|t| offset >= t) {
-            report.exhausted = true;
             break;
         }
     }

@@ -118,8 +118,6 @@ pub struct FetchReport {
     pub files_failed: u64,
     /// Set when the run stopped on an error (what was stored before it stays).
     pub error: Option<String>,
-    /// True once the source reached the end of what is there (for now).
-    pub exhausted: bool,
     /// Ids of the raw items this run stored.
     #[serde(skip)]
     pub new_ids: Vec<i64>,
@@ -204,12 +202,9 @@ pub async fn run_source(
             let msg = e.to_string();
             // Items stored before the failure still count for the source.
             let degraded = store
-                .record_source_failure(&src.name, &msg, src.degraded_after)
+                .record_source_failure(&src.name, &msg, src.degraded_after, report.new)
                 .map(|row| row.degraded)
                 .unwrap_or(false);
-            if report.new > 0 {
-                let _ = store.add_source_items(&src.name, report.new);
-            }
             if degraded {
                 tracing::error!(source = %src.name, kind = %src.kind, error = %msg, new = report.new, duration_ms, "source failed again; marked degraded, retried on its next schedule");
             } else {

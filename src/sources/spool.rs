@@ -70,7 +70,6 @@ pub fn run(
             }
         }
     }
-    report.exhausted = true;
     Ok(())
 }
 

@@ -123,6 +123,14 @@ impl Store {
         Self::open_with_timeout(path, Duration::from_secs(5))
     }
 
+    /// The store a config names (`[store] path`, `busy_timeout_ms`).
+    pub fn open_for(config: &crate::config::Config) -> Result<Store> {
+        Self::open_with_timeout(
+            &config.store_path(),
+            Duration::from_millis(config.store.busy_timeout_ms),
+        )
+    }
+
     pub fn open_with_timeout(path: &Path, busy_timeout: Duration) -> Result<Store> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
@@ -256,30 +264,22 @@ impl Store {
         )
     }
 
-    /// Adds to a source's item total (items stored by a run that later failed).
-    pub fn add_source_items(&self, name: &str, new_items: u64) -> Result<()> {
-        self.update_one(
-            "source",
-            name,
-            "UPDATE sources SET items_total = items_total + ?2 WHERE name = ?1",
-            params![name, new_items as i64],
-        )
-    }
-
-    /// A run that failed; after `degraded_after` failures in a row the source is
-    /// marked degraded. Returns the updated row.
+    /// A run that failed (after storing `new_items`, which still count); after
+    /// `degraded_after` failures in a row the source is marked degraded.
+    /// Returns the updated row.
     pub fn record_source_failure(
         &self,
         name: &str,
         error: &str,
         degraded_after: u32,
+        new_items: u64,
     ) -> Result<SourceRow> {
         self.update_one(
             "source",
             name,
             "UPDATE sources SET last_run_at = ?2, last_error = ?3, error_count = error_count + 1,
-                    degraded = (error_count + 1 >= ?4) WHERE name = ?1",
-            params![name, now_ms(), error, degraded_after],
+                    degraded = (error_count + 1 >= ?4), items_total = items_total + ?5 WHERE name = ?1",
+            params![name, now_ms(), error, degraded_after, new_items as i64],
         )?;
         self.source(name)?.ok_or_else(|| StoreError::NotFound {
             what: "source",
@@ -518,20 +518,14 @@ impl Store {
         Ok(())
     }
 
-    /// Runs `f` in one immediate transaction: committed when it returns `Ok`,
-    /// rolled back when it fails. Store methods called inside join it.
+    /// Runs `f` in one immediate transaction (or the caller's, when one is
+    /// open): committed when it returns `Ok`, rolled back when it fails. Store
+    /// methods called inside join it.
     pub fn in_transaction<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&Store) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        let tx = rusqlite::Transaction::new_unchecked(
-            &self.conn,
-            rusqlite::TransactionBehavior::Immediate,
-        )
-        .map_err(StoreError::from)?;
-        let v = f(self)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(v)
+        self.atomically(|_| f(self))
     }
 
     // ---- streams -------------------------------------------------------
@@ -875,16 +869,20 @@ impl Store {
     }
 
     /// Runs `f` in an immediate transaction, or inside the caller's when one is open.
-    fn atomically<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    fn atomically<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Connection) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         if !self.conn.is_autocommit() {
             return f(&self.conn);
         }
         let tx = rusqlite::Transaction::new_unchecked(
             &self.conn,
             rusqlite::TransactionBehavior::Immediate,
-        )?;
+        )
+        .map_err(StoreError::from)?;
         let v = f(&tx)?;
-        tx.commit()?;
+        tx.commit().map_err(StoreError::from)?;
         Ok(v)
     }
 }

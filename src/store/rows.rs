@@ -422,3 +422,16 @@ pub struct StageRow {
     pub last_error: Option<String>,
     pub updated_at: i64,
 }
+
+impl StageRow {
+    /// "trainer (training: step 10/60 …), crawler (crawling x)": the stages
+    /// running now, or `None` when all are idle.
+    pub fn running(rows: &[StageRow]) -> Option<String> {
+        let running: Vec<String> = rows
+            .iter()
+            .filter(|r| r.state == "running")
+            .map(|r| format!("{} ({})", r.name, r.detail.as_deref().unwrap_or("")))
+            .collect();
+        (!running.is_empty()).then(|| running.join(", "))
+    }
+}

@@ -142,7 +142,7 @@ fn source_failures_degrade_and_success_recovers() {
     store.ensure_source("hf", "hf_datasets").unwrap();
     store.set_source_cursor("hf", "300").unwrap();
     for i in 1..=3 {
-        let row = store.record_source_failure("hf", "HTTP 503", 3).unwrap();
+        let row = store.record_source_failure("hf", "HTTP 503", 3, 0).unwrap();
         assert_eq!(row.error_count, i);
         assert_eq!(row.degraded, i >= 3);
     }
