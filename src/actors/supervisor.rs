@@ -80,19 +80,18 @@ struct Stages {
 pub struct Supervisor {
     config: Arc<Config>,
     store: Store,
-    notifier: Rc<Notifier>,
+    notifier: Notifier,
     busy: Busy,
     stop: Arc<AtomicBool>,
     stages: Option<Stages>,
-    pending: Option<PendingStores>,
     scheduler: Option<JobScheduler>,
     consecutive: HashMap<Stage, u32>,
     stopping: bool,
     last_status: String,
 }
 
-/// Store connections opened before the actors start (so failures are errors
-/// of `start`, not panics inside an arbiter).
+/// Store connections of the async stages, opened by `start` (so a failure is
+/// its error, not a panic inside an arbiter).
 struct PendingStores {
     crawler: Store,
     preprocessor: Store,
@@ -114,24 +113,26 @@ impl Supervisor {
         for s in Stage::ALL {
             store.set_stage(s.as_str(), "idle", None)?;
         }
-        Ok(Supervisor {
+        let supervisor = Supervisor {
             config,
             store,
-            notifier: Rc::new(notifier),
+            notifier,
             busy: Busy::default(),
             stop: Arc::new(AtomicBool::new(false)),
             stages: None,
-            pending: Some(pending),
             scheduler: None,
             consecutive: HashMap::new(),
             stopping: false,
             last_status: String::new(),
-        }
-        .start())
+        };
+        Ok(Supervisor::create(move |ctx| {
+            let mut supervisor = supervisor;
+            supervisor.spawn_stages(ctx, pending);
+            supervisor
+        }))
     }
 
-    fn spawn_stages(&mut self, ctx: &mut Context<Self>) {
-        let Some(p) = self.pending.take() else { return };
+    fn spawn_stages(&mut self, ctx: &mut Context<Self>, p: PendingStores) {
         let me = ctx.address();
         let config = Arc::clone(&self.config);
         let http = Http::new();
@@ -341,7 +342,6 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(64);
-        self.spawn_stages(ctx);
         self.reschedule(ctx);
         self.resume();
         let n = self.config.sources.iter().filter(|s| s.enabled).count();
