@@ -2,13 +2,14 @@
 //! then preprocessing, the summarizer, and stream sealing. The daemon's actors
 //! call the same stage functions one by one.
 
-use std::fmt::Write as _;
+use std::fmt;
 
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::http::Http;
 use crate::preprocess::{self, PreprocessReport};
-use crate::sources::{self, FetchReport, Http};
+use crate::sources::{self, FetchReport};
 use crate::store::{Store, StoreError};
 use crate::streams::{self, StreamError};
 use crate::summarize::{SummarizeReport, Summarizer};
@@ -44,14 +45,15 @@ impl CrawlReport {
     pub fn any_failed(&self) -> bool {
         self.sources.iter().any(|s| s.fetch.error.is_some())
     }
+}
 
-    pub fn render(&self) -> String {
-        let mut o = String::new();
-        let _ = writeln!(
+impl fmt::Display for CrawlReport {
+    fn fmt(&self, o: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
             o,
             "{:<20} {:<12} {:>8} {:>6} {:>9} {:>8} {:>8}  dropped by reason",
             "source", "kind", "fetched", "new", "duplicate", "dropped", "examples"
-        );
+        )?;
         let mut names: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
         // Items left from earlier runs may belong to sources not run now.
         for k in self.preprocess.by_source.keys() {
@@ -73,7 +75,7 @@ impl CrawlReport {
                 })
                 .unwrap_or_default();
             let f = line.map(|l| &l.fetch);
-            let _ = writeln!(
+            writeln!(
                 o,
                 "{:<20} {:<12} {:>8} {:>6} {:>9} {:>8} {:>8}  {}",
                 name,
@@ -88,17 +90,17 @@ impl CrawlReport {
                 } else {
                     reasons
                 },
-            );
+            )?;
             if let Some(f) = f {
                 if f.files_done + f.files_failed > 0 {
-                    let _ = writeln!(
+                    writeln!(
                         o,
                         "{:<20} files ingested {}, failed {}",
                         "", f.files_done, f.files_failed
-                    );
+                    )?;
                 }
                 if let Some(e) = &f.error {
-                    let _ = writeln!(o, "{:<20} FAILED: {e}", "");
+                    writeln!(o, "{:<20} FAILED: {e}", "")?;
                 }
             }
         }
@@ -108,7 +110,7 @@ impl CrawlReport {
             .iter()
             .map(|(b, n)| format!("{n} by {b}"))
             .collect();
-        let _ = writeln!(
+        writeln!(
             o,
             "\nexamples ready {}, condensed {}{}",
             self.summarize.ready,
@@ -125,12 +127,12 @@ impl CrawlReport {
             } else {
                 String::new()
             }
-        );
-        let _ = writeln!(o, "streams sealed {}", self.streams.len());
+        )?;
+        writeln!(o, "streams sealed {}", self.streams.len())?;
         for (id, name, train, eval) in &self.streams {
-            let _ = writeln!(o, "  #{id:<4} {name:<40} train {train:<5} eval {eval}");
+            writeln!(o, "  #{id:<4} {name:<40} train {train:<5} eval {eval}")?;
         }
-        o
+        Ok(())
     }
 }
 

@@ -62,7 +62,7 @@ pub async fn run(
         summary = %config.summary(),
         "lorastream started"
     );
-    let grace = std::time::Duration::from_secs(config.daemon.shutdown_grace_secs + 5);
+    let grace = config.daemon.shutdown_deadline();
     let supervisor = Supervisor::start(Arc::new(config), Notifier::from_env())?;
 
     let reason = loop {
@@ -95,7 +95,7 @@ pub async fn run(
 
 fn register_sources(store: &Store, config: &Config) -> Result<(), StoreError> {
     for s in &config.sources {
-        store.ensure_source(&s.name, s.kind.as_str())?;
+        store.ensure_source(&s.name, s.kind)?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! with forgetting and backward transfer (DESIGN.md §4).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 
 use serde::Serialize;
 
@@ -143,11 +143,10 @@ pub fn matrix(cells: &[EvalRow], versions: &[(i64, Option<i64>)]) -> Matrix {
     }
 }
 
-impl Matrix {
+impl fmt::Display for Matrix {
     /// A table like the original experiment's: rows = after training stream k,
     /// columns = evaluated on stream i.
-    pub fn render(&self) -> String {
-        let mut o = String::new();
+    fn fmt(&self, o: &mut fmt::Formatter<'_>) -> fmt::Result {
         let col = |s: i64| {
             if s == 0 {
                 "probe".to_string()
@@ -155,43 +154,43 @@ impl Matrix {
                 format!("stream {s}")
             }
         };
-        let _ = write!(o, "{:<26}", "");
+        write!(o, "{:<26}", "")?;
         for &s in &self.streams {
-            let _ = write!(o, "{:>12}", col(s));
+            write!(o, "{:>12}", col(s))?;
         }
-        let _ = writeln!(o);
+        writeln!(o)?;
         for (r, v) in self.versions.iter().enumerate() {
             let label = match self.trained_on[r] {
                 None => "base model".to_string(),
                 Some(s) => format!("v{v} (after stream {s})"),
             };
-            let _ = write!(o, "{label:<26}");
+            write!(o, "{label:<26}")?;
             for c in &self.cells[r] {
-                let _ = match c {
+                match c {
                     Some(p) => write!(o, "{p:>12.3}"),
                     None => write!(o, "{:>12}", "-"),
-                };
+                }?;
             }
-            let _ = writeln!(o);
+            writeln!(o)?;
         }
-        let _ = write!(o, "{:<26}", "forgetting");
+        write!(o, "{:<26}", "forgetting")?;
         for s in &self.streams {
-            let _ = match self.forgetting.get(s) {
+            match self.forgetting.get(s) {
                 Some(f) => write!(o, "{:>11.1}%", f * 100.0),
                 None => write!(o, "{:>12}", "-"),
-            };
+            }?;
         }
-        let _ = writeln!(o);
+        writeln!(o)?;
         if let Some(a) = self.average_ppl {
-            let _ = writeln!(o, "average perplexity (last row): {a:.3}");
+            writeln!(o, "average perplexity (last row): {a:.3}")?;
         }
         if let Some(b) = self.backward_transfer {
-            let _ = writeln!(
+            writeln!(
                 o,
                 "backward transfer: {b:+.3} (perplexity change on earlier streams; negative is better)"
-            );
+            )?;
         }
-        o
+        Ok(())
     }
 }
 
@@ -230,7 +229,7 @@ pub(crate) mod tests {
         );
         assert!((m.average_ppl.unwrap() - 11.5).abs() < 1e-12);
         assert!((m.backward_transfer.unwrap() - 2.0).abs() < 1e-12);
-        let t = m.render();
+        let t = m.to_string();
         assert!(
             t.contains("v2 (after stream 2)") && t.contains("20.0%"),
             "{t}"

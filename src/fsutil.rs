@@ -29,11 +29,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes `target` atomically with whatever `fill` writes. If `fill` fails, the
-/// temporary file is removed and `target` is left as it was.
-pub fn write_atomic_with<F>(target: &Path, fill: F) -> io::Result<()>
+/// Writes `target` atomically: `fill` writes the file at the temporary path it
+/// is given (for writers that want a path, such as libtorch's safetensors
+/// writer), which is then fsynced, renamed over `target`, and the directory
+/// fsynced. If anything fails, the temporary file is removed and `target` is
+/// left as it was. Temporary names are unique per process and call, so
+/// concurrent writers of one target never share one.
+pub fn write_atomic_via<F>(target: &Path, fill: F) -> io::Result<()>
 where
-    F: FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+    F: FnOnce(&Path) -> io::Result<()>,
 {
     let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -42,11 +46,8 @@ where
     fs::create_dir_all(&dir)?;
     let tmp = temp_path(target)?;
     let result = (|| {
-        let mut w = BufWriter::new(File::create(&tmp)?);
-        fill(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
+        fill(&tmp)?;
+        File::open(&tmp)?.sync_all()?;
         fs::rename(&tmp, target)?;
         sync_dir(&dir)
     })();
@@ -56,9 +57,34 @@ where
     result.map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", target.display())))
 }
 
+/// Writes `target` atomically with whatever `fill` writes (see [`write_atomic_via`]).
+pub fn write_atomic_with<F>(target: &Path, fill: F) -> io::Result<()>
+where
+    F: FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+{
+    write_atomic_via(target, |tmp| {
+        let mut w = BufWriter::new(File::create(tmp)?);
+        fill(&mut w)?;
+        w.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    })
+}
+
 /// Writes `bytes` to `target` atomically.
 pub fn write_atomic(target: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(target, |w| w.write_all(bytes))
+}
+
+/// Writes `value` as pretty JSON to `target` atomically; a value that cannot
+/// be serialized is an error (`InvalidData`), never an empty file.
+pub fn write_json_atomic<T: serde::Serialize + ?Sized>(target: &Path, value: &T) -> io::Result<()> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: cannot serialize: {e}", target.display()),
+        )
+    })?;
+    write_atomic(target, &json)
 }
 
 #[cfg(test)]
@@ -97,6 +123,19 @@ mod tests {
         assert!(err.to_string().contains("a.json"), "{err}");
         assert_eq!(fs::read(&target).unwrap(), b"old");
         assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn json_that_cannot_be_serialized_is_an_error_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("a.json");
+        // JSON has no NaN: serde_json refuses a map with non-string keys.
+        let bad: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let err = write_json_atomic(&target, &bad).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(!target.exists());
+        write_json_atomic(&target, &serde_json::json!({"a": 1})).unwrap();
+        assert!(fs::read_to_string(&target).unwrap().contains("\"a\": 1"));
     }
 
     #[test]

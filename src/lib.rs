@@ -2,18 +2,19 @@
 //!
 //! # Layout
 //!
+//! - [`text_enum`]: the one enum ⇄ string mechanism (config, store, logs, CLI).
 //! - [`config`]: the TOML configuration, defaults, validation with key and line.
 //! - [`store`]: SQLite (WAL) with numbered migrations and a typed API per table.
 //! - [`fsutil`]: atomic file writes used for every artifact.
 //! - [`logging`]: tracing-subscriber set-up (terminal, plain, JSON).
 //! - [`ml`]: the model layer on libtorch (tch): GPT-2 and Llama, LoRA in PEFT's
 //!   format, tokenizer and chat templates, generation, `model init`.
-//! - [`bench`]: benchmarks comparable with `../shared/bench/peer_hf.py`.
 //! - [`daemon`]: `lorastream run`: store, signals, reload, shutdown.
 //! - [`actors`]: the actor pipeline of DESIGN.md §1 and its supervisor.
 //! - [`notify`]: systemd's notify protocol (READY, STATUS, WATCHDOG …).
-//! - [`sources`]: hf_datasets, crawlbase and spool sources over one HTTP
-//!   client with retries, rate limits and size caps.
+//! - [`http`]: the one HTTP client (retries, rate limits, size caps,
+//!   redaction) and secret reading, used by the sources and the summarizer.
+//! - [`sources`]: hf_datasets, crawlbase and spool sources.
 //! - [`preprocess`]: raw items to chat examples (cleaning, limits, dedup).
 //! - [`summarize`]: condensing long answers (extractive, OpenAI-compatible).
 //! - [`crawl`]: one pass of sources → preprocess → summarize → seal.
@@ -23,15 +24,17 @@
 //! - [`eval`]: perplexity and the forgetting matrix.
 //! - [`pipeline`]: train / evaluate over the store (used by CLI and daemon).
 //!
-//! The binary (`src/main.rs`) is the clap command line over these modules.
+//! The binary (`src/main.rs` and `src/cli/`: arguments, one function per
+//! subcommand, the crawl loop, the benchmarks comparable with
+//! `../shared/bench/peer_hf.py`) is the clap command line over these modules.
 
 pub mod actors;
-pub mod bench;
 pub mod config;
 pub mod crawl;
 pub mod daemon;
 pub mod eval;
 pub mod fsutil;
+pub mod http;
 pub mod logging;
 pub mod ml;
 pub mod notify;
@@ -42,4 +45,5 @@ pub mod status;
 pub mod store;
 pub mod streams;
 pub mod summarize;
+pub mod text_enum;
 pub mod train;

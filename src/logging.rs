@@ -48,14 +48,34 @@ pub fn style(format: LogFormat, stdout_is_tty: bool, under_journald: bool) -> St
 }
 
 /// Installs the global subscriber. Returns an error naming a bad filter.
-pub fn init(settings: &LogSettings) -> Result<(), String> {
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("invalid {what} {filter:?}: {source}")]
+    Filter {
+        what: &'static str,
+        filter: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot install logger: {0}")]
+    Install(String),
+}
+
+pub fn init(settings: &LogSettings) -> Result<(), LogError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(f) if !f.trim().is_empty() => {
-            EnvFilter::try_new(&f).map_err(|e| format!("invalid RUST_LOG {f:?}: {e}"))?
+            EnvFilter::try_new(&f).map_err(|source| LogError::Filter {
+                what: "RUST_LOG",
+                filter: f.clone(),
+                source,
+            })?
         }
         _ => {
-            let f = EnvFilter::try_new(&settings.filter)
-                .map_err(|e| format!("invalid log filter {:?}: {e}", settings.filter))?;
+            let f = EnvFilter::try_new(&settings.filter).map_err(|source| LogError::Filter {
+                what: "log filter",
+                filter: settings.filter.clone(),
+                source,
+            })?;
             // The scheduler's own start-up chatter is not an event of ours.
             match "tokio_cron_scheduler=warn".parse() {
                 Ok(d) if !settings.filter.contains("tokio_cron_scheduler") => f.add_directive(d),
@@ -79,7 +99,8 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
         Style::Plain { timestamps: true } => builder.with_ansi(false).try_init(),
         Style::Plain { timestamps: false } => builder.with_ansi(false).without_time().try_init(),
     };
-    result.map_err(|e| format!("cannot install logger: {e}"))
+    // The subscriber's error type is not public: keep its message.
+    result.map_err(|e| LogError::Install(e.to_string()))
 }
 
 #[cfg(test)]

@@ -98,6 +98,28 @@ pub struct Trained {
     pub outcome: train::TrainOutcome,
 }
 
+impl std::fmt::Display for Trained {
+    /// `stream 1 -> adapter v2 (candidate): 60 steps, loss 6.1 -> 5.2, 900 tokens/s`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = &self.outcome;
+        write!(
+            f,
+            "stream {} -> adapter v{} (candidate): {} steps",
+            self.stream_id, self.adapter_id, o.steps
+        )?;
+        if o.resumed_from > 0 {
+            write!(f, " (resumed at {})", o.resumed_from)?;
+        }
+        write!(
+            f,
+            ", loss {:.4} -> {:.4}, {:.0} tokens/s",
+            o.losses.first().copied().unwrap_or(f32::NAN),
+            o.losses.last().copied().unwrap_or(f32::NAN),
+            o.tokens_per_s
+        )
+    }
+}
+
 /// Trains `stream_id` (default: the oldest stream not trained yet) into a
 /// candidate adapter, continuing from the served adapter. An unfinished run of
 /// the same stream resumes from its checkpoint.
@@ -175,7 +197,7 @@ pub fn train_stream(
     for s in all.iter().filter(|s| s.id < stream.id) {
         earlier.extend(split_of(s, Split::Train)?);
     }
-    let replay = train::reservoir(
+    let replay = crate::ml::rng::reservoir(
         earlier,
         config.train.replay_buffer,
         spec.seed ^ stream.id as u64,

@@ -18,33 +18,19 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::config::PreprocessConfig;
 use crate::store::{NewExample, Origin, RawItem, RawState, Store, StoreError};
+use crate::text_enum::text_enum;
 
-/// Why an item was dropped; the strings are stored in `raw_items.drop_reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DropReason {
-    NoQuestion,
-    NoAnswer,
-    QuestionTooShort,
-    AnswerTooShort,
-    AnswerTooLong,
-    LowUpvotes,
-    Duplicate,
-    NearDuplicate,
-}
-
-impl DropReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::NoQuestion => "no_question",
-            DropReason::NoAnswer => "no_answer",
-            DropReason::QuestionTooShort => "question_too_short",
-            DropReason::AnswerTooShort => "answer_too_short",
-            DropReason::AnswerTooLong => "answer_too_long",
-            DropReason::LowUpvotes => "low_upvotes",
-            DropReason::Duplicate => "duplicate",
-            DropReason::NearDuplicate => "near_duplicate",
-        }
+text_enum! {
+    /// Why an item was dropped; the strings are stored in `raw_items.drop_reason`.
+    pub enum DropReason {
+        NoQuestion = "no_question",
+        NoAnswer = "no_answer",
+        QuestionTooShort = "question_too_short",
+        AnswerTooShort = "answer_too_short",
+        AnswerTooLong = "answer_too_long",
+        LowUpvotes = "low_upvotes",
+        Duplicate = "duplicate",
+        NearDuplicate = "near_duplicate",
     }
 }
 

@@ -1,14 +1,16 @@
 //! `lorastream status`: what the store says about sources, items, streams and
 //! adapters, plus the libtorch the binary runs on.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::ml::device::{RuntimeInfo, runtime_info};
-use crate::store::{AdapterRow, ExampleState, SourceRow, StageRow, Store, StoreError, StreamRow};
+use crate::store::{
+    AdapterRow, ExampleState, RawState, SourceRow, StageRow, Store, StoreError, StreamRow,
+};
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
@@ -20,7 +22,7 @@ pub struct StatusReport {
     pub libtorch: RuntimeInfo,
     pub sources: Vec<SourceStatus>,
     /// (state, drop reason, count) over raw items.
-    pub raw_items: Vec<(String, Option<String>, i64)>,
+    pub raw_items: Vec<(RawState, Option<String>, i64)>,
     /// (state, count) over examples.
     pub examples: Vec<(String, i64)>,
     pub streams: Vec<StreamRow>,
@@ -106,37 +108,36 @@ fn ago(ms: Option<i64>) -> String {
     }
 }
 
-impl StatusReport {
-    /// The human-readable form.
-    pub fn render(&self) -> String {
-        let mut o = String::new();
-        let _ = writeln!(o, "state_dir  {}", self.state_dir.display());
+impl fmt::Display for StatusReport {
+    /// The human-readable form (`lorastream status`).
+    fn fmt(&self, o: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(o, "state_dir  {}", self.state_dir.display())?;
         match self.schema_version {
             Some(v) => {
-                let _ = writeln!(o, "store      {} (schema {v})", self.db.display());
+                writeln!(o, "store      {} (schema {v})", self.db.display())?;
             }
             None => {
-                let _ = writeln!(
+                writeln!(
                     o,
                     "store      {} (not created yet: the daemon has not run)",
                     self.db.display()
-                );
+                )?;
             }
         }
-        let _ = writeln!(
+        writeln!(
             o,
             "libtorch   {} ({} CUDA device(s), {} threads)",
             self.libtorch.libtorch_lib, self.libtorch.cuda_devices, self.libtorch.threads
-        );
+        )?;
         if !self.stages.is_empty() {
-            let _ = writeln!(
+            writeln!(
                 o,
                 "stage      {}",
                 StageRow::running(&self.stages).unwrap_or_else(|| "idle".into())
-            );
-            let _ = writeln!(o, "\nstages");
+            )?;
+            writeln!(o, "\nstages")?;
             for s in &self.stages {
-                let _ = writeln!(
+                writeln!(
                     o,
                     "  {:<13} {:<8} runs {:<5} failures {:<4} updated {}{}",
                     s.name,
@@ -148,10 +149,10 @@ impl StatusReport {
                         .as_deref()
                         .map(|e| format!("  last error: {e}"))
                         .unwrap_or_default()
-                );
+                )?;
             }
         }
-        let _ = writeln!(o, "\nsources ({})", self.sources.len());
+        writeln!(o, "\nsources ({})", self.sources.len())?;
         for s in &self.sources {
             let (last, health, items) = match &s.store {
                 None => ("never".to_string(), "ok".to_string(), 0),
@@ -171,7 +172,7 @@ impl StatusReport {
                     r.items_total,
                 ),
             };
-            let _ = writeln!(
+            writeln!(
                 o,
                 "  {:<20} {:<12} {:<8} last run {:<10} items {:<7} {}  schedule {}",
                 s.name,
@@ -181,15 +182,15 @@ impl StatusReport {
                 items,
                 health,
                 s.schedule.as_deref().unwrap_or("on demand"),
-            );
+            )?;
         }
         if !self.raw_items.is_empty() {
-            let _ = writeln!(o, "\nraw items");
+            writeln!(o, "\nraw items")?;
             for (state, reason, n) in &self.raw_items {
-                let _ = match reason {
+                match reason {
                     Some(r) => writeln!(o, "  {state:<10} {r:<24} {n}"),
                     None => writeln!(o, "  {state:<10} {:<24} {n}", ""),
-                };
+                }?;
             }
         }
         if self.schema_version.is_some() {
@@ -198,9 +199,9 @@ impl StatusReport {
                 .iter()
                 .map(|(s, n)| format!("{s} {n}"))
                 .collect();
-            let _ = writeln!(o, "\nexamples   {}", ex.join(", "));
+            writeln!(o, "\nexamples   {}", ex.join(", "))?;
         }
-        let _ = writeln!(o, "\nstreams ({})", self.streams.len());
+        writeln!(o, "\nstreams ({})", self.streams.len())?;
         let w = self
             .streams
             .iter()
@@ -209,13 +210,13 @@ impl StatusReport {
             .unwrap_or(0)
             .max(24);
         for s in &self.streams {
-            let _ = writeln!(
+            writeln!(
                 o,
                 "  #{:<4} {:<w$} train {:<6} eval {:<6} {}",
                 s.id, s.name, s.n_train, s.n_eval, s.state
-            );
+            )?;
         }
-        let _ = writeln!(o, "\nadapters ({})", self.adapters.len());
+        writeln!(o, "\nadapters ({})", self.adapters.len())?;
         for a in &self.adapters {
             let served = if Some(a.id) == self.served_adapter {
                 "  <- serving"
@@ -231,15 +232,15 @@ impl StatusReport {
                     format!("  ({})", r.join("; "))
                 })
                 .unwrap_or_default();
-            let _ = writeln!(
+            writeln!(
                 o,
                 "  v{:<4} stream #{:<4} attempt {} {:<9}{served}{why}",
                 a.id,
                 a.stream_id,
                 a.attempt,
                 a.state.to_string()
-            );
+            )?;
         }
-        o
+        Ok(())
     }
 }

@@ -14,19 +14,33 @@ use crate::store::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("{}: {msg}", path.display())]
-    Data { path: PathBuf, msg: String },
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: line {line}: {source}", path.display())]
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        source: serde_json::Error,
+    },
+    #[error("{}: line {line}: no messages", path.display())]
+    NoMessages { path: PathBuf, line: usize },
+    #[error("{}: no examples", path.display())]
+    Empty { path: PathBuf },
+    #[error("{}: all {count} examples are already stored; nothing to seal", path.display())]
+    AllStored { path: PathBuf, count: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// Reads chat examples from JSONL; a bad line is an error naming its number.
 pub fn read_jsonl(path: &Path, limit: usize) -> Result<Vec<Vec<Message>>, StreamError> {
-    let err = |msg: String| StreamError::Data {
+    let text = std::fs::read_to_string(path).map_err(|source| StreamError::Read {
         path: path.to_owned(),
-        msg,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        source,
+    })?;
     #[derive(serde::Deserialize)]
     struct Ex {
         messages: Vec<Message>,
@@ -36,9 +50,16 @@ pub fn read_jsonl(path: &Path, limit: usize) -> Result<Vec<Vec<Message>>, Stream
         if line.trim().is_empty() {
             continue;
         }
-        let ex: Ex = serde_json::from_str(line).map_err(|e| err(format!("line {}: {e}", i + 1)))?;
+        let ex: Ex = serde_json::from_str(line).map_err(|source| StreamError::BadLine {
+            path: path.to_owned(),
+            line: i + 1,
+            source,
+        })?;
         if ex.messages.is_empty() {
-            return Err(err(format!("line {}: no messages", i + 1)));
+            return Err(StreamError::NoMessages {
+                path: path.to_owned(),
+                line: i + 1,
+            });
         }
         out.push(ex.messages);
         if limit > 0 && out.len() >= limit {
@@ -46,7 +67,9 @@ pub fn read_jsonl(path: &Path, limit: usize) -> Result<Vec<Vec<Message>>, Stream
         }
     }
     if out.is_empty() {
-        return Err(err("no examples".into()));
+        return Err(StreamError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(out)
 }
@@ -164,12 +187,9 @@ pub fn import(
         }
     }
     if new.is_empty() {
-        return Err(StreamError::Data {
+        return Err(StreamError::AllStored {
             path: file.to_owned(),
-            msg: format!(
-                "all {} examples are already stored; nothing to seal",
-                examples.len()
-            ),
+            count: examples.len(),
         });
     }
     let id = seal(store, state_dir, name, &new, eval_fraction)?;
@@ -180,7 +200,7 @@ pub fn import(
 pub fn load_split(dir: &Path, split: Split) -> Result<Vec<Vec<Message>>, StreamError> {
     let path = dir.join(format!("{}.jsonl", split.as_str()));
     match read_jsonl(&path, 0) {
-        Err(StreamError::Data { msg, .. }) if msg == "no examples" => Ok(Vec::new()),
+        Err(StreamError::Empty { .. }) => Ok(Vec::new()),
         other => other,
     }
 }

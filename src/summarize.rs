@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::config::{SummarizerBackend, SummarizerConfig};
-use crate::sources::{Http, Policy, SourceError, parse_json, read_secret};
+use crate::http::{Http, HttpError, NotJson, Policy, parse_json, read_secret};
 use crate::store::{ExampleRow, ExampleState, Store, StoreError};
 
 /// Counts tokens as the model will: with its tokenizer when the model is
@@ -172,12 +172,12 @@ impl Summarizer {
         Ok(())
     }
 
-    async fn openai(&self, question: &str, answer: &str) -> Result<String, SourceError> {
+    async fn openai(&self, question: &str, answer: &str) -> Result<String, SummarizeError> {
         let base = self
             .cfg
             .base_url
             .as_deref()
-            .ok_or_else(|| SourceError::Setup("[summarizer] base_url is not set".into()))?;
+            .ok_or(SummarizeError::NoBaseUrl)?;
         let url = chat_url(base)?;
         let env = minijinja::Environment::new();
         let prompt = env
@@ -185,7 +185,7 @@ impl Summarizer {
                 &self.cfg.prompt,
                 minijinja::context! { question, answer, max_tokens => self.cfg.max_answer_tokens },
             )
-            .map_err(|e| SourceError::Setup(format!("[summarizer] prompt: {e}")))?;
+            .map_err(SummarizeError::Prompt)?;
         let body = json!({
             "model": self.cfg.model.as_deref().unwrap_or("default"),
             "messages": [{"role": "user", "content": prompt}],
@@ -212,16 +212,35 @@ impl Summarizer {
             .map(str::trim)
             .unwrap_or("");
         if text.is_empty() {
-            return Err(SourceError::Data(
-                "summarizer: response has no choices[0].message.content".into(),
-            ));
+            return Err(SummarizeError::NoContent);
         }
         Ok(text.to_string())
     }
 }
 
+/// Why the OpenAI-compatible endpoint gave no summary (the example then
+/// falls back to the extractive one).
+#[derive(Debug, thiserror::Error)]
+pub enum SummarizeError {
+    #[error("[summarizer] base_url is not set")]
+    NoBaseUrl,
+    #[error("[summarizer] base_url {base:?}: {source}")]
+    BaseUrl {
+        base: String,
+        source: url::ParseError,
+    },
+    #[error("[summarizer] prompt: {0}")]
+    Prompt(minijinja::Error),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error(transparent)]
+    NotJson(#[from] NotJson),
+    #[error("summarizer: response has no choices[0].message.content")]
+    NoContent,
+}
+
 /// `http://host:8080` or `http://host:8080/v1` → `…/v1/chat/completions`.
-fn chat_url(base: &str) -> Result<Url, SourceError> {
+fn chat_url(base: &str) -> Result<Url, SummarizeError> {
     let base = base.trim_end_matches('/');
     let full = if base.ends_with("/chat/completions") {
         base.to_string()
@@ -230,8 +249,10 @@ fn chat_url(base: &str) -> Result<Url, SourceError> {
     } else {
         format!("{base}/v1/chat/completions")
     };
-    Url::parse(&full)
-        .map_err(|e| SourceError::Setup(format!("[summarizer] base_url {base:?}: {e}")))
+    Url::parse(&full).map_err(|source| SummarizeError::BaseUrl {
+        base: base.to_string(),
+        source,
+    })
 }
 
 /// Sentences of a text: split after `.`, `!`, `?` (or `…`) followed by

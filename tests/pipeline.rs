@@ -333,7 +333,7 @@ fn killed_anywhere_the_daemon_resumes_and_ends_the_same() {
         report
             .stages
             .iter()
-            .any(|s| s.name == "trainer" && s.state == "running"),
+            .any(|s| s.name == "trainer" && s.state == lorastream::store::StageState::Running),
         "{:?}",
         report.stages
     );

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::loopback::{Reply, Req, Server};
 use lorastream::config::{CrawlMode, SourceConfig, SourceKind};
-use lorastream::sources::{FetchReport, Http, run_source};
+use lorastream::http::Http;
+use lorastream::sources::{FetchReport, run_source};
 use lorastream::store::Store;
 use serde_json::{Value, json};
 

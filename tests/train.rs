@@ -209,7 +209,7 @@ fn three_quora_streams_in_sequence() {
     assert_eq!(adapters[2].parent_id, Some(adapters[1].id));
 
     let m = lorastream::pipeline::evaluate(&cfg, &store).unwrap();
-    eprintln!("{}", m.render());
+    eprintln!("{}", m);
     let cell = |v: i64, s: i64| {
         let r = m.versions.iter().position(|&x| x == v).unwrap();
         let c = m.streams.iter().position(|&x| x == s).unwrap();

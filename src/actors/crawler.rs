@@ -10,8 +10,9 @@ use super::messages::{RawBatch, StageDone};
 use super::preprocessor::Preprocessor;
 use super::{Busy, MAILBOX, Stage, UseConfig, mark};
 use crate::config::Config;
-use crate::sources::{Http, run_source};
-use crate::store::Store;
+use crate::http::Http;
+use crate::sources::run_source;
+use crate::store::{StageState, Store};
 
 /// Run one source (`Some(name)`) or every enabled source (`None`).
 #[derive(Debug, Clone, Message)]
@@ -64,7 +65,7 @@ impl Handler<Crawl> for Crawler {
                         tracing::info!(source = %src.name, "crawl of this source still running; skipped");
                         continue;
                     };
-                    mark(&store, Stage::Crawler, "running", Some(&format!("crawling {}", src.name)));
+                    mark(&store, Stage::Crawler, StageState::Running, Some(&format!("crawling {}", src.name)));
                     let report = run_source(&http, &store, &state_dir, &src).await;
                     // Also when nothing is new: leftovers of an earlier run get processed.
                     if next
@@ -78,7 +79,7 @@ impl Handler<Crawl> for Crawler {
                         tracing::warn!("preprocessor is gone; raw items wait in the store");
                     }
                 }
-                mark(&store, Stage::Crawler, "idle", None);
+                mark(&store, Stage::Crawler, StageState::Idle, None);
                 supervisor.do_send(StageDone {
                     stage: Stage::Crawler,
                     result: Ok(()),

@@ -8,9 +8,9 @@ use actix::prelude::*;
 
 use super::feedback::Feedback;
 use super::messages::{Candidate, EvalReport, StageDone};
-use super::{Busy, Kick, Ping, Stage, UseConfig, block_on, catch, mark};
+use super::{Busy, Kick, Ping, Stage, StageError, UseConfig, block_on, catch, mark};
 use crate::config::Config;
-use crate::store::{AdapterState, Store};
+use crate::store::{AdapterState, StageState, Store};
 
 pub struct Evaluator {
     pub config: Arc<Config>,
@@ -31,7 +31,7 @@ impl Evaluator {
         };
         let result = self.try_pass(why);
         if let Some(store) = &self.store {
-            mark(store, Stage::Evaluator, "idle", None);
+            mark(store, Stage::Evaluator, StageState::Idle, None);
         }
         self.supervisor.do_send(StageDone {
             stage: Stage::Evaluator,
@@ -39,13 +39,12 @@ impl Evaluator {
         });
     }
 
-    fn try_pass(&mut self, why: &str) -> Result<(), String> {
+    fn try_pass(&mut self, why: &str) -> Result<(), StageError> {
         let config = Arc::clone(&self.config);
         let store = super::lazy_store(&mut self.store, &config)?;
-        mark(store, Stage::Evaluator, "running", Some(why));
+        mark(store, Stage::Evaluator, StageState::Running, Some(why));
         let started = std::time::Instant::now();
-        let matrix = catch("evaluation", || crate::pipeline::evaluate(&config, store))?
-            .map_err(|e| e.to_string())?;
+        let matrix = catch("evaluation", || crate::pipeline::evaluate(&config, store))??;
         tracing::info!(
             versions = matrix.versions.len(),
             streams = matrix.streams.len(),
@@ -55,8 +54,7 @@ impl Evaluator {
             "evaluation matrix filled"
         );
         let waiting: Vec<i64> = store
-            .adapters()
-            .map_err(|e| e.to_string())?
+            .adapters()?
             .iter()
             .filter(|a| a.state == AdapterState::Candidate)
             .map(|a| a.id)

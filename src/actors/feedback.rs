@@ -10,9 +10,9 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::messages::{Decided, EvalReport, StageDone};
-use super::{Stage, UseConfig, mark};
+use super::{Stage, StageError, UseConfig, mark};
 use crate::config::{Config, FeedbackConfig};
-use crate::store::{AdapterRow, AdapterState, EvalRow, Store, StreamRow};
+use crate::store::{AdapterRow, AdapterState, EvalRow, StageState, Store, StreamRow};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {
@@ -29,20 +29,44 @@ pub struct Decision {
     pub threshold: f64,
 }
 
-/// The policy, on stored cells. `Err` names the cells still missing.
+/// A cell of the perplexity matrix the decision needs is not filled yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no perplexity of version {adapter} on stream {stream} yet")]
+pub struct MissingCell {
+    pub adapter: i64,
+    pub stream: i64,
+}
+
+/// Why a candidate could not be decided on (the stage retries).
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    #[error("adapter {0} not found")]
+    NoAdapter(i64),
+    #[error(transparent)]
+    Missing(#[from] MissingCell),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot record the decision: {0}")]
+    Record(#[from] serde_json::Error),
+}
+
+/// The policy, on stored cells. `Err` names the first cell still missing.
 pub fn decide(
     cfg: &FeedbackConfig,
     candidate: &AdapterRow,
     streams: &[StreamRow],
     evals: &[EvalRow],
-) -> Result<Decision, String> {
+) -> Result<Decision, MissingCell> {
     let reference = candidate.parent_id.unwrap_or(0);
     let cell = |a: i64, s: i64| {
         evals
             .iter()
             .find(|e| e.adapter_id == a && e.stream_id == s)
             .map(|e| e.perplexity)
-            .ok_or(format!("no perplexity of version {a} on stream {s} yet"))
+            .ok_or(MissingCell {
+                adapter: a,
+                stream: s,
+            })
     };
     let stream = candidate.stream_id;
     let new_ppl = cell(candidate.id, stream)?;
@@ -102,26 +126,24 @@ impl Actor for Feedback {
 }
 
 impl Feedback {
-    fn decide_one(&mut self, adapter_id: i64) -> Result<Option<Decision>, String> {
-        let err = |e: crate::store::StoreError| e.to_string();
-        let Some(candidate) = self.store.adapter(adapter_id).map_err(err)? else {
-            return Err(format!("adapter {adapter_id} not found"));
+    fn decide_one(&mut self, adapter_id: i64) -> Result<Option<Decision>, FeedbackError> {
+        let Some(candidate) = self.store.adapter(adapter_id)? else {
+            return Err(FeedbackError::NoAdapter(adapter_id));
         };
         if candidate.state != AdapterState::Candidate {
             return Ok(None); // decided already (a repeated message)
         }
-        let streams = self.store.streams().map_err(err)?;
-        let evals = self.store.evals().map_err(err)?;
+        let streams = self.store.streams()?;
+        let evals = self.store.evals()?;
         let d = decide(&self.config.feedback, &candidate, &streams, &evals)?;
-        let record = serde_json::to_value(&d).map_err(|e| e.to_string())?;
+        let record = serde_json::to_value(&d)?;
         let to = if d.promote {
             AdapterState::Promoted
         } else {
             AdapterState::Rejected
         };
         self.store
-            .set_adapter_state(adapter_id, to, Some(&record))
-            .map_err(err)?;
+            .set_adapter_state(adapter_id, to, Some(&record))?;
         tracing::info!(
             adapter = adapter_id,
             stream = d.stream,
@@ -143,11 +165,11 @@ impl Handler<EvalReport> for Feedback {
         mark(
             &self.store,
             Stage::Feedback,
-            "running",
+            StageState::Running,
             Some(&format!("deciding on adapter v{}", msg.adapter_id)),
         );
         let result = self.decide_one(msg.adapter_id);
-        mark(&self.store, Stage::Feedback, "idle", None);
+        mark(&self.store, Stage::Feedback, StageState::Idle, None);
         if let Ok(Some(d)) = &result {
             self.supervisor.do_send(Decided {
                 adapter_id: msg.adapter_id,
@@ -156,7 +178,7 @@ impl Handler<EvalReport> for Feedback {
         }
         self.done.do_send(StageDone {
             stage: Stage::Feedback,
-            result: result.map(|_| ()),
+            result: result.map(|_| ()).map_err(StageError::from),
         });
     }
 }
@@ -243,6 +265,6 @@ mod tests {
         assert!(d.promote && d.reference == 0 && d.forgetting.is_empty());
         // Missing cells: no decision yet.
         let e = decide(&cfg, &c, &streams, &cells(&[(2, 2, 15.0)])).unwrap_err();
-        assert!(e.contains("version 1 on stream 2"), "{e}");
+        assert!(e.to_string().contains("version 1 on stream 2"), "{e}");
     }
 }

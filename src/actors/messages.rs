@@ -52,10 +52,10 @@ pub struct Decided {
 
 /// Any stage → Supervisor: how a unit of work ended, for status, backoff
 /// and restarts.
-#[derive(Debug, Clone, Message)]
+#[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StageDone {
     pub stage: super::Stage,
-    /// `Err` carries the error text; the supervisor retries after a backoff.
-    pub result: Result<(), String>,
+    /// `Err`: the supervisor records it and retries after a backoff.
+    pub result: Result<(), super::StageError>,
 }

@@ -27,6 +27,7 @@ pub mod evaluator;
 pub mod feedback;
 pub mod messages;
 pub mod preprocessor;
+pub mod schedule;
 pub mod summarizer;
 pub mod supervisor;
 pub mod trainer;
@@ -38,43 +39,34 @@ use std::sync::{Arc, Mutex};
 use actix::Message;
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{StageState, Store, StoreError};
+use crate::text_enum::text_enum;
 
-/// The stages, as status and the logs name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Stage {
-    Crawler,
-    Preprocessor,
-    Summarizer,
-    Trainer,
-    Evaluator,
-    Feedback,
+/// Why a stage's unit of work failed; the supervisor records it for `status`
+/// and retries the stage after a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error(transparent)]
+    Streams(#[from] crate::streams::StreamError),
+    #[error(transparent)]
+    Feedback(#[from] feedback::FeedbackError),
+    #[error("{what} panicked: {message}")]
+    Panicked { what: &'static str, message: String },
 }
 
-impl Stage {
-    pub const ALL: [Stage; 6] = [
-        Stage::Crawler,
-        Stage::Preprocessor,
-        Stage::Summarizer,
-        Stage::Trainer,
-        Stage::Evaluator,
-        Stage::Feedback,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Crawler => "crawler",
-            Stage::Preprocessor => "preprocessor",
-            Stage::Summarizer => "summarizer",
-            Stage::Trainer => "trainer",
-            Stage::Evaluator => "evaluator",
-            Stage::Feedback => "feedback",
-        }
-    }
-}
-
-impl std::fmt::Display for Stage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+text_enum! {
+    /// The stages, as status and the logs name them.
+    pub enum Stage {
+        Crawler = "crawler",
+        Preprocessor = "preprocessor",
+        Summarizer = "summarizer",
+        Trainer = "trainer",
+        Evaluator = "evaluator",
+        Feedback = "feedback",
     }
 }
 
@@ -138,15 +130,16 @@ impl Drop for BusyGuard {
 pub(crate) fn lazy_store<'a>(
     slot: &'a mut Option<Store>,
     config: &Config,
-) -> Result<&'a Store, String> {
-    if slot.is_none() {
-        *slot = Some(Store::open_for(config).map_err(|e| e.to_string())?);
-    }
-    slot.as_ref().ok_or_else(|| "no store".to_string())
+) -> Result<&'a Store, StoreError> {
+    let store = match slot.take() {
+        Some(store) => store,
+        None => Store::open_for(config)?,
+    };
+    Ok(slot.insert(store))
 }
 
 /// Records a stage's state for `status`; a failure to record is only logged.
-pub(crate) fn mark(store: &Store, stage: Stage, state: &str, detail: Option<&str>) {
+pub(crate) fn mark(store: &Store, stage: Stage, state: StageState, detail: Option<&str>) {
     if let Err(e) = store.set_stage(stage.as_str(), state, detail) {
         tracing::warn!(stage = %stage, error = %e, "cannot record the stage state");
     }
@@ -174,7 +167,7 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 /// Runs tensor work, turning a panic into an error so the stage can be retried.
-pub(crate) fn catch<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+pub(crate) fn catch<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, StageError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(v) => Ok(v),
         Err(p) => {
@@ -183,7 +176,10 @@ pub(crate) fn catch<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
                 .map(String::as_str)
                 .or_else(|| p.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown panic");
-            Err(format!("{what} panicked: {msg}"))
+            Err(StageError::Panicked {
+                what,
+                message: msg.to_string(),
+            })
         }
     }
 }
@@ -206,8 +202,8 @@ mod tests {
     #[test]
     fn block_on_and_catch() {
         assert_eq!(block_on(async { 7 }), 7);
-        let r: Result<(), String> = catch("work", || panic!("boom"));
-        assert_eq!(r.unwrap_err(), "work panicked: boom");
-        assert_eq!(catch("work", || 3), Ok(3));
+        let r: Result<(), StageError> = catch("work", || panic!("boom"));
+        assert_eq!(r.unwrap_err().to_string(), "work panicked: boom");
+        assert_eq!(catch("work", || 3).ok(), Some(3));
     }
 }

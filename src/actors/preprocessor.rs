@@ -10,7 +10,7 @@ use super::messages::{Examples, RawBatch, StageDone};
 use super::summarizer::Summarizer;
 use super::{Kick, MAILBOX, Stage, UseConfig, mark};
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{StageState, Store};
 
 pub struct Preprocessor {
     pub config: Arc<Config>,
@@ -30,9 +30,14 @@ impl Preprocessor {
     /// Processes every `new` raw item (whatever the message listed) and
     /// forwards the examples made.
     fn pass(&mut self, why: &str) -> AtomicResponse<Self, ()> {
-        mark(&self.store, Stage::Preprocessor, "running", Some(why));
+        mark(
+            &self.store,
+            Stage::Preprocessor,
+            StageState::Running,
+            Some(why),
+        );
         let result = crate::preprocess::run(&self.store, &self.config.preprocess);
-        mark(&self.store, Stage::Preprocessor, "idle", None);
+        mark(&self.store, Stage::Preprocessor, StageState::Idle, None);
         let next = self.next.clone();
         let supervisor = self.supervisor.clone();
         AtomicResponse::new(Box::pin(
@@ -46,7 +51,7 @@ impl Preprocessor {
                             .await;
                         Ok(())
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e.into()),
                 };
                 supervisor.do_send(StageDone {
                     stage: Stage::Preprocessor,

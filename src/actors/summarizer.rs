@@ -8,10 +8,10 @@ use actix::prelude::*;
 
 use super::messages::{Examples, StageDone, StreamSealed};
 use super::trainer::Trainer;
-use super::{Busy, Kick, MAILBOX, Stage, UseConfig, mark};
+use super::{Busy, Kick, MAILBOX, Stage, StageError, UseConfig, mark};
 use crate::config::Config;
-use crate::sources::Http;
-use crate::store::Store;
+use crate::http::Http;
+use crate::store::{StageState, Store};
 use crate::summarize::Summarizer as Condenser;
 
 /// Seal what is ready (the `[schedule] seal` job).
@@ -44,21 +44,21 @@ impl Summarizer {
         let busy = self.busy.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                let result: Result<(), String> = async {
+                let result: Result<(), StageError> = async {
                     if summarize {
                         mark(
                             &store,
                             Stage::Summarizer,
-                            "running",
+                            StageState::Running,
                             Some("condensing long answers"),
                         );
-                        condenser.run(&store).await.map_err(|e| e.to_string())?;
+                        condenser.run(&store).await?;
                     }
                     let _guard = busy.begin("seal");
                     mark(
                         &store,
                         Stage::Summarizer,
-                        "running",
+                        StageState::Running,
                         Some("sealing streams"),
                     );
                     let sealed = crate::streams::seal_ready(
@@ -66,8 +66,7 @@ impl Summarizer {
                         &config.state_dir(),
                         &config.streams,
                         false,
-                    )
-                    .map_err(|e| e.to_string())?;
+                    )?;
                     // Not `send().await`: that would wait for the whole training
                     // run and stall crawling behind it. The stream is in the store;
                     // a full mailbox only means the trainer finds it later.
@@ -82,7 +81,7 @@ impl Summarizer {
                     Ok(())
                 }
                 .await;
-                mark(&store, Stage::Summarizer, "idle", None);
+                mark(&store, Stage::Summarizer, StageState::Idle, None);
                 supervisor.do_send(StageDone {
                     stage: Stage::Summarizer,
                     result,

@@ -10,20 +10,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_cron_scheduler::JobScheduler;
 
 use super::crawler::{Crawl, Crawler};
 use super::evaluator::Evaluator;
 use super::feedback::Feedback;
 use super::messages::{Decided, StageDone};
 use super::preprocessor::Preprocessor;
+use super::schedule::{self, CronFired, Scheduled};
 use super::summarizer::{Seal, Summarizer};
 use super::trainer::Trainer;
 use super::{Busy, Kick, Ping, Stage, UseConfig};
 use crate::config::{Config, ON_NEW_STREAM};
+use crate::http::Http;
 use crate::notify::Notifier;
-use crate::sources::Http;
-use crate::store::{AdapterState, Store, StoreError};
+use crate::store::{AdapterState, StageState, Store, StoreError};
 
 /// Backoff before a failed stage is retried: 1 s, 2 s, 4 s … capped at 5 min.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -34,30 +35,6 @@ pub fn backoff(consecutive_failures: u32) -> Duration {
         .saturating_mul(1u32 << consecutive_failures.saturating_sub(1).min(16))
         .min(BACKOFF_CAP)
 }
-
-/// What a cron entry triggers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scheduled {
-    Crawl(String),
-    Seal,
-    Train,
-    Eval,
-}
-
-impl Scheduled {
-    fn key(&self) -> String {
-        match self {
-            Scheduled::Crawl(s) => format!("crawl:{s}"),
-            Scheduled::Seal => "seal".into(),
-            Scheduled::Train => "train".into(),
-            Scheduled::Eval => "eval".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct CronFired(pub Scheduled);
 
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -111,7 +88,7 @@ impl Supervisor {
             feedback: Store::open_for(&config)?,
         };
         for s in Stage::ALL {
-            store.set_stage(s.as_str(), "idle", None)?;
+            store.set_stage(s.as_str(), StageState::Idle, None)?;
         }
         let supervisor = Supervisor {
             config,
@@ -275,52 +252,10 @@ impl Supervisor {
         }
     }
 
-    /// The cron entries of the current config.
-    fn jobs(&self) -> Vec<(String, Scheduled)> {
-        let c = &self.config;
-        let mut jobs = Vec::new();
-        for s in c.sources.iter().filter(|s| s.enabled) {
-            if let Some(expr) = s.schedule.clone().or_else(|| c.schedule.crawl.clone()) {
-                jobs.push((expr, Scheduled::Crawl(s.name.clone())));
-            }
-        }
-        if let Some(e) = &c.schedule.seal {
-            jobs.push((e.clone(), Scheduled::Seal));
-        }
-        if c.schedule.train != ON_NEW_STREAM {
-            jobs.push((c.schedule.train.clone(), Scheduled::Train));
-        }
-        if let Some(e) = &c.schedule.eval {
-            jobs.push((e.clone(), Scheduled::Eval));
-        }
-        jobs
-    }
-
     /// Replaces the scheduler with one for the current config.
     fn reschedule(&mut self, ctx: &mut Context<Self>) {
         let old = self.scheduler.take();
-        let jobs = self.jobs();
-        let me = ctx.address();
-        let fut = async move {
-            if let Some(mut old) = old {
-                let _ = old.shutdown().await;
-            }
-            let sched = JobScheduler::new().await.map_err(|e| e.to_string())?;
-            for (expr, job) in &jobs {
-                let (me, job2) = (me.clone(), job.clone());
-                let j = Job::new_async(expr.as_str(), move |_, _| {
-                    let (me, job) = (me.clone(), job2.clone());
-                    Box::pin(async move {
-                        let _ = me.try_send(CronFired(job));
-                    })
-                })
-                .map_err(|e| format!("schedule {expr:?}: {e}"))?;
-                sched.add(j).await.map_err(|e| e.to_string())?;
-                tracing::info!(job = %job.key(), cron = %expr, "scheduled");
-            }
-            sched.start().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(sched)
-        };
+        let fut = schedule::start(old, schedule::jobs(&self.config), ctx.address());
         ctx.wait(fut.into_actor(self).map(|res, act, _| match res {
             Ok(s) => act.scheduler = Some(s),
             Err(e) => tracing::error!(error = %e, "cannot start the schedules"),
@@ -347,7 +282,7 @@ impl Actor for Supervisor {
         let n = self.config.sources.iter().filter(|s| s.enabled).count();
         self.notifier.ready(&format!(
             "running: {n} source(s), {} schedule(s)",
-            self.jobs().len()
+            schedule::jobs(&self.config).len()
         ));
         // STATUS= every 2 s when it changed; WATCHDOG=1 while the store answers.
         ctx.run_interval(Duration::from_secs(2), |act, _| {
@@ -408,14 +343,14 @@ impl Handler<StageDone> for Supervisor {
                 let n = self.consecutive.entry(msg.stage).or_default();
                 *n += 1;
                 let wait = backoff(*n);
-                if let Err(se) = self.store.stage_failed(msg.stage.as_str(), &e) {
+                if let Err(se) = self.store.stage_failed(msg.stage.as_str(), &e.to_string()) {
                     tracing::warn!(error = %se, "cannot record the failure");
                 }
                 tracing::error!(stage = %msg.stage, error = %e, consecutive = *n, retry_in_ms = wait.as_millis() as u64, "stage failed; restarting it after a backoff");
                 let stage = msg.stage;
                 ctx.run_later(wait, move |act, _| {
                     if !act.stopping {
-                        let _ = act.store.set_stage(stage.as_str(), "idle", None);
+                        let _ = act.store.set_stage(stage.as_str(), StageState::Idle, None);
                         act.kick(stage);
                     }
                 });
@@ -512,7 +447,7 @@ impl Handler<Shutdown> for Supervisor {
             .into_actor(self)
             .map(|_, act, _| {
                 for s in Stage::ALL {
-                    let _ = act.store.set_stage(s.as_str(), "stopped", None);
+                    let _ = act.store.set_stage(s.as_str(), StageState::Stopped, None);
                 }
             }),
         )

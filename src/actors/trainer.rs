@@ -11,10 +11,10 @@ use actix::prelude::*;
 
 use super::evaluator::Evaluator;
 use super::messages::{Candidate, StageDone, StreamSealed};
-use super::{Busy, Kick, Ping, Stage, UseConfig, block_on, catch, mark};
+use super::{Busy, Kick, Ping, Stage, StageError, UseConfig, block_on, catch, mark};
 use crate::config::{Config, ON_NEW_STREAM};
 use crate::pipeline::PipelineError;
-use crate::store::{AdapterState, Store};
+use crate::store::{AdapterState, StageState, Store, StoreError};
 use crate::train::TrainError;
 
 pub struct Trainer {
@@ -31,7 +31,7 @@ impl Actor for Trainer {
 }
 
 impl Trainer {
-    fn store(&mut self) -> Result<&Store, String> {
+    fn store(&mut self) -> Result<&Store, StoreError> {
         super::lazy_store(&mut self.store, &self.config)
     }
 
@@ -55,7 +55,7 @@ impl Trainer {
             Err(e) => Err(e),
         };
         if let Ok(store) = self.store() {
-            mark(store, Stage::Trainer, "idle", None);
+            mark(store, Stage::Trainer, StageState::Idle, None);
         }
         self.supervisor.do_send(StageDone {
             stage: Stage::Trainer,
@@ -63,11 +63,11 @@ impl Trainer {
         });
     }
 
-    fn try_train(&mut self) -> Result<Option<Candidate>, String> {
+    fn try_train(&mut self) -> Result<Option<Candidate>, StageError> {
         let config = Arc::clone(&self.config);
         let stop = Arc::clone(&self.stop);
         let store = self.store()?;
-        let adapters = store.adapters().map_err(|e| e.to_string())?;
+        let adapters = store.adapters()?;
         if let Some(c) = adapters.iter().find(|a| a.state == AdapterState::Candidate) {
             tracing::debug!(
                 adapter = c.id,
@@ -83,7 +83,7 @@ impl Trainer {
                     mark(
                         store,
                         Stage::Trainer,
-                        "running",
+                        StageState::Running,
                         Some(&format!(
                             "training: step {}/{}, loss {:.4}",
                             p.step, p.total_steps, p.loss
@@ -114,7 +114,7 @@ impl Trainer {
                 tracing::info!(step, "training stopped for shutdown; checkpoint saved");
                 Ok(None)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -4,12 +4,23 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use super::{Config, KeyPath, ON_NEW_STREAM, SourceConfig, SourceKind, SummarizerBackend};
+use super::{Config, KeyPath, ON_NEW_STREAM, SummarizerBackend};
 use crate::ml::Arch;
+
+/// A schedule that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CronError {
+    #[error(
+        "invalid cron expression {expr:?} ({reason}); expected 6 or 7 fields: sec min hour day-of-month month day-of-week [year], e.g. \"0 */15 * * * *\""
+    )]
+    Invalid { expr: String, reason: String },
+    #[error("cron expression {expr:?} never fires ({reason})")]
+    Never { expr: String, reason: String },
+}
 
 /// Parses a cron expression the way tokio-cron-scheduler does (seconds required,
 /// day-of-month and day-of-week both honoured), and checks that it ever fires.
-pub fn check_cron(expr: &str) -> Result<(), String> {
+pub fn check_cron(expr: &str) -> Result<(), CronError> {
     next_fire(expr, &chrono::Utc::now()).map(|_| ())
 }
 
@@ -17,29 +28,39 @@ pub fn check_cron(expr: &str) -> Result<(), String> {
 pub fn next_fire(
     expr: &str,
     after: &chrono::DateTime<chrono::Utc>,
-) -> Result<chrono::DateTime<chrono::Utc>, String> {
+) -> Result<chrono::DateTime<chrono::Utc>, CronError> {
     let cron = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
         .dom_and_dow(true)
         .build()
         .parse(expr)
-        .map_err(|e| {
-            format!("invalid cron expression {expr:?} ({e}); expected 6 or 7 fields: sec min hour day-of-month month day-of-week [year], e.g. \"0 */15 * * * *\"")
+        .map_err(|e| CronError::Invalid {
+            expr: expr.into(),
+            reason: e.to_string(),
         })?;
     cron.find_next_occurrence(after, false)
-        .map_err(|e| format!("cron expression {expr:?} never fires ({e})"))
+        .map_err(|e| CronError::Never {
+            expr: expr.into(),
+            reason: e.to_string(),
+        })
 }
 
-struct Checker {
+/// Collects the problems of a config, each with the key it is about.
+pub(super) struct Checker {
     problems: Vec<(KeyPath, String)>,
 }
 
 impl Checker {
-    fn fail(&mut self, key: KeyPath, msg: impl Into<String>) {
+    pub(super) fn fail(&mut self, key: KeyPath, msg: impl Into<String>) {
         self.problems.push((key, msg.into()));
     }
 
-    fn at_least<T: PartialOrd + std::fmt::Display + Copy>(&mut self, key: &str, v: T, min: T) {
+    pub(super) fn at_least<T: PartialOrd + std::fmt::Display + Copy>(
+        &mut self,
+        key: &str,
+        v: T,
+        min: T,
+    ) {
         if v < min {
             self.fail(
                 KeyPath::parse(key),
@@ -49,7 +70,15 @@ impl Checker {
     }
 
     /// `lo < v <= hi` or `lo <= v < hi` and friends, for floats (NaN fails).
-    fn range(&mut self, key: KeyPath, v: f64, lo: f64, lo_incl: bool, hi: f64, hi_incl: bool) {
+    pub(super) fn range(
+        &mut self,
+        key: KeyPath,
+        v: f64,
+        lo: f64,
+        lo_incl: bool,
+        hi: f64,
+        hi_incl: bool,
+    ) {
         let ok_lo = if lo_incl { v >= lo } else { v > lo };
         let ok_hi = if hi_incl { v <= hi } else { v < hi };
         if !(v.is_finite() && ok_lo && ok_hi) {
@@ -64,7 +93,7 @@ impl Checker {
         }
     }
 
-    fn positive(&mut self, key: &str, v: f64) {
+    pub(super) fn positive(&mut self, key: &str, v: f64) {
         if !(v.is_finite() && v > 0.0) {
             self.fail(
                 KeyPath::parse(key),
@@ -73,28 +102,41 @@ impl Checker {
         }
     }
 
-    fn cron(&mut self, key: KeyPath, expr: &str) {
+    pub(super) fn cron(&mut self, key: KeyPath, expr: &str) {
         if let Err(e) = check_cron(expr) {
-            self.fail(key, e);
+            self.fail(key, e.to_string());
         }
     }
 
-    fn exists(&mut self, key: KeyPath, path: &Path, what: &str) {
+    pub(super) fn exists(&mut self, key: KeyPath, path: &Path, what: &str) {
         if !path.exists() {
             self.fail(key, format!("{what} {} does not exist", path.display()));
         }
     }
 }
 
+/// Every problem of `c`, in no particular order (the caller sorts by line).
 pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     let mut k = Checker {
         problems: Vec::new(),
     };
+    check_sources(&mut k, c);
+    check_store(&mut k, c);
+    check_preprocess(&mut k, c);
+    check_streams(&mut k, c);
+    check_summarizer(&mut k, c);
+    check_model(&mut k, c);
+    check_lora(&mut k, c);
+    check_train(&mut k, c);
+    check_eval(&mut k, c);
+    check_feedback(&mut k, c);
+    check_server(&mut k, c);
+    check_schedule(&mut k, c);
+    k.problems
+}
 
-    // [store]
-    k.at_least("store.busy_timeout_ms", c.store.busy_timeout_ms, 1);
-
-    // [[sources]]
+/// `[[sources]]`: names unique, each source checked by its own rules.
+fn check_sources(k: &mut Checker, c: &Config) {
     let mut names = HashSet::new();
     for (i, s) in c.sources.iter().enumerate() {
         let at = KeyPath::root().key("sources").index(i);
@@ -104,10 +146,17 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
                 format!("duplicate source name {:?}", s.name),
             );
         }
-        check_source(&mut k, &at, s);
+        s.check(k, &at);
     }
+}
 
-    // [preprocess]
+/// `[store]`
+fn check_store(k: &mut Checker, c: &Config) {
+    k.at_least("store.busy_timeout_ms", c.store.busy_timeout_ms, 1);
+}
+
+/// `[preprocess]`
+fn check_preprocess(k: &mut Checker, c: &Config) {
     let p = &c.preprocess;
     if p.max_answer_chars < p.min_answer_chars {
         k.fail(
@@ -118,8 +167,10 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
             ),
         );
     }
+}
 
-    // [streams]
+/// `[streams]`
+fn check_streams(k: &mut Checker, c: &Config) {
     k.at_least("streams.min_examples", c.streams.min_examples, 1);
     if c.streams.max_examples < c.streams.min_examples {
         k.fail(
@@ -138,8 +189,10 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
         1.0,
         false,
     );
+}
 
-    // [summarizer]
+/// `[summarizer]`
+fn check_summarizer(k: &mut Checker, c: &Config) {
     let s = &c.summarizer;
     k.at_least("summarizer.max_answer_tokens", s.max_answer_tokens, 16);
     k.at_least("summarizer.timeout_secs", s.timeout_secs, 1);
@@ -159,7 +212,7 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
                     "required when backend = \"openai\"",
                 ),
                 Some(url) if key == "base_url" => {
-                    check_url(&mut k, KeyPath::parse("summarizer.base_url"), url)
+                    check_url(k, KeyPath::parse("summarizer.base_url"), url)
                 }
                 _ => {}
             }
@@ -174,8 +227,10 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     if let Some(f) = &s.api_key_file {
         k.exists(KeyPath::parse("summarizer.api_key_file"), f, "file");
     }
+}
 
-    // [model]
+/// `[model]`
+fn check_model(k: &mut Checker, c: &Config) {
     let d = c.model.device.as_str();
     let cuda_index_ok = d
         .strip_prefix("cuda:")
@@ -189,8 +244,10 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     if let Some(t) = &c.model.chat_template {
         k.exists(KeyPath::parse("model.chat_template"), t, "file");
     }
+}
 
-    // [lora]
+/// `[lora]`
+fn check_lora(k: &mut Checker, c: &Config) {
     k.at_least("lora.r", c.lora.r, 1);
     k.positive("lora.alpha", c.lora.alpha);
     k.range(
@@ -216,8 +273,10 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
             );
         }
     }
+}
 
-    // [train]
+/// `[train]`
+fn check_train(k: &mut Checker, c: &Config) {
     let t = &c.train;
     k.at_least("train.epochs_per_stream", t.epochs_per_stream, 1);
     k.at_least("train.batch_size", t.batch_size, 1);
@@ -243,14 +302,18 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     );
     k.at_least("train.checkpoint_every", t.checkpoint_every, 1);
     k.at_least("train.log_every", t.log_every, 1);
+}
 
-    // [eval]
+/// `[eval]`
+fn check_eval(k: &mut Checker, c: &Config) {
     k.at_least("eval.batch_size", c.eval.batch_size, 1);
     if let Some(p) = &c.eval.probe_set {
         k.exists(KeyPath::parse("eval.probe_set"), p, "file");
     }
+}
 
-    // [feedback]
+/// `[feedback]`
+fn check_feedback(k: &mut Checker, c: &Config) {
     let f = &c.feedback;
     k.range(
         KeyPath::parse("feedback.max_forgetting"),
@@ -285,8 +348,10 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
         1.0,
         true,
     );
+}
 
-    // [server]
+/// `[server]`
+fn check_server(k: &mut Checker, c: &Config) {
     if c.server.listen.parse::<std::net::SocketAddr>().is_err() {
         k.fail(
             KeyPath::parse("server.listen"),
@@ -301,8 +366,10 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     if let Some(f) = &c.server.api_key_file {
         k.exists(KeyPath::parse("server.api_key_file"), f, "file");
     }
+}
 
-    // [schedule]
+/// `[schedule]`
+fn check_schedule(k: &mut Checker, c: &Config) {
     let sch = &c.schedule;
     for (key, v) in [
         ("crawl", &sch.crawl),
@@ -316,11 +383,9 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     if sch.train != ON_NEW_STREAM {
         k.cron(KeyPath::parse("schedule.train"), &sch.train);
     }
-
-    k.problems
 }
 
-fn check_url(k: &mut Checker, key: KeyPath, url: &str) {
+pub(super) fn check_url(k: &mut Checker, key: KeyPath, url: &str) {
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => {}
         Ok(u) => k.fail(
@@ -328,156 +393,5 @@ fn check_url(k: &mut Checker, key: KeyPath, url: &str) {
             format!("scheme must be http or https (got {:?})", u.scheme()),
         ),
         Err(e) => k.fail(key, format!("invalid URL {url:?}: {e}")),
-    }
-}
-
-fn check_source(k: &mut Checker, at: &KeyPath, s: &SourceConfig) {
-    let name_ok = !s.name.is_empty()
-        && s.name.len() <= 64
-        && s.name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !name_ok {
-        k.fail(
-            at.key("name"),
-            format!(
-                "must be 1-64 letters, digits, '-' or '_' (got {:?})",
-                s.name
-            ),
-        );
-    }
-    if let Some(expr) = &s.schedule {
-        k.cron(at.key("schedule"), expr);
-    }
-    if let Some(url) = &s.base_url {
-        check_url(k, at.key("base_url"), url);
-    }
-    for (key, v) in [
-        ("timeout_secs", s.timeout_secs),
-        ("max_response_bytes", s.max_response_bytes),
-        ("backoff_initial_ms", s.backoff_initial_ms),
-    ] {
-        if v == 0 {
-            k.fail(at.key(key), "must be at least 1 (got 0)");
-        }
-    }
-    if s.backoff_max_ms < s.backoff_initial_ms {
-        k.fail(
-            at.key("backoff_max_ms"),
-            format!(
-                "must be at least backoff_initial_ms ({}), got {}",
-                s.backoff_initial_ms, s.backoff_max_ms
-            ),
-        );
-    }
-    k.range(
-        at.key("rate_limit_per_sec"),
-        s.rate_limit_per_sec,
-        0.0,
-        false,
-        f64::INFINITY,
-        false,
-    );
-    if s.degraded_after == 0 {
-        k.fail(at.key("degraded_after"), "must be at least 1 (got 0)");
-    }
-
-    // Keys that belong to one kind only.
-    let set = |present: bool, key: &'static str| present.then_some(key);
-    let hf = [
-        set(s.dataset.is_some(), "dataset"),
-        set(s.config.is_some(), "config"),
-        set(s.split.is_some(), "split"),
-        set(s.page_size.is_some(), "page_size"),
-        set(s.max_rows_per_run.is_some(), "max_rows_per_run"),
-    ];
-    let cb = [
-        set(s.token_file.is_some(), "token_file"),
-        set(s.token_env.is_some(), "token_env"),
-        set(s.mode.is_some(), "mode"),
-        set(s.topics.is_some(), "topics"),
-        set(s.questions.is_some(), "questions"),
-        set(s.max_questions_per_run.is_some(), "max_questions_per_run"),
-    ];
-    let sp = [
-        set(s.dir.is_some(), "dir"),
-        set(s.format.is_some(), "format"),
-        set(s.settle_secs.is_some(), "settle_secs"),
-    ];
-    let groups: [(SourceKind, &[Option<&str>]); 3] = [
-        (SourceKind::HfDatasets, &hf),
-        (SourceKind::Crawlbase, &cb),
-        (SourceKind::Spool, &sp),
-    ];
-    for (kind, keys) in groups {
-        if kind == s.kind {
-            continue;
-        }
-        for key in keys.iter().flatten() {
-            k.fail(
-                at.key(key),
-                format!(
-                    "`{key}` is a key of kind = \"{kind}\" sources, not of kind = \"{}\"",
-                    s.kind
-                ),
-            );
-        }
-    }
-
-    match s.kind {
-        SourceKind::HfDatasets => {
-            match &s.dataset {
-                None => k.fail(
-                    at.key("dataset"),
-                    "required for kind = \"hf_datasets\" (e.g. \"toughdata/quora-question-answer-dataset\")",
-                ),
-                Some(d) if d.trim().is_empty() => k.fail(at.key("dataset"), "must not be empty"),
-                Some(_) => {}
-            }
-            if !(1..=100).contains(&s.page_size()) {
-                k.fail(
-                    at.key("page_size"),
-                    format!(
-                        "must be in 1..=100, the rows API's limit (got {})",
-                        s.page_size()
-                    ),
-                );
-            }
-        }
-        SourceKind::Crawlbase => {
-            if s.token_file.is_none() && s.token_env.is_none() {
-                k.fail(
-                    at.key("token_file"),
-                    "a Crawlbase source needs `token_file` or `token_env` (the token itself never goes in the config)",
-                );
-            }
-            let list = match s.mode() {
-                super::CrawlMode::Topic => ("topics", &s.topics),
-                super::CrawlMode::Question => ("questions", &s.questions),
-            };
-            if list.1.as_ref().is_none_or(|v| v.is_empty()) {
-                k.fail(
-                    at.key(list.0),
-                    format!(
-                        "mode = {:?} needs at least one URL in `{}`",
-                        s.mode(),
-                        list.0
-                    ),
-                );
-            }
-            for (i, url) in list.1.iter().flatten().enumerate() {
-                check_url(k, at.key(list.0).index(i), url);
-            }
-        }
-        SourceKind::Spool => {
-            if let Some(dir) = &s.dir
-                && !dir.is_dir()
-            {
-                k.fail(
-                    at.key("dir"),
-                    format!("spool directory {} does not exist", dir.display()),
-                );
-            }
-        }
     }
 }

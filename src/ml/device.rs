@@ -3,6 +3,19 @@
 use serde::Serialize;
 use tch::Device;
 
+use crate::text_enum::text_enum;
+
+text_enum! {
+    /// The dtype of the frozen base weights.
+    pub enum DType {
+        /// bf16 on CUDA, f32 on CPU.
+        Auto = "auto",
+        F32 = "f32",
+        Bf16 = "bf16",
+        F16 = "f16",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error("device {0:?} is not one of auto, cpu, cuda, cuda:N")]
@@ -41,11 +54,7 @@ pub fn resolve(spec: &str) -> Result<Device, DeviceError> {
 
 /// The device and dtype `[model]` asks for: `dtype = "auto"` is bf16 on CUDA
 /// and f32 on CPU.
-pub fn select(
-    device: &str,
-    dtype: crate::config::DType,
-) -> Result<(Device, tch::Kind), DeviceError> {
-    use crate::config::DType;
+pub fn select(device: &str, dtype: DType) -> Result<(Device, tch::Kind), DeviceError> {
     let d = resolve(device)?;
     let kind = match dtype {
         DType::Auto if d.is_cuda() => tch::Kind::BFloat16,
@@ -105,7 +114,6 @@ mod tests {
 
     #[test]
     fn dtype_auto_is_f32_on_cpu() {
-        use crate::config::DType;
         assert_eq!(
             select("cpu", DType::Auto).unwrap(),
             (Device::Cpu, Kind::Float)

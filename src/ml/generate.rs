@@ -9,7 +9,9 @@ use tch::{Kind, Tensor};
 
 use super::MlError;
 use super::model::CausalLm;
+use super::rng::Rng;
 use super::tokenizer::ChatTokenizer;
+use crate::text_enum::text_enum;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SamplingParams {
@@ -43,15 +45,16 @@ impl Default for SamplingParams {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// `max_new_tokens` reached.
-    Length,
-    /// An end-of-sequence token or a stop string.
-    Stop,
-    /// The callback asked to stop (client went away).
-    Cancelled,
+text_enum! {
+    /// Why generation ended (OpenAI's `finish_reason` spelling).
+    pub enum FinishReason {
+        /// `max_new_tokens` reached.
+        Length = "length",
+        /// An end-of-sequence token or a stop string.
+        Stop = "stop",
+        /// The callback asked to stop (client went away).
+        Cancelled = "cancelled",
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -60,21 +63,6 @@ pub struct Generation {
     pub text: String,
     pub finish: FinishReason,
     pub prompt_tokens: usize,
-}
-
-/// xorshift64*: small, fast, and the same sequence for the same seed everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// Picks the next token from `logits` (one row, f32) given the sequence so far.

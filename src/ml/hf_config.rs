@@ -5,12 +5,14 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::MlError;
+use crate::text_enum::text_enum;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    Gpt2,
-    Llama,
+text_enum! {
+    /// The model families we run (`config.json`'s `model_type`).
+    pub enum Arch {
+        Gpt2 = "gpt2",
+        Llama = "llama",
+    }
 }
 
 impl Arch {

@@ -12,6 +12,7 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use super::MlError;
 use super::hf_config::{Arch, HfConfig};
+use crate::text_enum::text_enum;
 
 /// A few paragraphs of question-and-answer English, for tokenizers made without a corpus.
 const BUILTIN_CORPUS: &str = include_str!("corpus.txt");
@@ -19,12 +20,14 @@ const BUILTIN_CORPUS: &str = include_str!("corpus.txt");
 /// The ChatML template of SmolLM2-style models, used by the llama presets.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Preset {
-    /// 2 layers, width 64: unit tests.
-    Tiny,
-    /// 4 layers, width 128: end-to-end runs that should learn something.
-    Small,
+text_enum! {
+    /// The sizes `model init` writes.
+    pub enum Preset {
+        /// 2 layers, width 64: unit tests.
+        Tiny = "tiny",
+        /// 4 layers, width 128: end-to-end runs that should learn something.
+        Small = "small",
+    }
 }
 
 pub struct InitOptions<'a> {
@@ -131,13 +134,7 @@ pub fn init_model(out: &Path, o: &InitOptions<'_>) -> Result<HfConfig, MlError> 
     super::weights::write_safetensors_atomic(&out.join("model.safetensors"), &named)?;
     let write_json = |name: &str, v: &serde_json::Value| {
         let p = out.join(name);
-        crate::fsutil::write_atomic(
-            &p,
-            serde_json::to_string_pretty(v)
-                .unwrap_or_default()
-                .as_bytes(),
-        )
-        .map_err(|e| MlError::io(&p, e))
+        crate::fsutil::write_json_atomic(&p, v).map_err(|e| MlError::io(&p, e))
     };
     write_json("config.json", &cfg.to_json())?;
     let tok_path = out.join("tokenizer.json");

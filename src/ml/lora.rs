@@ -57,16 +57,6 @@ impl LoraSpec {
         }
         Ok(self)
     }
-
-    pub fn from_config(c: &crate::config::LoraConfig) -> LoraSpec {
-        LoraSpec {
-            r: c.r,
-            alpha: c.alpha,
-            dropout: c.dropout,
-            target_modules: c.target_modules.clone(),
-            rslora: c.rslora,
-        }
-    }
 }
 
 /// The low-rank update of one linear layer: `y += scale · B(A(dropout(x)))`.
@@ -324,12 +314,8 @@ pub fn save_adapter(dir: &Path, config: &PeftConfig, layers: &[&Linear]) -> Resu
         }
     }
     super::weights::write_safetensors_atomic(&dir.join("adapter_model.safetensors"), &tensors)?;
-    let json = serde_json::to_vec_pretty(config).map_err(|e| MlError::Adapter {
-        path: dir.to_owned(),
-        msg: e.to_string(),
-    })?;
     let cfg = dir.join("adapter_config.json");
-    crate::fsutil::write_atomic(&cfg, &json).map_err(|e| MlError::io(&cfg, e))
+    crate::fsutil::write_json_atomic(&cfg, config).map_err(|e| MlError::io(&cfg, e))
 }
 
 /// Reads an adapter directory: its config and its tensors by PEFT key.

@@ -11,11 +11,13 @@ pub mod init;
 pub mod llama;
 pub mod lora;
 pub mod model;
+pub mod rng;
 pub mod tokenizer;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
 
+pub use device::DType;
 pub use hf_config::{Arch, HfConfig};
 pub use lora::LoraSpec;
 pub use model::{CausalLm, KvCache};

@@ -365,8 +365,8 @@ impl CausalLm {
         std::fs::create_dir_all(dir).map_err(|e| MlError::io(dir, e))?;
         super::weights::write_safetensors_atomic(&dir.join("model.safetensors"), &named)?;
         let cfg = dir.join("config.json");
-        let json = serde_json::to_vec_pretty(&self.config.to_json()).unwrap_or_default();
-        crate::fsutil::write_atomic(&cfg, &json).map_err(|e| MlError::io(&cfg, e))
+        crate::fsutil::write_json_atomic(&cfg, &self.config.to_json())
+            .map_err(|e| MlError::io(&cfg, e))
     }
 }
 

@@ -136,32 +136,25 @@ impl Weights {
     }
 }
 
-/// Writes tensors as a safetensors file atomically, like every artifact: a
-/// temporary file beside the target, fsync, rename, fsync of the directory.
+/// Writes tensors as a safetensors file atomically, like every artifact
+/// (see [`crate::fsutil::write_atomic_via`]).
 pub fn write_safetensors_atomic<S: AsRef<str>, T: AsRef<Tensor>>(
     path: &Path,
     tensors: &[(S, T)],
 ) -> Result<(), MlError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| MlError::io(&dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    if let Err(e) = Tensor::write_safetensors(tensors, &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(MlError::Safetensors {
+    let mut torch_error = None;
+    crate::fsutil::write_atomic_via(path, |tmp| {
+        Tensor::write_safetensors(tensors, tmp).map_err(|e| {
+            let msg = e.to_string();
+            torch_error = Some(msg.clone());
+            std::io::Error::other(msg)
+        })
+    })
+    .map_err(|e| match torch_error {
+        Some(msg) => MlError::Safetensors {
             path: path.to_owned(),
-            msg: e.to_string(),
-        });
-    }
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .and_then(|_| crate::fsutil::sync_dir(&dir))
-        .map_err(|e| MlError::io(path, e))
+            msg,
+        },
+        None => MlError::io(path, e),
+    })
 }

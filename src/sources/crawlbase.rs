@@ -14,8 +14,9 @@ use scraper::{Html, Selector};
 use serde_json::{Map, Value, json};
 use url::Url;
 
-use super::{FetchReport, Http, Policy, Record, SourceError, parse_json, read_secret};
+use super::{FetchReport, Record, SourceError};
 use crate::config::{CrawlMode, SourceConfig};
+use crate::http::{Http, Policy, parse_json, read_secret};
 use crate::store::Store;
 
 /// First path segments of quora.com links that are not questions.
@@ -190,7 +191,7 @@ fn body_text(page: &Value) -> Result<String, SourceError> {
 fn scraped(page: &Value) -> Result<Value, SourceError> {
     match page.get("body") {
         Some(Value::Object(_)) => Ok(page["body"].clone()),
-        Some(Value::String(s)) => parse_json(s.as_bytes(), "Crawlbase scraper body"),
+        Some(Value::String(s)) => Ok(parse_json(s.as_bytes(), "Crawlbase scraper body")?),
         _ if page.get("question_title").is_some() => Ok(page.clone()),
         _ => Err(SourceError::Data(
             "Crawlbase response has no scraper `body`".into(),

@@ -6,8 +6,9 @@
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{FetchReport, Http, Policy, Record, SourceError, parse_json};
+use super::{FetchReport, Record, SourceError};
 use crate::config::SourceConfig;
+use crate::http::{Http, Policy, parse_json};
 use crate::store::Store;
 
 /// The API's page limit.

@@ -6,7 +6,6 @@
 
 pub mod crawlbase;
 pub mod hf;
-pub mod http;
 pub mod spool;
 
 use std::path::Path;
@@ -15,13 +14,17 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::config::{FieldMap, SourceConfig, SourceKind};
+use crate::http::{Http, HttpError, NotJson, Policy, SecretError};
 use crate::store::{NewRawItem, Store, StoreError};
-pub use http::{Http, HttpError, Policy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    NotJson(#[from] NotJson),
     /// The response or file is not what the source expects.
     #[error("{0}")]
     Data(String),
@@ -174,7 +177,7 @@ pub async fn run_source(
 ) -> FetchReport {
     let mut report = FetchReport::default();
     let started = std::time::Instant::now();
-    if let Err(e) = store.ensure_source(&src.name, src.kind.as_str()) {
+    if let Err(e) = store.ensure_source(&src.name, src.kind) {
         report.error = Some(e.to_string());
         return report;
     }
@@ -216,58 +219,19 @@ pub async fn run_source(
     report
 }
 
-/// Reads a secret from a file (trimmed) or an environment variable.
-pub fn read_secret(
-    what: &str,
-    file: Option<&Path>,
-    env: Option<&str>,
-) -> Result<Option<String>, SourceError> {
-    if let Some(path) = file {
-        let s = std::fs::read_to_string(path).map_err(|e| {
-            SourceError::Setup(format!("{what}: cannot read {}: {e}", path.display()))
-        })?;
-        let s = s.trim().to_string();
-        if s.is_empty() {
-            return Err(SourceError::Setup(format!(
-                "{what}: {} is empty",
-                path.display()
-            )));
+impl From<&SourceConfig> for Policy {
+    fn from(s: &SourceConfig) -> Self {
+        Policy {
+            timeout: std::time::Duration::from_secs(s.timeout_secs.max(1)),
+            max_retries: s.max_retries,
+            backoff_initial: std::time::Duration::from_millis(s.backoff_initial_ms),
+            backoff_max: std::time::Duration::from_millis(
+                s.backoff_max_ms.max(s.backoff_initial_ms),
+            ),
+            rate_per_sec: s.rate_limit_per_sec,
+            max_bytes: s.max_response_bytes,
         }
-        return Ok(Some(s));
     }
-    if let Some(var) = env {
-        return match std::env::var(var) {
-            Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
-            _ => Err(SourceError::Setup(format!(
-                "{what}: environment variable {var} is not set"
-            ))),
-        };
-    }
-    Ok(None)
-}
-
-/// Parses a JSON response body; invalid UTF-8 is replaced (and counted in the
-/// log) rather than losing the whole page.
-pub(crate) fn parse_json(body: &[u8], what: &str) -> Result<Value, SourceError> {
-    let text = match std::str::from_utf8(body) {
-        Ok(t) => std::borrow::Cow::Borrowed(t),
-        Err(_) => {
-            let fixed = String::from_utf8_lossy(body);
-            let bad = fixed.matches('\u{FFFD}').count();
-            tracing::warn!(
-                what,
-                replaced = bad,
-                "response is not valid UTF-8; bad bytes replaced with U+FFFD"
-            );
-            fixed
-        }
-    };
-    serde_json::from_str(&text).map_err(|e| {
-        SourceError::Data(format!(
-            "{what}: response is not valid JSON ({e}; {} bytes)",
-            body.len()
-        ))
-    })
 }
 
 #[cfg(test)]

@@ -7,43 +7,45 @@ use rusqlite::Row;
 use serde::Serialize;
 use serde_json::Value;
 
-/// A text column holding one of a fixed set of values.
-macro_rules! text_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident = $s:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
+use crate::config::SourceKind;
+use crate::text_enum::{UnknownVariant, text_enum};
 
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $s),+ }
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($s => Ok($name::$variant),)+
-                    other => Err(format!("unknown {} {other:?}", stringify!($name))),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
+/// Store enums read from and written to TEXT columns by their `text_enum!` spelling.
+macro_rules! sql_text {
+    ($($name:ty),+ $(,)?) => {$(
         impl rusqlite::types::FromSql for $name {
             fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-                v.as_str()?.parse().map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
+                v.as_str()?
+                    .parse()
+                    .map_err(|e: UnknownVariant| rusqlite::types::FromSqlError::Other(e.into()))
             }
         }
-    };
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+    )+};
+}
+
+sql_text!(
+    RawState,
+    ExampleState,
+    StreamState,
+    AdapterState,
+    StageState,
+    Origin,
+    Split,
+    Role,
+    SourceKind
+);
+
+/// A row type: the SELECT that reads its columns, and how to build it from them.
+pub trait FromRow: Sized {
+    /// `SELECT <columns> FROM <table>`, to which a `WHERE`/`ORDER BY` is appended.
+    const SELECT: &'static str;
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self>;
 }
 
 /// A table whose rows move through states; `can_become` is the transition table.
@@ -54,21 +56,21 @@ pub trait StateMachine: Copy + fmt::Display + rusqlite::types::FromSql + 'static
     fn can_become(self, to: Self) -> bool;
 }
 
-text_enum!(
+text_enum! {
     /// raw_items.state
-    RawState { New = "new", Processed = "processed", Dropped = "dropped" }
-);
-text_enum!(
+    pub enum RawState { New = "new", Processed = "processed", Dropped = "dropped" }
+}
+text_enum! {
     /// examples.state
-    ExampleState { New = "new", Ready = "ready", Sealed = "sealed", Dropped = "dropped" }
-);
-text_enum!(
+    pub enum ExampleState { New = "new", Ready = "ready", Sealed = "sealed", Dropped = "dropped" }
+}
+text_enum! {
     /// streams.state
-    StreamState { Sealed = "sealed", Training = "training", Trained = "trained", Failed = "failed" }
-);
-text_enum!(
+    pub enum StreamState { Sealed = "sealed", Training = "training", Trained = "trained", Failed = "failed" }
+}
+text_enum! {
     /// adapters.state
-    AdapterState {
+    pub enum AdapterState {
         Training = "training",
         Candidate = "candidate",
         Promoted = "promoted",
@@ -76,19 +78,29 @@ text_enum!(
         RolledBack = "rolled_back",
         Failed = "failed",
     }
-);
-text_enum!(
+}
+text_enum! {
     /// examples.origin
-    Origin { Crawl = "crawl", Import = "import", Conversation = "conversation" }
-);
-text_enum!(
+    pub enum Origin { Crawl = "crawl", Import = "import", Conversation = "conversation" }
+}
+text_enum! {
     /// examples.split
-    Split { Train = "train", Eval = "eval" }
-);
-text_enum!(
+    pub enum Split { Train = "train", Eval = "eval" }
+}
+text_enum! {
     /// messages.role
-    Role { System = "system", User = "user", Assistant = "assistant" }
-);
+    pub enum Role { System = "system", User = "user", Assistant = "assistant" }
+}
+
+text_enum! {
+    /// stages.state
+    pub enum StageState {
+        Idle = "idle",
+        Running = "running",
+        Backoff = "backoff",
+        Stopped = "stopped",
+    }
+}
 
 impl StateMachine for RawState {
     const WHAT: &'static str = "raw item";
@@ -162,7 +174,7 @@ impl StateMachine for AdapterState {
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceRow {
     pub name: String,
-    pub kind: String,
+    pub kind: SourceKind,
     pub cursor: Option<String>,
     pub last_run_at: Option<i64>,
     pub last_ok_at: Option<i64>,
@@ -172,9 +184,9 @@ pub struct SourceRow {
     pub items_total: i64,
 }
 
-impl SourceRow {
-    pub(crate) const SELECT: &'static str = "SELECT name, kind, cursor, last_run_at, last_ok_at, last_error, error_count, degraded, items_total FROM sources";
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+impl FromRow for SourceRow {
+    const SELECT: &'static str = "SELECT name, kind, cursor, last_run_at, last_ok_at, last_error, error_count, degraded, items_total FROM sources";
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(SourceRow {
             name: r.get(0)?,
             kind: r.get(1)?,
@@ -216,9 +228,9 @@ pub struct RawItem {
     pub drop_reason: Option<String>,
 }
 
-impl RawItem {
-    pub(crate) const SELECT: &'static str = "SELECT id, source, content_hash, external_id, url, question, answer, meta, fetched_at, state, drop_reason FROM raw_items";
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+impl FromRow for RawItem {
+    const SELECT: &'static str = "SELECT id, source, content_hash, external_id, url, question, answer, meta, fetched_at, state, drop_reason FROM raw_items";
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(RawItem {
             id: r.get(0)?,
             source: r.get(1)?,
@@ -273,9 +285,11 @@ impl ExampleRow {
         }
         m
     }
+}
 
-    pub(crate) const SELECT: &'static str = "SELECT id, raw_item_id, messages, origin, quality, summary_backend, summary, state, stream_id, split, created_at FROM examples";
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+impl FromRow for ExampleRow {
+    const SELECT: &'static str = "SELECT id, raw_item_id, messages, origin, quality, summary_backend, summary, state, stream_id, split, created_at FROM examples";
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(ExampleRow {
             id: r.get(0)?,
             raw_item_id: r.get(1)?,
@@ -303,10 +317,10 @@ pub struct StreamRow {
     pub state: StreamState,
 }
 
-impl StreamRow {
-    pub(crate) const SELECT: &'static str =
+impl FromRow for StreamRow {
+    const SELECT: &'static str =
         "SELECT id, name, created_at, n_train, n_eval, path, state FROM streams";
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(StreamRow {
             id: r.get(0)?,
             name: r.get(1)?,
@@ -343,9 +357,9 @@ pub struct AdapterRow {
     pub updated_at: i64,
 }
 
-impl AdapterRow {
-    pub(crate) const SELECT: &'static str = "SELECT id, parent_id, stream_id, attempt, path, hyperparams, train_log, decision, state, created_at, updated_at FROM adapters";
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+impl FromRow for AdapterRow {
+    const SELECT: &'static str = "SELECT id, parent_id, stream_id, attempt, path, hyperparams, train_log, decision, state, created_at, updated_at FROM adapters";
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(AdapterRow {
             id: r.get(0)?,
             parent_id: r.get(1)?,
@@ -375,8 +389,10 @@ pub struct EvalRow {
     pub evaluated_at: i64,
 }
 
-impl EvalRow {
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+impl FromRow for EvalRow {
+    const SELECT: &'static str =
+        "SELECT adapter_id, stream_id, perplexity, nll_sum, tokens, evaluated_at FROM evals";
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(EvalRow {
             adapter_id: r.get(0)?,
             stream_id: r.get(1)?,
@@ -397,10 +413,10 @@ pub struct MessageRow {
     pub created_at: i64,
 }
 
-impl MessageRow {
-    pub(crate) const SELECT: &'static str =
+impl FromRow for MessageRow {
+    const SELECT: &'static str =
         "SELECT id, conversation_id, role, content, created_at FROM messages";
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(MessageRow {
             id: r.get(0)?,
             conversation_id: r.get(1)?,
@@ -415,12 +431,28 @@ impl MessageRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct StageRow {
     pub name: String,
-    pub state: String,
+    pub state: StageState,
     pub detail: Option<String>,
     pub runs: i64,
     pub failures: i64,
     pub last_error: Option<String>,
     pub updated_at: i64,
+}
+
+impl FromRow for StageRow {
+    const SELECT: &'static str =
+        "SELECT name, state, detail, runs, failures, last_error, updated_at FROM stages";
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(StageRow {
+            name: r.get(0)?,
+            state: r.get(1)?,
+            detail: r.get(2)?,
+            runs: r.get(3)?,
+            failures: r.get(4)?,
+            last_error: r.get(5)?,
+            updated_at: r.get(6)?,
+        })
+    }
 }
 
 impl StageRow {
@@ -429,7 +461,7 @@ impl StageRow {
     pub fn running(rows: &[StageRow]) -> Option<String> {
         let running: Vec<String> = rows
             .iter()
-            .filter(|r| r.state == "running")
+            .filter(|r| r.state == StageState::Running)
             .map(|r| format!("{} ({})", r.name, r.detail.as_deref().unwrap_or("")))
             .collect();
         (!running.is_empty()).then(|| running.join(", "))

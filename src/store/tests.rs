@@ -1,6 +1,7 @@
 //! Store tests against a real SQLite file in a temporary directory.
 
 use super::*;
+use crate::config::SourceKind;
 use serde_json::json;
 
 fn open() -> (tempfile::TempDir, Store) {
@@ -40,7 +41,7 @@ fn opens_in_wal_with_current_schema_and_reopens() {
     let (dir, store) = open();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(store.journal_mode().unwrap(), "wal");
-    store.ensure_source("spool", "spool").unwrap();
+    store.ensure_source("spool", SourceKind::Spool).unwrap();
     drop(store);
     let again = Store::open(&dir.path().join("state/lorastream.db")).unwrap();
     assert_eq!(again.sources().unwrap().len(), 1);
@@ -77,7 +78,7 @@ fn refuses_a_newer_database_without_touching_it() {
 #[test]
 fn raw_items_dedup_by_content_across_sources_and_spacing() {
     let (_d, store) = open();
-    store.ensure_source("spool", "spool").unwrap();
+    store.ensure_source("spool", SourceKind::Spool).unwrap();
     let a = qa(&store, "What is Rust?", "A systems  language.");
     let b = qa(&store, "  What is Rust?\n", "A systems language.");
     let c = qa(&store, "What is Rust?", "Something else.");
@@ -107,7 +108,7 @@ fn raw_item_needs_a_registered_source() {
 #[test]
 fn raw_item_states_follow_the_state_machine() {
     let (_d, store) = open();
-    store.ensure_source("spool", "spool").unwrap();
+    store.ensure_source("spool", SourceKind::Spool).unwrap();
     let id = qa(&store, "q1", "a1").id();
     let id2 = qa(&store, "q2", "a2").id();
     store
@@ -129,7 +130,7 @@ fn raw_item_states_follow_the_state_machine() {
         0
     );
     let counts = store.raw_item_counts().unwrap();
-    assert!(counts.contains(&("dropped".into(), Some("no_answer".into()), 1)));
+    assert!(counts.contains(&(RawState::Dropped, Some("no_answer".into()), 1)));
     assert!(matches!(
         store.set_raw_item_state(999, RawState::Dropped, None),
         Err(StoreError::NotFound { .. })
@@ -139,7 +140,7 @@ fn raw_item_states_follow_the_state_machine() {
 #[test]
 fn source_failures_degrade_and_success_recovers() {
     let (_d, store) = open();
-    store.ensure_source("hf", "hf_datasets").unwrap();
+    store.ensure_source("hf", SourceKind::HfDatasets).unwrap();
     store.set_source_cursor("hf", "300").unwrap();
     for i in 1..=3 {
         let row = store.record_source_failure("hf", "HTTP 503", 3, 0).unwrap();
@@ -155,7 +156,7 @@ fn source_failures_degrade_and_success_recovers() {
     assert_eq!(row.cursor.as_deref(), Some("300"));
     assert!(row.last_error.is_none());
     // Re-registering keeps the cursor.
-    store.ensure_source("hf", "hf_datasets").unwrap();
+    store.ensure_source("hf", SourceKind::HfDatasets).unwrap();
     assert_eq!(
         store.source("hf").unwrap().unwrap().cursor.as_deref(),
         Some("300")

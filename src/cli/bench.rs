@@ -1,4 +1,4 @@
-//! `lorastream bench …`: the same measurements as `../shared/bench/peer_hf.py`,
+//! `lorastream bench …` (binary only): the same measurements as `../shared/bench/peer_hf.py`,
 //! with the same flags and one JSON line of the same keys, so both can be run
 //! side by side and compared as a ratio.
 
@@ -8,13 +8,11 @@ use std::time::Instant;
 use serde_json::json;
 use tch::{Device, Kind};
 
-use tch::Tensor;
-
-use crate::ml::data::{self, Encoded, Labels};
-use crate::ml::generate::{SamplingParams, generate};
-use crate::ml::{CausalLm, ChatTokenizer, LoraSpec, Message, MlError};
-use crate::streams::read_jsonl as load_examples;
-use crate::train::{AdamW, clip_grad_norm, zero_grads};
+use lorastream::ml::data::{self, Encoded, Labels};
+use lorastream::ml::generate::{SamplingParams, generate};
+use lorastream::ml::{CausalLm, ChatTokenizer, LoraSpec, Message, MlError};
+use lorastream::streams::read_jsonl as load_examples;
+use lorastream::train::LoraOptimizer;
 
 /// Flags shared by every bench subcommand (as the peer's).
 #[derive(Debug, Clone, clap::Args)]
@@ -85,7 +83,7 @@ pub enum BenchError {
     #[error(transparent)]
     Ml(#[from] MlError),
     #[error(transparent)]
-    Data(#[from] crate::streams::StreamError),
+    Data(#[from] lorastream::streams::StreamError),
     #[error("no example has two or more tokens")]
     NoData,
 }
@@ -121,9 +119,9 @@ pub fn bench_eval(a: &EvalArgs) -> Result<serde_json::Value, BenchError> {
     )?;
     let pad_id = tok.pad_id() as i64;
     let bs = a.common.batch_size.max(1);
-    crate::eval::perplexity_encoded(&model, &enc[..bs.min(enc.len())], pad_id, bs);
+    lorastream::eval::perplexity_encoded(&model, &enc[..bs.min(enc.len())], pad_id, bs);
     let t0 = Instant::now();
-    let p = crate::eval::perplexity_encoded(&model, &enc, pad_id, bs);
+    let p = lorastream::eval::perplexity_encoded(&model, &enc, pad_id, bs);
     let dt = t0.elapsed().as_secs_f64();
     let tokens: usize = enc.iter().map(|e| e.ids.len()).sum();
     Ok(json!({
@@ -159,14 +157,8 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
         .chunks(a.common.batch_size.max(1))
         .map(|c| c.iter().collect())
         .collect();
-    let params: Vec<(String, Tensor)> = model
-        .lora_params()
-        .into_iter()
-        .map(|(k, p)| (k, p.shallow_clone()))
-        .collect();
-    let refs: Vec<(String, &Tensor)> = params.iter().map(|(k, p)| (k.clone(), p)).collect();
-    let trainable: i64 = params.iter().map(|(_, p)| p.numel() as i64).sum();
-    let mut opt = AdamW::new(&refs, 0.0);
+    let mut opt = LoraOptimizer::new(&model, 0.0);
+    let trainable = opt.trainable();
     let mut losses = Vec::new();
     let mut tokens = 0i64;
     let mut t0 = Instant::now();
@@ -186,9 +178,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
         let tf = Instant::now();
         loss.backward();
         let tb = Instant::now();
-        clip_grad_norm(&refs, 1.0);
-        opt.step(&refs, a.lr, step + 1);
-        zero_grads(&refs);
+        opt.step(a.lr, step + 1, 1.0);
         let to = Instant::now();
         fwd += (tf - ts).as_secs_f64();
         bwd += (tb - tf).as_secs_f64();
@@ -209,7 +199,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
 /// As the peer: `--threads 0` keeps libtorch's default.
 fn set_threads(threads: usize) {
     if threads > 0 {
-        crate::ml::device::set_threads(threads);
+        lorastream::ml::device::set_threads(threads);
     }
 }
 

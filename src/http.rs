@@ -1,4 +1,5 @@
-//! The HTTP side of every source: timeouts, retries with exponential backoff
+//! The one HTTP client of the daemon (sources and the OpenAI summarizer):
+//! timeouts, retries with exponential backoff
 //! and full jitter (on connect errors, timeouts, 429 and 5xx, honouring
 //! `Retry-After`), a per-host rate limit shared by all sources of a process, a
 //! cap on response size, and errors that never contain a secret.
@@ -10,8 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, RETRY_AFTER};
 use url::Url;
-
-use crate::config::SourceConfig;
 
 /// A server asking for longer than this is not waited for: the run fails and
 /// the source is retried on its next schedule.
@@ -63,7 +62,7 @@ impl HttpError {
     }
 }
 
-/// The per-request rules of one source.
+/// The per-request rules of one caller (a source, the summarizer).
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub timeout: Duration,
@@ -72,19 +71,6 @@ pub struct Policy {
     pub backoff_max: Duration,
     pub rate_per_sec: f64,
     pub max_bytes: u64,
-}
-
-impl From<&SourceConfig> for Policy {
-    fn from(s: &SourceConfig) -> Self {
-        Policy {
-            timeout: Duration::from_secs(s.timeout_secs.max(1)),
-            max_retries: s.max_retries,
-            backoff_initial: Duration::from_millis(s.backoff_initial_ms),
-            backoff_max: Duration::from_millis(s.backoff_max_ms.max(s.backoff_initial_ms)),
-            rate_per_sec: s.rate_limit_per_sec,
-            max_bytes: s.max_response_bytes,
-        }
-    }
 }
 
 /// One client for all sources: connection pool and per-host request slots.
@@ -333,6 +319,90 @@ pub fn redact(url: &Url) -> String {
         .collect();
     shown.query_pairs_mut().clear().extend_pairs(pairs);
     shown.to_string()
+}
+
+/// A secret (API token, key) that cannot be read; never holds the secret itself.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{what}: cannot read {}: {source}", path.display())]
+    Read {
+        what: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what}: {} is empty", path.display())]
+    Empty {
+        what: String,
+        path: std::path::PathBuf,
+    },
+    #[error("{what}: environment variable {var} is not set")]
+    EnvUnset { what: String, var: String },
+}
+
+/// Reads a secret from a file (trimmed) or an environment variable; `None`
+/// when neither is configured.
+pub fn read_secret(
+    what: &str,
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+) -> Result<Option<String>, SecretError> {
+    if let Some(path) = file {
+        let s = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+            what: what.into(),
+            path: path.to_owned(),
+            source,
+        })?;
+        let s = s.trim().to_string();
+        if s.is_empty() {
+            return Err(SecretError::Empty {
+                what: what.into(),
+                path: path.to_owned(),
+            });
+        }
+        return Ok(Some(s));
+    }
+    if let Some(var) = env {
+        return match std::env::var(var) {
+            Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+            _ => Err(SecretError::EnvUnset {
+                what: what.into(),
+                var: var.into(),
+            }),
+        };
+    }
+    Ok(None)
+}
+
+/// A response body that is not the JSON it should be.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: response is not valid JSON ({source}; {bytes} bytes)")]
+pub struct NotJson {
+    pub what: String,
+    pub bytes: usize,
+    pub source: serde_json::Error,
+}
+
+/// Parses a JSON response body; invalid UTF-8 is replaced (and counted in the
+/// log) rather than losing the whole page.
+pub fn parse_json(body: &[u8], what: &str) -> Result<serde_json::Value, NotJson> {
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => std::borrow::Cow::Borrowed(t),
+        Err(_) => {
+            let fixed = String::from_utf8_lossy(body);
+            let bad = fixed.matches('\u{FFFD}').count();
+            tracing::warn!(
+                what,
+                replaced = bad,
+                "response is not valid UTF-8; bad bytes replaced with U+FFFD"
+            );
+            fixed
+        }
+    };
+    serde_json::from_str(&text).map_err(|source| NotJson {
+        what: what.into(),
+        bytes: body.len(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,176 @@
+//! The command line's arguments (clap). Library types stay free of clap:
+//! enums with a `text_enum!` spelling are parsed through [`text_enum_parser`].
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Parser, Subcommand};
+
+use lorastream::config::LogFormat;
+use lorastream::ml::Arch;
+use lorastream::ml::init::Preset;
+use lorastream::text_enum::UnknownVariant;
+
+use super::bench::{EvalArgs, GenerateArgs, TrainArgs};
+
+/// A flag taking one of a `text_enum!`'s spellings (listed in `--help`).
+pub fn text_enum_parser<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr<Err = UnknownVariant> + Clone + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
+}
+
+/// sysexits' EX_CONFIG: the configuration is invalid.
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "lorastream",
+    version,
+    about = "Keeps a language model learning from the web: crawl, clean, train LoRA adapters stream by stream, measure forgetting, serve the best."
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "LORASTREAM_CONFIG",
+        default_value = "/etc/lorastream/lorastream.toml"
+    )]
+    pub config: PathBuf,
+    /// Log format (default: the config's [daemon] log_format, else auto).
+    #[arg(long, global = true, value_parser = text_enum_parser::<LogFormat>(LogFormat::NAMES))]
+    pub log_format: Option<LogFormat>,
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (-q warnings, -qq errors).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground until SIGINT or SIGTERM (SIGHUP reloads the config).
+    Run,
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Show sources, items, streams and adapters from the store.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch from the sources, clean, summarize and seal ready examples into
+    /// streams; prints counts per source. Without --once, keeps running on the
+    /// sources' schedules until SIGINT/SIGTERM.
+    Crawl {
+        /// Only this source (even if disabled).
+        #[arg(long)]
+        source: Option<String>,
+        /// One pass, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Seal whatever is ready, even below [streams] min_examples.
+        #[arg(long)]
+        seal: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream commands.
+    Streams {
+        #[command(subcommand)]
+        command: StreamsCommand,
+    },
+    /// Train the oldest untrained stream (or --stream ID) into a candidate adapter;
+    /// an interrupted run resumes from its checkpoint.
+    Train {
+        #[arg(long)]
+        stream: Option<i64>,
+    },
+    /// Fill missing cells of the perplexity matrix and print it with forgetting.
+    Eval {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Model commands.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Benchmarks printing one JSON line, comparable with ../shared/bench/peer_hf.py.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Write a small random model (HF layout) with a BPE tokenizer trained on a corpus.
+    Init {
+        #[arg(long, value_parser = text_enum_parser::<Arch>(Arch::NAMES))]
+        arch: Arch,
+        #[arg(long, value_parser = text_enum_parser::<Preset>(Preset::NAMES), default_value = "tiny")]
+        preset: Preset,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Text to train the tokenizer on (default: a built-in corpus).
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        /// Target tokenizer vocabulary size.
+        #[arg(long, default_value_t = 1024)]
+        vocab_size: usize,
+    },
+    /// Merge a LoRA adapter into its base model and write a standalone HF model directory.
+    Export {
+        /// Base model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// PEFT adapter directory.
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Greedy decoding with a KV cache: new tokens per second.
+    Generate(GenerateArgs),
+    /// LoRA training throughput: tokens per second over timed optimizer steps.
+    Train(TrainArgs),
+    /// Perplexity over a data set, and tokens per second.
+    Eval(EvalArgs),
+}
+
+#[derive(Subcommand)]
+pub enum StreamsCommand {
+    /// Seal a JSONL of chat examples ({"messages": [...]} per line) into a new stream.
+    Import {
+        file: PathBuf,
+        /// Stream name (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the config file: exit 0 with a summary, or name each bad key and its line.
+    Check,
+}

@@ -1,0 +1,204 @@
+//! One function per subcommand; `main` dispatches to them.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+
+use lorastream::config::{Config, ConfigError};
+use lorastream::logging::{self, LogSettings};
+use lorastream::ml::Arch;
+use lorastream::ml::init::{InitOptions, Preset, init_model};
+use lorastream::pipeline::PipelineError;
+use lorastream::store::Store;
+use lorastream::train::TrainError;
+use lorastream::{daemon, status};
+
+use super::args::{Cli, EXIT_CONFIG};
+
+/// Runs `f` with the loaded config; an invalid config exits with EX_CONFIG,
+/// printed as-is (it names file, key and line).
+pub fn with_config(
+    cli: &Cli,
+    f: impl FnOnce(Config) -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    match Config::load(&cli.config) {
+        Ok(config) => f(config),
+        Err(e) => {
+            match &e {
+                ConfigError::Read { .. } => eprintln!("error: {e}"),
+                ConfigError::Invalid { problems, .. } => {
+                    eprintln!("{e}");
+                    eprintln!(
+                        "error: {} problem(s) in {}",
+                        problems.len(),
+                        cli.config.display()
+                    );
+                }
+            }
+            Ok(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// Logging as the flags and `[daemon]` say.
+pub fn init_logs(cli: &Cli, config: &Config) -> anyhow::Result<()> {
+    let verbosity = cli.verbose.min(10) as i8 - cli.quiet.min(10) as i8;
+    let format = cli.log_format.unwrap_or(config.daemon.log_format);
+    logging::init(&LogSettings::new(
+        format,
+        verbosity,
+        &config.daemon.log_filter,
+    ))?;
+    Ok(())
+}
+
+/// `model init`
+pub fn model_init(
+    arch: Arch,
+    preset: Preset,
+    out: &Path,
+    corpus: Option<&Path>,
+    seed: i64,
+    vocab_size: usize,
+) -> anyhow::Result<ExitCode> {
+    let cfg = init_model(
+        out,
+        &InitOptions {
+            arch,
+            preset,
+            corpus,
+            seed,
+            vocab_size,
+        },
+    )?;
+    println!(
+        "wrote {} ({:?}, {} layers, width {}, vocab {})",
+        out.display(),
+        cfg.arch,
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.vocab_size
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `model export`
+pub fn model_export(model: &Path, adapter: &Path, out: &Path) -> anyhow::Result<ExitCode> {
+    lorastream::ml::model::export_merged_model(model, adapter, out)?;
+    println!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `streams import`
+pub fn streams_import(
+    config: &Config,
+    file: &Path,
+    name: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let store = Store::open_for(config)?;
+    let name = name.map(str::to_string).unwrap_or_else(|| {
+        file.file_stem()
+            .map_or("import".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let (id, new, dup) = lorastream::streams::import(
+        &store,
+        &config.state_dir(),
+        file,
+        &name,
+        config.streams.eval_fraction,
+    )?;
+    let s = store.stream(id)?.context("stream vanished")?;
+    println!(
+        "stream {id} {name:?}: {new} new examples ({dup} already stored), train {} / eval {}, {}",
+        s.n_train,
+        s.n_eval,
+        s.path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `train`: SIGINT/SIGTERM finish the step, checkpoint and exit 130; `train`
+/// again resumes.
+pub fn train(config: &Config, stream: Option<i64>) -> anyhow::Result<ExitCode> {
+    let store = Store::open_for(config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let bar = progress_bar();
+    let log_every = config.train.log_every;
+    let result =
+        lorastream::pipeline::train_stream(config, &store, stream, &stop, |p| match &bar {
+            Some(bar) => {
+                bar.set_length(p.total_steps as u64);
+                bar.set_position(p.step as u64);
+                bar.set_message(format!("loss {:.4}  {:.0} tok/s", p.loss, p.tokens_per_s));
+            }
+            None if p.step % log_every == 0 || p.step == p.total_steps => p.log(),
+            None => {}
+        });
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    let t = match result {
+        Err(PipelineError::Train(TrainError::Stopped(step))) => {
+            eprintln!(
+                "stopped at step {step}; checkpoint saved; run `lorastream train` again to resume"
+            );
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
+    };
+    println!("{t}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `eval`
+pub fn eval(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let store = Store::open_for(config)?;
+    let m = lorastream::pipeline::evaluate(config, &store)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        print!("{m}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status`
+pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let report = status::gather(config).context("cannot read the store")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `run`: the daemon in the foreground.
+pub fn run(cli: &Cli, config: Config) -> anyhow::Result<ExitCode> {
+    let system = actix::System::new();
+    system.block_on(async {
+        let control = daemon::signals()?;
+        daemon::run(cli.config.clone(), config, control).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar with loss, tokens/s and ETA when stderr is a terminal.
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(1);
+    let style =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  eta {eta}")
+            .ok()?;
+    bar.set_style(style);
+    Some(bar)
+}

@@ -1,0 +1,136 @@
+//! The operational sections: `[daemon]`, `[store]`, `[server]`, `[schedule]`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::text_enum::text_enum;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// State directory. Unset: `$STATE_DIRECTORY` (systemd), else
+    /// `$XDG_STATE_HOME/lorastream`, else `~/.local/state/lorastream`.
+    pub state_dir: Option<PathBuf>,
+    /// Seconds SIGTERM waits for the current step to finish and checkpoint.
+    pub shutdown_grace_secs: u64,
+    /// Log format when `--log-format` is not given.
+    pub log_format: LogFormat,
+    /// Log filter (`RUST_LOG` syntax) when neither `RUST_LOG` nor `-v/-q` is given.
+    pub log_filter: String,
+}
+
+impl DaemonConfig {
+    /// How long shutdown may take in all: the grace for the current step, and
+    /// 5 s to stop the stages and flush the store after it.
+    pub fn shutdown_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shutdown_grace_secs + 5)
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            state_dir: None,
+            shutdown_grace_secs: 30,
+            log_format: LogFormat::Auto,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+text_enum! {
+    pub enum LogFormat {
+        /// Human format with colours on a terminal, plain text otherwise.
+        Auto = "auto",
+        /// Human format, colours only on a terminal.
+        Pretty = "pretty",
+        /// One JSON object per line.
+        Json = "json",
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite file. Unset: `<state_dir>/lorastream.db`.
+    pub path: Option<PathBuf>,
+    /// How long a writer waits for a lock before failing, in milliseconds.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: None,
+            busy_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub enabled: bool,
+    pub listen: String,
+    /// Bearer token required from clients (file or env; unset: no auth).
+    pub api_key_file: Option<PathBuf>,
+    pub api_key_env: Option<String>,
+    /// The model id clients see in `/v1/models`.
+    pub model_name: String,
+    pub max_tokens: usize,
+    pub max_request_bytes: usize,
+    /// Retrieve relevant past messages into the prompt.
+    pub memory: bool,
+    pub memory_results: usize,
+    /// Turn opted-in conversations into training examples.
+    pub learn_from_conversations: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            api_key_file: None,
+            api_key_env: None,
+            model_name: "lorastream".into(),
+            max_tokens: 256,
+            max_request_bytes: 1 << 20,
+            memory: true,
+            memory_results: 4,
+            learn_from_conversations: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// Cron (with seconds, UTC) for sources without their own `schedule`.
+    pub crawl: Option<String>,
+    /// Cron for sealing ready examples into a stream.
+    pub seal: Option<String>,
+    /// `on_new_stream` or a cron expression.
+    pub train: String,
+    /// Cron for filling missing cells of the evaluation matrix.
+    pub eval: Option<String>,
+    /// Run every enabled source once when the daemon starts (and after a
+    /// reload adds one), instead of waiting for its first scheduled time.
+    pub crawl_on_start: bool,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            crawl: None,
+            seal: None,
+            train: ON_NEW_STREAM.into(),
+            eval: None,
+            crawl_on_start: true,
+        }
+    }
+}
+
+/// The value of `[schedule] train` that trains as soon as a stream is sealed.
+pub const ON_NEW_STREAM: &str = "on_new_stream";

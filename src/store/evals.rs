@@ -1,0 +1,23 @@
+//! `evals`: the perplexity matrix, one cell per (adapter version, stream).
+
+use rusqlite::params;
+
+use super::{EvalRow, Result, Store, now_ms};
+
+impl Store {
+    /// Records R[adapter][stream]; `adapter_id` 0 is the base model, `stream_id` 0 the probe set.
+    pub fn upsert_eval(&self, e: &EvalRow) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO evals (adapter_id, stream_id, perplexity, nll_sum, tokens, evaluated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(adapter_id, stream_id) DO UPDATE SET perplexity = excluded.perplexity,
+               nll_sum = excluded.nll_sum, tokens = excluded.tokens, evaluated_at = excluded.evaluated_at",
+            params![e.adapter_id, e.stream_id, e.perplexity, e.nll_sum, e.tokens, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn evals(&self) -> Result<Vec<EvalRow>> {
+        self.rows("ORDER BY 1, 2", [])
+    }
+}

@@ -1,0 +1,114 @@
+//! Checkpoints of a training run: `trainer_state.json` (step, losses, spec)
+//! beside `checkpoint-<step>.safetensors` (LoRA weights and AdamW moments),
+//! each written atomically; the previous checkpoint is removed once the new
+//! one is recorded.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::optim::LoraOptimizer;
+use super::{TrainError, TrainSpec};
+
+/// What a checkpoint's `trainer_state.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub step: usize,
+    pub total_steps: usize,
+    pub losses: Vec<f32>,
+    pub tokens: i64,
+    pub seed: u64,
+    pub spec: TrainSpec,
+    /// The checkpoint tensors (adapter + optimizer) file, beside this one.
+    pub checkpoint: Option<String>,
+    pub done: bool,
+}
+
+impl TrainerState {
+    pub(super) fn fresh(spec: &TrainSpec, total_steps: usize) -> TrainerState {
+        TrainerState {
+            step: 0,
+            total_steps,
+            losses: Vec::new(),
+            tokens: 0,
+            seed: spec.seed,
+            spec: spec.clone(),
+            checkpoint: None,
+            done: false,
+        }
+    }
+
+    /// Writes `trainer_state.json` into `dir`.
+    pub(super) fn write(&self, dir: &Path) -> Result<(), TrainError> {
+        let path = dir.join(STATE_FILE);
+        crate::fsutil::write_json_atomic(&path, self)
+            .map_err(|source| TrainError::Io { path, source })
+    }
+}
+
+const STATE_FILE: &str = "trainer_state.json";
+
+/// Reads a run's `trainer_state.json`, if there is a readable one.
+pub fn read_state(dir: &Path) -> Option<TrainerState> {
+    let text = std::fs::read_to_string(dir.join(STATE_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Saves the LoRA weights and optimizer state of `state.step`, then the state
+/// that names them.
+pub(super) fn save(
+    dir: &Path,
+    state: &mut TrainerState,
+    opt: &LoraOptimizer,
+) -> Result<(), TrainError> {
+    let name = format!("checkpoint-{}.safetensors", state.step);
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for (i, (k, p)) in opt.params.iter().enumerate() {
+        tensors.push((k.clone(), p.detach().copy()));
+        tensors.push((format!("opt.m.{k}"), opt.m[i].copy()));
+        tensors.push((format!("opt.v.{k}"), opt.v[i].copy()));
+    }
+    crate::ml::weights::write_safetensors_atomic(&dir.join(&name), &tensors)?;
+    let previous = state.checkpoint.replace(name);
+    state.write(dir)?;
+    if let Some(prev) = previous.filter(|p| Some(p) != state.checkpoint.as_ref()) {
+        let _ = std::fs::remove_file(dir.join(prev));
+    }
+    Ok(())
+}
+
+/// Loads the weights and optimizer state `state` names into `opt`.
+pub(super) fn load(
+    dir: &Path,
+    state: &TrainerState,
+    opt: &mut LoraOptimizer,
+) -> Result<(), TrainError> {
+    let Some(name) = &state.checkpoint else {
+        return Ok(());
+    };
+    let file = dir.join(name);
+    let map: HashMap<String, Tensor> = Tensor::read_safetensors(&file)
+        .map_err(|e| TrainError::Checkpoint {
+            path: file.clone(),
+            msg: e.to_string(),
+        })?
+        .into_iter()
+        .collect();
+    let get = |k: &str| {
+        map.get(k).ok_or_else(|| TrainError::Checkpoint {
+            path: file.clone(),
+            msg: format!("tensor {k} missing"),
+        })
+    };
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for (i, (k, p)) in opt.params.iter().enumerate() {
+            let mut p = p.shallow_clone();
+            p.copy_(get(k)?);
+            opt.m[i].copy_(get(&format!("opt.m.{k}"))?);
+            opt.v[i].copy_(get(&format!("opt.v.{k}"))?);
+        }
+        Ok(())
+    })
+}

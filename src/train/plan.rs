@@ -1,0 +1,74 @@
+//! The batch plan of a run: how many fresh and replayed examples go into a
+//! micro-batch, how many micro-batches make an optimizer step, and which
+//! examples step `s` takes — from the seed alone, so a resumed run takes the
+//! same ones.
+
+use crate::ml::data::Encoded;
+use crate::ml::rng::{mix, shuffled};
+
+use super::TrainSpec;
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct BatchPlan {
+    /// Examples of earlier streams in each micro-batch.
+    pub n_replay: usize,
+    /// Examples of this stream in each micro-batch.
+    pub fresh_per_batch: usize,
+    pub batches_per_epoch: usize,
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
+}
+
+impl BatchPlan {
+    pub fn new(spec: &TrainSpec, n_examples: usize, n_replay_pool: usize) -> BatchPlan {
+        let n_replay = if n_replay_pool == 0 {
+            0
+        } else {
+            ((spec.batch_size as f64 * spec.replay_fraction).round() as usize)
+                .min(spec.batch_size - 1)
+        };
+        let fresh_per_batch = spec.batch_size - n_replay;
+        let batches_per_epoch = n_examples.div_ceil(fresh_per_batch);
+        let steps_per_epoch = batches_per_epoch.div_ceil(spec.grad_accum_steps);
+        BatchPlan {
+            n_replay,
+            fresh_per_batch,
+            batches_per_epoch,
+            steps_per_epoch,
+            total_steps: steps_per_epoch * spec.epochs,
+        }
+    }
+
+    /// The micro-batches of optimizer step `step` (0-based).
+    pub fn micro_batches<'a>(
+        &self,
+        spec: &TrainSpec,
+        step: usize,
+        examples: &'a [Encoded],
+        replay: &'a [Encoded],
+    ) -> Vec<Vec<&'a Encoded>> {
+        let epoch = step / self.steps_per_epoch;
+        let order = shuffled(
+            examples.len(),
+            mix(spec.seed ^ (epoch as u64).wrapping_mul(0x1000_0001)),
+        );
+        let first = (step % self.steps_per_epoch) * spec.grad_accum_steps;
+        let last = (first + spec.grad_accum_steps).min(self.batches_per_epoch);
+        (first..last)
+            .map(|b| {
+                let mut batch: Vec<&Encoded> = order
+                    .iter()
+                    .skip(b * self.fresh_per_batch)
+                    .take(self.fresh_per_batch)
+                    .map(|&i| &examples[i])
+                    .collect();
+                for r in 0..self.n_replay {
+                    let k =
+                        mix(spec.seed ^ ((step * 131 + b * 17 + r) as u64)) as usize % replay.len();
+                    batch.push(&replay[k]);
+                }
+                batch
+            })
+            .collect()
+    }
+}
