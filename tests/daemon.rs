@@ -178,7 +178,10 @@ fn speaks_the_systemd_notify_protocol() {
     assert!(ready.contains("STATUS=running: 1 source(s)"), "{ready}");
     // Watchdog pings every WATCHDOG_USEC / 2 while healthy.
     let pings = notifications(&sock, "WATCHDOG=1", Duration::from_secs(5));
-    assert!(pings.iter().any(|p| p.trim_end() == "WATCHDOG=1"), "{pings:?}");
+    assert!(
+        pings.iter().any(|p| p.trim_end() == "WATCHDOG=1"),
+        "{pings:?}"
+    );
     // Reload: RELOADING=1 with MONOTONIC_USEC, then READY=1 again.
     d.signal(libc::SIGHUP);
     let got = notifications(&sock, "RELOADING=1", Duration::from_secs(10));

@@ -14,7 +14,7 @@ use scraper::{Html, Selector};
 use serde_json::{Map, Value, json};
 use url::Url;
 
-use super::{FetchReport, Record, SourceError};
+use super::{FetchReport, Record, ResponseProblem, SourceError};
 use crate::config::{CrawlMode, SourceConfig};
 use crate::http::{Http, Policy, parse_json, read_secret};
 use crate::store::Store;
@@ -64,11 +64,9 @@ pub async fn run(
         src.token_file.as_deref(),
         src.token_env.as_deref(),
     )?
-    .ok_or_else(|| {
-        SourceError::Setup(format!(
-            "source {}: set token_file or token_env for the Crawlbase token",
-            src.name
-        ))
+    .ok_or_else(|| SourceError::NotConfigured {
+        name: src.name.clone(),
+        what: "set token_file or token_env for the Crawlbase token",
     })?;
     let api = Api {
         http,
@@ -132,8 +130,10 @@ struct Api<'a> {
 impl Api<'_> {
     /// One Crawling API call; fails unless Crawlbase and the page both answered 200.
     async fn fetch(&self, target: &str, scraper: Option<&str>) -> Result<Value, SourceError> {
-        let mut url = Url::parse(&self.base)
-            .map_err(|e| SourceError::Setup(format!("base_url {:?}: {e}", self.base)))?;
+        let mut url = Url::parse(&self.base).map_err(|source| SourceError::BaseUrl {
+            base: self.base.clone(),
+            source,
+        })?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("token", &self.token)
@@ -150,11 +150,11 @@ impl Api<'_> {
         match (pc, original) {
             (Some(200), _) | (None, Some(200)) => Ok(v),
             (_, Some(404 | 410)) => Ok(v),
-            _ => Err(SourceError::Data(format!(
-                "Crawlbase could not fetch {target}: pc_status {}, original_status {}",
-                pc.map_or("?".into(), |n| n.to_string()),
-                original.map_or("?".into(), |n| n.to_string())
-            ))),
+            _ => Err(SourceError::NotFetched {
+                target: target.to_string(),
+                pc: pc.map_or("?".into(), |n| n.to_string()),
+                original: original.map_or("?".into(), |n| n.to_string()),
+            }),
         }
     }
 }
@@ -184,7 +184,10 @@ fn body_text(page: &Value) -> Result<String, SourceError> {
     page.get("body")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| SourceError::Data("Crawlbase response has no `body` text".into()))
+        .ok_or(SourceError::Response {
+            api: "Crawlbase",
+            problem: ResponseProblem::Missing("`body` text"),
+        })
 }
 
 /// The scraper's object: `body` as an object, or as a JSON string.
@@ -193,9 +196,10 @@ fn scraped(page: &Value) -> Result<Value, SourceError> {
         Some(Value::Object(_)) => Ok(page["body"].clone()),
         Some(Value::String(s)) => Ok(parse_json(s.as_bytes(), "Crawlbase scraper body")?),
         _ if page.get("question_title").is_some() => Ok(page.clone()),
-        _ => Err(SourceError::Data(
-            "Crawlbase response has no scraper `body`".into(),
-        )),
+        _ => Err(SourceError::Response {
+            api: "Crawlbase",
+            problem: ResponseProblem::Missing("scraper `body`"),
+        }),
     }
 }
 

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{FetchReport, Record, SourceError};
+use super::{FetchReport, Record, ResponseProblem, SourceError};
 use crate::config::SourceConfig;
 use crate::http::{Http, Policy, parse_json};
 use crate::store::Store;
@@ -23,14 +23,15 @@ pub async fn run(
     let dataset = src
         .dataset
         .as_deref()
-        .ok_or_else(|| SourceError::Setup(format!("source {}: `dataset` is not set", src.name)))?;
+        .ok_or_else(|| SourceError::NotConfigured {
+            name: src.name.clone(),
+            what: "`dataset` is not set",
+        })?;
     let policy = Policy::from(src);
     let mut offset: u64 = match store.source(&src.name)?.and_then(|r| r.cursor) {
-        Some(c) => c.parse().map_err(|_| {
-            SourceError::Data(format!(
-                "source {}: stored cursor {c:?} is not a row offset",
-                src.name
-            ))
+        Some(c) => c.parse().map_err(|_| SourceError::BadCursor {
+            name: src.name.clone(),
+            cursor: c.clone(),
         })?,
         None => 0,
     };
@@ -75,8 +76,13 @@ fn rows_url(
     offset: u64,
     length: u64,
 ) -> Result<Url, SourceError> {
-    let mut url = Url::parse(&format!("{}/rows", base.trim_end_matches('/')))
-        .map_err(|e| SourceError::Setup(format!("base_url {base:?}: {e}")))?;
+    let mut url =
+        Url::parse(&format!("{}/rows", base.trim_end_matches('/'))).map_err(|source| {
+            SourceError::BaseUrl {
+                base: base.to_string(),
+                source,
+            }
+        })?;
     url.query_pairs_mut()
         .append_pair("dataset", dataset)
         .append_pair("config", config)
@@ -84,6 +90,13 @@ fn rows_url(
         .append_pair("offset", &offset.to_string())
         .append_pair("length", &length.to_string());
     Ok(url)
+}
+
+fn rows_api(problem: ResponseProblem) -> SourceError {
+    SourceError::Response {
+        api: "rows API",
+        problem,
+    }
 }
 
 /// The records of one page and the dataset's row count, if given.
@@ -94,12 +107,12 @@ fn parse_page(
     offset: u64,
 ) -> Result<(Vec<Record>, Option<u64>), SourceError> {
     if let Some(err) = page.get("error").and_then(Value::as_str) {
-        return Err(SourceError::Data(format!("rows API: {err}")));
+        return Err(rows_api(ResponseProblem::Error(err.to_string())));
     }
     let rows = page
         .get("rows")
         .and_then(Value::as_array)
-        .ok_or_else(|| SourceError::Data("rows API: response has no `rows` array".into()))?;
+        .ok_or_else(|| rows_api(ResponseProblem::Missing("`rows` array")))?;
     let total = page.get("num_rows_total").and_then(Value::as_u64);
     let mut out = Vec::with_capacity(rows.len());
     for (i, r) in rows.iter().enumerate() {
@@ -110,7 +123,7 @@ fn parse_page(
         let obj = r
             .get("row")
             .and_then(Value::as_object)
-            .ok_or_else(|| SourceError::Data(format!("rows API: row {idx} has no `row` object")))?;
+            .ok_or_else(|| rows_api(ResponseProblem::RowWithoutObject(idx)))?;
         let mut rec = Record::from_object(obj, &src.fields);
         rec.external_id = Some(format!(
             "{dataset}/{}/{}/{idx}",

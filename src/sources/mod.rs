@@ -25,12 +25,28 @@ pub enum SourceError {
     Secret(#[from] SecretError),
     #[error(transparent)]
     NotJson(#[from] NotJson),
-    /// The response or file is not what the source expects.
-    #[error("{0}")]
-    Data(String),
-    /// Set-up the config check cannot see (a token file that cannot be read …).
-    #[error("{0}")]
-    Setup(String),
+    /// A key the config check cannot require for every kind is not set.
+    #[error("source {name}: {what}")]
+    NotConfigured { name: String, what: &'static str },
+    #[error("base_url {base:?}: {source}")]
+    BaseUrl {
+        base: String,
+        source: url::ParseError,
+    },
+    #[error("source {name}: stored cursor {cursor:?} is not a row offset")]
+    BadCursor { name: String, cursor: String },
+    /// The API answered, but not with what it documents.
+    #[error("{api}: {problem}")]
+    Response {
+        api: &'static str,
+        problem: ResponseProblem,
+    },
+    #[error("Crawlbase could not fetch {target}: pc_status {pc}, original_status {original}")]
+    NotFetched {
+        target: String,
+        pc: String,
+        original: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{what}: {source}")]
@@ -38,6 +54,18 @@ pub enum SourceError {
         what: String,
         source: std::io::Error,
     },
+}
+
+/// What is wrong with an API's response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseProblem {
+    /// The API's own error message.
+    #[error("{0}")]
+    Error(String),
+    #[error("response has no {0}")]
+    Missing(&'static str),
+    #[error("row {0} has no `row` object")]
+    RowWithoutObject(u64),
 }
 
 /// One question with (at most) one answer, as a source found it.
