@@ -35,7 +35,8 @@ pub enum PipelineError {
     NoModel(PathBuf),
 }
 
-fn load_base(config: &Config) -> Result<(CausalLm, ChatTokenizer), PipelineError> {
+/// The base model and tokenizer `[model]` names, on its device and dtype.
+pub fn load_base(config: &Config) -> Result<(CausalLm, ChatTokenizer), PipelineError> {
     let dir = config.model_path();
     if !dir.join("config.json").exists() {
         return Err(PipelineError::NoModel(dir));
@@ -70,6 +71,16 @@ fn ancestors(all: &[AdapterRow], a: &AdapterRow) -> Vec<AdapterRow> {
     chain
 }
 
+/// The ancestors to merge into a fresh base before loading `a` (root first):
+/// all of them under `merge_each`, none otherwise.
+pub fn baked_ancestors(all: &[AdapterRow], a: &AdapterRow) -> Vec<AdapterRow> {
+    if merges_ancestors(a) {
+        ancestors(all, a)
+    } else {
+        Vec::new()
+    }
+}
+
 /// Puts `model` (a freshly loaded base) in the state adapter `a` was trained
 /// on: under `merge_each`, every ancestor merged into the weights.
 fn bake_ancestors(
@@ -77,11 +88,9 @@ fn bake_ancestors(
     all: &[AdapterRow],
     a: &AdapterRow,
 ) -> Result<(), PipelineError> {
-    if merges_ancestors(a) {
-        for p in ancestors(all, a) {
-            model.load_adapter(&p.path)?;
-            model.bake_lora();
-        }
+    for p in baked_ancestors(all, a) {
+        model.load_adapter(&p.path)?;
+        model.bake_lora();
     }
     Ok(())
 }
