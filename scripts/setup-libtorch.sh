@@ -15,13 +15,15 @@ VENV="${LORASTREAM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/lorastream/venv}"
 PYTHON="${PYTHON:-python3}"
 
 # One line per requirement. torch==2.13.0 is the libtorch version tch 0.26 expects.
-# transformers/peft/safetensors/numpy are test-only (parity tests), never runtime.
+# transformers/peft/safetensors/numpy (parity tests) and openai (the chat API
+# test client) are test-only, never runtime.
 REQUIREMENTS=(
   "torch==2.13.0"
   "numpy<3"
   "safetensors>=0.4"
   "transformers>=4.46,<5"
   "peft>=0.13"
+  "openai>=1.40"
 )
 WANT="$(printf '%s\n' "${REQUIREMENTS[@]}")"
 STAMP="$VENV/.lorastream-requirements"

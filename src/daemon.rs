@@ -63,7 +63,9 @@ pub async fn run(
         "lorastream started"
     );
     let grace = config.daemon.shutdown_deadline();
-    let supervisor = Supervisor::start(Arc::new(config), Notifier::from_env())?;
+    let config = Arc::new(config);
+    let server = start_server(&config);
+    let supervisor = Supervisor::start(config, Notifier::from_env())?;
 
     let reason = loop {
         match control.recv().await {
@@ -82,6 +84,10 @@ pub async fn run(
         }
     };
     tracing::info!(reason, "shutting down");
+    if let Some(server) = server {
+        // Requests in flight finish (up to the server's shutdown timeout).
+        server.stop(true).await;
+    }
     if tokio::time::timeout(grace, supervisor.send(Shutdown))
         .await
         .is_err()
@@ -91,6 +97,29 @@ pub async fn run(
     store.checkpoint()?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Starts the chat server when `[server] enabled`; a failure (address in use,
+/// unreadable API key) is logged and the daemon goes on learning without it.
+fn start_server(config: &Arc<Config>) -> Option<actix_web::dev::ServerHandle> {
+    if !config.server.enabled {
+        return None;
+    }
+    match crate::server::start(Arc::clone(config)) {
+        Ok(server) => {
+            let handle = server.handle();
+            actix::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "chat server stopped");
+                }
+            });
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "chat server not started; the daemon goes on without it");
+            None
+        }
+    }
 }
 
 fn register_sources(store: &Store, config: &Config) -> Result<(), StoreError> {

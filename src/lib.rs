@@ -23,6 +23,7 @@
 //! - [`train`]: continual LoRA training with checkpoints and replay.
 //! - [`eval`]: perplexity and the forgetting matrix.
 //! - [`pipeline`]: train / evaluate over the store (used by CLI and daemon).
+//! - [`server`]: the OpenAI-compatible chat server with hot swap and memory.
 //!
 //! The binary (`src/main.rs` and `src/cli/`: arguments, one function per
 //! subcommand, the crawl loop, the benchmarks comparable with
@@ -40,6 +41,7 @@ pub mod ml;
 pub mod notify;
 pub mod pipeline;
 pub mod preprocess;
+pub mod server;
 pub mod sources;
 pub mod status;
 pub mod store;

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::args::{BenchCommand, Cli, Command, ConfigCommand, ModelCommand, StreamsCommand};
+use cli::args::{
+    BenchCommand, Cli, Command, ConfigCommand, MemoryCommand, ModelCommand, StreamsCommand,
+};
 use cli::commands::{self, init_logs, with_config};
 
 fn main() -> ExitCode {
@@ -76,6 +78,18 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Eval { json } => with_config(cli, |config| {
             init_logs(cli, &config)?;
             commands::eval(&config, *json)
+        }),
+        Command::Chat { url, model, user } => with_config(cli, |config| {
+            let args = cli::chat::ChatArgs {
+                url: url.clone(),
+                model: model.clone(),
+                user: user.clone(),
+            };
+            cli::chat::command(&config, args)
+        }),
+        Command::Memory { command } => with_config(cli, |config| match command {
+            MemoryCommand::List { user } => commands::memory_list(&config, user),
+            MemoryCommand::Forget { user } => commands::memory_forget(&config, user),
         }),
         Command::Run => with_config(cli, |config| {
             init_logs(cli, &config)?;

@@ -108,6 +108,24 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Chat with the running daemon in the terminal (streams tokens; /reset,
+    /// /model V, /quit). Reads one message per line when stdin is not a terminal.
+    Chat {
+        /// The API's base URL (default: http://<[server] listen>).
+        #[arg(long)]
+        url: Option<String>,
+        /// A version: lorastream (the served one), lorastream@vN, base.
+        #[arg(long)]
+        model: Option<String>,
+        /// Who is chatting: the server remembers a user's conversations.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// What the chat server remembers of a user.
+    Memory {
+        #[command(subcommand)]
+        command: MemoryCommand,
+    },
     /// Benchmarks printing one JSON line, comparable with ../shared/bench/peer_hf.py.
     Bench {
         #[command(subcommand)]
@@ -156,6 +174,14 @@ pub enum BenchCommand {
     Train(TrainArgs),
     /// Perplexity over a data set, and tokens per second.
     Eval(EvalArgs),
+}
+
+#[derive(Subcommand)]
+pub enum MemoryCommand {
+    /// Print a user's stored messages, oldest first.
+    List { user: String },
+    /// Delete a user's conversations and messages (and their search index rows).
+    Forget { user: String },
 }
 
 #[derive(Subcommand)]

@@ -179,6 +179,30 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `memory list`
+pub fn memory_list(config: &Config, user: &str) -> anyhow::Result<ExitCode> {
+    let store = Store::open_for(config)?;
+    let messages = store.user_messages(user)?;
+    for m in &messages {
+        println!(
+            "{} {:<9} {}",
+            m.conversation_id,
+            m.role,
+            m.content.replace('\n', " ")
+        );
+    }
+    eprintln!("{} message(s) of {user:?}", messages.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `memory forget`
+pub fn memory_forget(config: &Config, user: &str) -> anyhow::Result<ExitCode> {
+    let store = Store::open_for(config)?;
+    let n = store.forget_user(user)?;
+    println!("forgot {n} message(s) of {user:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `run`: the daemon in the foreground.
 pub fn run(cli: &Cli, config: Config) -> anyhow::Result<ExitCode> {
     let system = actix::System::new();

@@ -3,5 +3,6 @@
 
 pub mod args;
 pub mod bench;
+pub mod chat;
 pub mod commands;
 pub mod crawl;

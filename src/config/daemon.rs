@@ -83,8 +83,24 @@ pub struct ServerConfig {
     /// Retrieve relevant past messages into the prompt.
     pub memory: bool,
     pub memory_results: usize,
+    /// Tokens of recalled memories at most in one prompt.
+    pub memory_tokens: usize,
     /// Turn opted-in conversations into training examples.
     pub learn_from_conversations: bool,
+    /// Requests waiting for the generation worker at most; more get 429.
+    pub queue: usize,
+    /// A prompt over the context window: drop the oldest turns, or answer 400.
+    pub overflow: OverflowPolicy,
+}
+
+text_enum! {
+    /// What the server does with a prompt over the model's context window.
+    pub enum OverflowPolicy {
+        /// Drop the oldest turns (never the system prompt or the last message).
+        Truncate = "truncate",
+        /// Answer 400 `context_length_exceeded`.
+        Refuse = "refuse",
+    }
 }
 
 impl Default for ServerConfig {
@@ -99,7 +115,10 @@ impl Default for ServerConfig {
             max_request_bytes: 1 << 20,
             memory: true,
             memory_results: 4,
+            memory_tokens: 256,
             learn_from_conversations: false,
+            queue: 8,
+            overflow: OverflowPolicy::Truncate,
         }
     }
 }

@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 /// The dtype setting is the model layer's own type.
 pub use crate::ml::DType;
 pub use daemon::{
-    DaemonConfig, LogFormat, ON_NEW_STREAM, ScheduleConfig, ServerConfig, StoreConfig,
+    DaemonConfig, LogFormat, ON_NEW_STREAM, OverflowPolicy, ScheduleConfig, ServerConfig,
+    StoreConfig,
 };
 pub use data::{PreprocessConfig, StreamsConfig, SummarizerBackend, SummarizerConfig};
 pub use learning::{

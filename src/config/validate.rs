@@ -362,6 +362,7 @@ fn check_server(k: &mut Checker, c: &Config) {
         );
     }
     k.at_least("server.max_tokens", c.server.max_tokens, 1);
+    k.at_least("server.queue", c.server.queue, 1);
     k.at_least("server.max_request_bytes", c.server.max_request_bytes, 1024);
     if let Some(f) = &c.server.api_key_file {
         k.exists(KeyPath::parse("server.api_key_file"), f, "file");

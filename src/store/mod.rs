@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_data_plane.sql"),
     include_str!("migrations/0003_stages.sql"),
+    include_str!("migrations/0004_chat.sql"),
 ];
 
 /// The schema version this build writes.

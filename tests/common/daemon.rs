@@ -89,3 +89,13 @@ impl Daemon {
         let _ = self.child.wait();
     }
 }
+
+impl Drop for Daemon {
+    /// A test that fails midway leaves no daemon behind (holding its pipes).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! `lorastream chat`: a terminal chat against the running daemon's API. It
+//! streams tokens as they arrive, keeps its conversation (history and an
+//! `X-Conversation-Id`), and takes `/reset`, `/model V` and `/quit`. When stdin
+//! is not a terminal it reads one message per line (scriptable).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use lorastream::config::Config;
+
+pub struct ChatArgs {
+    pub url: Option<String>,
+    pub model: Option<String>,
+    pub user: Option<String>,
+}
+
+pub fn command(config: &Config, args: ChatArgs) -> anyhow::Result<ExitCode> {
+    let url = args
+        .url
+        .unwrap_or_else(|| format!("http://{}", config.server.listen));
+    let key = lorastream::http::read_secret(
+        "[server] API key",
+        config.server.api_key_file.as_deref(),
+        config.server.api_key_env.as_deref(),
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(chat_loop(url, key, args.model, args.user))
+}
+
+async fn chat_loop(
+    url: String,
+    key: Option<String>,
+    mut model: Option<String>,
+    user: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::new();
+    let interactive = std::io::stdin().is_terminal();
+    let mut conversation = new_conversation_id();
+    let mut history: Vec<Value> = Vec::new();
+    if interactive {
+        eprintln!("chatting with {url} (/reset, /model NAME, /quit)");
+    }
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+            std::io::stderr().flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        match line {
+            "/quit" | "/exit" => break,
+            "/reset" => {
+                history.clear();
+                conversation = new_conversation_id();
+                eprintln!("(new conversation)");
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(m) = line.strip_prefix("/model") {
+            model = Some(m.trim().to_string()).filter(|m| !m.is_empty());
+            eprintln!("(model: {})", model.as_deref().unwrap_or("the served one"));
+            continue;
+        }
+        history.push(json!({"role": "user", "content": line}));
+        let mut body = json!({"messages": history, "stream": true});
+        if let Some(m) = &model {
+            body["model"] = json!(m);
+        }
+        if let Some(u) = &user {
+            body["user"] = json!(u);
+        }
+        let mut req = client
+            .post(format!("{}/v1/chat/completions", url.trim_end_matches('/')))
+            .header("x-conversation-id", &conversation)
+            .json(&body);
+        if let Some(k) = &key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            history.pop();
+            eprintln!(
+                "error {status}: {}",
+                v["error"]["message"].as_str().unwrap_or("(no message)")
+            );
+            continue;
+        }
+        let answer = print_stream(resp).await?;
+        history.push(json!({"role": "assistant", "content": answer}));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the streamed deltas as they come; returns the whole answer.
+async fn print_stream(resp: reqwest::Response) -> anyhow::Result<String> {
+    let mut answer = String::new();
+    let mut pending = String::new();
+    let mut body = resp.bytes_stream();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = body.next().await {
+        pending.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            let Some(data) = event.trim().strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+            if let Some(msg) = v["error"]["message"].as_str() {
+                eprintln!("\nerror: {msg}");
+            }
+            if let Some(d) = v["choices"][0]["delta"]["content"].as_str() {
+                answer.push_str(d);
+                write!(out, "{d}")?;
+                out.flush()?;
+            }
+        }
+    }
+    writeln!(out)?;
+    Ok(answer)
+}
+
+fn new_conversation_id() -> String {
+    format!(
+        "cli-{}-{:x}",
+        std::process::id(),
+        lorastream::store::now_ms()
+    )
+}

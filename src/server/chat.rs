@@ -1,0 +1,272 @@
+//! `POST /v1/chat/completions`: checks the request, recalls memories, queues
+//! the job on the generation worker (429 when the queue is full), and answers
+//! with one `chat.completion`, or with a stream of `chat.completion.chunk`
+//! events ending `data: [DONE]`. A client that disconnects mid-stream drops
+//! the channel, which stops its generation at the next token.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::api::{self, ApiError, ChatRequest, Usage};
+use super::engine::{EngineError, Event, Job};
+use super::memory::{self, Speaker};
+use super::{State, authorize, read_body, versions};
+use crate::ml::generate::SamplingParams;
+
+/// Header naming the conversation a request continues.
+pub const CONVERSATION_HEADER: &str = "x-conversation-id";
+/// Header saying how many memories went into the prompt.
+pub const MEMORIES_HEADER: &str = "x-lorastream-memories";
+
+pub async fn completions(
+    state: web::Data<State>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let body = read_body(&state, payload).await?;
+    let request: ChatRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid("body", &format!("invalid request: {e}")))?;
+    let requested_model = request.model.clone();
+    let user = request.user.clone();
+    let checked = request.check(state.config.server.max_tokens)?;
+    let name = state.config.server.model_name.clone();
+    let version = versions::current(&state.versions).resolve(requested_model.as_deref(), &name)?;
+    let state = state.into_inner();
+
+    let speaker = Speaker::of(
+        user.as_deref(),
+        req.headers()
+            .get(CONVERSATION_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let memories = match (&speaker, state.config.server.memory) {
+        (Some(sp), true) => {
+            let (sp, msgs) = (sp.clone(), checked.messages.clone());
+            let (limit, budget) = (
+                state.config.server.memory_results,
+                state.config.server.memory_tokens,
+            );
+            state
+                .with_store(move |s| memory::recall(s, &sp, &msgs, limit, budget))
+                .await?
+        }
+        _ => Vec::new(),
+    };
+    let n_memories = memories.len();
+    let prompt = memory::with_memories(checked.messages.clone(), &memories);
+
+    let (tx, mut rx) = mpsc::channel(64);
+    let job = Job {
+        version,
+        messages: prompt,
+        params: SamplingParams {
+            max_new_tokens: checked.max_tokens,
+            temperature: checked.temperature,
+            top_p: checked.top_p,
+            seed: checked.seed,
+            stop: checked.stop.clone(),
+            ..SamplingParams::default()
+        },
+        overflow: state.overflow(),
+        events: tx,
+    };
+    let label = job.version.label.clone();
+    let started = Instant::now();
+    if state.engine.submit(job).is_err() {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
+                "{} requests are queued already; retry shortly",
+                state.engine.capacity()
+            ),
+        )
+        .with_code("queue_full")
+        .retry_after(1));
+    }
+    let prompt_tokens = match rx.recv().await {
+        Some(Event::Started { prompt_tokens, .. }) => prompt_tokens,
+        Some(Event::Failed(e)) => return Err(engine_error(e)),
+        _ => return Err(engine_error(EngineError::Generation("no answer".into()))),
+    };
+    let id = format!("chatcmpl-{}", uuid_like());
+    let created = crate::store::now_ms() / 1000;
+    // Stores the exchange (a whole answer: before responding, so the next
+    // request sees it; a stream: when it ends).
+    let remember = {
+        let state = Arc::clone(&state);
+        let messages = checked.messages.clone();
+        let speaker = speaker.filter(|_| state.config.server.memory);
+        move |answer: String| async move {
+            if let Some(sp) = speaker {
+                let r = state
+                    .with_store(move |s| memory::remember(s, &sp, &messages, &answer))
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "cannot store the conversation");
+                }
+            }
+        }
+    };
+    let mut response = HttpResponse::Ok();
+    response.insert_header((MEMORIES_HEADER, n_memories.to_string()));
+    if !checked.stream {
+        let mut text = String::new();
+        loop {
+            match rx.recv().await {
+                Some(Event::Delta(d)) => text.push_str(&d),
+                Some(Event::Done {
+                    finish,
+                    completion_tokens,
+                }) => {
+                    let usage = Usage::new(prompt_tokens, completion_tokens);
+                    log_done(&label, &usage, started, n_memories);
+                    remember(text.clone()).await;
+                    return Ok(response.json(api::completion(
+                        &id,
+                        created,
+                        &label,
+                        &text,
+                        finish_reason(finish),
+                        &usage,
+                    )));
+                }
+                Some(Event::Failed(e)) => return Err(engine_error(e)),
+                Some(Event::Started { .. }) => {}
+                None => return Err(engine_error(EngineError::Generation("worker gone".into()))),
+            }
+        }
+    }
+    // Streaming: the role first, then the deltas, then the finish reason.
+    let first = sse(&api::chunk(
+        &id,
+        created,
+        &label,
+        json!({"role": "assistant", "content": ""}),
+        None,
+    ));
+    let mut text = String::new();
+    let mut remember = Some(remember);
+    let stream = async_stream(rx, move |event| match event {
+        Event::Delta(d) => {
+            text.push_str(&d);
+            Some(vec![sse(&api::chunk(
+                &id,
+                created,
+                &label,
+                json!({"content": d}),
+                None,
+            ))])
+        }
+        Event::Done {
+            finish,
+            completion_tokens,
+        } => {
+            let usage = Usage::new(prompt_tokens, completion_tokens);
+            log_done(&label, &usage, started, n_memories);
+            if let Some(f) = remember.take() {
+                actix_web::rt::spawn(f(std::mem::take(&mut text)));
+            }
+            let mut last = api::chunk(&id, created, &label, json!({}), Some(finish_reason(finish)));
+            last["usage"] = json!(usage);
+            Some(vec![
+                sse(&last),
+                web::Bytes::from_static(b"data: [DONE]\n\n"),
+            ])
+        }
+        Event::Failed(e) => {
+            let e = engine_error(e);
+            Some(vec![
+                sse(&e.body()),
+                web::Bytes::from_static(b"data: [DONE]\n\n"),
+            ])
+        }
+        Event::Started { .. } => Some(Vec::new()),
+    });
+    Ok(response
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(
+            futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(first) })
+                .chain(stream),
+        ))
+}
+
+fn finish_reason(f: crate::ml::generate::FinishReason) -> &'static str {
+    match f {
+        crate::ml::generate::FinishReason::Length => "length",
+        _ => "stop",
+    }
+}
+
+fn log_done(label: &str, usage: &Usage, started: Instant, memories: usize) {
+    tracing::info!(
+        model = label,
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        memories,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "chat completion"
+    );
+}
+
+fn engine_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::TooLong { .. } => {
+            ApiError::invalid("messages", &e.to_string()).with_code("context_length_exceeded")
+        }
+        EngineError::NoModel(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            e.to_string(),
+        )
+        .retry_after(5),
+        EngineError::Generation(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            e.to_string(),
+        )
+        .retry_after(1),
+    }
+}
+
+/// One Server-Sent Event carrying `v` as JSON.
+fn sse(v: &serde_json::Value) -> web::Bytes {
+    web::Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// A random-looking id (time and a counter; ids only need to be unique).
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:x}{:06x}",
+        crate::store::now_ms(),
+        crate::ml::rng::mix(n) & 0xff_ffff
+    )
+}
+
+/// The events of `rx` mapped to body chunks by `f`, ending when the worker
+/// drops its sender.
+fn async_stream(
+    rx: mpsc::Receiver<Event>,
+    f: impl FnMut(Event) -> Option<Vec<web::Bytes>> + 'static,
+) -> impl futures_util::Stream<Item = Result<web::Bytes, std::convert::Infallible>> {
+    futures_util::stream::unfold((rx, f), |(mut rx, mut f)| async move {
+        let event = rx.recv().await?;
+        let chunks = f(event)?;
+        Some((
+            futures_util::stream::iter(chunks.into_iter().map(Ok)),
+            (rx, f),
+        ))
+    })
+    .flatten()
+}

@@ -1,0 +1,276 @@
+//! The generation worker: one thread that owns a model copy (the base weights
+//! and the LoRA of the version a job asks for), takes jobs from a bounded
+//! queue and streams tokens back over a channel. It never runs on an async
+//! executor thread and never waits for training, which has its own copy.
+//!
+//! Jobs run one at a time, so a request in flight finishes on the version it
+//! started with; the next job loads the adapter it names (a hot swap costs
+//! one adapter load, milliseconds for a LoRA).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+
+use tokio::sync::mpsc::Sender;
+
+use crate::config::Config;
+use crate::ml::generate::{FinishReason, SamplingParams, generate};
+use crate::ml::{CausalLm, ChatTokenizer, Message};
+use crate::store::AdapterRow;
+
+/// Which weights answer: the base model, or an adapter version (with the
+/// ancestors a `merge_each` version was trained on, root first).
+#[derive(Debug, Clone)]
+pub struct VersionRef {
+    /// What responses name: `lorastream@v3`, or `base`.
+    pub label: String,
+    pub adapter: Option<AdapterRow>,
+    pub baked: Vec<AdapterRow>,
+}
+
+/// What to do with a prompt longer than the context window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop the oldest turns (never the system prompt or the last message).
+    Truncate,
+    /// Answer 400.
+    Refuse,
+}
+
+pub struct Job {
+    pub version: VersionRef,
+    pub messages: Vec<Message>,
+    pub params: SamplingParams,
+    pub overflow: Overflow,
+    pub events: Sender<Event>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// The prompt fits and generation starts.
+    Started {
+        prompt_tokens: usize,
+        dropped_turns: usize,
+    },
+    Delta(String),
+    Done {
+        finish: FinishReason,
+        completion_tokens: usize,
+    },
+    Failed(EngineError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no model to serve: {0}")]
+    NoModel(String),
+    #[error(
+        "the prompt is {tokens} tokens, over the {limit} the model's context window leaves after max_tokens; shorten the conversation or lower max_tokens"
+    )]
+    TooLong { tokens: usize, limit: usize },
+    #[error("generation failed: {0}")]
+    Generation(String),
+}
+
+/// The handle requests submit jobs through.
+#[derive(Clone)]
+pub struct Engine {
+    tx: SyncSender<Job>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl Engine {
+    /// Starts the worker thread; at most `queue` jobs wait behind the running one.
+    pub fn start(config: Arc<Config>, queue: usize) -> std::io::Result<Engine> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(queue);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let q = Arc::clone(&queued);
+        std::thread::Builder::new()
+            .name("generation".into())
+            .spawn(move || worker(config, rx, q))?;
+        Ok(Engine {
+            tx,
+            queued,
+            capacity: queue,
+        })
+    }
+
+    /// Queues `job`; `Err` gives it back when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(Box::new(job))
+            }
+        }
+    }
+
+    /// Jobs waiting or running.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+struct Loaded {
+    model: CausalLm,
+    tok: ChatTokenizer,
+    /// The adapter attached now.
+    adapter: Option<i64>,
+    /// Ancestors merged into the weights (`merge_each`); a clean base is
+    /// reloaded before any other version runs.
+    baked: Vec<i64>,
+}
+
+fn worker(config: Arc<Config>, rx: Receiver<Job>, queued: Arc<AtomicUsize>) {
+    let mut loaded: Option<Loaded> = None;
+    for job in rx {
+        if !job.events.is_closed() {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(&config, &mut loaded, &job)
+            }));
+            let failure = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => {
+                    // The model may be half-modified: load it again next time.
+                    loaded = None;
+                    Some(EngineError::Generation(
+                        "the generation worker panicked".into(),
+                    ))
+                }
+            };
+            if let Some(e) = failure {
+                tracing::warn!(error = %e, version = %job.version.label, "chat request failed");
+                let _ = job.events.blocking_send(Event::Failed(e));
+            }
+        }
+        queued.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Puts the weights of `v` in place, loading the base when needed.
+fn prepare<'a>(
+    config: &Config,
+    slot: &'a mut Option<Loaded>,
+    v: &VersionRef,
+) -> Result<&'a mut Loaded, EngineError> {
+    let want_baked: Vec<i64> = v.baked.iter().map(|a| a.id).collect();
+    if slot.as_ref().is_some_and(|l| l.baked != want_baked) {
+        *slot = None;
+    }
+    let l = match slot.take() {
+        Some(l) => l,
+        None => {
+            let (mut model, tok) = crate::pipeline::load_base(config)
+                .map_err(|e| EngineError::NoModel(e.to_string()))?;
+            for a in &v.baked {
+                model
+                    .load_adapter(&a.path)
+                    .map_err(|e| EngineError::NoModel(e.to_string()))?;
+                model.bake_lora();
+            }
+            Loaded {
+                model,
+                tok,
+                adapter: None,
+                baked: want_baked,
+            }
+        }
+    };
+    let l = slot.insert(l);
+    let want = v.adapter.as_ref().map(|a| a.id);
+    if l.adapter != want {
+        l.model.clear_lora();
+        l.adapter = None;
+        if let Some(a) = &v.adapter {
+            l.model
+                .load_adapter(&a.path)
+                .map_err(|e| EngineError::NoModel(format!("adapter v{}: {e}", a.id)))?;
+            tracing::info!(version = %v.label, "serving adapter loaded");
+        }
+        l.adapter = want;
+    }
+    Ok(l)
+}
+
+fn run(config: &Config, slot: &mut Option<Loaded>, job: &Job) -> Result<(), EngineError> {
+    let l = prepare(config, slot, &job.version)?;
+    let context = l.model.config.max_position_embeddings;
+    let reserve = job.params.max_new_tokens.clamp(1, (context / 2).max(1));
+    let (prompt, dropped_turns) = fit(&l.tok, &job.messages, context - reserve, job.overflow)?;
+    if job
+        .events
+        .blocking_send(Event::Started {
+            prompt_tokens: prompt.len(),
+            dropped_turns,
+        })
+        .is_err()
+    {
+        return Ok(()); // the client left
+    }
+    let mut streamed = String::new();
+    let g = generate(&l.model, &l.tok, &prompt, &job.params, |_, delta| {
+        if delta.is_empty() {
+            return std::ops::ControlFlow::Continue(());
+        }
+        streamed.push_str(delta);
+        match job.events.blocking_send(Event::Delta(delta.to_string())) {
+            Ok(()) => std::ops::ControlFlow::Continue(()),
+            Err(_) => std::ops::ControlFlow::Break(()),
+        }
+    })
+    .map_err(|e| EngineError::Generation(e.to_string()))?;
+    // Text held back at the end (a stop string cut, bytes of a partial character).
+    if let Some(rest) = g.text.strip_prefix(streamed.as_str())
+        && !rest.is_empty()
+    {
+        let _ = job.events.blocking_send(Event::Delta(rest.to_string()));
+    }
+    let _ = job.events.blocking_send(Event::Done {
+        finish: g.finish,
+        completion_tokens: g.ids.len(),
+    });
+    Ok(())
+}
+
+/// Token ids of the prompt, fitted into `limit` tokens: with `Truncate`, the
+/// oldest turns after the system prompt go first (the last message always
+/// stays). Returns the ids and how many turns were dropped.
+fn fit(
+    tok: &ChatTokenizer,
+    messages: &[Message],
+    limit: usize,
+    overflow: Overflow,
+) -> Result<(Vec<u32>, usize), EngineError> {
+    let encode = |m: &[Message]| -> Result<Vec<u32>, EngineError> {
+        let text = tok
+            .render(m, true)
+            .map_err(|e| EngineError::Generation(e.to_string()))?;
+        tok.encode(&text)
+            .map_err(|e| EngineError::Generation(e.to_string()))
+    };
+    let mut kept: Vec<Message> = messages.to_vec();
+    let mut dropped = 0;
+    loop {
+        let ids = encode(&kept)?;
+        if ids.len() <= limit {
+            return Ok((ids, dropped));
+        }
+        let first = usize::from(kept.first().is_some_and(|m| m.role == "system"));
+        if overflow == Overflow::Refuse || kept.len() <= first + 1 {
+            return Err(EngineError::TooLong {
+                tokens: ids.len(),
+                limit,
+            });
+        }
+        kept.remove(first);
+        dropped += 1;
+    }
+}

@@ -1,0 +1,463 @@
+//! The chat server of a real daemon over loopback HTTP: OpenAI's wire format
+//! (whole and streamed), models, errors, API keys, memory across a restart,
+//! a hot swap under load while the daemon trains, and the official Python
+//! `openai` client.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::daemon::Daemon;
+use serde_json::{Value, json};
+
+const KEY: &str = "test-key-1234";
+
+/// A raw body and the extra headers to send it with.
+type BadRequest = (Vec<u8>, Vec<(&'static str, &'static str)>);
+
+/// A tiny Llama model, a config with the server on an ephemeral port.
+fn setup(dir: &Path, extra: &str) -> PathBuf {
+    let out = common::lorastream()
+        .args(["model", "init", "--arch", "llama", "--out"])
+        .arg(dir.join("model"))
+        .output()
+        .unwrap();
+    common::assert_ok(&out);
+    let config = dir.join("lorastream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"state\"\n[model]\npath = \"model\"\nthreads = 1\n\
+             [server]\nlisten = \"127.0.0.1:0\"\napi_key_env = \"LS_CHAT_KEY\"\nmax_tokens = 12\n{extra}"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn start(config: &Path) -> (Daemon, String) {
+    let d = Daemon::start_with_env(config, &[("LS_CHAT_KEY", KEY)]);
+    let line = d.wait_for("chat server listening");
+    let url = format!("http://{}", line["listen"].as_str().unwrap());
+    (d, url)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// POSTs `body` (raw) to /v1/chat/completions with the key; status, headers, JSON.
+async fn post_raw(
+    url: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut r = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        r = r.bearer_auth(KEY);
+    }
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = r.body(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let h = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, h, v)
+}
+
+async fn ask(
+    url: &str,
+    body: Value,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    post_raw(url, body.to_string().into_bytes(), headers).await
+}
+
+fn hello(extra: Value) -> Value {
+    let mut b = json!({"model": "lorastream", "messages": [{"role": "user", "content": "hello there"}],
+                       "max_tokens": 8, "temperature": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+#[test]
+fn speaks_openai_chat_with_streams_models_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let (d, url) = start(&config);
+    rt().block_on(async {
+        // Models: the key is required; base and the served name are listed.
+        let r = client()
+            .get(format!("{url}/v1/models"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "invalid_api_key");
+        let m: Value = client()
+            .get(format!("{url}/v1/models"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = m["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["lorastream", "base"], "{m}");
+
+        // A whole completion.
+        let (status, _, c) = ask(&url, hello(json!({})), &[]).await;
+        assert_eq!(status, 200, "{c}");
+        assert_eq!(c["object"], "chat.completion");
+        assert_eq!(
+            c["model"], "base",
+            "no adapter promoted yet: the base answers"
+        );
+        let text = c["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let u = &c["usage"];
+        assert!(u["prompt_tokens"].as_u64().unwrap() > 0);
+        assert!(u["completion_tokens"].as_u64().unwrap() <= 8);
+        assert_eq!(
+            u["total_tokens"].as_u64(),
+            Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+        );
+
+        // The same request streamed: role first, the same text, finish reason, [DONE].
+        let resp = client()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&hello(json!({"stream": true})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let body = resp.text().await.unwrap();
+        let events: Vec<&str> = body
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .collect();
+        assert_eq!(*events.last().unwrap(), "[DONE]", "{body}");
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c["object"] == "chat.completion.chunk")
+        );
+        let streamed: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(streamed, text, "greedy: streamed and whole answers agree");
+        assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
+
+        // Twenty malformed requests: each a 4xx error object.
+        let long = "x".repeat(2 << 20);
+        let bad: Vec<BadRequest> = vec![
+            (b"not json".to_vec(), vec![]),
+            (b"".to_vec(), vec![]),
+            (b"[1, 2]".to_vec(), vec![]),
+            (json!({"messages": []}).to_string().into_bytes(), vec![]),
+            (json!({"messages": "hi"}).to_string().into_bytes(), vec![]),
+            (
+                json!({"model": "lorastream"}).to_string().into_bytes(),
+                vec![],
+            ),
+            (
+                json!({"messages": [{"role": "robot", "content": "x"}]})
+                    .to_string()
+                    .into_bytes(),
+                vec![],
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": 5}]})
+                    .to_string()
+                    .into_bytes(),
+                vec![],
+            ),
+            (
+                json!({"messages": [{"role": "user"}]})
+                    .to_string()
+                    .into_bytes(),
+                vec![],
+            ),
+            (
+                hello(json!({"max_tokens": -1})).to_string().into_bytes(),
+                vec![],
+            ),
+            (
+                hello(json!({"max_tokens": "many"}))
+                    .to_string()
+                    .into_bytes(),
+                vec![],
+            ),
+            (
+                hello(json!({"temperature": 5})).to_string().into_bytes(),
+                vec![],
+            ),
+            (
+                hello(json!({"temperature": "hot"}))
+                    .to_string()
+                    .into_bytes(),
+                vec![],
+            ),
+            (hello(json!({"top_p": 0})).to_string().into_bytes(), vec![]),
+            (
+                hello(json!({"stream": "yes"})).to_string().into_bytes(),
+                vec![],
+            ),
+            (
+                hello(json!({"stop": ["a", "b", "c", "d", "e"]}))
+                    .to_string()
+                    .into_bytes(),
+                vec![],
+            ),
+            (
+                hello(json!({"model": "gpt-nonexistent"}))
+                    .to_string()
+                    .into_bytes(),
+                vec![],
+            ),
+            (
+                hello(json!({"model": "lorastream@v99"}))
+                    .to_string()
+                    .into_bytes(),
+                vec![],
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": long}]})
+                    .to_string()
+                    .into_bytes(),
+                vec![],
+            ),
+            (
+                hello(json!({})).to_string().into_bytes(),
+                vec![("authorization", "Bearer wrong")],
+            ),
+        ];
+        assert_eq!(bad.len(), 20);
+        for (body, headers) in bad {
+            let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+            let (status, _, e) = post_raw(&url, body, &headers).await;
+            assert!((400..500).contains(&status), "{shown}: {status} {e}");
+            assert!(e["error"]["message"].is_string(), "{shown}: {e}");
+            assert!(e["error"]["type"].is_string(), "{shown}: {e}");
+        }
+        let r = client()
+            .get(format!("{url}/v1/nowhere"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+        // Still answering.
+        let (status, _, c) = ask(&url, hello(json!({})), &[]).await;
+        assert_eq!(status, 200, "{c}");
+        assert_eq!(c["choices"][0]["message"]["content"], text);
+    });
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+}
+
+#[test]
+fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let (d, url) = start(&config);
+    rt().block_on(async {
+        let tell = json!({"model": "lorastream", "user": "ann", "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Remember this: my cat is called Miso."}]});
+        let (status, h, _) = ask(&url, tell, &[("x-conversation-id", "first")]).await;
+        assert_eq!(status, 200);
+        assert_eq!(h["x-lorastream-memories"], "0");
+    });
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+
+    let (d, url) = start(&config);
+    let system_prompt_with_memory = rt().block_on(async {
+        let question = json!({"model": "lorastream", "user": "ann", "max_tokens": 4,
+            "messages": [{"role": "user", "content": "What is my cat called?"}]});
+        let (status, h, _) = ask(&url, question.clone(), &[("x-conversation-id", "second")]).await;
+        assert_eq!(status, 200);
+        let used: u64 = h["x-lorastream-memories"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // Another user does not see ann's memories.
+        let mut other = question.clone();
+        other["user"] = json!("bob");
+        let (_, hb, _) = ask(&url, other, &[]).await;
+        assert_eq!(hb["x-lorastream-memories"], "0");
+        // Forgetting removes them.
+        let r: Value = client()
+            .delete(format!("{url}/v1/memory/ann"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(r["deleted_messages"].as_u64().unwrap() >= 2, "{r}");
+        let (_, h2, _) = ask(&url, question, &[("x-conversation-id", "third")]).await;
+        assert_eq!(h2["x-lorastream-memories"], "0");
+        used
+    });
+    assert!(
+        system_prompt_with_memory >= 1,
+        "the fact told before the restart is recalled"
+    );
+    let listed = common::lorastream()
+        .args(["--config"])
+        .arg(&config)
+        .args(["memory", "list", "ann"])
+        .output()
+        .unwrap();
+    common::assert_ok(&listed);
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+}
+
+/// Chat examples about one made-up fact, for a stream the daemon trains on.
+fn write_stream(path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            json!({"messages": [
+                {"role": "user", "content": format!("What colour is the door of house {i}?")},
+                {"role": "assistant", "content": format!("The door of house {i} is painted blue.")}
+            ]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+#[test]
+fn hot_swap_under_load_while_training_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(
+        dir.path(),
+        "[train]\nepochs_per_stream = 20\nbatch_size = 4\nseq_len = 64\nlr = 0.01\nwarmup_steps = 2\n\
+         [streams]\neval_fraction = 0.2\n[feedback]\nrequire_improvement = true\n",
+    );
+    let file = dir.path().join("doors.jsonl");
+    write_stream(&file, 40);
+    let out = common::lorastream()
+        .args(["--config"])
+        .arg(&config)
+        .args(["streams", "import"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    common::assert_ok(&out);
+    // The daemon trains the sealed stream on start; requests go on meanwhile.
+    let (d, url) = start(&config);
+    let requests = std::thread::spawn(move || {
+        rt().block_on(async {
+            let mut seen: Vec<(Instant, u16, String)> = Vec::new();
+            let mut after_swap = 0;
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while (seen.len() < 50 || after_swap < 10) && Instant::now() < deadline {
+                let (status, _, c) = ask(&url, hello(json!({"max_tokens": 4})), &[]).await;
+                let model = c["model"].as_str().unwrap_or("").to_string();
+                if model.starts_with("lorastream@") {
+                    after_swap += 1;
+                }
+                seen.push((Instant::now(), status, model));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen
+        })
+    });
+    let training = d.wait_for("training stream");
+    let t_start = Instant::now();
+    d.wait_for("candidate trained");
+    let t_end = Instant::now();
+    let decision = d.wait_for("feedback decision");
+    assert_eq!(decision["decision"], "promoted", "{decision}");
+    let seen = requests.join().unwrap();
+    assert!(seen.len() >= 50, "{} requests", seen.len());
+    assert!(
+        seen.iter().all(|(_, s, _)| *s == 200),
+        "a request was dropped: {seen:?}"
+    );
+    let models: Vec<&str> = seen.iter().map(|(_, _, m)| m.as_str()).collect();
+    let first_new = models
+        .iter()
+        .position(|m| *m != "base")
+        .expect("the swap happened");
+    assert!(first_new > 0, "{models:?}");
+    assert!(
+        models[first_new..]
+            .iter()
+            .all(|m| *m == format!("lorastream@v{}", decision["adapter"])),
+        "after the swap every answer names the new version: {models:?}"
+    );
+    let during = seen
+        .iter()
+        .filter(|(t, _, _)| *t > t_start && *t < t_end)
+        .count();
+    assert!(during > 0, "answered while training ({training})");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+}
+
+#[test]
+fn the_official_openai_client_works() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/openai_client.py");
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let (d, url) = start(&config);
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(format!("{url}/v1"))
+        .arg(KEY)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup-libtorch.sh)", python.display()));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("openai client: ok"));
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+}
