@@ -119,7 +119,11 @@ pub fn process(
                 {"role": "user", "content": cleaned.question},
                 {"role": "assistant", "content": cleaned.answer},
             ]),
-            origin: Origin::Crawl,
+            origin: if item.source == crate::store::CONVERSATIONS_SOURCE {
+                Origin::Conversation
+            } else {
+                Origin::Crawl
+            },
             quality: json!({
                 "source": item.source,
                 "url": item.url,

@@ -289,6 +289,29 @@ fn speaks_openai_chat_with_streams_models_and_errors() {
         assert_eq!(status, 200, "{c}");
         assert_eq!(c["choices"][0]["message"]["content"], text);
     });
+    // `lorastream chat` reads one message per line from a pipe and streams answers.
+    let mut chat = common::lorastream()
+        .args(["--config"])
+        .arg(&config)
+        .args(["chat", "--url", &url, "--user", "cli"])
+        .env("LS_CHAT_KEY", KEY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = chat.stdin.take().unwrap();
+        stdin
+            .write_all(b"hello there\n/model base\nand again\n/reset\n/quit\n")
+            .unwrap();
+    }
+    let out = chat.wait_with_output().unwrap();
+    common::assert_ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 2, "two answers: {stdout:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(model: base)"));
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit().success());
 }
@@ -296,7 +319,7 @@ fn speaks_openai_chat_with_streams_models_and_errors() {
 #[test]
 fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
     let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path(), "");
+    let config = setup(dir.path(), "learn_from_conversations = true\n");
     let (d, url) = start(&config);
     rt().block_on(async {
         let tell = json!({"model": "lorastream", "user": "ann", "max_tokens": 4,
@@ -304,7 +327,43 @@ fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
         let (status, h, _) = ask(&url, tell, &[("x-conversation-id", "first")]).await;
         assert_eq!(status, 200);
         assert_eq!(h["x-lorastream-memories"], "0");
+        assert_eq!(h["x-conversation-id"], "first");
+        let message: i64 = h["x-lorastream-message-id"].to_str().unwrap().parse().unwrap();
+        // Rated helpful: learned only once the user opts in.
+        let rate = |learn: bool| {
+            client()
+                .post(format!("{url}/v1/feedback"))
+                .bearer_auth(KEY)
+                .json(&json!({"conversation_id": "first", "message_id": message, "rating": 1, "learn": learn}))
+                .send()
+        };
+        let r: Value = rate(false).await.unwrap().json().await.unwrap();
+        assert_eq!(r["learned"], false, "{r}");
+        let r: Value = rate(true).await.unwrap().json().await.unwrap();
+        assert_eq!(r["learned"], true, "{r}");
+        let r = client()
+            .post(format!("{url}/v1/feedback"))
+            .bearer_auth(KEY)
+            .json(&json!({"conversation_id": "nope", "rating": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404);
     });
+    let taught = |store: &lorastream::store::Store| {
+        store
+            .raw_items_in_state(lorastream::store::RawState::New, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.source == lorastream::store::CONVERSATIONS_SOURCE)
+            .count()
+    };
+    let store = lorastream::store::Store::open(&dir.path().join("state/lorastream.db")).unwrap();
+    assert_eq!(
+        taught(&store),
+        1,
+        "the helpful exchange waits for preprocessing"
+    );
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit().success());
 
@@ -335,6 +394,7 @@ fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
             .await
             .unwrap();
         assert!(r["deleted_messages"].as_u64().unwrap() >= 2, "{r}");
+        assert_eq!(taught(&store), 0, "forgotten: kept out of training");
         let (_, h2, _) = ask(&url, question, &[("x-conversation-id", "third")]).await;
         assert_eq!(h2["x-lorastream-memories"], "0");
         used

@@ -13,6 +13,7 @@ use lorastream::ml::init::Preset;
 use lorastream::text_enum::UnknownVariant;
 
 use super::bench::{EvalArgs, GenerateArgs, TrainArgs};
+use super::bench_chat::ChatBenchArgs;
 
 /// A flag taking one of a `text_enum!`'s spellings (listed in `--help`).
 pub fn text_enum_parser<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
@@ -174,6 +175,9 @@ pub enum BenchCommand {
     Train(TrainArgs),
     /// Perplexity over a data set, and tokens per second.
     Eval(EvalArgs),
+    /// A running chat server as its clients see it: time to first token,
+    /// decode tokens/s, and total tokens/s of concurrent clients.
+    Chat(ChatBenchArgs),
 }
 
 #[derive(Subcommand)]

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod bench_chat;
 pub mod chat;
 pub mod commands;
 pub mod crawl;

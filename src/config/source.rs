@@ -17,6 +17,9 @@ text_enum! {
         Crawlbase = "crawlbase",
         /// A directory where JSON / JSONL / CSV exports are dropped.
         Spool = "spool",
+        /// Built in, not configured: helpful chat answers of users who opted in
+        /// (`[server] learn_from_conversations`).
+        Conversations = "conversations",
     }
 }
 
@@ -202,7 +205,7 @@ impl SourceConfig {
         self.base_url.as_deref().unwrap_or(match self.kind {
             SourceKind::HfDatasets => "https://datasets-server.huggingface.co",
             SourceKind::Crawlbase => "https://api.crawlbase.com",
-            SourceKind::Spool => "",
+            SourceKind::Spool | SourceKind::Conversations => "",
         })
     }
     pub fn dataset_config(&self) -> &str {
@@ -247,6 +250,10 @@ impl SourceConfig {
             SourceKind::HfDatasets => self.check_hf(k, at),
             SourceKind::Crawlbase => self.check_crawlbase(k, at),
             SourceKind::Spool => self.check_spool(k, at),
+            SourceKind::Conversations => k.fail(
+                at.key("kind"),
+                "the conversations source is built in: set [server] learn_from_conversations = true instead",
+            ),
         }
     }
 

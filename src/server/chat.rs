@@ -21,6 +21,8 @@ use crate::ml::generate::SamplingParams;
 
 /// Header naming the conversation a request continues.
 pub const CONVERSATION_HEADER: &str = "x-conversation-id";
+/// Header naming the stored answer (whole answers of a remembered conversation).
+pub const MESSAGE_HEADER: &str = "x-lorastream-message-id";
 /// Header saying how many memories went into the prompt.
 pub const MEMORIES_HEADER: &str = "x-lorastream-memories";
 
@@ -103,20 +105,23 @@ pub async fn completions(
     let remember = {
         let state = Arc::clone(&state);
         let messages = checked.messages.clone();
-        let speaker = speaker.filter(|_| state.config.server.memory);
+        let speaker = speaker.clone().filter(|_| state.config.server.memory);
         move |answer: String| async move {
-            if let Some(sp) = speaker {
-                let r = state
-                    .with_store(move |s| memory::remember(s, &sp, &messages, &answer))
-                    .await;
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "cannot store the conversation");
-                }
-            }
+            let sp = speaker?;
+            let r = state
+                .with_store(move |s| memory::remember(s, &sp, &messages, &answer))
+                .await;
+            r.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot store the conversation");
+                None
+            })
         }
     };
     let mut response = HttpResponse::Ok();
     response.insert_header((MEMORIES_HEADER, n_memories.to_string()));
+    if let Some(sp) = &speaker {
+        response.insert_header((CONVERSATION_HEADER, sp.conversation.clone()));
+    }
     if !checked.stream {
         let mut text = String::new();
         loop {
@@ -128,7 +133,9 @@ pub async fn completions(
                 }) => {
                     let usage = Usage::new(prompt_tokens, completion_tokens);
                     log_done(&label, &usage, started, n_memories);
-                    remember(text.clone()).await;
+                    if let Some(id) = remember(text.clone()).await {
+                        response.insert_header((MESSAGE_HEADER, id.to_string()));
+                    }
                     return Ok(response.json(api::completion(
                         &id,
                         created,
@@ -172,7 +179,10 @@ pub async fn completions(
             let usage = Usage::new(prompt_tokens, completion_tokens);
             log_done(&label, &usage, started, n_memories);
             if let Some(f) = remember.take() {
-                actix_web::rt::spawn(f(std::mem::take(&mut text)));
+                let stored = f(std::mem::take(&mut text));
+                actix_web::rt::spawn(async move {
+                    stored.await;
+                });
             }
             let mut last = api::chunk(&id, created, &label, json!({}), Some(finish_reason(finish)));
             last["usage"] = json!(usage);

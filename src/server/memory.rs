@@ -97,22 +97,27 @@ pub fn with_memories(messages: Vec<Message>, memories: &[MessageRow]) -> Vec<Mes
     out
 }
 
-/// Stores the request's last user message and the answer in the conversation.
+/// Stores the request's last user message and the answer in the conversation;
+/// returns the answer's message id (what `POST /v1/feedback` rates).
 pub fn remember(
     store: &Store,
     speaker: &Speaker,
     messages: &[Message],
     answer: &str,
-) -> Result<(), StoreError> {
+) -> Result<Option<i64>, StoreError> {
     store.in_transaction(|s| {
         s.ensure_conversation(&speaker.conversation, speaker.user.as_deref())?;
         if let Some(q) = messages.iter().rev().find(|m| m.role == "user") {
             s.add_message(&speaker.conversation, Role::User, &q.content)?;
         }
-        if !answer.trim().is_empty() {
-            s.add_message(&speaker.conversation, Role::Assistant, answer)?;
+        if answer.trim().is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(s.add_message(
+            &speaker.conversation,
+            Role::Assistant,
+            answer,
+        )?))
     })
 }
 

@@ -10,11 +10,13 @@
 //! - [`chat`]: the completion handler (whole answers and streams);
 //! - [`engine`]: the generation worker thread and its bounded queue;
 //! - [`versions`]: which versions exist and which one is served;
-//! - [`memory`]: recall and storage of a user's conversations.
+//! - [`memory`]: recall and storage of a user's conversations;
+//! - [`feedback`]: ratings, and learning from conversations users opted in.
 
 pub mod api;
 pub mod chat;
 pub mod engine;
+pub mod feedback;
 pub mod memory;
 pub mod versions;
 
@@ -76,7 +78,7 @@ impl State {
     }
 }
 
-fn internal(msg: &str) -> ApiError {
+pub(crate) fn internal(msg: &str) -> ApiError {
     tracing::warn!(error = msg, "chat server: store error");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -110,6 +112,7 @@ pub fn start(config: Arc<Config>) -> Result<actix_web::dev::Server, ServerError>
             .route("/v1/models/{id}", web::get().to(model))
             .route("/v1/chat/completions", web::post().to(chat::completions))
             .route("/v1/memory/{user}", web::delete().to(forget))
+            .route("/v1/feedback", web::post().to(feedback::feedback))
             .default_service(web::to(not_found))
     })
     .workers(2)
@@ -225,7 +228,7 @@ async fn forget(
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found(format!(
-        "no route {} {}: the API has GET /v1/models, POST /v1/chat/completions, DELETE /v1/memory/{{user}}",
+        "no route {} {}: the API has GET /v1/models, POST /v1/chat/completions, POST /v1/feedback, DELETE /v1/memory/{{user}}",
         req.method(),
         req.path()
     )))

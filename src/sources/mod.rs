@@ -213,6 +213,8 @@ pub async fn run_source(
         SourceKind::HfDatasets => hf::run(http, store, src, &mut report).await,
         SourceKind::Crawlbase => crawlbase::run(http, store, src, &mut report).await,
         SourceKind::Spool => spool::run(store, state_dir, src, &mut report),
+        // Filled by the chat server (POST /v1/feedback), nothing to fetch.
+        SourceKind::Conversations => Ok(()),
     };
     let duration_ms = started.elapsed().as_millis() as u64;
     match result {

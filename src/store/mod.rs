@@ -26,6 +26,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
+pub use conversations::{CONVERSATIONS_SOURCE, RatedExchange};
 pub use rows::*;
 
 /// Migrations, in order; migration `i` brings the schema to version `i + 1`.

@@ -1,0 +1,78 @@
+//! `POST /v1/feedback`: a user rates an answer. A helpful answer (rating > 0)
+//! in a conversation whose user opted in (`"learn": true`, once is enough)
+//! becomes a raw item of the `conversations` source when
+//! `[server] learn_from_conversations` is on, and reaches the weights through
+//! the normal path (preprocessing, streams, training, the feedback loop).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::api::ApiError;
+use super::{State, authorize, read_body};
+use crate::store::StoreError;
+
+#[derive(Debug, Deserialize)]
+struct FeedbackRequest {
+    conversation_id: String,
+    /// The assistant message rated; unset: the conversation's last answer.
+    #[serde(default)]
+    message_id: Option<i64>,
+    /// > 0 helpful, < 0 not.
+    rating: i64,
+    /// The user agrees that this conversation may be learned from.
+    #[serde(default)]
+    learn: bool,
+}
+
+pub async fn feedback(
+    state: web::Data<State>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let body = read_body(&state, payload).await?;
+    let f: FeedbackRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid("body", &format!("invalid feedback: {e}")))?;
+    let state = state.into_inner();
+    let enabled = state.config.server.learn_from_conversations;
+    let conversation = f.conversation_id.clone();
+    let result = {
+        let conversation = conversation.clone();
+        let me = std::sync::Arc::clone(&state);
+        web::block(move || {
+            let store = me.store.lock().unwrap_or_else(|p| p.into_inner());
+            let rated = store.rate_message(&conversation, f.message_id, f.rating, f.learn)?;
+            let learned = match (&rated.question, enabled && rated.learn && f.rating > 0) {
+                (Some(q), true) => store
+                    .learn_exchange(&conversation, rated.user.as_deref(), q, &rated.answer)?
+                    .is_new(),
+                _ => false,
+            };
+            Ok::<_, StoreError>((rated, learned))
+        })
+        .await
+        .map_err(|e| ApiError::invalid("body", &e.to_string()))?
+    };
+    let (rated, learned) = match result {
+        Ok(r) => r,
+        Err(StoreError::NotFound { what, id }) => {
+            return Err(ApiError::not_found(format!("{what} {id} not found")));
+        }
+        Err(e) => return Err(super::internal(&e.to_string())),
+    };
+    let why = if learned {
+        "queued for training (source `conversations`)"
+    } else if !enabled {
+        "not learned: [server] learn_from_conversations is off"
+    } else if !rated.learn {
+        "not learned: the conversation did not opt in (send \"learn\": true)"
+    } else if f.rating <= 0 {
+        "not learned: only helpful answers (rating > 0) are"
+    } else {
+        "not learned: already queued, or no user message before it"
+    };
+    tracing::info!(conversation = %conversation, rating = f.rating, learned, "chat feedback");
+    Ok(HttpResponse::Ok()
+        .json(json!({"conversation_id": conversation, "learned": learned, "detail": why})))
+}
