@@ -93,9 +93,12 @@ pub fn bench_chat(a: &ChatBenchArgs) -> anyhow::Result<Value> {
         let (cold_ttft, cold_total, _) = one(&client, a, &prompts[0]).await?;
         let mut ttft = Vec::new();
         let mut decode = Vec::new();
+        let (mut all_tokens, mut all_seconds) = (0u64, 0.0);
         for p in &prompts {
             let (first, total, tokens) = one(&client, a, p).await?;
             ttft.push(first);
+            all_tokens += tokens;
+            all_seconds += total;
             if tokens > 1 && total > first {
                 decode.push((tokens - 1) as f64 / (total - first));
             }
@@ -125,6 +128,8 @@ pub fn bench_chat(a: &ChatBenchArgs) -> anyhow::Result<Value> {
             "cold_first_token_s": round3(cold_ttft), "cold_request_s": round3(cold_total),
             "first_token_s_median": round3(median(&mut ttft)),
             "decode_tokens_per_s_median": round3(median(&mut decode)),
+            // As the peer counts: new tokens over the whole time of the requests.
+            "tokens_per_s": round3(all_tokens as f64 / all_seconds),
             "clients": a.clients, "concurrent_tokens": total,
             "concurrent_tokens_per_s": round3(total as f64 / wall),
         }))
