@@ -233,6 +233,9 @@ fn run(config: &Config, slot: &mut Option<Loaded>, job: &Job) -> Result<(), Engi
     {
         let _ = job.events.blocking_send(Event::Delta(rest.to_string()));
     }
+    if g.finish == FinishReason::Cancelled {
+        tracing::info!(version = %job.version.label, tokens = g.ids.len(), "client went away; generation stopped");
+    }
     let _ = job.events.blocking_send(Event::Done {
         finish: g.finish,
         completion_tokens: g.ids.len(),
