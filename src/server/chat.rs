@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::api::{self, ApiError, ChatRequest, Usage};
 use super::engine::{EngineError, Event, Job};
 use super::memory::{self, Speaker};
-use super::{State, authorize, read_body, versions};
+use super::{State, json_body, versions};
 use crate::ml::generate::SamplingParams;
 
 /// Header naming the conversation a request continues.
@@ -31,10 +31,7 @@ pub async fn completions(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let body = read_body(&state, payload).await?;
-    let request: ChatRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid("body", &format!("invalid request: {e}")))?;
+    let request: ChatRequest = json_body(&state, &req, payload, "request").await?;
     let requested_model = request.model.clone();
     let user = request.user.clone();
     let checked = request.check(state.config.server.max_tokens)?;

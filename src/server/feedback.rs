@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::api::ApiError;
-use super::{State, authorize, read_body};
+use super::{State, json_body};
 use crate::store::StoreError;
 
 #[derive(Debug, Deserialize)]
@@ -30,10 +30,7 @@ pub async fn feedback(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let body = read_body(&state, payload).await?;
-    let f: FeedbackRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid("body", &format!("invalid feedback: {e}")))?;
+    let f: FeedbackRequest = json_body(&state, &req, payload, "feedback").await?;
     let state = state.into_inner();
     let enabled = state.config.server.learn_from_conversations;
     let conversation = f.conversation_id.clone();

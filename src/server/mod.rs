@@ -184,6 +184,19 @@ pub async fn read_body(state: &State, mut payload: web::Payload) -> Result<web::
     Ok(body.freeze())
 }
 
+/// An authorized request's body parsed as `T` (400 naming what is wrong).
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    state: &State,
+    req: &HttpRequest,
+    payload: web::Payload,
+    what: &str,
+) -> Result<T, ApiError> {
+    authorize(state, req)?;
+    let body = read_body(state, payload).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid("body", &format!("invalid {what}: {e}")))
+}
+
 async fn models(state: web::Data<State>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let v = versions::current(&state.versions);
