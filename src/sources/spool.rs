@@ -103,8 +103,44 @@ fn move_to(dir: &Path, sub: &str, path: &Path, name: &str) -> std::io::Result<Pa
     Ok(to)
 }
 
+/// Why a dropped file cannot be used (written beside it in `failed/`).
+#[derive(Debug, thiserror::Error)]
+pub enum BadFile {
+    #[error("unknown file type {0:?}: expected .json, .jsonl, .ndjson or .csv (or set `format`)")]
+    UnknownType(String),
+    #[error("cannot read: {0}")]
+    Read(std::io::Error),
+    #[error("not UTF-8 text (line {line}, byte {byte})")]
+    NotUtf8 { line: usize, byte: usize },
+    #[error("invalid JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("JSON is an object without a `rows`, `data` or `items` array")]
+    NoRowsArray,
+    #[error("JSON is neither an array nor an object")]
+    NotArrayOrObject,
+    #[error("element {index} is not an object but {kind}")]
+    ElementNotObject { index: usize, kind: &'static str },
+    #[error("line {line}: not an object but {kind}")]
+    LineNotObject { line: usize, kind: &'static str },
+    #[error("line {line}: invalid JSON: {source}")]
+    LineJson {
+        line: usize,
+        source: serde_json::Error,
+    },
+    #[error("CSV header: {0}")]
+    CsvHeader(csv::Error),
+    #[error("no column `{key}` ([sources.fields] question); columns are: {}", columns.join(", "))]
+    NoColumn { key: String, columns: Vec<String> },
+    #[error("CSV row {row}: {source}")]
+    CsvRow { row: usize, source: csv::Error },
+    #[error("no records in the file")]
+    Empty,
+    #[error("no record has the question field `{key}` ([sources.fields] question); fields found: {}", found.join(", "))]
+    NoQuestionField { key: String, found: Vec<String> },
+}
+
 /// The records of one file, or why the file cannot be used.
-pub fn read_file(path: &Path, src: &SourceConfig) -> Result<Vec<Record>, String> {
+pub fn read_file(path: &Path, src: &SourceConfig) -> Result<Vec<Record>, BadFile> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -119,16 +155,12 @@ pub fn read_file(path: &Path, src: &SourceConfig) -> Result<Vec<Record>, String>
                 "json" => SpoolFormat::Json,
                 "jsonl" | "ndjson" => SpoolFormat::Jsonl,
                 "csv" => SpoolFormat::Csv,
-                other => {
-                    return Err(format!(
-                        "unknown file type {other:?}: expected .json, .jsonl, .ndjson or .csv (or set `format`)"
-                    ));
-                }
+                other => return Err(BadFile::UnknownType(other.to_string())),
             }
         }
         f => f,
     };
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = std::fs::read(path).map_err(BadFile::Read)?;
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let rows: Rows = match format {
         SpoolFormat::Json => json_rows(bytes)?,
@@ -136,21 +168,17 @@ pub fn read_file(path: &Path, src: &SourceConfig) -> Result<Vec<Record>, String>
         _ => csv_rows(bytes, &src.fields.question)?,
     };
     if rows.is_empty() {
-        return Err("no records in the file".into());
+        return Err(BadFile::Empty);
     }
     let key = &src.fields.question;
     if !rows.iter().any(|(_, o)| o.contains_key(key)) {
         let mut seen: Vec<&String> = rows.iter().flat_map(|(_, o)| o.keys()).collect();
         seen.sort();
         seen.dedup();
-        return Err(format!(
-            "no record has the question field `{key}` ([sources.fields] question); fields found: {}",
-            seen.iter()
-                .take(20)
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        return Err(BadFile::NoQuestionField {
+            key: key.clone(),
+            found: seen.iter().take(20).map(|s| s.to_string()).collect(),
+        });
     }
     let stem = path
         .file_stem()
@@ -171,21 +199,21 @@ pub fn read_file(path: &Path, src: &SourceConfig) -> Result<Vec<Record>, String>
 /// (where in the file: index, line or row number; the record's fields).
 type Rows = Vec<(String, Map<String, Value>)>;
 
-fn utf8(bytes: &[u8]) -> Result<&str, String> {
-    std::str::from_utf8(bytes).map_err(|e| {
-        let line = bytes[..e.valid_up_to()]
+fn utf8(bytes: &[u8]) -> Result<&str, BadFile> {
+    std::str::from_utf8(bytes).map_err(|e| BadFile::NotUtf8 {
+        line: bytes[..e.valid_up_to()]
             .iter()
             .filter(|&&b| b == b'\n')
             .count()
-            + 1;
-        format!("not UTF-8 text (line {line}, byte {})", e.valid_up_to())
+            + 1,
+        byte: e.valid_up_to(),
     })
 }
 
 /// A JSON array of objects, or an object with such an array under `rows` or
 /// `data` (rows may be wrapped as `{"row": {...}}`, as the datasets-server writes).
-fn json_rows(bytes: &[u8]) -> Result<Rows, String> {
-    let v: Value = serde_json::from_str(utf8(bytes)?).map_err(|e| format!("invalid JSON: {e}"))?;
+fn json_rows(bytes: &[u8]) -> Result<Rows, BadFile> {
+    let v: Value = serde_json::from_str(utf8(bytes)?).map_err(BadFile::Json)?;
     let items = match v {
         Value::Array(a) => a,
         Value::Object(mut o) => match ["rows", "data", "items"]
@@ -193,9 +221,9 @@ fn json_rows(bytes: &[u8]) -> Result<Rows, String> {
             .find_map(|k| o.remove(*k).filter(Value::is_array))
         {
             Some(Value::Array(a)) => a,
-            _ => return Err("JSON is an object without a `rows`, `data` or `items` array".into()),
+            _ => return Err(BadFile::NoRowsArray),
         },
-        _ => return Err("JSON is neither an array nor an object".into()),
+        _ => return Err(BadFile::NotArrayOrObject),
     };
     items
         .into_iter()
@@ -211,16 +239,16 @@ fn json_rows(bytes: &[u8]) -> Result<Rows, String> {
             };
             match item {
                 Value::Object(o) => Ok((i.to_string(), o)),
-                other => Err(format!(
-                    "element {i} is not an object but {}",
-                    json_kind(&other)
-                )),
+                other => Err(BadFile::ElementNotObject {
+                    index: i,
+                    kind: json_kind(&other),
+                }),
             }
         })
         .collect()
 }
 
-fn jsonl_rows(bytes: &[u8]) -> Result<Rows, String> {
+fn jsonl_rows(bytes: &[u8]) -> Result<Rows, BadFile> {
     let mut out = Vec::new();
     for (i, line) in utf8(bytes)?.lines().enumerate() {
         if line.trim().is_empty() {
@@ -229,13 +257,17 @@ fn jsonl_rows(bytes: &[u8]) -> Result<Rows, String> {
         match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(o)) => out.push(((i + 1).to_string(), o)),
             Ok(other) => {
-                return Err(format!(
-                    "line {}: not an object but {}",
-                    i + 1,
-                    json_kind(&other)
-                ));
+                return Err(BadFile::LineNotObject {
+                    line: i + 1,
+                    kind: json_kind(&other),
+                });
             }
-            Err(e) => return Err(format!("line {}: invalid JSON: {e}", i + 1)),
+            Err(source) => {
+                return Err(BadFile::LineJson {
+                    line: i + 1,
+                    source,
+                });
+            }
         }
     }
     Ok(out)
@@ -243,24 +275,21 @@ fn jsonl_rows(bytes: &[u8]) -> Result<Rows, String> {
 
 /// CSV with a header row; every field is kept as text. Row numbers are data
 /// rows (1 = the first after the header).
-fn csv_rows(bytes: &[u8], question_key: &str) -> Result<Rows, String> {
+fn csv_rows(bytes: &[u8], question_key: &str) -> Result<Rows, BadFile> {
     let mut rd = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
         .from_reader(utf8(bytes)?.as_bytes());
-    let headers = rd
-        .headers()
-        .map_err(|e| format!("CSV header: {e}"))?
-        .clone();
+    let headers = rd.headers().map_err(BadFile::CsvHeader)?.clone();
     if !headers.iter().any(|h| h == question_key) {
-        return Err(format!(
-            "no column `{question_key}` ([sources.fields] question); columns are: {}",
-            headers.iter().collect::<Vec<_>>().join(", ")
-        ));
+        return Err(BadFile::NoColumn {
+            key: question_key.to_string(),
+            columns: headers.iter().map(str::to_string).collect(),
+        });
     }
     let mut out = Vec::new();
     for (i, rec) in rd.records().enumerate() {
-        let rec = rec.map_err(|e| format!("CSV row {}: {e}", i + 1))?;
+        let rec = rec.map_err(|source| BadFile::CsvRow { row: i + 1, source })?;
         let obj: Map<String, Value> = headers
             .iter()
             .zip(rec.iter())
@@ -339,11 +368,13 @@ mod tests {
         ];
         for (name, text, want) in cases {
             let p = write(d.path(), name, text);
-            let err = read_file(&p, &src()).unwrap_err();
+            let err = read_file(&p, &src()).unwrap_err().to_string();
             assert!(err.contains(want), "{name}: {err}");
         }
         std::fs::write(d.path().join("bin.csv"), b"question,answer\nq,\xff\xfe\n").unwrap();
-        let err = read_file(&d.path().join("bin.csv"), &src()).unwrap_err();
+        let err = read_file(&d.path().join("bin.csv"), &src())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not UTF-8 text (line 2"), "{err}");
     }
 }
