@@ -217,8 +217,8 @@ async fn model(
     authorize(&state, &req)?;
     let v = versions::current(&state.versions);
     let name = &state.config.server.model_name;
-    let resolved = v.resolve(Some(&id), name)?;
-    let _ = resolved;
+    // 404 for an id that names no version.
+    v.resolve(Some(&id), name)?;
     Ok(HttpResponse::Ok().json(
         json!({"id": *id, "object": "model", "created": v.created(&id, name), "owned_by": "lorastream"}),
     ))
