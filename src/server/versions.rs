@@ -138,3 +138,53 @@ pub fn watch(config: &Config) -> Result<Shared, StoreError> {
 pub fn current(shared: &Shared) -> Arc<Versions> {
     Arc::clone(&shared.read().unwrap_or_else(|p| p.into_inner()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter(id: i64, state: AdapterState) -> AdapterRow {
+        AdapterRow {
+            id,
+            parent_id: None,
+            stream_id: id,
+            attempt: 1,
+            path: Default::default(),
+            hyperparams: serde_json::json!({}),
+            train_log: None,
+            decision: None,
+            state,
+            created_at: id * 1000,
+            updated_at: id * 1000,
+        }
+    }
+
+    #[test]
+    fn names_resolve_to_versions() {
+        let a1 = adapter(1, AdapterState::Promoted);
+        let a3 = adapter(3, AdapterState::Promoted);
+        let v = Versions {
+            served: Some(a3.clone()),
+            promoted: vec![a1.clone(), a3.clone()],
+            all: vec![a1, adapter(2, AdapterState::Rejected), a3],
+        };
+        let label = |name: Option<&str>| v.resolve(name, "lorastream").map(|r| r.label);
+        assert_eq!(label(None).unwrap(), "lorastream@v3");
+        assert_eq!(label(Some("lorastream")).unwrap(), "lorastream@v3");
+        assert_eq!(label(Some("lorastream@v1")).unwrap(), "lorastream@v1");
+        assert_eq!(label(Some("base")).unwrap(), "base");
+        let e = label(Some("lorastream@v2")).unwrap_err();
+        assert_eq!(e.status.as_u16(), 404, "a rejected version is not served");
+        assert_eq!(
+            label(Some("gpt-4")).unwrap_err().code,
+            Some("model_not_found")
+        );
+        assert_eq!(
+            v.ids("lorastream"),
+            ["lorastream", "lorastream@v1", "lorastream@v3", "base"]
+        );
+        assert_eq!(v.created("lorastream@v1", "lorastream"), 1);
+        let none = Versions::default();
+        assert_eq!(none.resolve(None, "lorastream").unwrap().label, "base");
+    }
+}
