@@ -69,18 +69,3 @@ pub fn watchdog_interval() -> Option<Duration> {
         .filter(|d| !d.is_zero())
         .map(|d| d / 2)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn without_notify_socket_nothing_is_sent_and_nothing_fails() {
-        let n = Notifier::default();
-        assert!(!n.enabled());
-        n.ready("x");
-        n.reloading();
-        n.watchdog();
-        n.stopping();
-    }
-}

@@ -91,6 +91,19 @@ async fn ask(
     post_raw(url, body.to_string().into_bytes(), headers).await
 }
 
+/// A keyed call of `method` on `path` with an optional JSON body: status and JSON.
+async fn call(method: reqwest::Method, url: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut r = client()
+        .request(method, format!("{url}{path}"))
+        .bearer_auth(KEY);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 fn hello(extra: Value) -> Value {
     let mut b = json!({"model": "lorastream", "messages": [{"role": "user", "content": "hello there"}],
                        "max_tokens": 8, "temperature": 0});
@@ -115,15 +128,7 @@ fn speaks_openai_chat_with_streams_models_and_errors() {
         assert_eq!(r.status().as_u16(), 401);
         let e: Value = r.json().await.unwrap();
         assert_eq!(e["error"]["code"], "invalid_api_key");
-        let m: Value = client()
-            .get(format!("{url}/v1/models"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, m) = call(reqwest::Method::GET, &url, "/v1/models", None).await;
         let ids: Vec<&str> = m["data"]
             .as_array()
             .unwrap()
@@ -277,13 +282,9 @@ fn speaks_openai_chat_with_streams_models_and_errors() {
             assert!(e["error"]["message"].is_string(), "{shown}: {e}");
             assert!(e["error"]["type"].is_string(), "{shown}: {e}");
         }
-        let r = client()
-            .get(format!("{url}/v1/nowhere"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 404);
+        let (status, e) = call(reqwest::Method::GET, &url, "/v1/nowhere", None).await;
+        assert_eq!(status, 404);
+        assert!(e["error"]["message"].is_string(), "{e}");
         // Still answering.
         let (status, _, c) = ask(&url, hello(json!({})), &[]).await;
         assert_eq!(status, 200, "{c}");
@@ -328,27 +329,23 @@ fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
         assert_eq!(status, 200);
         assert_eq!(h["x-lorastream-memories"], "0");
         assert_eq!(h["x-conversation-id"], "first");
-        let message: i64 = h["x-lorastream-message-id"].to_str().unwrap().parse().unwrap();
-        // Rated helpful: learned only once the user opts in.
-        let rate = |learn: bool| {
-            client()
-                .post(format!("{url}/v1/feedback"))
-                .bearer_auth(KEY)
-                .json(&json!({"conversation_id": "first", "message_id": message, "rating": 1, "learn": learn}))
-                .send()
-        };
-        let r: Value = rate(false).await.unwrap().json().await.unwrap();
-        assert_eq!(r["learned"], false, "{r}");
-        let r: Value = rate(true).await.unwrap().json().await.unwrap();
-        assert_eq!(r["learned"], true, "{r}");
-        let r = client()
-            .post(format!("{url}/v1/feedback"))
-            .bearer_auth(KEY)
-            .json(&json!({"conversation_id": "nope", "rating": 1}))
-            .send()
-            .await
+        let message: i64 = h["x-lorastream-message-id"]
+            .to_str()
+            .unwrap()
+            .parse()
             .unwrap();
-        assert_eq!(r.status().as_u16(), 404);
+        // Rated helpful: learned only once the user opts in.
+        let rate = |body: Value| call(reqwest::Method::POST, &url, "/v1/feedback", Some(body));
+        let (_, r) =
+            rate(json!({"conversation_id": "first", "message_id": message, "rating": 1})).await;
+        assert_eq!(r["learned"], false, "not opted in: {r}");
+        let (_, r) = rate(
+            json!({"conversation_id": "first", "message_id": message, "rating": 1, "learn": true}),
+        )
+        .await;
+        assert_eq!(r["learned"], true, "{r}");
+        let (status, e) = rate(json!({"conversation_id": "nope", "rating": 1})).await;
+        assert_eq!(status, 404, "{e}");
     });
     let taught = |store: &lorastream::store::Store| {
         store
@@ -384,15 +381,7 @@ fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
         let (_, hb, _) = ask(&url, other, &[]).await;
         assert_eq!(hb["x-lorastream-memories"], "0");
         // Forgetting removes them.
-        let r: Value = client()
-            .delete(format!("{url}/v1/memory/ann"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, r) = call(reqwest::Method::DELETE, &url, "/v1/memory/ann", None).await;
         assert!(r["deleted_messages"].as_u64().unwrap() >= 2, "{r}");
         assert_eq!(taught(&store), 0, "forgotten: kept out of training");
         let (_, h2, _) = ask(&url, question, &[("x-conversation-id", "third")]).await;
@@ -410,6 +399,17 @@ fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
         .output()
         .unwrap();
     common::assert_ok(&listed);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(!listed.contains("Miso"), "forgotten: {listed}");
+    assert!(listed.contains("third"), "asked after forgetting: {listed}");
+    let forgot = common::lorastream()
+        .args(["--config"])
+        .arg(&config)
+        .args(["memory", "forget", "ann"])
+        .output()
+        .unwrap();
+    common::assert_ok(&forgot);
+    assert!(String::from_utf8_lossy(&forgot.stdout).contains("forgot 2 message(s)"));
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit().success());
 }

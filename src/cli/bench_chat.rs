@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -49,28 +48,21 @@ async fn one(
         req = req.bearer_auth(k);
     }
     let resp = req.send().await?.error_for_status()?;
-    let mut stream = resp.bytes_stream();
-    let (mut first, mut tokens, mut pending) = (None, 0u64, String::new());
-    while let Some(chunk) = stream.next().await {
-        pending.push_str(&String::from_utf8_lossy(&chunk?));
-        while let Some(end) = pending.find("\n\n") {
-            let event: String = pending.drain(..end + 2).collect();
-            let Some(data) = event.trim().strip_prefix("data: ") else {
-                continue;
-            };
-            let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-            if first.is_none()
-                && v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .is_some_and(|c| !c.is_empty())
-            {
-                first = Some(t0.elapsed().as_secs_f64());
-            }
-            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-                tokens = n;
-            }
+    let (mut first, mut tokens) = (None, 0u64);
+    super::sse::each_event(resp, |v| {
+        if first.is_none()
+            && v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+        {
+            first = Some(t0.elapsed().as_secs_f64());
         }
-    }
+        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+            tokens = n;
+        }
+        Ok(())
+    })
+    .await?;
     let total = t0.elapsed().as_secs_f64();
     Ok((first.unwrap_or(total), total, tokens))
 }

@@ -7,7 +7,6 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use lorastream::config::Config;
@@ -111,30 +110,19 @@ async fn chat_loop(
 /// Prints the streamed deltas as they come; returns the whole answer.
 async fn print_stream(resp: reqwest::Response) -> anyhow::Result<String> {
     let mut answer = String::new();
-    let mut pending = String::new();
-    let mut body = resp.bytes_stream();
     let mut out = std::io::stdout();
-    while let Some(chunk) = body.next().await {
-        pending.push_str(&String::from_utf8_lossy(&chunk?));
-        while let Some(end) = pending.find("\n\n") {
-            let event: String = pending.drain(..end + 2).collect();
-            let Some(data) = event.trim().strip_prefix("data: ") else {
-                continue;
-            };
-            if data == "[DONE]" {
-                continue;
-            }
-            let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-            if let Some(msg) = v["error"]["message"].as_str() {
-                eprintln!("\nerror: {msg}");
-            }
-            if let Some(d) = v["choices"][0]["delta"]["content"].as_str() {
-                answer.push_str(d);
-                write!(out, "{d}")?;
-                out.flush()?;
-            }
+    super::sse::each_event(resp, |v| {
+        if let Some(msg) = v["error"]["message"].as_str() {
+            eprintln!("\nerror: {msg}");
         }
-    }
+        if let Some(d) = v["choices"][0]["delta"]["content"].as_str() {
+            answer.push_str(d);
+            write!(out, "{d}")?;
+            out.flush()?;
+        }
+        Ok(())
+    })
+    .await?;
     writeln!(out)?;
     Ok(answer)
 }

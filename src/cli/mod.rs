@@ -7,3 +7,4 @@ pub mod bench_chat;
 pub mod chat;
 pub mod commands;
 pub mod crawl;
+pub mod sse;

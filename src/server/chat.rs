@@ -73,7 +73,7 @@ pub async fn completions(
             stop: checked.stop.clone(),
             ..SamplingParams::default()
         },
-        overflow: state.overflow(),
+        overflow: state.config.server.overflow,
         events: tx,
     };
     let label = job.version.label.clone();

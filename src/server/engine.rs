@@ -8,12 +8,11 @@
 //! one adapter load, milliseconds for a LoRA).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use tokio::sync::mpsc::Sender;
 
-use crate::config::Config;
+use crate::config::{Config, OverflowPolicy};
 use crate::ml::generate::{FinishReason, SamplingParams, generate};
 use crate::ml::{CausalLm, ChatTokenizer, Message};
 use crate::store::AdapterRow;
@@ -28,20 +27,11 @@ pub struct VersionRef {
     pub baked: Vec<AdapterRow>,
 }
 
-/// What to do with a prompt longer than the context window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overflow {
-    /// Drop the oldest turns (never the system prompt or the last message).
-    Truncate,
-    /// Answer 400.
-    Refuse,
-}
-
 pub struct Job {
     pub version: VersionRef,
     pub messages: Vec<Message>,
     pub params: SamplingParams,
-    pub overflow: Overflow,
+    pub overflow: OverflowPolicy,
     pub events: Sender<Event>,
 }
 
@@ -76,7 +66,6 @@ pub enum EngineError {
 #[derive(Clone)]
 pub struct Engine {
     tx: SyncSender<Job>,
-    queued: Arc<AtomicUsize>,
     capacity: usize,
 }
 
@@ -84,33 +73,20 @@ impl Engine {
     /// Starts the worker thread; at most `queue` jobs wait behind the running one.
     pub fn start(config: Arc<Config>, queue: usize) -> std::io::Result<Engine> {
         let (tx, rx) = std::sync::mpsc::sync_channel(queue);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let q = Arc::clone(&queued);
         std::thread::Builder::new()
             .name("generation".into())
-            .spawn(move || worker(config, rx, q))?;
+            .spawn(move || worker(config, rx))?;
         Ok(Engine {
             tx,
-            queued,
             capacity: queue,
         })
     }
 
     /// Queues `job`; `Err` gives it back when the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                self.queued.fetch_sub(1, Ordering::SeqCst);
-                Err(Box::new(job))
-            }
-        }
-    }
-
-    /// Jobs waiting or running.
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::SeqCst)
+        self.tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(job) | TrySendError::Disconnected(job) => Box::new(job),
+        })
     }
 
     pub fn capacity(&self) -> usize {
@@ -128,7 +104,7 @@ struct Loaded {
     baked: Vec<i64>,
 }
 
-fn worker(config: Arc<Config>, rx: Receiver<Job>, queued: Arc<AtomicUsize>) {
+fn worker(config: Arc<Config>, rx: Receiver<Job>) {
     let mut loaded: Option<Loaded> = None;
     for job in rx {
         if !job.events.is_closed() {
@@ -151,7 +127,6 @@ fn worker(config: Arc<Config>, rx: Receiver<Job>, queued: Arc<AtomicUsize>) {
                 let _ = job.events.blocking_send(Event::Failed(e));
             }
         }
-        queued.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -250,7 +225,7 @@ fn fit(
     tok: &ChatTokenizer,
     messages: &[Message],
     limit: usize,
-    overflow: Overflow,
+    overflow: OverflowPolicy,
 ) -> Result<(Vec<u32>, usize), EngineError> {
     let encode = |m: &[Message]| -> Result<Vec<u32>, EngineError> {
         let text = tok
@@ -267,7 +242,7 @@ fn fit(
             return Ok((ids, dropped));
         }
         let first = usize::from(kept.first().is_some_and(|m| m.role == "system"));
-        if overflow == Overflow::Refuse || kept.len() <= first + 1 {
+        if overflow == OverflowPolicy::Refuse || kept.len() <= first + 1 {
             return Err(EngineError::TooLong {
                 tokens: ids.len(),
                 limit,

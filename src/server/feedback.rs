@@ -10,7 +10,6 @@ use serde_json::json;
 
 use super::api::ApiError;
 use super::{State, json_body};
-use crate::store::StoreError;
 
 #[derive(Debug, Deserialize)]
 struct FeedbackRequest {
@@ -34,30 +33,20 @@ pub async fn feedback(
     let state = state.into_inner();
     let enabled = state.config.server.learn_from_conversations;
     let conversation = f.conversation_id.clone();
-    let result = {
-        let conversation = conversation.clone();
-        let me = std::sync::Arc::clone(&state);
-        web::block(move || {
-            let store = me.store.lock().unwrap_or_else(|p| p.into_inner());
-            let rated = store.rate_message(&conversation, f.message_id, f.rating, f.learn)?;
-            let learned = match (&rated.question, enabled && rated.learn && f.rating > 0) {
+    let c = conversation.clone();
+    let (message_id, rating, learn) = (f.message_id, f.rating, f.learn);
+    let (rated, learned) = state
+        .with_store(move |store| {
+            let rated = store.rate_message(&c, message_id, rating, learn)?;
+            let learned = match (&rated.question, enabled && rated.learn && rating > 0) {
                 (Some(q), true) => store
-                    .learn_exchange(&conversation, rated.user.as_deref(), q, &rated.answer)?
+                    .learn_exchange(&c, rated.user.as_deref(), q, &rated.answer)?
                     .is_new(),
                 _ => false,
             };
-            Ok::<_, StoreError>((rated, learned))
+            Ok((rated, learned))
         })
-        .await
-        .map_err(|e| ApiError::invalid("body", &e.to_string()))?
-    };
-    let (rated, learned) = match result {
-        Ok(r) => r,
-        Err(StoreError::NotFound { what, id }) => {
-            return Err(ApiError::not_found(format!("{what} {id} not found")));
-        }
-        Err(e) => return Err(super::internal(&e.to_string())),
-    };
+        .await?;
     let why = if learned {
         "queued for training (source `conversations`)"
     } else if !enabled {

@@ -27,10 +27,10 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::config::{Config, OverflowPolicy};
+use crate::config::Config;
 use crate::store::{Store, StoreError};
 use api::ApiError;
-use engine::{Engine, Overflow};
+use engine::Engine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -58,14 +58,8 @@ pub struct State {
 }
 
 impl State {
-    pub fn overflow(&self) -> Overflow {
-        match self.config.server.overflow {
-            OverflowPolicy::Truncate => Overflow::Truncate,
-            OverflowPolicy::Refuse => Overflow::Refuse,
-        }
-    }
-
-    /// Runs `f` on the store from a blocking thread.
+    /// Runs `f` on the store from a blocking thread; a row not found is a 404,
+    /// any other store error a 503.
     pub async fn with_store<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
@@ -74,11 +68,16 @@ impl State {
         web::block(move || f(&me.store.lock().unwrap_or_else(|p| p.into_inner())))
             .await
             .map_err(|e| internal(&e.to_string()))?
-            .map_err(|e| internal(&e.to_string()))
+            .map_err(|e| match e {
+                StoreError::NotFound { what, id } => {
+                    ApiError::not_found(format!("{what} {id} not found"))
+                }
+                other => internal(&other.to_string()),
+            })
     }
 }
 
-pub(crate) fn internal(msg: &str) -> ApiError {
+fn internal(msg: &str) -> ApiError {
     tracing::warn!(error = msg, "chat server: store error");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
