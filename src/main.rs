@@ -34,6 +34,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 seed,
                 vocab_size,
             } => commands::model_init(*arch, *preset, out, corpus.as_deref(), *seed, *vocab_size),
+            ModelCommand::Import { gguf, out, dtype } => commands::model_import(gguf, out, *dtype),
             ModelCommand::Export {
                 model,
                 adapter,

@@ -8,8 +8,8 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 
 use lorastream::config::LogFormat;
-use lorastream::ml::Arch;
 use lorastream::ml::init::Preset;
+use lorastream::ml::{Arch, DType};
 use lorastream::text_enum::UnknownVariant;
 
 use super::bench::{EvalArgs, GenerateArgs, TrainArgs};
@@ -153,6 +153,17 @@ pub enum ModelCommand {
         /// Target tokenizer vocabulary size.
         #[arg(long, default_value_t = 1024)]
         vocab_size: usize,
+    },
+    /// De-quantize a GGUF file (llama.cpp) into a Hugging Face model directory.
+    Import {
+        /// The GGUF file.
+        gguf: PathBuf,
+        /// Output directory (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Stored dtype of the weights: f32, bf16 or f16.
+        #[arg(long, value_parser = text_enum_parser::<DType>(DType::NAMES), default_value = "f32")]
+        dtype: DType,
     },
     /// Merge a LoRA adapter into its base model and write a standalone HF model directory.
     Export {

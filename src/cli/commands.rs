@@ -9,8 +9,8 @@ use anyhow::Context;
 
 use lorastream::config::{Config, ConfigError};
 use lorastream::logging::{self, LogSettings};
-use lorastream::ml::Arch;
 use lorastream::ml::init::{InitOptions, Preset, init_model};
+use lorastream::ml::{Arch, DType};
 use lorastream::pipeline::PipelineError;
 use lorastream::store::Store;
 use lorastream::train::TrainError;
@@ -81,6 +81,23 @@ pub fn model_init(
         cfg.num_layers,
         cfg.hidden_size,
         cfg.vocab_size
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `model import`
+pub fn model_import(gguf: &Path, out: &Path, dtype: DType) -> anyhow::Result<ExitCode> {
+    if out.exists() {
+        anyhow::bail!("{} exists; choose a new directory", out.display());
+    }
+    let kind = dtype.kind(tch::Device::Cpu);
+    let started = std::time::Instant::now();
+    lorastream::ml::gguf::import::import(gguf, out, kind)?;
+    println!(
+        "wrote {} from {} in {:.1} s",
+        out.display(),
+        gguf.display(),
+        started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
 }

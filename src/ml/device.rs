@@ -56,13 +56,19 @@ pub fn resolve(spec: &str) -> Result<Device, DeviceError> {
 /// and f32 on CPU.
 pub fn select(device: &str, dtype: DType) -> Result<(Device, tch::Kind), DeviceError> {
     let d = resolve(device)?;
-    let kind = match dtype {
-        DType::Auto if d.is_cuda() => tch::Kind::BFloat16,
-        DType::Auto | DType::F32 => tch::Kind::Float,
-        DType::Bf16 => tch::Kind::BFloat16,
-        DType::F16 => tch::Kind::Half,
-    };
-    Ok((d, kind))
+    Ok((d, dtype.kind(d)))
+}
+
+impl DType {
+    /// The libtorch kind on `device`: `auto` is bf16 on CUDA, f32 elsewhere.
+    pub fn kind(self, device: Device) -> tch::Kind {
+        match self {
+            DType::Auto if device.is_cuda() => tch::Kind::BFloat16,
+            DType::Auto | DType::F32 => tch::Kind::Float,
+            DType::Bf16 => tch::Kind::BFloat16,
+            DType::F16 => tch::Kind::Half,
+        }
+    }
 }
 
 /// Sets libtorch's intra-op thread count; 0 means one per core.

@@ -1,10 +1,12 @@
 //! The model layer on libtorch (tch): Hugging Face checkpoints of GPT-2 and
 //! Llama-family models, LoRA with PEFT's file format, tokenizers with chat
-//! templates, generation with a KV cache, and tiny random models for tests.
+//! templates, generation with a KV cache, GGUF import, and tiny random models
+//! for tests.
 
 pub mod data;
 pub mod device;
 pub mod generate;
+pub mod gguf;
 pub mod gpt2;
 pub mod hf_config;
 pub mod init;
@@ -51,6 +53,8 @@ pub enum MlError {
     Tokenizer { path: PathBuf, msg: String },
     #[error("chat template: {0}")]
     Template(String),
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
     #[error(transparent)]
     Device(#[from] device::DeviceError),
     #[error("libtorch: {0}")]
