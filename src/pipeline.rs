@@ -31,13 +31,15 @@ pub enum PipelineError {
     NothingToTrain,
     #[error("stream {0} does not exist")]
     NoSuchStream(i64),
-    #[error("base model {} not found: create one with `lorastream model init --arch llama --out {}` or set [model] path", .0.display(), .0.display())]
+    #[error("base model {} not found: set [model] source (hub:ORG/NAME, path:DIR or gguf:FILE)", .0.display())]
     NoModel(PathBuf),
+    #[error("base model: {0}")]
+    Source(#[from] crate::model_source::ModelSourceError),
 }
 
 /// The base model and tokenizer `[model]` names, on its device and dtype.
 pub fn load_base(config: &Config) -> Result<(CausalLm, ChatTokenizer), PipelineError> {
-    let dir = config.model_path();
+    let dir = crate::model_source::model_dir(config)?;
     if !dir.join("config.json").exists() {
         return Err(PipelineError::NoModel(dir));
     }

@@ -102,7 +102,7 @@ impl Summarizer {
     pub fn from_config(config: &crate::config::Config, http: Http) -> Summarizer {
         Self::new(
             &config.summarizer,
-            TokenCounter::for_model(Some(&config.model_path())),
+            TokenCounter::for_model(crate::model_source::resolved(config).as_deref()),
             http,
         )
     }

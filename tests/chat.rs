@@ -28,7 +28,7 @@ fn setup(dir: &Path, extra: &str) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[daemon]\nstate_dir = \"state\"\n[model]\npath = \"model\"\nthreads = 1\n\
+            "[daemon]\nstate_dir = \"state\"\n[model]\nsource = \"path:model\"\nthreads = 1\n\
              [server]\nlisten = \"127.0.0.1:0\"\napi_key_env = \"LS_CHAT_KEY\"\nmax_tokens = 12\n{extra}"
         ),
     )

@@ -108,7 +108,7 @@ max_examples = {PER_STREAM}
 max_answer_tokens = 96
 
 [model]
-path = "{root}/model"
+source = "path:{root}/model"
 
 [train]
 seq_len = 128

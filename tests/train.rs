@@ -145,7 +145,7 @@ fn write_jsonl(path: &Path, examples: &[Vec<Message>]) {
 
 fn config(dir: &Path, extra: &str) -> Config {
     let text = format!(
-        "[daemon]\nstate_dir = \"state\"\n[model]\npath = \"model\"\nthreads = 2\n\
+        "[daemon]\nstate_dir = \"state\"\n[model]\nsource = \"path:model\"\nthreads = 2\n\
          [lora]\nr = 8\nalpha = 16.0\ntarget_modules = [\"c_attn\", \"c_proj\", \"c_fc\"]\n\
          [streams]\neval_fraction = 0.2\n[eval]\nbatch_size = 8\n{extra}"
     );
@@ -378,8 +378,14 @@ fn merge_each_trains_a_fresh_adapter_on_the_merged_lineage() {
     assert_eq!(a[1].hyperparams["strategy"], "merge_each");
     let m = lorastream::pipeline::evaluate(&cfg, &store).unwrap();
     // R[v2][stream 2] by hand: base, v1 merged in, v2 on top.
-    let tok = ChatTokenizer::load(&cfg.model_path(), None).unwrap();
-    let mut model = CausalLm::load(&cfg.model_path(), Device::Cpu, Kind::Float).unwrap();
+    let tok =
+        ChatTokenizer::load(&lorastream::model_source::model_dir(&cfg).unwrap(), None).unwrap();
+    let mut model = CausalLm::load(
+        &lorastream::model_source::model_dir(&cfg).unwrap(),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
     model.load_adapter(&a[0].path).unwrap();
     model.bake_lora();
     model.load_adapter(&a[1].path).unwrap();
@@ -397,7 +403,12 @@ fn merge_each_trains_a_fresh_adapter_on_the_merged_lineage() {
         p.perplexity
     );
     // Without v1 merged the number differs: the lineage matters.
-    let mut plain = CausalLm::load(&cfg.model_path(), Device::Cpu, Kind::Float).unwrap();
+    let mut plain = CausalLm::load(
+        &lorastream::model_source::model_dir(&cfg).unwrap(),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
     plain.load_adapter(&a[1].path).unwrap();
     let q =
         lorastream::eval::perplexity(&plain, &tok, &eval, 8, cfg.train.seq_len, Labels::Assistant)

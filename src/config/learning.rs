@@ -5,13 +5,17 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::ml::{DType, LoraSpec};
+use crate::model_source::ModelSource;
 use crate::text_enum::text_enum;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Base model directory in Hugging Face layout. Unset: `<state_dir>/model`.
-    pub path: Option<PathBuf>,
+    /// `hub:ORG/NAME[@revision]`, `path:DIR` or `gguf:FILE` (see [`crate::model_source`]).
+    pub source: ModelSource,
+    /// The GGUF file used when the hub cannot be reached and nothing is cached.
+    /// Unset: [`crate::model_source::default_fallback`].
+    pub gguf_fallback: Option<PathBuf>,
     /// `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     pub dtype: DType,
@@ -24,7 +28,8 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
-            path: None,
+            source: ModelSource::default(),
+            gguf_fallback: None,
             device: "auto".into(),
             dtype: DType::Auto,
             threads: 0,

@@ -164,7 +164,8 @@ impl Config {
         abs_opt(&mut self.daemon.state_dir);
         abs_opt(&mut self.store.path);
         abs_opt(&mut self.summarizer.api_key_file);
-        abs_opt(&mut self.model.path);
+        self.model.source.absolutize(base);
+        abs_opt(&mut self.model.gguf_fallback);
         abs_opt(&mut self.model.chat_template);
         abs_opt(&mut self.eval.probe_set);
         abs_opt(&mut self.server.api_key_file);
@@ -189,13 +190,6 @@ impl Config {
             .unwrap_or_else(|| self.state_dir().join("lorastream.db"))
     }
 
-    pub fn model_path(&self) -> PathBuf {
-        self.model
-            .path
-            .clone()
-            .unwrap_or_else(|| self.state_dir().join("model"))
-    }
-
     /// A one-line description for `config check` and the start-up log.
     pub fn summary(&self) -> String {
         let enabled = self.sources.iter().filter(|s| s.enabled).count();
@@ -211,7 +205,7 @@ impl Config {
             if kinds.is_empty() { "" } else { ": " },
             kinds.join(", "),
             self.state_dir().display(),
-            self.model_path().display(),
+            self.model.source,
             self.lora.r,
             self.lora.alpha,
             self.train.lr,

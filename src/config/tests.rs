@@ -1,6 +1,7 @@
 //! Config tests: defaults, path resolution, the example file, error locations.
 
 use super::*;
+use crate::model_source::ModelSource;
 use std::ffi::OsString;
 
 fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
@@ -37,7 +38,7 @@ fn empty_config_is_all_defaults() {
 #[test]
 fn relative_paths_resolve_against_config_dir() {
     let c = Config::from_toml(
-        "[daemon]\nstate_dir = \"state\"\n[model]\npath = \"/abs/model\"\n",
+        "[daemon]\nstate_dir = \"state\"\n[model]\nsource = \"path:model\"\ngguf_fallback = \"m.gguf\"\n",
         Path::new("/etc/lorastream"),
     )
     .unwrap();
@@ -46,7 +47,14 @@ fn relative_paths_resolve_against_config_dir() {
         c.store_path(),
         PathBuf::from("/etc/lorastream/state/lorastream.db")
     );
-    assert_eq!(c.model_path(), PathBuf::from("/abs/model"));
+    assert_eq!(
+        c.model.source,
+        ModelSource::Path(PathBuf::from("/etc/lorastream/model"))
+    );
+    assert_eq!(
+        c.model.gguf_fallback,
+        Some(PathBuf::from("/etc/lorastream/m.gguf"))
+    );
 }
 
 #[test]

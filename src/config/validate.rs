@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::{Config, KeyPath, ON_NEW_STREAM, SummarizerBackend};
 use crate::ml::Arch;
+use crate::model_source::ModelSource;
 
 /// A schedule that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -243,6 +244,11 @@ fn check_model(k: &mut Checker, c: &Config) {
     }
     if let Some(t) = &c.model.chat_template {
         k.exists(KeyPath::parse("model.chat_template"), t, "file");
+    }
+    match &c.model.source {
+        ModelSource::Path(dir) => k.exists(KeyPath::parse("model.source"), dir, "directory"),
+        ModelSource::Gguf(file) => k.exists(KeyPath::parse("model.source"), file, "file"),
+        ModelSource::Hub { .. } => {}
     }
 }
 

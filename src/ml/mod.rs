@@ -9,6 +9,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gpt2;
 pub mod hf_config;
+pub mod hub;
 pub mod init;
 pub mod llama;
 pub mod lora;

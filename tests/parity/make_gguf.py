@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""GGUF fixtures and transformers' own GGUF loading, for the Rust import tests.
+
+usage: make_gguf.py OUT_DIR [REAL_GGUF]
+
+Writes OUT_DIR/tiny.gguf with the `gguf` package: a tiny random Llama model
+(GQA, untied output) whose tensors use every type the importer reads (F32, F16,
+BF16, Q8_0, Q4_0, Q4_1 quantized by gguf-py; Q4_K, Q5_K, Q6_K as random blocks
+with sane scales) in llama.cpp's names and Q/K row order, and a byte-level BPE
+tokenizer (trained here) with a chat template. Then loads the file the way
+transformers does (from_pretrained(gguf_file=...)) and writes
+  OUT_DIR/reference.safetensors   input_ids [2, T], logits [2, T, V]
+  OUT_DIR/tokens.json             {"strings": [...], "ids": [[...]]} (no special tokens added)
+With REAL_GGUF (SmolLM2's Q4_1 file): OUT_DIR/real.json with the prompt ids and
+the greedy continuation transformers generates from that file.
+Test-only: needs torch, transformers, gguf, tokenizers.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as Q, GGUFWriter, quants
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "lorastream keeps a language model learning from the web.",
+    "It crawls questions and answers, trains a LoRA adapter on each stream,",
+    "measures forgetting on every earlier stream, and serves the best adapter.",
+    "The quick brown fox jumps over the lazy dog. 0123456789 !?.,;:'\"()[]{}",
+    "Ünïcödé: naïve café, 東京, emoji 😀, tabs\tand  double  spaces\n",
+] * 20
+STRINGS = [
+    "Hello world", " leading space", "trailing space ", "double  space", "tab\tand\nnewline",
+    "lorastream learns", "What is LoRA?", "café naïve", "東京タワー", "emoji 😀👍",
+    "numbers 12345 and 3.14", "<|im_start|>user\nhi<|im_end|>", "CAPITALS and MiXeD",
+    "punctuation!?.,;:", "a" * 40, "", " ", "unknown words xyzzy plugh", "it's don't won't",
+    "https://example.com/path?q=1",
+]
+H, HEADS, KV, FF, LAYERS, CTX = 256, 4, 2, 512, 2, 128
+
+
+def tokenizer():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    j = json.loads(tok.to_str())
+    vocab = j["model"]["vocab"]
+    tokens = [None] * len(vocab)
+    for t, i in vocab.items():
+        tokens[i] = t
+    merges = [" ".join(m) if isinstance(m, list) else m for m in j["model"]["merges"]]
+    return tokens, merges
+
+
+def permute(w, n_head):
+    # llama.cpp's convert_hf_to_gguf.py LlamaModel.permute
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def random_blocks(qtype, rows, cols, rng):
+    """Random K-quant blocks whose f16 scales are small and finite."""
+    block, size = {Q.Q4_K: (256, 144), Q.Q5_K: (256, 176), Q.Q6_K: (256, 210)}[qtype]
+    n = rows * cols // block
+    b = rng.integers(0, 256, size=(n, size), dtype=np.uint8)
+    scale = lambda k: (rng.uniform(0.0005, 0.002, size=(n, k))).astype(np.float16).view(np.uint8)
+    if qtype == Q.Q6_K:
+        b[:, 208:210] = scale(1)
+        b[:, 192:208] = rng.integers(-8, 8, size=(n, 16)).astype(np.int8).view(np.uint8)
+    else:
+        b[:, 0:4] = scale(2)
+    return b.reshape(rows, cols // block * size)
+
+
+def main():
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(7)
+    tokens, merges = tokenizer()
+    torch.manual_seed(3)
+    cfg = LlamaConfig(vocab_size=len(tokens), hidden_size=H, intermediate_size=FF,
+                      num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV,
+                      max_position_embeddings=CTX, rope_theta=10000.0, rms_norm_eps=1e-5,
+                      tie_word_embeddings=False)
+    sd = LlamaForCausalLM(cfg).state_dict()
+
+    path = os.path.join(out, "tiny.gguf")
+    w = GGUFWriter(path, "llama")
+    w.add_name("tiny")
+    w.add_context_length(CTX)
+    w.add_embedding_length(H)
+    w.add_block_count(LAYERS)
+    w.add_feed_forward_length(FF)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(H // HEADS)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_pad_token_id(2)
+    w.add_add_bos_token(False)
+    w.add_chat_template(TEMPLATE)
+
+    # llama.cpp name, HF name, ggml type
+    plan = [("token_embd.weight", "model.embed_tokens.weight", Q.Q8_0),
+            ("output_norm.weight", "model.norm.weight", Q.F32),
+            ("output.weight", "lm_head.weight", Q.F16)]
+    types = [
+        {"attn_q": Q.Q4_0, "attn_k": Q.Q4_1, "attn_v": Q.Q4_K, "attn_output": Q.Q5_K,
+         "ffn_gate": Q.Q6_K, "ffn_up": Q.F16, "ffn_down": Q.BF16},
+        {"attn_q": Q.Q4_K, "attn_k": Q.Q5_K, "attn_v": Q.Q6_K, "attn_output": Q.Q8_0,
+         "ffn_gate": Q.Q4_0, "ffn_up": Q.Q4_1, "ffn_down": Q.F32},
+    ]
+    hf = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+          "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+          "ffn_down": "mlp.down_proj"}
+    for i in range(LAYERS):
+        plan.append((f"blk.{i}.attn_norm.weight", f"model.layers.{i}.input_layernorm.weight", Q.F32))
+        plan.append((f"blk.{i}.ffn_norm.weight", f"model.layers.{i}.post_attention_layernorm.weight", Q.F32))
+        for g, h in hf.items():
+            plan.append((f"blk.{i}.{g}.weight", f"model.layers.{i}.{h}.weight", types[i][g]))
+    for gname, hname, qt in plan:
+        t = sd[hname].float()
+        if "norm" in hname:
+            t = t + torch.rand_like(t) * 0.5  # not all ones
+        t = t.numpy()
+        if gname.endswith("attn_q.weight"):
+            t = permute(t, HEADS)
+        elif gname.endswith("attn_k.weight"):
+            t = permute(t, KV)
+        if qt in (Q.Q4_K, Q.Q5_K, Q.Q6_K):
+            w.add_tensor(gname, random_blocks(qt, t.shape[0], t.shape[1], rng), raw_dtype=qt)
+        elif qt == Q.F32:
+            w.add_tensor(gname, t.astype(np.float32))
+        elif qt == Q.F16:
+            w.add_tensor(gname, t.astype(np.float16))
+        else:
+            w.add_tensor(gname, quants.quantize(t.astype(np.float32), qt), raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file="tiny.gguf", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(out, gguf_file="tiny.gguf")
+    ids = torch.randint(3, len(tokens), (2, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()},
+              os.path.join(out, "reference.safetensors"))
+    with open(os.path.join(out, "tokens.json"), "w") as f:
+        json.dump({"strings": STRINGS,
+                   "ids": [tok(s, add_special_tokens=False)["input_ids"] for s in STRINGS]}, f)
+
+    if len(sys.argv) > 2:
+        real = sys.argv[2]
+        d, name = os.path.split(real)
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32).eval()
+        prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            g = model.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False,
+                               eos_token_id=2, pad_token_id=2)
+        with open(os.path.join(out, "real.json"), "w") as f:
+            json.dump({"prompt": p, "generated": g[0, len(p):].tolist()}, f)
+
+
+if __name__ == "__main__":
+    main()
