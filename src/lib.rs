@@ -37,6 +37,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod ml;
 pub mod model_source;
 pub mod notify;

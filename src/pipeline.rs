@@ -267,18 +267,36 @@ pub fn train_stream(
     }
 }
 
+/// The versions that are rows of the matrix: the base (0), then every adapter
+/// that finished training, with the stream it was trained on.
+fn matrix_rows(adapters: &[AdapterRow]) -> Vec<(i64, Option<i64>, Option<&AdapterRow>)> {
+    let mut rows: Vec<(i64, Option<i64>, Option<&AdapterRow>)> = vec![(0, None, None)];
+    rows.extend(
+        adapters
+            .iter()
+            .filter(|a| !matches!(a.state, AdapterState::Training | AdapterState::Failed))
+            .map(|a| (a.id, Some(a.stream_id), Some(a))),
+    );
+    rows
+}
+
+/// The matrix as stored, without evaluating anything (the web page, metrics).
+pub fn stored_matrix(store: &Store) -> Result<Matrix, StoreError> {
+    let adapters = store.adapters()?;
+    let rows: Vec<(i64, Option<i64>)> = matrix_rows(&adapters)
+        .iter()
+        .map(|(v, t, _)| (*v, *t))
+        .collect();
+    Ok(eval::matrix(&store.evals()?, &rows))
+}
+
 /// Fills every missing cell R[version][stream] (streams up to the version's
 /// own, all streams for the base model, the probe set for every row) and
 /// returns the matrix. The base model is loaded once.
 pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError> {
     let streams = store.streams()?;
     let all_adapters = store.adapters()?;
-    let adapters: Vec<&AdapterRow> = all_adapters
-        .iter()
-        .filter(|a| !matches!(a.state, AdapterState::Training | AdapterState::Failed))
-        .collect();
-    let mut versions: Vec<(i64, Option<i64>, Option<&AdapterRow>)> = vec![(0, None, None)];
-    versions.extend(adapters.iter().map(|a| (a.id, Some(a.stream_id), Some(*a))));
+    let versions = matrix_rows(&all_adapters);
     let have = store.evals()?;
     let probe = match &config.eval.probe_set {
         Some(p) => Some(streams::read_jsonl(p, config.eval.max_examples_per_stream)?),

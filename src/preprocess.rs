@@ -75,6 +75,11 @@ pub fn run(store: &Store, cfg: &PreprocessConfig) -> Result<PreprocessReport, St
     for (reason, n) in report.by_source.values().flat_map(|c| c.dropped.iter()) {
         *by_reason.entry(reason).or_default() += n;
     }
+    let m = &crate::metrics::METRICS;
+    for (reason, n) in &by_reason {
+        m.dropped.with_label_values(&[*reason]).inc_by(*n);
+    }
+    m.examples_made.inc_by(report.examples());
     if report.processed() > 0 {
         tracing::info!(
             items = report.processed(),

@@ -144,6 +144,10 @@ impl Feedback {
         };
         self.store
             .set_adapter_state(adapter_id, to, Some(&record))?;
+        crate::metrics::METRICS
+            .decisions
+            .with_label_values(&[if d.promote { "promoted" } else { "rejected" }])
+            .inc();
         tracing::info!(
             adapter = adapter_id,
             stream = d.stream,

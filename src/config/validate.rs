@@ -6,7 +6,6 @@ use std::path::Path;
 
 use super::{Config, KeyPath, ON_NEW_STREAM, SummarizerBackend};
 use crate::ml::Arch;
-use crate::model_source::ModelSource;
 
 /// A schedule that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -245,11 +244,8 @@ fn check_model(k: &mut Checker, c: &Config) {
     if let Some(t) = &c.model.chat_template {
         k.exists(KeyPath::parse("model.chat_template"), t, "file");
     }
-    match &c.model.source {
-        ModelSource::Path(dir) => k.exists(KeyPath::parse("model.source"), dir, "directory"),
-        ModelSource::Gguf(file) => k.exists(KeyPath::parse("model.source"), file, "file"),
-        ModelSource::Hub { .. } => {}
-    }
+    // `path:` and `gguf:` sources may be filled after the config is written;
+    // loading names a missing one.
 }
 
 /// `[lora]`

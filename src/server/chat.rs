@@ -17,6 +17,7 @@ use super::api::{self, ApiError, ChatRequest, Usage};
 use super::engine::{EngineError, Event, Job};
 use super::memory::{self, Speaker};
 use super::{State, json_body, versions};
+use crate::metrics::METRICS;
 use crate::ml::generate::SamplingParams;
 
 /// Header naming the conversation a request continues.
@@ -26,7 +27,50 @@ pub const MESSAGE_HEADER: &str = "x-lorastream-message-id";
 /// Header saying how many memories went into the prompt.
 pub const MEMORIES_HEADER: &str = "x-lorastream-memories";
 
+/// `POST /v1/chat/completions`, counted by status.
 pub async fn completions(
+    state: web::Data<State>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let result = answer(state, req, payload).await;
+    let status = match &result {
+        Ok(r) => r.status(),
+        Err(e) => actix_web::ResponseError::status_code(e),
+    };
+    METRICS
+        .chat_requests
+        .with_label_values(&[status.as_str()])
+        .inc();
+    result
+}
+
+/// Time to first token and total time of one request, for the metrics.
+struct Timing {
+    started: Instant,
+    first: bool,
+}
+
+impl Timing {
+    fn token(&mut self) {
+        if !self.first {
+            self.first = true;
+            METRICS
+                .chat_ttft
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn done(&self, stream: bool, usage: &Usage) {
+        METRICS
+            .chat_duration
+            .with_label_values(&[if stream { "true" } else { "false" }])
+            .observe(self.started.elapsed().as_secs_f64());
+        METRICS.chat_tokens.inc_by(usage.completion_tokens as u64);
+    }
+}
+
+async fn answer(
     state: web::Data<State>,
     req: HttpRequest,
     payload: web::Payload,
@@ -78,6 +122,10 @@ pub async fn completions(
     };
     let label = job.version.label.clone();
     let started = Instant::now();
+    let mut timing = Timing {
+        started,
+        first: false,
+    };
     if state.engine.submit(job).is_err() {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -123,13 +171,17 @@ pub async fn completions(
         let mut text = String::new();
         loop {
             match rx.recv().await {
-                Some(Event::Delta(d)) => text.push_str(&d),
+                Some(Event::Delta(d)) => {
+                    timing.token();
+                    text.push_str(&d)
+                }
                 Some(Event::Done {
                     finish,
                     completion_tokens,
                 }) => {
                     let usage = Usage::new(prompt_tokens, completion_tokens);
                     log_done(&label, &usage, started, n_memories);
+                    timing.done(false, &usage);
                     if let Some(id) = remember(text.clone()).await {
                         response.insert_header((MESSAGE_HEADER, id.to_string()));
                     }
@@ -160,6 +212,7 @@ pub async fn completions(
     let mut remember = Some(remember);
     let stream = async_stream(rx, move |event| match event {
         Event::Delta(d) => {
+            timing.token();
             text.push_str(&d);
             Some(vec![sse(&api::chunk(
                 &id,
@@ -175,6 +228,7 @@ pub async fn completions(
         } => {
             let usage = Usage::new(prompt_tokens, completion_tokens);
             log_done(&label, &usage, started, n_memories);
+            timing.done(true, &usage);
             if let Some(f) = remember.take() {
                 let stored = f(std::mem::take(&mut text));
                 actix_web::rt::spawn(async move {

@@ -86,7 +86,9 @@ impl Engine {
     pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
         self.tx.try_send(job).map_err(|e| match e {
             TrySendError::Full(job) | TrySendError::Disconnected(job) => Box::new(job),
-        })
+        })?;
+        crate::metrics::METRICS.queue_depth.inc();
+        Ok(())
     }
 
     pub fn capacity(&self) -> usize {
@@ -107,6 +109,7 @@ struct Loaded {
 fn worker(config: Arc<Config>, rx: Receiver<Job>) {
     let mut loaded: Option<Loaded> = None;
     for job in rx {
+        crate::metrics::METRICS.queue_depth.dec();
         if !job.events.is_closed() {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run(&config, &mut loaded, &job)

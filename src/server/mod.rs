@@ -11,13 +11,15 @@
 //! - [`engine`]: the generation worker thread and its bounded queue;
 //! - [`versions`]: which versions exist and which one is served;
 //! - [`memory`]: recall and storage of a user's conversations;
-//! - [`feedback`]: ratings, and learning from conversations users opted in.
+//! - [`feedback`]: ratings, and learning from conversations users opted in;
+//! - [`site`]: the status and chat page, its JSON, and `/metrics`.
 
 pub mod api;
 pub mod chat;
 pub mod engine;
 pub mod feedback;
 pub mod memory;
+pub mod site;
 pub mod versions;
 
 use std::sync::{Arc, Mutex};
@@ -77,7 +79,7 @@ impl State {
     }
 }
 
-fn internal(msg: &str) -> ApiError {
+pub(crate) fn internal(msg: &str) -> ApiError {
     tracing::warn!(error = msg, "chat server: store error");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -107,6 +109,10 @@ pub fn start(config: Arc<Config>) -> Result<actix_web::dev::Server, ServerError>
     let http = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .route("/", web::get().to(site::page))
+            .route("/app.js", web::get().to(site::script))
+            .route("/api/status", web::get().to(site::status))
+            .route("/metrics", web::get().to(site::metrics))
             .route("/v1/models", web::get().to(models))
             .route("/v1/models/{id}", web::get().to(model))
             .route("/v1/chat/completions", web::post().to(chat::completions))

@@ -217,6 +217,22 @@ pub async fn run_source(
         SourceKind::Conversations => Ok(()),
     };
     let duration_ms = started.elapsed().as_millis() as u64;
+    let m = &crate::metrics::METRICS;
+    for (outcome, n) in [
+        ("fetched", report.fetched),
+        ("new", report.new),
+        ("duplicate", report.duplicate),
+    ] {
+        m.source_items
+            .with_label_values(&[src.name.as_str(), outcome])
+            .inc_by(n);
+    }
+    m.source_runs
+        .with_label_values(&[
+            src.name.as_str(),
+            if result.is_ok() { "ok" } else { "error" },
+        ])
+        .inc();
     match result {
         Ok(()) => {
             if let Err(e) = store.record_source_success(&src.name, report.new) {

@@ -43,6 +43,11 @@ impl Store {
         )
     }
 
+    /// The newest `limit` examples, newest first (the web page shows them).
+    pub fn recent_examples(&self, limit: usize) -> Result<Vec<ExampleRow>> {
+        self.rows("ORDER BY id DESC LIMIT ?1", [limit as i64])
+    }
+
     pub fn count_examples(&self, state: ExampleState) -> Result<i64> {
         Ok(self.conn.query_row(
             "SELECT COUNT(*) FROM examples WHERE state = ?1",

@@ -119,6 +119,9 @@ pub struct Progress {
 impl Progress {
     /// The structured log line of a training step.
     pub fn log(&self) {
+        let m = &crate::metrics::METRICS;
+        crate::metrics::set_finite(&m.train_loss, f64::from(self.loss));
+        crate::metrics::set_finite(&m.train_tokens_per_s, self.tokens_per_s);
         tracing::info!(
             step = self.step,
             total_steps = self.total_steps,
@@ -210,6 +213,7 @@ pub fn train(
         run_tokens += tokens;
         state.tokens += tokens;
         state.step += 1;
+        crate::metrics::METRICS.train_steps.inc();
         state.losses.push(loss as f32);
 
         let elapsed = t0.elapsed().as_secs_f64();
