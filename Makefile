@@ -1,6 +1,7 @@
 # lorastream — build, run and test. Every target sets up libtorch first if needed.
 #
 #   make run     set-up, release build, run the daemon with config/lorastream.toml
+#   make demo    set-up, release build, lorastream demo (the whole loop, offline)
 #   make test    set-up, release build, fmt + clippy + cargo test
 #   make build   set-up and release build (target/release/lorastream)
 #   make setup   install libtorch (PyPI torch) and test-only Python packages into
@@ -21,7 +22,7 @@ UNITDIR    ?= /etc/systemd/system
 # Where cargo puts the build (honours CARGO_TARGET_DIR).
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all setup build run test check fmt clippy cargo-test clean install uninstall
+.PHONY: all setup build run demo test check fmt clippy cargo-test clean install uninstall
 
 all: build
 
@@ -34,6 +35,9 @@ build: setup
 
 run: build
 	$(TARGET_DIR)/release/lorastream run --config $(CONFIG)
+
+demo: build
+	$(TARGET_DIR)/release/lorastream demo
 
 fmt:
 	$(CARGO) fmt --all -- --check

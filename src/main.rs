@@ -81,6 +81,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             init_logs(cli, &config)?;
             commands::eval(&config, *json)
         }),
+        Command::Demo(args) => cli::demo::demo(args),
         Command::Chat { url, model, user } => with_config(cli, |config| {
             let args = cli::chat::ChatArgs {
                 url: url.clone(),

@@ -14,6 +14,7 @@ use lorastream::text_enum::UnknownVariant;
 
 use super::bench::{EvalArgs, GenerateArgs, TrainArgs};
 use super::bench_chat::ChatBenchArgs;
+use super::demo::DemoArgs;
 
 /// A flag taking one of a `text_enum!`'s spellings (listed in `--help`).
 pub fn text_enum_parser<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
@@ -104,6 +105,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The whole loop offline in a few minutes: two streams of sample
+    /// questions about lorastream, trained and judged by the real daemon, and
+    /// the chat API asked before and after.
+    Demo(DemoArgs),
     /// Model commands.
     Model {
         #[command(subcommand)]

@@ -7,4 +7,5 @@ pub mod bench_chat;
 pub mod chat;
 pub mod commands;
 pub mod crawl;
+pub mod demo;
 pub mod sse;
