@@ -11,7 +11,11 @@ use std::process::Command;
 use common::daemon::Daemon;
 use serde_json::json;
 
-const INJECTED: &str = "<script>window.__pwned=1</script> What is injected?";
+/// A crawled question whose text (after HTML cleaning decodes the entities)
+/// holds markup: it must show as text and never run.
+const INJECTED_RAW: &str = "<p>&lt;script&gt;window.__pwned=1&lt;/script&gt;&lt;img src=x onerror=\"window.__pwned=2\"&gt; What is injected?</p>";
+const INJECTED: &str =
+    "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\"> What is injected?";
 
 fn setup(dir: &Path) -> std::path::PathBuf {
     let out = common::lorastream()
@@ -28,7 +32,7 @@ fn setup(dir: &Path) -> std::path::PathBuf {
                    "answer": format!("Fact {i}: lorastream keeps a model learning, stream after stream.")})
         })
         .collect();
-    items.push(json!({"question": INJECTED, "answer": "It must show as text, never run."}));
+    items.push(json!({"question": INJECTED_RAW, "answer": "It must show as text, never run."}));
     std::fs::write(
         spool.join("qa.json"),
         serde_json::to_string(&items).unwrap(),

@@ -142,6 +142,7 @@ function renderLoss(adapters) {
   const ctx = cv.getContext("2d");
   const W = cv.width, H = cv.height, pad = 28;
   ctx.clearRect(0, 0, W, H);
+  ctx.font = "12px system-ui, sans-serif";
   const all = runs.flatMap((a) => a.train_log.loss).filter((v) => isFinite(v));
   $("loss-legend").replaceChildren();
   if (!all.length) { ctx.fillStyle = "#6a7380"; ctx.fillText("no training runs yet", pad, H / 2); return; }
