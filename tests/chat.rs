@@ -18,12 +18,7 @@ type BadRequest = (Vec<u8>, Vec<(&'static str, &'static str)>);
 
 /// A tiny Llama model, a config with the server on an ephemeral port.
 fn setup(dir: &Path, extra: &str) -> PathBuf {
-    let out = common::lorastream()
-        .args(["model", "init", "--arch", "llama", "--out"])
-        .arg(dir.join("model"))
-        .output()
-        .unwrap();
-    common::assert_ok(&out);
+    common::tiny_llama(&dir.join("model"));
     let config = dir.join("lorastream.toml");
     std::fs::write(
         &config,

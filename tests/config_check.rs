@@ -26,7 +26,11 @@ fn the_example_config_is_valid() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     common::assert_ok(&out);
     assert!(stdout.contains("valid"), "{stdout}");
-    assert!(stdout.contains("3 sources (1 enabled"), "{stdout}");
+    assert!(stdout.contains("3 sources (2 enabled"), "{stdout}");
+    assert!(
+        stdout.contains("model hub:HuggingFaceTB/SmolLM2-135M-Instruct"),
+        "{stdout}"
+    );
     assert_eq!(
         stdout.lines().count(),
         1,

@@ -167,7 +167,7 @@ fn synthetic(type_id: u32, n: u64, data_len: usize) -> Vec<u8> {
     b.extend(n.to_le_bytes());
     b.extend(type_id.to_le_bytes());
     b.extend(0u64.to_le_bytes());
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     b.extend(std::iter::repeat_n(0u8, data_len));

@@ -71,12 +71,7 @@ struct Setup {
 fn setup(base: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let out = common::lorastream()
-        .args(["model", "init", "--arch", "llama", "--out"])
-        .arg(root.join("model"))
-        .output()
-        .unwrap();
-    common::assert_ok(&out);
+    common::tiny_llama(&root.join("model"));
     let config = root.join("lorastream.toml");
     std::fs::write(
         &config,

@@ -18,12 +18,7 @@ const INJECTED: &str =
     "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\"> What is injected?";
 
 fn setup(dir: &Path) -> std::path::PathBuf {
-    let out = common::lorastream()
-        .args(["model", "init", "--arch", "llama", "--out"])
-        .arg(dir.join("model"))
-        .output()
-        .unwrap();
-    common::assert_ok(&out);
+    common::tiny_llama(&dir.join("model"));
     let spool = dir.join("spool");
     std::fs::create_dir_all(&spool).unwrap();
     let mut items: Vec<serde_json::Value> = (0..14)

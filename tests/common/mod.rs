@@ -18,5 +18,15 @@ pub fn assert_ok(out: &Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+/// Writes a tiny random Llama model (`model init`) to `out`.
+pub fn tiny_llama(out: &std::path::Path) {
+    let run = lorastream()
+        .args(["model", "init", "--arch", "llama", "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert_ok(&run);
+}
+
 pub mod daemon;
 pub mod loopback;
