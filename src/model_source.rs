@@ -187,22 +187,17 @@ fn resolve(config: &Config) -> Result<PathBuf, ModelSourceError> {
                 Ok(dir)
             }
             Err(hub) => {
-                let fallback = config.model.gguf_fallback.clone().or_else(default_fallback);
-                match fallback.filter(|f| f.is_file()) {
-                    Some(f) => {
-                        tracing::warn!(source = %config.model.source, error = %hub, fallback = %f.display(), "the hub is unavailable and the model is not cached: using the GGUF fallback");
-                        Ok(imported(&f, &models, kind)?)
-                    }
-                    None => Err(ModelSourceError::NoFallback {
-                        hub,
-                        fallback: config
-                            .model
-                            .gguf_fallback
-                            .clone()
-                            .or_else(default_fallback)
-                            .unwrap_or_default(),
-                    }),
+                let fallback = config
+                    .model
+                    .gguf_fallback
+                    .clone()
+                    .or_else(default_fallback)
+                    .unwrap_or_default();
+                if !fallback.is_file() {
+                    return Err(ModelSourceError::NoFallback { hub, fallback });
                 }
+                tracing::warn!(source = %config.model.source, error = %hub, fallback = %fallback.display(), "the hub is unavailable and the model is not cached: using the GGUF fallback");
+                Ok(imported(&fallback, &models, kind)?)
             }
         },
     }

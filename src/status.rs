@@ -44,11 +44,19 @@ pub struct SourceStatus {
 
 /// Gathers the report. A missing database is reported, not created.
 pub fn gather(config: &Config) -> Result<StatusReport, StoreError> {
-    let db = config.store_path();
+    if config.store_path().exists() {
+        report(config, Some(&Store::open_for(config)?))
+    } else {
+        report(config, None)
+    }
+}
+
+/// The report from an open store (`None`: the daemon never ran with `config`).
+pub fn report(config: &Config, store: Option<&Store>) -> Result<StatusReport, StoreError> {
     let mut report = StatusReport {
         state_dir: config.state_dir(),
-        db: db.clone(),
-        initialized: db.exists(),
+        db: config.store_path(),
+        initialized: store.is_some(),
         schema_version: None,
         libtorch: runtime_info(),
         sources: Vec::new(),
@@ -59,12 +67,7 @@ pub fn gather(config: &Config) -> Result<StatusReport, StoreError> {
         served_adapter: None,
         stages: Vec::new(),
     };
-    let store = if report.initialized {
-        Some(Store::open_for(config)?)
-    } else {
-        None
-    };
-    let rows = match &store {
+    let rows = match store {
         Some(s) => s.sources()?,
         None => Vec::new(),
     };

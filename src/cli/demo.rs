@@ -328,7 +328,8 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let matrix = lorastream::pipeline::stored_matrix(&store)?;
     println!("\nperplexity matrix (rows: versions, columns: streams; lower is better)\n{matrix}");
     println!("feedback decisions");
-    for a in store.adapters()? {
+    let adapters = store.adapters()?;
+    for a in &adapters {
         let reasons = a
             .decision
             .as_ref()
@@ -355,8 +356,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     for (i, q) in QUESTIONS.iter().enumerate() {
         println!("\nQ: {q}\n  before: {}\n  after:  {}", before[i], after[i]);
     }
-    let promoted = store
-        .adapters()?
+    let promoted = adapters
         .iter()
         .filter(|a| a.state == AdapterState::Promoted)
         .count();

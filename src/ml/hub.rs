@@ -95,8 +95,8 @@ pub fn snapshot(repo_id: &str, revision: Option<&str>) -> Result<PathBuf, HubErr
         msg,
     };
     let cache = Cache::from_env();
+    let cached = cache.repo(repo.clone());
     if offline() {
-        let cached = cache.repo(repo.clone());
         for file in REQUIRED {
             if cached.get(file).is_none() {
                 return Err(HubError::NotCached {
@@ -115,15 +115,9 @@ pub fn snapshot(repo_id: &str, revision: Option<&str>) -> Result<PathBuf, HubErr
         .build()
         .map_err(|e| err("(client)", e.to_string()))?;
     let api = api.repo(repo);
+    // The cache first (as `ApiRepo::get` does), then a download that logs progress.
     let get = |file: &str| -> Result<PathBuf, HubError> {
-        if let Some(p) = cache
-            .repo(Repo::with_revision(
-                repo_id.to_string(),
-                RepoType::Model,
-                revision.unwrap_or("main").to_string(),
-            ))
-            .get(file)
-        {
+        if let Some(p) = cached.get(file) {
             return Ok(p);
         }
         let progress = LogProgress {

@@ -57,14 +57,16 @@ fn recent(store: &Store) -> Result<Vec<serde_json::Value>, crate::store::StoreEr
 /// perplexity matrix and the newest examples.
 pub async fn status(state: web::Data<State>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     super::authorize(&state, &req)?;
-    let config = Arc::clone(&state.config);
-    let report = web::block(move || crate::status::gather(&config))
-        .await
-        .map_err(|e| super::internal(&e.to_string()))?
-        .map_err(|e| super::internal(&e.to_string()))?;
     let state = state.into_inner();
-    let (matrix, recent) = state
-        .with_store(|s| Ok((crate::pipeline::stored_matrix(s)?, recent(s)?)))
+    let config = Arc::clone(&state.config);
+    let (report, matrix, recent) = state
+        .with_store(move |s| {
+            Ok((
+                crate::status::report(&config, Some(s))?,
+                crate::pipeline::stored_matrix(s)?,
+                recent(s)?,
+            ))
+        })
         .await?;
     Ok(HttpResponse::Ok().json(json!({
         "status": report,
