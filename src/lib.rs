@@ -22,7 +22,12 @@
 //! - [`streams`]: sealed streams of chat examples and their train/eval files.
 //! - [`train`]: continual LoRA training with checkpoints and replay.
 //! - [`eval`]: perplexity and the forgetting matrix.
-//! - [`pipeline`]: train / evaluate over the store (used by CLI and daemon).
+//! - [`replay`]: the replay pool: a bounded reservoir per earlier stream, read
+//!   lazily, weighted toward the streams forgotten most recently.
+//! - [`lineage`]: the chain of versions, base snapshots and merges.
+//! - [`policy`]: the feedback policy: promote, retrain with replay and a lower
+//!   rate, or give a stream up (docs/continual-learning.md).
+//! - [`pipeline`]: train / evaluate / learn over the store (CLI and daemon).
 //! - [`server`]: the OpenAI-compatible chat server with hot swap and memory.
 //!
 //! The binary (`src/main.rs` and `src/cli/`: arguments, one function per
@@ -36,12 +41,15 @@ pub mod daemon;
 pub mod eval;
 pub mod fsutil;
 pub mod http;
+pub mod lineage;
 pub mod logging;
 pub mod metrics;
 pub mod ml;
 pub mod model_source;
 pub mod notify;
 pub mod pipeline;
+pub mod replay;
+pub mod policy;
 pub mod preprocess;
 pub mod server;
 pub mod sources;

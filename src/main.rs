@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::args::{
-    BenchCommand, Cli, Command, ConfigCommand, MemoryCommand, ModelCommand, StreamsCommand,
+    AdaptersCommand, BenchCommand, Cli, Command, ConfigCommand, MemoryCommand, ModelCommand, StreamsCommand,
 };
 use cli::commands::{self, init_logs, with_config};
 
@@ -76,6 +76,19 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         } => with_config(cli, |config| {
             init_logs(cli, &config)?;
             cli::crawl::command(&config, source.as_deref(), *once, *seal, *json)
+        }),
+        Command::Learn { stream, json } => with_config(cli, |config| {
+            init_logs(cli, &config)?;
+            cli::adapters::learn(&config, *stream, *json)
+        }),
+        Command::Adapters { command } => with_config(cli, |config| {
+            init_logs(cli, &config)?;
+            match command {
+                AdaptersCommand::List { json } => cli::adapters::list(&config, *json),
+                AdaptersCommand::Promote { version } => cli::adapters::promote(&config, *version),
+                AdaptersCommand::Rollback => cli::adapters::rollback(&config),
+                AdaptersCommand::Merge => cli::adapters::merge(&config),
+            }
         }),
         Command::Eval { json } => with_config(cli, |config| {
             init_logs(cli, &config)?;

@@ -1,18 +1,23 @@
 //! The learning stages over the store: train the next stream into a candidate
-//! adapter, and fill the evaluation matrix. The CLI calls these directly; the
-//! daemon's actors call them from their threads.
+//! adapter, fill the evaluation matrix, and `learn` (train → evaluate →
+//! decide, again while the policy asks for another attempt). The CLI calls
+//! these directly; the daemon's actors call them from their threads.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
 
-use crate::config::{Config, TrainStrategy};
+use crate::config::Config;
 use crate::eval::{self, Matrix};
+use crate::lineage::{self, MergeError};
 use crate::ml::data::Labels;
 use crate::ml::{CausalLm, ChatTokenizer, Message, MlError};
+use crate::policy::{Action, Attempt, Decision, PolicyError};
 use crate::store::{
-    AdapterRow, AdapterState, EvalRow, NewAdapter, Split, Store, StoreError, StreamRow, StreamState,
+    Actor, AdapterKind, AdapterRow, AdapterState, EvalRow, NewAdapter, Split, Store, StoreError,
+    StreamRow, StreamState,
 };
 use crate::streams::{self, StreamError};
 use crate::train::{self, Progress, TrainError, TrainJob, TrainSpec};
@@ -27,6 +32,10 @@ pub enum PipelineError {
     Ml(#[from] MlError),
     #[error(transparent)]
     Train(#[from] TrainError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Merge(#[from] MergeError),
     #[error("no stream waits for training")]
     NothingToTrain,
     #[error("stream {0} does not exist")]
@@ -40,59 +49,38 @@ pub enum PipelineError {
 /// The base model and tokenizer `[model]` names, on its device and dtype.
 pub fn load_base(config: &Config) -> Result<(CausalLm, ChatTokenizer), PipelineError> {
     let dir = crate::model_source::model_dir(config)?;
+    Ok((load_weights(config, &dir)?, load_base_tokenizer(config)?))
+}
+
+/// The model in `dir` (the base or a merge snapshot) on `[model]`'s device and dtype.
+pub fn load_weights(config: &Config, dir: &Path) -> Result<CausalLm, PipelineError> {
     if !dir.join("config.json").exists() {
-        return Err(PipelineError::NoModel(dir));
+        return Err(PipelineError::NoModel(dir.to_owned()));
     }
     let (device, kind) = crate::ml::device::select(&config.model.device, config.model.dtype)
         .map_err(MlError::from)?;
     crate::ml::device::set_threads(config.model.threads);
-    let model = CausalLm::load(&dir, device, kind)?;
-    let tok = ChatTokenizer::load(&dir, config.model.chat_template.as_deref())?;
-    Ok((model, tok))
+    Ok(CausalLm::load(dir, device, kind)?)
 }
 
-/// Whether `a` was trained on a base with its ancestors merged in (`merge_each`).
-fn merges_ancestors(a: &AdapterRow) -> bool {
-    a.hyperparams["strategy"] == "merge_each"
-}
-
-/// The ancestors of `a` (root first), following `parent_id`.
-fn ancestors(all: &[AdapterRow], a: &AdapterRow) -> Vec<AdapterRow> {
-    let mut chain = Vec::new();
-    let mut next = a.parent_id;
-    while let Some(id) = next {
-        match all.iter().find(|x| x.id == id) {
-            Some(p) if !chain.iter().any(|c: &AdapterRow| c.id == p.id) => {
-                next = p.parent_id;
-                chain.push(p.clone());
-            }
-            _ => break,
-        }
-    }
-    chain.reverse();
-    chain
-}
-
-/// The ancestors to merge into a fresh base before loading `a` (root first):
-/// all of them under `merge_each`, none otherwise.
-pub fn baked_ancestors(all: &[AdapterRow], a: &AdapterRow) -> Vec<AdapterRow> {
-    if merges_ancestors(a) {
-        ancestors(all, a)
-    } else {
-        Vec::new()
-    }
-}
-
-/// Puts `model` (a freshly loaded base) in the state adapter `a` was trained
-/// on: under `merge_each`, every ancestor merged into the weights.
-fn bake_ancestors(
-    model: &mut CausalLm,
+/// Puts version `v` (None = the base model) on `model`, which holds the
+/// weights of `loaded_base`: reloads the weights when `v` runs on another base
+/// snapshot, then attaches its adapter (none for the base or a snapshot).
+pub fn switch_to(
+    config: &Config,
     all: &[AdapterRow],
-    a: &AdapterRow,
+    model: &mut CausalLm,
+    loaded_base: &mut PathBuf,
+    v: Option<&AdapterRow>,
 ) -> Result<(), PipelineError> {
-    for p in baked_ancestors(all, a) {
-        model.load_adapter(&p.path)?;
-        model.bake_lora();
+    let base = lineage::base_dir(config, all, v)?;
+    if base != *loaded_base {
+        *model = load_weights(config, &base)?;
+        *loaded_base = base;
+    }
+    match v.filter(|a| a.kind == AdapterKind::Lora) {
+        Some(a) => model.load_adapter(&a.path)?,
+        None => model.clear_lora(),
     }
     Ok(())
 }
@@ -106,20 +94,24 @@ fn split_of(stream: &StreamRow, split: Split) -> Result<Vec<Vec<Message>>, Pipel
 pub struct Trained {
     pub adapter_id: i64,
     pub stream_id: i64,
+    pub attempt: Attempt,
     pub outcome: train::TrainOutcome,
 }
 
 impl std::fmt::Display for Trained {
-    /// `stream 1 -> adapter v2 (candidate): 60 steps, loss 6.1 -> 5.2, 900 tokens/s`
+    /// `stream 1 -> adapter v2 (candidate, attempt 1): 60 steps, loss 6.1 -> 5.2, 900 tokens/s`
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let o = &self.outcome;
         write!(
             f,
-            "stream {} -> adapter v{} (candidate): {} steps",
-            self.stream_id, self.adapter_id, o.steps
+            "stream {} -> adapter v{} (candidate, attempt {}): {} steps",
+            self.stream_id, self.adapter_id, self.attempt.number, o.steps
         )?;
         if o.resumed_from > 0 {
             write!(f, " (resumed at {})", o.resumed_from)?;
+        }
+        if o.stopped_early {
+            write!(f, " (stopped early of {})", o.total_steps)?;
         }
         write!(
             f,
@@ -127,8 +119,35 @@ impl std::fmt::Display for Trained {
             o.losses.first().copied().unwrap_or(f32::NAN),
             o.losses.last().copied().unwrap_or(f32::NAN),
             o.tokens_per_s
-        )
+        )?;
+        if let Some(b) = o.best_step {
+            write!(f, ", kept step {b}")?;
+        }
+        Ok(())
     }
+}
+
+/// The validation slice of a train split: the last `validation_fraction` of
+/// it (the split is in hash order already), at least 2 examples, and only when
+/// at least 4 remain to train on.
+fn validation_slice(train: Vec<Vec<Message>>, fraction: f64) -> (Vec<Vec<Message>>, Vec<Vec<Message>>) {
+    let n = ((train.len() as f64 * fraction).round() as usize).max(2);
+    if fraction <= 0.0 || train.len() < n + 4 {
+        return (train, Vec::new());
+    }
+    let mut train = train;
+    let val = train.split_off(train.len() - n);
+    (train, val)
+}
+
+/// The forgetting the latest decision measured per stream (replay weights).
+fn recent_forgetting(adapters: &[AdapterRow]) -> BTreeMap<i64, f64> {
+    adapters
+        .iter()
+        .rev()
+        .filter_map(|a| a.decision.as_ref()?.get("forgetting"))
+        .find_map(|f| serde_json::from_value::<BTreeMap<i64, f64>>(f.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// Trains `stream_id` (default: the oldest stream not trained yet) into a
@@ -152,24 +171,37 @@ pub fn train_stream(
             .find(|s| matches!(s.state, StreamState::Sealed | StreamState::Training))
             .ok_or(PipelineError::NothingToTrain)?,
     };
-    let (mut model, tok) = load_base(config)?;
+    if lineage::merge_due(config, &store.adapters()?, store.served_adapter()?.as_ref()) {
+        lineage::merge(config, store, Actor::Daemon, "merge = every_n_streams")?;
+    }
     let adapters = store.adapters()?;
     let unfinished = adapters
         .iter()
         .find(|a| a.stream_id == stream.id && a.state == AdapterState::Training);
-    let spec = TrainSpec::from_config(config);
-    let merge_each = config.train.strategy == TrainStrategy::MergeEach;
-    let mut hyperparams = serde_json::to_value(&spec).map_err(StoreError::Json)?;
-    hyperparams["strategy"] = json!(if merge_each { "merge_each" } else { "continue" });
+    let number = match unfinished {
+        Some(a) => a.attempt,
+        None => {
+            adapters
+                .iter()
+                .filter(|a| a.stream_id == stream.id && a.kind == AdapterKind::Lora)
+                .count() as i64
+                + 1
+        }
+    };
+    let attempt = Attempt::nth(config, number);
+    let mut spec = TrainSpec::from_config(config);
+    spec.replay_fraction = attempt.replay_fraction;
+    spec.lr = attempt.lr;
+    let hyperparams = serde_json::to_value(&spec).map_err(StoreError::Json)?;
     let adapter_id = match unfinished {
         Some(a) => a.id,
         None => {
             let parent = store.served_adapter()?;
-            let attempt = adapters.iter().filter(|a| a.stream_id == stream.id).count() as i64 + 1;
             store.insert_adapter(&NewAdapter {
                 parent_id: parent.as_ref().map(|p| p.id),
                 stream_id: stream.id,
-                attempt,
+                attempt: number,
+                kind: AdapterKind::Lora,
                 path: std::path::Path::new(""),
                 hyperparams,
             })?
@@ -191,34 +223,36 @@ pub fn train_stream(
     let parent = this
         .parent_id
         .and_then(|p| all_adapters.iter().find(|a| a.id == p));
-    // continue: train the parent's LoRA further; merge_each: merge the lineage
-    // into the base and train a fresh LoRA on top.
-    bake_ancestors(&mut model, &all_adapters, this)?;
-    let init_adapter = if merges_ancestors(this) {
-        None
-    } else {
-        parent.map(|p| p.path.clone())
-    };
+    // The parent's base (the model or its merge snapshot); training continues
+    // the parent's LoRA, or starts a fresh one on a snapshot.
+    let base = lineage::base_dir(config, &all_adapters, parent)?;
+    let mut model = load_weights(config, &base)?;
+    let tok = load_base_tokenizer(config)?;
+    let init_adapter = parent
+        .filter(|p| p.kind == AdapterKind::Lora)
+        .map(|p| p.path.clone());
     if stream.state != StreamState::Training {
         store.set_stream_state(stream.id, StreamState::Training)?;
     }
-    let train_set = split_of(stream, Split::Train)?;
-    // Replay pool: a bounded reservoir over earlier streams' train splits.
-    let mut earlier = Vec::new();
-    for s in all.iter().filter(|s| s.id < stream.id) {
-        earlier.extend(split_of(s, Split::Train)?);
-    }
-    let replay = crate::ml::rng::reservoir(
-        earlier,
-        config.train.replay_buffer,
-        spec.seed ^ stream.id as u64,
-    );
+    let (train_set, validation) =
+        validation_slice(split_of(stream, Split::Train)?, config.train.validation_fraction);
+    let earlier: Vec<StreamRow> = all.iter().filter(|s| s.id < stream.id).cloned().collect();
+    let replay = if spec.replay_fraction > 0.0 {
+        crate::replay::pool(config, &earlier, &recent_forgetting(&all_adapters), spec.seed ^ stream.id as u64)
+    } else {
+        crate::replay::Pool::default()
+    };
     tracing::info!(
         stream = stream.id,
         adapter = adapter_id,
+        attempt = number,
         parent = parent.map(|p| p.id),
         examples = train_set.len(),
-        replay = replay.len(),
+        validation = validation.len(),
+        replay = replay.examples.len(),
+        replay_by_stream = ?replay.drawn,
+        replay_fraction = spec.replay_fraction,
+        lr = spec.lr,
         "training stream"
     );
     let result = train::train(
@@ -226,11 +260,8 @@ pub fn train_stream(
             model: &mut model,
             tok: &tok,
             train: &train_set,
-            replay: if spec.replay_fraction > 0.0 {
-                &replay
-            } else {
-                &[]
-            },
+            validation: &validation,
+            replay: &replay.examples,
             init_adapter: init_adapter.as_deref(),
             out_dir: &dir,
             spec: &spec,
@@ -242,15 +273,18 @@ pub fn train_stream(
         Ok(outcome) => {
             store.set_adapter_train_log(
                 adapter_id,
-                &json!({"loss": outcome.losses, "steps": outcome.steps, "tokens": outcome.tokens,
-                        "seconds": outcome.seconds, "tokens_per_s": outcome.tokens_per_s,
-                        "resumed_from": outcome.resumed_from}),
+                &json!({"loss": outcome.losses, "steps": outcome.steps, "total_steps": outcome.total_steps,
+                        "tokens": outcome.tokens, "seconds": outcome.seconds, "tokens_per_s": outcome.tokens_per_s,
+                        "resumed_from": outcome.resumed_from, "validation": outcome.validations,
+                        "best_step": outcome.best_step, "stopped_early": outcome.stopped_early,
+                        "skipped_steps": outcome.skipped_steps, "replay": replay.drawn}),
             )?;
-            store.set_adapter_state(adapter_id, AdapterState::Candidate, None)?;
+            store.set_adapter_state(adapter_id, AdapterState::Candidate, None, Actor::Daemon, "trained")?;
             store.set_stream_state(stream.id, StreamState::Trained)?;
             Ok(Trained {
                 adapter_id,
                 stream_id: stream.id,
+                attempt,
                 outcome,
             })
         }
@@ -260,6 +294,8 @@ pub fn train_stream(
                 adapter_id,
                 AdapterState::Failed,
                 Some(&json!({"error": e.to_string()})),
+                Actor::Daemon,
+                &e.to_string(),
             )?;
             store.set_stream_state(stream.id, StreamState::Failed)?;
             Err(e.into())
@@ -267,55 +303,101 @@ pub fn train_stream(
     }
 }
 
+fn load_base_tokenizer(config: &Config) -> Result<ChatTokenizer, PipelineError> {
+    let dir = crate::model_source::model_dir(config)?;
+    Ok(ChatTokenizer::load(&dir, config.model.chat_template.as_deref())?)
+}
+
+/// One stream learned as the policy wants it: train, evaluate, decide, and
+/// again while the decision is `retrain`. Returns every attempt with its decision.
+pub fn learn(
+    config: &Config,
+    store: &Store,
+    stream_id: Option<i64>,
+    stop: &AtomicBool,
+    mut progress: impl FnMut(&Progress),
+) -> Result<Vec<(Trained, Decision)>, PipelineError> {
+    let mut out = Vec::new();
+    let mut stream = stream_id;
+    loop {
+        let t = train_stream(config, store, stream, stop, &mut progress)?;
+        evaluate(config, store)?;
+        let Some(d) = crate::policy::decide_stored(config, store, t.adapter_id, Actor::Cli)? else {
+            break;
+        };
+        stream = Some(t.stream_id);
+        let again = d.action == Action::Retrain;
+        out.push((t, d));
+        if !again {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// The versions that are rows of the matrix: the base (0), then every adapter
 /// that finished training, with the stream it was trained on.
-fn matrix_rows(adapters: &[AdapterRow]) -> Vec<(i64, Option<i64>, Option<&AdapterRow>)> {
-    let mut rows: Vec<(i64, Option<i64>, Option<&AdapterRow>)> = vec![(0, None, None)];
+fn matrix_rows(adapters: &[AdapterRow]) -> Vec<(eval::RowKey, Option<&AdapterRow>)> {
+    let mut rows = vec![((0, None), None)];
     rows.extend(
         adapters
             .iter()
             .filter(|a| !matches!(a.state, AdapterState::Training | AdapterState::Failed))
-            .map(|a| (a.id, Some(a.stream_id), Some(a))),
+            .map(|a| ((a.id, lineage::trained_on(a)), Some(a))),
     );
     rows
 }
 
-/// The matrix as stored, without evaluating anything (the web page, metrics).
+/// The matrix as stored, without evaluating anything (the web page, metrics,
+/// `adapters list`), forgetting measured along the served lineage.
 pub fn stored_matrix(store: &Store) -> Result<Matrix, StoreError> {
     let adapters = store.adapters()?;
-    let rows: Vec<(i64, Option<i64>)> = matrix_rows(&adapters)
-        .iter()
-        .map(|(v, t, _)| (*v, *t))
-        .collect();
-    Ok(eval::matrix(&store.evals()?, &rows))
+    let rows: Vec<eval::RowKey> = matrix_rows(&adapters).iter().map(|r| r.0).collect();
+    let served = store.served_adapter()?;
+    let chain = match &served {
+        Some(s) => lineage::row_keys(&lineage::chain(&adapters, s)),
+        None => vec![(0, None)],
+    };
+    Ok(eval::matrix(&store.evals()?, &rows, &chain))
 }
 
-/// Fills every missing cell R[version][stream] (streams up to the version's
-/// own, all streams for the base model, the probe set for every row) and
-/// returns the matrix. The base model is loaded once.
+/// Fills every missing cell R[version][stream] — streams up to the version's
+/// own, every stream for the base model and the served version, the streams
+/// up to a candidate's for its parent (the policy compares the two), the probe
+/// set for every row — and returns the matrix. Each base is loaded once.
 pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError> {
     let streams = store.streams()?;
     let all_adapters = store.adapters()?;
     let versions = matrix_rows(&all_adapters);
     let have = store.evals()?;
-    let probe = match &config.eval.probe_set {
-        Some(p) => Some(streams::read_jsonl(p, config.eval.max_examples_per_stream)?),
-        None => None,
-    };
+    let probe = probe_set(config)?;
     let limit = |mut v: Vec<Vec<Message>>| {
         if config.eval.max_examples_per_stream > 0 {
             v.truncate(config.eval.max_examples_per_stream);
         }
         v
     };
-    // The served version is also measured on later streams: the feedback
-    // compares each new candidate with it there.
     let served = store.served_adapter()?.map(|a| a.id);
+    // Up to which stream each version is measured.
+    let mut upto: BTreeMap<i64, i64> = BTreeMap::new();
+    for ((v, _), row) in &versions {
+        let v = *v;
+        let own = match row {
+            Some(a) if Some(v) != served => a.stream_id,
+            _ => i64::MAX,
+        };
+        let e = upto.entry(v).or_insert(own);
+        *e = (*e).max(own);
+        if let Some(a) = row.filter(|a| a.state == AdapterState::Candidate) {
+            let p = upto.entry(a.parent_id.unwrap_or(0)).or_insert(a.stream_id);
+            *p = (*p).max(a.stream_id);
+        }
+    }
     let mut todo: Vec<(i64, Option<&AdapterRow>, i64)> = Vec::new();
-    for (v, trained, row) in &versions {
+    for ((v, _), row) in &versions {
         let mut cols: Vec<i64> = streams
             .iter()
-            .filter(|s| (trained.is_none_or(|t| s.id <= t) || Some(*v) == served) && s.n_eval > 0)
+            .filter(|s| s.id <= upto[v] && s.n_eval > 0)
             .map(|s| s.id)
             .collect();
         if probe.is_some() {
@@ -329,25 +411,11 @@ pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError>
     }
     if !todo.is_empty() {
         let (mut model, tok) = load_base(config)?;
-        let mut baked = false;
+        let mut base = crate::model_source::model_dir(config)?;
         let mut loaded: Option<i64> = None;
         for (v, row, s) in todo {
             if loaded != Some(v) {
-                // The base is loaded once; only merge_each versions change its weights.
-                if baked {
-                    model = load_base(config)?.0;
-                    baked = false;
-                }
-                match row {
-                    Some(a) => {
-                        if merges_ancestors(a) && a.parent_id.is_some() {
-                            bake_ancestors(&mut model, &all_adapters, a)?;
-                            baked = true;
-                        }
-                        model.load_adapter(&a.path)?;
-                    }
-                    None => model.clear_lora(),
-                }
+                switch_to(config, &all_adapters, &mut model, &mut base, row)?;
                 loaded = Some(v);
             }
             let examples = if s == 0 {
@@ -384,6 +452,17 @@ pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError>
             })?;
         }
     }
-    let rows: Vec<(i64, Option<i64>)> = versions.iter().map(|(v, t, _)| (*v, *t)).collect();
-    Ok(eval::matrix(&store.evals()?, &rows))
+    Ok(stored_matrix(store)?)
+}
+
+/// The probe set's examples: `[eval] probe_set`, else the built-in one;
+/// `None` with `[eval] probe = false`.
+pub fn probe_set(config: &Config) -> Result<Option<Vec<Vec<Message>>>, PipelineError> {
+    if !config.eval.probe {
+        return Ok(None);
+    }
+    Ok(Some(match &config.eval.probe_set {
+        Some(p) => streams::read_jsonl(p, config.eval.max_examples_per_stream)?,
+        None => crate::eval::builtin_probe(),
+    }))
 }

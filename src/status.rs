@@ -96,7 +96,8 @@ pub fn report(config: &Config, store: Option<&Store>) -> Result<StatusReport, St
     Ok(report)
 }
 
-fn ago(ms: Option<i64>) -> String {
+/// "12s ago", "5m ago", "3h ago", "2d ago" or "never".
+pub fn ago(ms: Option<i64>) -> String {
     match ms {
         None => "never".into(),
         Some(t) => {

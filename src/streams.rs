@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use crate::config::StreamsConfig;
 use crate::ml::Message;
 use crate::store::{
     ExampleRow, ExampleState, NewExample, Origin, Split, Store, StoreError, StreamRow, content_hash,
@@ -31,6 +32,11 @@ pub enum StreamError {
     Empty { path: PathBuf },
     #[error("{}: all {count} examples are already stored; nothing to seal", path.display())]
     AllStored { path: PathBuf, count: usize },
+    #[error(
+        "{count} examples are too few for a stream: it needs at least {needed} \
+         ([streams] min_eval_examples for the eval split, and one to train on)"
+    )]
+    TooSmall { count: usize, needed: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -74,13 +80,41 @@ pub fn read_jsonl(path: &Path, limit: usize) -> Result<Vec<Vec<Message>>, Stream
     Ok(out)
 }
 
-/// True when the example goes to the eval split: a hash of its content below
-/// `eval_fraction` of the hash range, so the split does not depend on order.
-pub fn is_eval(messages: &[Message], eval_fraction: f64) -> bool {
-    let parts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
-    let h = content_hash(&parts);
-    let x = u64::from_str_radix(&h[..16], 16).unwrap_or(0);
-    (x as f64 / u64::MAX as f64) < eval_fraction
+/// How many of `n` examples a stream holds out for evaluation: exactly
+/// round(eval_fraction × n), at least `min_eval_examples`. `None` when `n` is
+/// too small for that and one example left to train on: the stream waits.
+pub fn eval_count(n: usize, cfg: &StreamsConfig) -> Option<usize> {
+    let k = ((cfg.eval_fraction * n as f64).round() as usize).max(cfg.min_eval_examples.max(1));
+    (n > k).then_some(k)
+}
+
+/// The smallest stream [`eval_count`] accepts.
+pub fn min_stream_size(cfg: &StreamsConfig) -> usize {
+    (1..).find(|&n| eval_count(n, cfg).is_some()).unwrap_or(usize::MAX)
+}
+
+/// The position of each example in hash order: the first [`eval_count`] of
+/// that order are the eval split, so the split does not depend on the order
+/// examples arrived in.
+fn hash_order(messages: &[Vec<Message>]) -> Vec<usize> {
+    let keys: Vec<String> = messages
+        .iter()
+        .map(|m| content_hash(&m.iter().map(|x| x.content.as_str()).collect::<Vec<_>>()))
+        .collect();
+    let mut order: Vec<usize> = (0..messages.len()).collect();
+    order.sort_by(|&a, &b| keys[a].cmp(&keys[b]).then(a.cmp(&b)));
+    order
+}
+
+/// Splits `messages` into (train, eval) indexes; `None` when too few.
+pub fn split(messages: &[Vec<Message>], cfg: &StreamsConfig) -> Option<(Vec<usize>, Vec<usize>)> {
+    let k = eval_count(messages.len(), cfg)?;
+    let order = hash_order(messages);
+    let mut eval = order[..k].to_vec();
+    let mut train = order[k..].to_vec();
+    eval.sort_unstable();
+    train.sort_unstable();
+    Some((train, eval))
 }
 
 fn write_jsonl(path: &Path, examples: &[serde_json::Value]) -> std::io::Result<()> {
@@ -100,7 +134,7 @@ pub fn seal(
     state_dir: &Path,
     name: &str,
     example_ids: &[i64],
-    eval_fraction: f64,
+    cfg: &StreamsConfig,
 ) -> Result<i64, StreamError> {
     let rows = example_ids
         .iter()
@@ -111,7 +145,7 @@ pub fn seal(
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(seal_rows(store, state_dir, name, &rows, eval_fraction)?.id)
+    Ok(seal_rows(store, state_dir, name, &rows, cfg)?.id)
 }
 
 /// [`seal`] for rows already read.
@@ -120,27 +154,17 @@ fn seal_rows(
     state_dir: &Path,
     name: &str,
     rows: &[ExampleRow],
-    eval_fraction: f64,
+    cfg: &StreamsConfig,
 ) -> Result<StreamRow, StreamError> {
-    // Indexes into `rows` of each split.
-    let mut train = Vec::new();
-    let mut eval = Vec::new();
-    for (i, row) in rows.iter().enumerate() {
-        let messages: Vec<Message> =
-            serde_json::from_value(row.messages.clone()).map_err(StoreError::Json)?;
-        if is_eval(&messages, eval_fraction) {
-            eval.push(i);
-        } else {
-            train.push(i);
-        }
-    }
-    // Tiny streams still get both splits.
-    if eval.is_empty() && train.len() >= 2 {
-        eval.extend(train.pop());
-    }
-    if train.is_empty() && eval.len() >= 2 {
-        train.extend(eval.pop());
-    }
+    let messages = rows
+        .iter()
+        .map(|r| serde_json::from_value::<Vec<Message>>(r.messages.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::Json)?;
+    let (train, eval) = split(&messages, cfg).ok_or(StreamError::TooSmall {
+        count: rows.len(),
+        needed: min_stream_size(cfg),
+    })?;
     let ids = |split: &[usize]| -> Vec<i64> { split.iter().map(|&i| rows[i].id).collect() };
     // What is trained on: condensed answers where the summarizer made them.
     let messages_of = |split: &[usize]| -> Vec<serde_json::Value> {
@@ -166,7 +190,7 @@ pub fn import(
     state_dir: &Path,
     file: &Path,
     name: &str,
-    eval_fraction: f64,
+    cfg: &StreamsConfig,
 ) -> Result<(i64, usize, usize), StreamError> {
     let examples = read_jsonl(file, 0)?;
     let mut new = Vec::new();
@@ -192,7 +216,13 @@ pub fn import(
             count: examples.len(),
         });
     }
-    let id = seal(store, state_dir, name, &new, eval_fraction)?;
+    if eval_count(new.len(), cfg).is_none() {
+        return Err(StreamError::TooSmall {
+            count: new.len(),
+            needed: min_stream_size(cfg),
+        });
+    }
+    let id = seal(store, state_dir, name, &new, cfg)?;
     Ok((id, new.len(), dup))
 }
 
@@ -211,19 +241,28 @@ pub fn load_split(dir: &Path, split: Split) -> Result<Vec<Vec<Message>>, StreamE
 pub fn seal_ready(
     store: &Store,
     state_dir: &Path,
-    cfg: &crate::config::StreamsConfig,
+    cfg: &StreamsConfig,
     force: bool,
 ) -> Result<Vec<StreamRow>, StreamError> {
     let mut sealed = Vec::new();
+    let needed = min_stream_size(cfg);
     loop {
         let ready = store.count_examples(ExampleState::Ready)? as usize;
         if ready == 0 || (!force && ready < cfg.min_examples.max(1)) {
             break;
         }
+        if ready < needed {
+            tracing::info!(
+                ready,
+                needed,
+                "too few examples for a stream's eval split; waiting for more"
+            );
+            break;
+        }
         let rows = store.examples_in_state(ExampleState::Ready, cfg.max_examples.max(1))?;
         let ids: Vec<i64> = rows.iter().map(|e| e.id).collect();
         let name = stream_name(&store.example_labels(&ids)?);
-        let stream = seal_rows(store, state_dir, &name, &rows, cfg.eval_fraction)?;
+        let stream = seal_rows(store, state_dir, &name, &rows, cfg)?;
         tracing::info!(
             stream = stream.id,
             name = %name,

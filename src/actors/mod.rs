@@ -53,7 +53,7 @@ pub enum StageError {
     #[error(transparent)]
     Streams(#[from] crate::streams::StreamError),
     #[error(transparent)]
-    Feedback(#[from] feedback::FeedbackError),
+    Policy(#[from] crate::policy::PolicyError),
     #[error("{what} panicked: {message}")]
     Panicked { what: &'static str, message: String },
 }

@@ -99,6 +99,21 @@ pub enum Command {
         #[arg(long)]
         stream: Option<i64>,
     },
+    /// Learn every waiting stream (or --stream ID) as the feedback policy wants:
+    /// train, evaluate, decide, and again while it asks for another attempt.
+    /// Prints each attempt, its decision, and the matrix.
+    Learn {
+        #[arg(long)]
+        stream: Option<i64>,
+        /// Print the attempts and the matrix as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Adapter versions: list, promote, roll back, merge.
+    Adapters {
+        #[command(subcommand)]
+        command: AdaptersCommand,
+    },
     /// Fill missing cells of the perplexity matrix and print it with forgetting.
     Eval {
         /// Print JSON instead of a table.
@@ -213,6 +228,23 @@ pub enum StreamsCommand {
         #[arg(long)]
         name: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum AdaptersCommand {
+    /// Every version: stream, attempt, state, perplexity on its stream, max
+    /// forgetting, probe change, created; the served one marked.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve version V (rejected, rolled back, not learned, or an older promoted one).
+    Promote { version: i64 },
+    /// Stop serving the current version: the one promoted before it (or the base) is served.
+    Rollback,
+    /// Merge the served adapter into a new base snapshot, served as a version
+    /// (`[feedback] merge = "after_final_stream"`: once the last stream is in).
+    Merge,
 }
 
 #[derive(Subcommand)]

@@ -125,7 +125,7 @@ pub fn streams_import(
         &config.state_dir(),
         file,
         &name,
-        config.streams.eval_fraction,
+        &config.streams,
     )?;
     let s = store.stream(id)?.context("stream vanished")?;
     println!(
@@ -231,7 +231,7 @@ pub fn run(cli: &Cli, config: Config) -> anyhow::Result<ExitCode> {
 }
 
 /// A progress bar with loss, tokens/s and ETA when stderr is a terminal.
-fn progress_bar() -> Option<indicatif::ProgressBar> {
+pub fn progress_bar() -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
         return None;

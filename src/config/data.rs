@@ -43,8 +43,12 @@ pub struct StreamsConfig {
     pub min_examples: usize,
     /// At most this many examples go into one stream; the rest wait for the next.
     pub max_examples: usize,
-    /// Share of each stream held out for evaluation (by a hash of the example).
+    /// Share of each stream held out for evaluation: exactly
+    /// round(eval_fraction × n) examples, the first in hash order.
     pub eval_fraction: f64,
+    /// The eval split decides promotions: at least this many examples. A
+    /// stream too small for that waits for more data.
+    pub min_eval_examples: usize,
 }
 
 impl Default for StreamsConfig {
@@ -52,7 +56,8 @@ impl Default for StreamsConfig {
         StreamsConfig {
             min_examples: 50,
             max_examples: 2000,
-            eval_fraction: 0.1,
+            eval_fraction: 0.2,
+            min_eval_examples: 8,
         }
     }
 }

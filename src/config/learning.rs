@@ -44,8 +44,8 @@ pub struct LoraConfig {
     pub r: usize,
     pub alpha: f64,
     pub dropout: f64,
-    /// PEFT module names; empty = the architecture's default
-    /// (`c_attn` for GPT-2, `q_proj`,`v_proj` for Llama).
+    /// PEFT module names; `["all-linear"]` = every linear layer of the blocks;
+    /// empty = the architecture's default (`c_attn` for GPT-2, `q_proj`,`v_proj` for Llama).
     pub target_modules: Vec<String>,
     /// Scale by alpha/sqrt(r) instead of alpha/r.
     pub rslora: bool,
@@ -54,21 +54,26 @@ pub struct LoraConfig {
 impl Default for LoraConfig {
     fn default() -> Self {
         LoraConfig {
-            r: 8,
-            alpha: 16.0,
+            r: 16,
+            alpha: 32.0,
             dropout: 0.05,
-            target_modules: Vec::new(),
+            target_modules: vec![crate::ml::lora::ALL_LINEAR.to_string()],
             rslora: false,
         }
     }
 }
 
 text_enum! {
-    pub enum TrainStrategy {
-        /// One adapter carried across streams.
-        Continue = "continue",
-        /// Merge each promoted adapter into the base and start a fresh one.
-        MergeEach = "merge_each",
+    /// `[feedback] merge`: when the served lineage is merged into a new base snapshot.
+    pub enum MergePolicy {
+        /// One adapter carried across streams; never merged.
+        Never = "never",
+        /// Merged once, when the operator says the last stream is in
+        /// (`lorastream adapters merge`): the original experiment's choice.
+        AfterFinalStream = "after_final_stream",
+        /// Merged after every `merge_every` promoted streams; the next stream
+        /// trains a fresh adapter on the snapshot.
+        EveryNStreams = "every_n_streams",
     }
 }
 
@@ -96,7 +101,6 @@ impl From<&LoraConfig> for LoraSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    pub strategy: TrainStrategy,
     pub epochs_per_stream: usize,
     pub batch_size: usize,
     pub grad_accum_steps: usize,
@@ -109,10 +113,25 @@ pub struct TrainConfig {
     pub loss_on: LossOn,
     /// Pack several examples into one sequence instead of padding.
     pub packing: bool,
-    /// Share of each batch drawn from earlier streams.
+    /// Share of each batch drawn from earlier streams on a stream's first
+    /// attempt (retries add `[feedback] replay_step`).
     pub replay_fraction: f64,
-    /// Examples kept (reservoir-sampled) from earlier streams for replay.
+    /// Examples kept (reservoir-sampled) of each earlier stream for replay.
+    pub replay_per_stream: usize,
+    /// Examples in the replay pool of one run, drawn from the streams'
+    /// reservoirs with weights toward the ones forgotten most recently.
     pub replay_buffer: usize,
+    /// Share of each stream's train split held out to validate on during
+    /// training (early stopping); the eval split is never seen here.
+    pub validation_fraction: f64,
+    /// Validate every this many optimizer steps (0 = once per epoch).
+    pub eval_every: usize,
+    /// Stop after this many validations without a new best (0 = never stop
+    /// early); the best checkpoint is kept either way.
+    pub patience: usize,
+    /// A step whose loss is NaN or infinite is skipped; this many in a row end
+    /// the attempt.
+    pub max_nonfinite_steps: usize,
     pub checkpoint_every: usize,
     /// Log a progress line every this many optimizer steps.
     pub log_every: usize,
@@ -122,19 +141,23 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            strategy: TrainStrategy::Continue,
             epochs_per_stream: 3,
             batch_size: 4,
             grad_accum_steps: 1,
             seq_len: 256,
-            lr: 2e-4,
+            lr: 1e-3,
             weight_decay: 0.0,
             warmup_steps: 10,
             max_grad_norm: 1.0,
             loss_on: LossOn::Assistant,
             packing: false,
-            replay_fraction: 0.0,
-            replay_buffer: 2000,
+            replay_fraction: 0.1,
+            replay_per_stream: 200,
+            replay_buffer: 1000,
+            validation_fraction: 0.1,
+            eval_every: 0,
+            patience: 2,
+            max_nonfinite_steps: 5,
             checkpoint_every: 50,
             log_every: 10,
             seed: 42,
@@ -148,7 +171,12 @@ pub struct EvalConfig {
     pub batch_size: usize,
     /// Evaluate at most this many examples of each stream's eval split; 0 = all.
     pub max_examples_per_stream: usize,
-    /// JSONL of chat examples measuring what the base model knew.
+    /// Measure every version on the general-skill probe set (column 0 of the
+    /// matrix): general knowledge and instruction following, not the crawled
+    /// topics. The feedback loop refuses versions that get worse on it.
+    pub probe: bool,
+    /// A JSONL of chat examples to use as the probe set instead of the one
+    /// built into lorastream.
     pub probe_set: Option<PathBuf>,
 }
 
@@ -157,6 +185,7 @@ impl Default for EvalConfig {
         EvalConfig {
             batch_size: 8,
             max_examples_per_stream: 200,
+            probe: true,
             probe_set: None,
         }
     }
@@ -165,31 +194,41 @@ impl Default for EvalConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeedbackConfig {
-    /// Largest allowed relative perplexity increase on any earlier stream.
+    /// Off: every candidate is promoted unchecked (naive sequential training).
+    pub enabled: bool,
+    /// The new stream's perplexity must be at least this much (relative) below
+    /// the served version's.
+    pub min_gain: f64,
+    /// Largest allowed forgetting on any earlier stream (see docs/continual-learning.md).
     pub max_forgetting: f64,
-    /// Also require the new stream's perplexity to improve on the served adapter's.
-    pub require_improvement: bool,
-    /// Training attempts per stream before the candidate is rejected.
+    /// Largest allowed rise of the probe set's perplexity (relative).
+    pub max_probe_increase: f64,
+    /// Training attempts per stream; after the last the stream is `not_learned`.
     pub max_attempts: usize,
-    /// Added to `train.replay_fraction` on each retry.
+    /// Added to `train.replay_fraction` on each retry …
     pub replay_step: f64,
+    /// … up to this.
     pub replay_max: f64,
     /// The learning rate is multiplied by this on each retry.
     pub lr_decay: f64,
-    /// Merge a promoted adapter into the base model.
-    pub merge_on_promote: bool,
+    pub merge: MergePolicy,
+    /// `every_n_streams`: merge after this many promoted streams.
+    pub merge_every: usize,
 }
 
 impl Default for FeedbackConfig {
     fn default() -> Self {
         FeedbackConfig {
-            max_forgetting: 0.10,
-            require_improvement: true,
+            enabled: true,
+            min_gain: 0.02,
+            max_forgetting: 0.01,
+            max_probe_increase: 0.01,
             max_attempts: 3,
-            replay_step: 0.1,
+            replay_step: 0.25,
             replay_max: 0.5,
             lr_decay: 0.5,
-            merge_on_promote: false,
+            merge: MergePolicy::Never,
+            merge_every: 1,
         }
     }
 }

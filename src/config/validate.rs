@@ -189,6 +189,7 @@ fn check_streams(k: &mut Checker, c: &Config) {
         1.0,
         false,
     );
+    k.at_least("streams.min_eval_examples", c.streams.min_eval_examples, 1);
 }
 
 /// `[summarizer]`
@@ -260,10 +261,18 @@ fn check_lora(k: &mut Checker, c: &Config) {
         1.0,
         false,
     );
-    let modules: Vec<&str> = [Arch::Gpt2, Arch::Llama]
+    let mut modules: Vec<&str> = [Arch::Gpt2, Arch::Llama]
         .iter()
         .flat_map(|a| a.lora_modules().iter().copied())
         .collect();
+    modules.push(crate::ml::lora::ALL_LINEAR);
+    let all = c.lora.target_modules.iter().any(|m| m == crate::ml::lora::ALL_LINEAR);
+    if all && c.lora.target_modules.len() > 1 {
+        k.fail(
+            KeyPath::parse("lora.target_modules"),
+            "\"all-linear\" stands alone: it already names every linear layer",
+        );
+    }
     for (i, m) in c.lora.target_modules.iter().enumerate() {
         if !modules.contains(&m.as_str()) {
             k.fail(
@@ -304,6 +313,15 @@ fn check_train(k: &mut Checker, c: &Config) {
     );
     k.at_least("train.checkpoint_every", t.checkpoint_every, 1);
     k.at_least("train.log_every", t.log_every, 1);
+    k.range(
+        KeyPath::parse("train.validation_fraction"),
+        t.validation_fraction,
+        0.0,
+        true,
+        0.5,
+        true,
+    );
+    k.at_least("train.max_nonfinite_steps", t.max_nonfinite_steps, 1);
 }
 
 /// `[eval]`
@@ -325,7 +343,14 @@ fn check_feedback(k: &mut Checker, c: &Config) {
         f64::INFINITY,
         false,
     );
+    for (key, v) in [
+        ("feedback.min_gain", f.min_gain),
+        ("feedback.max_probe_increase", f.max_probe_increase),
+    ] {
+        k.range(KeyPath::parse(key), v, 0.0, true, f64::INFINITY, false);
+    }
     k.at_least("feedback.max_attempts", f.max_attempts, 1);
+    k.at_least("feedback.merge_every", f.merge_every, 1);
     k.range(
         KeyPath::parse("feedback.replay_step"),
         f.replay_step,

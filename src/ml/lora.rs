@@ -20,6 +20,9 @@ pub struct LoraSpec {
     pub rslora: bool,
 }
 
+/// The `target_modules` value that means every linear layer of the blocks.
+pub const ALL_LINEAR: &str = "all-linear";
+
 impl LoraSpec {
     pub fn scale(&self) -> f64 {
         if self.rslora {
@@ -29,8 +32,12 @@ impl LoraSpec {
         }
     }
 
-    /// Checks the targets against the architecture; empty targets get its default.
+    /// Checks the targets against the architecture; empty targets get its
+    /// default, `["all-linear"]` (as in PEFT) every linear layer of its blocks.
     pub fn resolved(mut self, arch: Arch) -> Result<LoraSpec, MlError> {
+        if self.target_modules == [ALL_LINEAR] {
+            self.target_modules = arch.lora_modules().iter().map(|s| s.to_string()).collect();
+        }
         if self.target_modules.is_empty() {
             self.target_modules = arch
                 .default_lora_targets()

@@ -15,16 +15,17 @@ use tokio::sync::mpsc::Sender;
 use crate::config::{Config, OverflowPolicy};
 use crate::ml::generate::{FinishReason, SamplingParams, generate};
 use crate::ml::{CausalLm, ChatTokenizer, Message};
-use crate::store::AdapterRow;
+use crate::store::{AdapterKind, AdapterRow};
 
-/// Which weights answer: the base model, or an adapter version (with the
-/// ancestors a `merge_each` version was trained on, root first).
+/// Which weights answer: the base model, or a version (an adapter on the base
+/// or merge snapshot its lineage names, or a snapshot itself).
 #[derive(Debug, Clone)]
 pub struct VersionRef {
     /// What responses name: `lorastream@v3`, or `base`.
     pub label: String,
     pub adapter: Option<AdapterRow>,
-    pub baked: Vec<AdapterRow>,
+    /// The merge snapshot it runs on (None: `[model]`'s base).
+    pub base: Option<std::path::PathBuf>,
 }
 
 pub struct Job {
@@ -99,11 +100,10 @@ impl Engine {
 struct Loaded {
     model: CausalLm,
     tok: ChatTokenizer,
-    /// The adapter attached now.
-    adapter: Option<i64>,
-    /// Ancestors merged into the weights (`merge_each`); a clean base is
-    /// reloaded before any other version runs.
-    baked: Vec<i64>,
+    /// The version whose weights are in place (None: the base model).
+    version: Option<i64>,
+    /// The model directory the weights came from (base or snapshot).
+    base: std::path::PathBuf,
 }
 
 fn worker(config: Arc<Config>, rx: Receiver<Job>) {
@@ -139,41 +139,41 @@ fn prepare<'a>(
     slot: &'a mut Option<Loaded>,
     v: &VersionRef,
 ) -> Result<&'a mut Loaded, EngineError> {
-    let want_baked: Vec<i64> = v.baked.iter().map(|a| a.id).collect();
-    if slot.as_ref().is_some_and(|l| l.baked != want_baked) {
-        *slot = None;
-    }
+    let no_model = |e: crate::pipeline::PipelineError| EngineError::NoModel(e.to_string());
+    let want_base = match &v.base {
+        Some(b) => b.clone(),
+        None => crate::model_source::model_dir(config)
+            .map_err(|e| no_model(crate::pipeline::PipelineError::Source(e)))?,
+    };
     let l = match slot.take() {
         Some(l) => l,
         None => {
-            let (mut model, tok) = crate::pipeline::load_base(config)
-                .map_err(|e| EngineError::NoModel(e.to_string()))?;
-            for a in &v.baked {
-                model
-                    .load_adapter(&a.path)
-                    .map_err(|e| EngineError::NoModel(e.to_string()))?;
-                model.bake_lora();
-            }
+            let (model, tok) = crate::pipeline::load_base(config).map_err(no_model)?;
             Loaded {
                 model,
                 tok,
-                adapter: None,
-                baked: want_baked,
+                version: None,
+                base: crate::model_source::model_dir(config)
+                    .map_err(|e| no_model(crate::pipeline::PipelineError::Source(e)))?,
             }
         }
     };
     let l = slot.insert(l);
     let want = v.adapter.as_ref().map(|a| a.id);
-    if l.adapter != want {
+    if l.version != want || l.base != want_base {
+        if l.base != want_base {
+            l.model = crate::pipeline::load_weights(config, &want_base).map_err(no_model)?;
+            l.base = want_base;
+        }
         l.model.clear_lora();
-        l.adapter = None;
-        if let Some(a) = &v.adapter {
+        l.version = None;
+        if let Some(a) = v.adapter.as_ref().filter(|a| a.kind == AdapterKind::Lora) {
             l.model
                 .load_adapter(&a.path)
                 .map_err(|e| EngineError::NoModel(format!("adapter v{}: {e}", a.id)))?;
-            tracing::info!(version = %v.label, "serving adapter loaded");
         }
-        l.adapter = want;
+        tracing::info!(version = %v.label, "serving version loaded");
+        l.version = want;
     }
     Ok(l)
 }

@@ -67,7 +67,7 @@ impl Versions {
         VersionRef {
             label: "base".into(),
             adapter: None,
-            baked: Vec::new(),
+            base: None,
         }
     }
 
@@ -75,7 +75,7 @@ impl Versions {
         VersionRef {
             label: format!("{name}@v{}", a.id),
             adapter: Some(a.clone()),
-            baked: crate::pipeline::baked_ancestors(&self.all, a),
+            base: crate::lineage::snapshot(&self.all, a).map(|m| m.path.clone()),
         }
     }
 
@@ -149,11 +149,13 @@ mod tests {
             parent_id: None,
             stream_id: id,
             attempt: 1,
+            kind: crate::store::AdapterKind::Lora,
             path: Default::default(),
             hyperparams: serde_json::json!({}),
             train_log: None,
             decision: None,
             state,
+            promoted_seq: Some(id),
             created_at: id * 1000,
             updated_at: id * 1000,
         }

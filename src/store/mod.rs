@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_data_plane.sql"),
     include_str!("migrations/0003_stages.sql"),
     include_str!("migrations/0004_chat.sql"),
+    include_str!("migrations/0005_versions.sql"),
 ];
 
 /// The schema version this build writes.
@@ -188,6 +189,9 @@ impl Store {
         Ok(store)
     }
 
+    /// Applies migrations after `from`, each in a transaction. Foreign keys are
+    /// off while one runs (a migration may rebuild a table, SQLite's way of
+    /// changing its constraints) and checked before it commits.
     fn migrate(&mut self, from: i64) -> Result<()> {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
             let version = i as i64 + 1;
@@ -196,11 +200,27 @@ impl Store {
                 version,
                 source,
             };
+            self.conn
+                .pragma_update(None, "foreign_keys", "OFF")
+                .map_err(err)?;
             let tx = self.conn.transaction().map_err(err)?;
             tx.execute_batch(sql).map_err(err)?;
+            let broken: Option<String> = tx
+                .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+                .optional()
+                .map_err(err)?;
+            if let Some(table) = broken {
+                return Err(err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                    Some(format!("foreign key check failed on table {table}")),
+                )));
+            }
             tx.pragma_update(None, "user_version", version)
                 .map_err(err)?;
             tx.commit().map_err(err)?;
+            self.conn
+                .pragma_update(None, "foreign_keys", "ON")
+                .map_err(err)?;
             tracing::info!(version, db = %self.path.display(), "applied store migration");
         }
         Ok(())

@@ -34,6 +34,8 @@ sql_text!(
     ExampleState,
     StreamState,
     AdapterState,
+    AdapterKind,
+    Actor,
     StageState,
     Origin,
     Split,
@@ -66,7 +68,14 @@ text_enum! {
 }
 text_enum! {
     /// streams.state
-    pub enum StreamState { Sealed = "sealed", Training = "training", Trained = "trained", Failed = "failed" }
+    pub enum StreamState {
+        Sealed = "sealed",
+        Training = "training",
+        Trained = "trained",
+        Failed = "failed",
+        /// Every attempt was rejected; the data stays in the replay reservoir.
+        NotLearned = "not_learned",
+    }
 }
 text_enum! {
     /// adapters.state
@@ -76,7 +85,22 @@ text_enum! {
         Promoted = "promoted",
         Rejected = "rejected",
         RolledBack = "rolled_back",
+        /// The last attempt at its stream, rejected: the stream was not learned.
+        NotLearned = "not_learned",
         Failed = "failed",
+    }
+}
+text_enum! {
+    /// adapter_events.actor: who changed a version's state.
+    pub enum Actor { Daemon = "daemon", Cli = "cli" }
+}
+text_enum! {
+    /// adapters.kind
+    pub enum AdapterKind {
+        /// A LoRA adapter (PEFT directory) on the base its lineage names.
+        Lora = "lora",
+        /// A base snapshot: the lineage merged into the weights (HF model directory).
+        Merge = "merge",
     }
 }
 text_enum! {
@@ -137,7 +161,7 @@ impl StateMachine for StreamState {
     }
     fn can_become(self, to: Self) -> bool {
         use StreamState::*;
-        // trained -> training: the feedback loop retrains a stream.
+        // trained -> sealed: the feedback loop asks for another attempt.
         matches!(
             (self, to),
             (Sealed, Training)
@@ -145,6 +169,8 @@ impl StateMachine for StreamState {
                 | (Training, Failed)
                 | (Failed, Training)
                 | (Trained, Training)
+                | (Trained, Sealed)
+                | (Trained, NotLearned)
         )
     }
 }
@@ -163,9 +189,11 @@ impl StateMachine for AdapterState {
                 | (Training, Failed)
                 | (Candidate, Promoted)
                 | (Candidate, Rejected)
+                | (Candidate, NotLearned)
                 | (Promoted, RolledBack)
                 // An operator may promote by hand what the policy refused or rolled back.
                 | (Rejected, Promoted)
+                | (NotLearned, Promoted)
                 | (RolledBack, Promoted)
         )
     }
@@ -338,6 +366,7 @@ pub struct NewAdapter<'a> {
     pub parent_id: Option<i64>,
     pub stream_id: i64,
     pub attempt: i64,
+    pub kind: AdapterKind,
     pub path: &'a Path,
     pub hyperparams: Value,
 }
@@ -348,17 +377,21 @@ pub struct AdapterRow {
     pub parent_id: Option<i64>,
     pub stream_id: i64,
     pub attempt: i64,
+    pub kind: AdapterKind,
     pub path: PathBuf,
     pub hyperparams: Value,
     pub train_log: Option<Value>,
     pub decision: Option<Value>,
     pub state: AdapterState,
+    /// Position in the promotion order; the served version has the highest
+    /// among promoted rows.
+    pub promoted_seq: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 impl FromRow for AdapterRow {
-    const SELECT: &'static str = "SELECT id, parent_id, stream_id, attempt, path, hyperparams, train_log, decision, state, created_at, updated_at FROM adapters";
+    const SELECT: &'static str = "SELECT id, parent_id, stream_id, attempt, path, hyperparams, train_log, decision, state, created_at, updated_at, kind, promoted_seq FROM adapters";
     fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(AdapterRow {
             id: r.get(0)?,
@@ -372,6 +405,35 @@ impl FromRow for AdapterRow {
             state: r.get(8)?,
             created_at: r.get(9)?,
             updated_at: r.get(10)?,
+            kind: r.get(11)?,
+            promoted_seq: r.get(12)?,
+        })
+    }
+}
+
+/// A change of an adapter's state, as `adapter_events` records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterEvent {
+    pub adapter_id: i64,
+    pub at: i64,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    /// `daemon` or `cli`.
+    pub actor: String,
+    pub reason: String,
+}
+
+impl FromRow for AdapterEvent {
+    const SELECT: &'static str =
+        "SELECT adapter_id, at, from_state, to_state, actor, reason FROM adapter_events";
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(AdapterEvent {
+            adapter_id: r.get(0)?,
+            at: r.get(1)?,
+            from_state: r.get(2)?,
+            to_state: r.get(3)?,
+            actor: r.get(4)?,
+            reason: r.get(5)?,
         })
     }
 }

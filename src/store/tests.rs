@@ -217,7 +217,7 @@ fn examples_dedup_then_seal_into_a_stream_atomically() {
 }
 
 #[test]
-fn adapters_promote_and_roll_back() {
+fn adapters_promote_roll_back_and_record_who() {
     let (dir, store) = open();
     let e = example(&store, "q", "a");
     store.mark_example_ready(e, None).unwrap();
@@ -228,26 +228,26 @@ fn adapters_promote_and_roll_back() {
                 parent_id: parent,
                 stream_id: sid,
                 attempt: 1,
+                kind: AdapterKind::Lora,
                 path: Path::new("/x"),
                 hyperparams: json!({"lr": 2e-4, "r": 8}),
             })
             .unwrap()
     };
+    let set = |v, to, by| store.set_adapter_state(v, to, None, by, "test");
     let v1 = mk(None);
     assert!(
-        store
-            .set_adapter_state(v1, AdapterState::Promoted, None)
-            .is_err(),
+        set(v1, AdapterState::Promoted, Actor::Daemon).is_err(),
         "training cannot be promoted"
     );
-    store
-        .set_adapter_state(v1, AdapterState::Candidate, None)
-        .unwrap();
+    set(v1, AdapterState::Candidate, Actor::Daemon).unwrap();
     store
         .set_adapter_state(
             v1,
             AdapterState::Promoted,
             Some(&json!({"reason": "improved"})),
+            Actor::Daemon,
+            "policy",
         )
         .unwrap();
     assert_eq!(store.served_adapter().unwrap().unwrap().id, v1);
@@ -256,22 +256,94 @@ fn adapters_promote_and_roll_back() {
     store
         .set_adapter_train_log(v2, &json!({"loss": [2.0, 1.5]}))
         .unwrap();
-    store
-        .set_adapter_state(v2, AdapterState::Candidate, None)
-        .unwrap();
-    store
-        .set_adapter_state(v2, AdapterState::Promoted, None)
-        .unwrap();
+    set(v2, AdapterState::Candidate, Actor::Daemon).unwrap();
+    set(v2, AdapterState::Promoted, Actor::Daemon).unwrap();
     assert_eq!(store.served_adapter().unwrap().unwrap().id, v2);
-    store
-        .set_adapter_state(v2, AdapterState::RolledBack, None)
-        .unwrap();
+    // The promotion order decides, not the clock: v1's row is touched later
+    // (a train log) but v2 stays served.
+    store.set_adapter_train_log(v1, &json!({"loss": []})).unwrap();
+    assert_eq!(store.served_adapter().unwrap().unwrap().id, v2);
+
+    let (from, to) = store.rollback(Actor::Cli, "bad answers").unwrap();
+    assert_eq!((from, to), (v2, Some(v1)));
     let served = store.served_adapter().unwrap().unwrap();
-    assert_eq!(served.id, v1);
     assert_eq!(served.decision.unwrap()["reason"], "improved");
+    // Promoting v2 again serves it; promoting v1 (promoted, not served) does too.
+    set(v2, AdapterState::Promoted, Actor::Cli).unwrap();
+    assert_eq!(store.served_adapter().unwrap().unwrap().id, v2);
+    set(v1, AdapterState::Promoted, Actor::Cli).unwrap();
+    assert_eq!(store.served_adapter().unwrap().unwrap().id, v1);
+    store.rollback(Actor::Cli, "x").unwrap();
+    store.rollback(Actor::Cli, "x").unwrap();
+    assert!(store.served_adapter().unwrap().is_none(), "the base serves");
+    assert!(store.rollback(Actor::Cli, "x").is_err(), "nothing left to roll back");
+
+    let events = store.adapter_events(Some(v2)).unwrap();
+    let trail: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.to_state.as_str(), e.actor.as_str()))
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            ("candidate", "daemon"),
+            ("promoted", "daemon"),
+            ("rolled_back", "cli"),
+            ("promoted", "cli")
+        ]
+    );
+    assert_eq!(events[2].reason, "bad answers");
     let row = store.adapter(v2).unwrap().unwrap();
     assert_eq!(row.parent_id, Some(v1));
     assert_eq!(row.train_log.unwrap()["loss"][1], 1.5);
+}
+
+#[test]
+fn a_decision_moves_candidate_and_stream_together() {
+    let (dir, store) = open();
+    let e = example(&store, "q", "a");
+    store.mark_example_ready(e, None).unwrap();
+    let sid = store.seal_stream("s", &[e], &[], dir.path()).unwrap();
+    store.set_stream_state(sid, StreamState::Training).unwrap();
+    store.set_stream_state(sid, StreamState::Trained).unwrap();
+    let v = store
+        .insert_adapter(&NewAdapter {
+            parent_id: None,
+            stream_id: sid,
+            attempt: 1,
+            kind: AdapterKind::Lora,
+            path: Path::new("/x"),
+            hyperparams: json!({}),
+        })
+        .unwrap();
+    store
+        .set_adapter_state(v, AdapterState::Candidate, None, Actor::Daemon, "")
+        .unwrap();
+    // An impossible stream move rolls the adapter's back too.
+    let bad = store.settle_candidate(
+        v,
+        AdapterState::Rejected,
+        sid,
+        Some(StreamState::Failed),
+        &json!({}),
+        Actor::Daemon,
+        "",
+    );
+    assert!(bad.is_err());
+    assert_eq!(store.adapter(v).unwrap().unwrap().state, AdapterState::Candidate);
+    store
+        .settle_candidate(
+            v,
+            AdapterState::Rejected,
+            sid,
+            Some(StreamState::Sealed),
+            &json!({"action": "retrain"}),
+            Actor::Daemon,
+            "retrain",
+        )
+        .unwrap();
+    assert_eq!(store.adapter(v).unwrap().unwrap().state, AdapterState::Rejected);
+    assert_eq!(store.stream(sid).unwrap().unwrap().state, StreamState::Sealed);
 }
 
 #[test]

@@ -24,6 +24,22 @@ pub struct TrainerState {
     /// The checkpoint tensors (adapter + optimizer) file, beside this one.
     pub checkpoint: Option<String>,
     pub done: bool,
+    /// Validation perplexity by step (step 0 = the starting adapter).
+    #[serde(default)]
+    pub validations: Vec<(usize, f64)>,
+    /// The best validation so far, whose weights are in `best.safetensors`.
+    #[serde(default)]
+    pub best: Option<(usize, f64)>,
+    /// Validations since the best one.
+    #[serde(default)]
+    pub since_best: usize,
+    #[serde(default)]
+    pub stopped_early: bool,
+    /// Steps skipped for a NaN/infinite loss or gradient, in all and in a row.
+    #[serde(default)]
+    pub skipped_steps: usize,
+    #[serde(default)]
+    pub nonfinite_run: usize,
 }
 
 impl TrainerState {
@@ -37,6 +53,12 @@ impl TrainerState {
             spec: spec.clone(),
             checkpoint: None,
             done: false,
+            validations: Vec::new(),
+            best: None,
+            since_best: 0,
+            stopped_early: false,
+            skipped_steps: 0,
+            nonfinite_run: 0,
         }
     }
 
@@ -111,4 +133,41 @@ pub(super) fn load(
         }
         Ok(())
     })
+}
+
+const BEST_FILE: &str = "best.safetensors";
+
+/// Saves the LoRA weights as the best so far (early stopping keeps them).
+pub(super) fn save_best(dir: &Path, opt: &LoraOptimizer) -> Result<(), TrainError> {
+    let tensors: Vec<(String, Tensor)> = opt
+        .params
+        .iter()
+        .map(|(k, p)| (k.clone(), p.detach().copy()))
+        .collect();
+    crate::ml::weights::write_safetensors_atomic(&dir.join(BEST_FILE), &tensors)?;
+    Ok(())
+}
+
+/// Puts the best weights [`save_best`] wrote back into the LoRA.
+pub(super) fn load_best(dir: &Path, opt: &LoraOptimizer) -> Result<(), TrainError> {
+    let file = dir.join(BEST_FILE);
+    let map: HashMap<String, Tensor> = Tensor::read_safetensors(&file)
+        .map_err(|e| TrainError::Checkpoint {
+            path: file.clone(),
+            msg: e.to_string(),
+        })?
+        .into_iter()
+        .collect();
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for (k, p) in &opt.params {
+            let t = map.get(k).ok_or_else(|| TrainError::Checkpoint {
+                path: file.clone(),
+                msg: format!("tensor {k} missing"),
+            })?;
+            p.shallow_clone().copy_(t);
+        }
+        Ok(())
+    })?;
+    let _ = std::fs::remove_file(&file);
+    Ok(())
 }

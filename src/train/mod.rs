@@ -13,10 +13,12 @@
 //!   steps: encode, start or resume, then per optimizer step the
 //!   micro-batches' forward/backward and one [`LoraOptimizer::step`], finish;
 //! - `plan`: which examples each step takes;
+//! - `guard`: validation during training, best weights, early stopping;
 //! - [`optim`]: the optimizer step (shared with `bench train`);
 //! - [`checkpoint`]: `trainer_state.json` and the checkpoint tensors.
 
 pub mod checkpoint;
+mod guard;
 pub mod optim;
 mod plan;
 
@@ -50,6 +52,8 @@ pub enum TrainError {
     NoData,
     #[error("stopped at step {0} (checkpoint saved)")]
     Stopped(usize),
+    #[error("{count} steps in a row had a NaN or infinite loss or gradient (last: step {step})")]
+    NonFinite { step: usize, count: usize },
 }
 
 /// Hyperparameters of one training run.
@@ -70,6 +74,11 @@ pub struct TrainSpec {
     pub checkpoint_every: usize,
     pub log_every: usize,
     pub seed: u64,
+    /// Validate every this many steps (0 = four times per epoch).
+    pub eval_every: usize,
+    /// Stop after this many validations without a new best (0 = never).
+    pub patience: usize,
+    pub max_nonfinite_steps: usize,
 }
 
 impl TrainSpec {
@@ -91,6 +100,9 @@ impl TrainSpec {
             checkpoint_every: t.checkpoint_every,
             log_every: t.log_every,
             seed: t.seed,
+            eval_every: t.eval_every,
+            patience: t.patience,
+            max_nonfinite_steps: t.max_nonfinite_steps,
         }
     }
 }
@@ -137,11 +149,20 @@ impl Progress {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainOutcome {
     pub steps: usize,
+    /// Steps planned (more than `steps` when the run stopped early).
+    pub total_steps: usize,
     pub losses: Vec<f32>,
     pub tokens: i64,
     pub seconds: f64,
     pub tokens_per_s: f64,
     pub resumed_from: usize,
+    /// Validation perplexity by step (empty without a validation slice).
+    pub validations: Vec<(usize, f64)>,
+    /// The step whose weights were kept (the best validation).
+    pub best_step: Option<usize>,
+    pub stopped_early: bool,
+    /// Steps skipped for a NaN/infinite loss or gradient.
+    pub skipped_steps: usize,
 }
 
 /// One training run: data, starting adapter, and where the result goes.
@@ -149,6 +170,8 @@ pub struct TrainJob<'a> {
     pub model: &'a mut CausalLm,
     pub tok: &'a ChatTokenizer,
     pub train: &'a [Vec<Message>],
+    /// Held out of the stream's train split to validate on (may be empty).
+    pub validation: &'a [Vec<Message>],
     /// Examples of earlier streams to mix in (already reservoir-sampled).
     pub replay: &'a [Vec<Message>],
     /// The adapter training continues from; `None` = a fresh LoRA.
@@ -200,21 +223,59 @@ pub fn train(
         return Err(TrainError::NoData);
     }
     let plan = BatchPlan::new(spec, examples.len(), replay.len());
+    let guard = guard::Validation::new(
+        spec,
+        encode_all(job.tok, job.validation, spec)?,
+        job.tok.pad_id() as i64,
+        plan.steps_per_epoch,
+    );
     let (mut opt, mut state) = start_or_resume(&mut job, plan.total_steps)?;
     let resumed_from = state.step;
+    if state.step == 0 && guard.due(0, plan.total_steps) {
+        guard.run(job.model, spec.batch_size, &mut state);
+        checkpoint::save_best(job.out_dir, &opt)?;
+    }
     let t0 = Instant::now();
     let mut run_tokens = 0i64;
-    while state.step < plan.total_steps {
+    while state.step < plan.total_steps && !state.stopped_early {
         let step = state.step;
         let batches = plan.micro_batches(spec, step, &examples, &replay);
         let (loss, tokens) = forward_backward(job.model, job.tok, spec, step, &batches);
         let lr = lr_at(spec, step, plan.total_steps);
-        opt.step(lr, step + 1, spec.max_grad_norm);
+        let norm = if loss.is_finite() {
+            opt.step(lr, step + 1, spec.max_grad_norm)
+        } else {
+            opt.zero_grad();
+            f64::NAN
+        };
         run_tokens += tokens;
         state.tokens += tokens;
         state.step += 1;
         crate::metrics::METRICS.train_steps.inc();
         state.losses.push(loss as f32);
+        if norm.is_finite() {
+            state.nonfinite_run = 0;
+        } else {
+            state.skipped_steps += 1;
+            state.nonfinite_run += 1;
+            tracing::warn!(step = state.step, loss, grad_norm = norm, in_a_row = state.nonfinite_run, "non-finite step skipped");
+            if state.nonfinite_run >= spec.max_nonfinite_steps.max(1) {
+                return Err(TrainError::NonFinite {
+                    step: state.step,
+                    count: state.nonfinite_run,
+                });
+            }
+        }
+        if guard.due(state.step, plan.total_steps) {
+            match guard.run(job.model, spec.batch_size, &mut state) {
+                guard::Verdict::Best => checkpoint::save_best(job.out_dir, &opt)?,
+                guard::Verdict::Worse => {}
+                guard::Verdict::Stop => {
+                    state.stopped_early = true;
+                    tracing::info!(step = state.step, best = ?state.best, patience = spec.patience, "stopping early: no better validation");
+                }
+            }
+        }
 
         let elapsed = t0.elapsed().as_secs_f64();
         progress(&Progress {
@@ -230,19 +291,28 @@ pub fn train(
         if state.step % spec.checkpoint_every == 0 || stopping {
             checkpoint::save(job.out_dir, &mut state, &opt)?;
         }
-        if stopping && state.step < plan.total_steps {
+        if stopping && state.step < plan.total_steps && !state.stopped_early {
             return Err(TrainError::Stopped(state.step));
         }
+    }
+    if let Some((best, _)) = state.best.filter(|b| b.0 != state.step) {
+        tracing::info!(best_step = best, last_step = state.step, "keeping the best validated weights");
+        checkpoint::load_best(job.out_dir, &opt)?;
     }
     finish(&job, &mut state, &opt)?;
     let seconds = t0.elapsed().as_secs_f64();
     Ok(TrainOutcome {
         steps: state.step,
+        total_steps: plan.total_steps,
         losses: state.losses,
         tokens: state.tokens,
         seconds,
         tokens_per_s: run_tokens as f64 / seconds.max(1e-9),
         resumed_from,
+        validations: state.validations,
+        best_step: state.best.map(|b| b.0),
+        stopped_early: state.stopped_early,
+        skipped_steps: state.skipped_steps,
     })
 }
 
@@ -348,6 +418,9 @@ mod tests {
             checkpoint_every: 10,
             log_every: 1,
             seed: 1,
+            eval_every: 0,
+            patience: 0,
+            max_nonfinite_steps: 5,
         }
     }
 

@@ -55,17 +55,24 @@ impl LoraOptimizer {
     /// One optimizer step after the micro-batches' `backward()`: clips the
     /// global gradient norm to `max_grad_norm`, applies AdamW at 1-based step
     /// `t` with learning rate `lr`, zeroes the gradients. Returns the norm
-    /// before clipping.
+    /// before clipping; when it is NaN or infinite nothing is applied.
     pub fn step(&mut self, lr: f64, t: usize, max_grad_norm: f64) -> f64 {
         let norm = self.clip_grad_norm(max_grad_norm);
-        self.adamw(lr, t);
+        if norm.is_finite() {
+            self.adamw(lr, t);
+        }
+        self.zero_grad();
+        norm
+    }
+
+    /// Drops the gradients of the micro-batches seen since the last step.
+    pub fn zero_grad(&mut self) {
         for (_, p) in &self.params {
             let mut g = p.grad();
             if g.defined() {
                 let _ = g.zero_();
             }
         }
-        norm
     }
 
     fn adamw(&mut self, lr: f64, t: usize) {

@@ -10,8 +10,10 @@ use super::TrainSpec;
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct BatchPlan {
-    /// Examples of earlier streams in each micro-batch.
-    pub n_replay: usize,
+    /// Examples of earlier streams per micro-batch, on average: batch_size ×
+    /// replay_fraction. The fractional part is spread over the batches, so a
+    /// share of 0.1 in batches of 4 still replays (one example in 2 of 5 batches).
+    pub replay_per_batch: f64,
     /// Examples of this stream in each micro-batch.
     pub fresh_per_batch: usize,
     pub batches_per_epoch: usize,
@@ -21,17 +23,16 @@ pub(super) struct BatchPlan {
 
 impl BatchPlan {
     pub fn new(spec: &TrainSpec, n_examples: usize, n_replay_pool: usize) -> BatchPlan {
-        let n_replay = if n_replay_pool == 0 {
-            0
+        let replay_per_batch = if n_replay_pool == 0 {
+            0.0
         } else {
-            ((spec.batch_size as f64 * spec.replay_fraction).round() as usize)
-                .min(spec.batch_size - 1)
+            (spec.batch_size as f64 * spec.replay_fraction).min(spec.batch_size as f64 - 1.0)
         };
-        let fresh_per_batch = spec.batch_size - n_replay;
+        let fresh_per_batch = spec.batch_size - replay_per_batch.floor() as usize;
         let batches_per_epoch = n_examples.div_ceil(fresh_per_batch);
         let steps_per_epoch = batches_per_epoch.div_ceil(spec.grad_accum_steps);
         BatchPlan {
-            n_replay,
+            replay_per_batch,
             fresh_per_batch,
             batches_per_epoch,
             steps_per_epoch,
@@ -62,7 +63,10 @@ impl BatchPlan {
                     .take(self.fresh_per_batch)
                     .map(|&i| &examples[i])
                     .collect();
-                for r in 0..self.n_replay {
+                let g = (epoch * self.batches_per_epoch + b) as f64;
+                let n_replay = ((g + 1.0) * self.replay_per_batch).floor() as usize
+                    - (g * self.replay_per_batch).floor() as usize;
+                for r in 0..n_replay {
                     let k =
                         mix(spec.seed ^ ((step * 131 + b * 17 + r) as u64)) as usize % replay.len();
                     batch.push(&replay[k]);

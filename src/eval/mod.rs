@@ -1,5 +1,7 @@
-//! Perplexity of a model on chat examples, and the matrix R[version][stream]
-//! with forgetting and backward transfer (DESIGN.md §4).
+//! Perplexity of a model on chat examples, the matrix R[version][stream] with
+//! forgetting and backward transfer (DESIGN.md §4), and the built-in probe
+//! set (`probe.jsonl`: general knowledge and instruction following, written
+//! for lorastream; column 0 of the matrix).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,6 +11,19 @@ use serde::Serialize;
 use crate::ml::data::{self, Encoded, Labels};
 use crate::ml::{CausalLm, ChatTokenizer, Message, MlError};
 use crate::store::EvalRow;
+
+/// The probe set built into the binary.
+pub fn builtin_probe() -> Vec<Vec<Message>> {
+    #[derive(serde::Deserialize)]
+    struct Ex {
+        messages: Vec<Message>,
+    }
+    include_str!("probe.jsonl")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Ex>(l).ok())
+        .map(|e| e.messages)
+        .collect()
+}
 
 /// The result of one evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -70,6 +85,44 @@ pub fn perplexity_encoded(
     }
 }
 
+/// A version as a row of the matrix: (adapter id, the stream it was trained
+/// on); the base model is `(0, None)`, a merge snapshot has `None` too.
+pub type RowKey = (i64, Option<i64>);
+
+/// Forgetting of stream `s` by the last version of `chain` (its lineage, root
+/// first, the base model at the head):
+///
+/// R[last][s] / min{ R[j][s] : j in the chain from the version that learned s
+/// up to the last one's parent } − 1
+///
+/// The reference is the best the served lineage ever reached on s, not just
+/// the parent's figure, so small losses cannot add up unnoticed over many
+/// updates. A stream the chain never learned (the probe set, a stream that
+/// was not learned) counts from the base model. `None` when the last version
+/// learned `s` itself, or a cell is missing.
+pub fn forgetting(cells: &[EvalRow], chain: &[RowKey], s: i64) -> Option<f64> {
+    let (&(last, _), earlier) = chain.split_last()?;
+    let start = match earlier.iter().position(|(_, t)| *t == Some(s)) {
+        Some(i) => i,
+        None if chain.last().is_some_and(|(_, t)| *t == Some(s)) => return None,
+        None => 0,
+    };
+    let now = cell(cells, last, s)?;
+    let best = earlier[start..]
+        .iter()
+        .filter_map(|(v, _)| cell(cells, *v, s))
+        .fold(f64::INFINITY, f64::min);
+    best.is_finite().then(|| now / best - 1.0)
+}
+
+/// R[v][s], when evaluated.
+pub fn cell(cells: &[EvalRow], v: i64, s: i64) -> Option<f64> {
+    cells
+        .iter()
+        .find(|c| c.adapter_id == v && c.stream_id == s)
+        .map(|c| c.perplexity)
+}
+
 /// The perplexity matrix with the figures derived from it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Matrix {
@@ -81,61 +134,51 @@ pub struct Matrix {
     pub streams: Vec<i64>,
     /// `cells[row][col]`.
     pub cells: Vec<Vec<Option<f64>>>,
-    /// Per stream: forgetting after the last row, R[last][i] / min(R[j][i], j ≥ row(i)) − 1.
+    /// The lineage forgetting is measured along (its last = the served version).
+    pub chain: Vec<i64>,
+    /// Per stream: [`forgetting`] of the chain's last version.
     pub forgetting: BTreeMap<i64, f64>,
-    /// Mean perplexity over the last row's cells.
+    /// Mean perplexity over the chain's last version's cells.
     pub average_ppl: Option<f64>,
-    /// Backward transfer: mean over i of R[last][i] − R[row(i)][i] (negative is better).
+    /// Backward transfer: mean over the streams the chain learned before its
+    /// last version of R[last][i] − R[learned][i] (negative is better).
     pub backward_transfer: Option<f64>,
 }
 
-/// Builds the matrix from stored cells; `versions` are (adapter id, trained stream).
-pub fn matrix(cells: &[EvalRow], versions: &[(i64, Option<i64>)]) -> Matrix {
+/// Builds the matrix from stored cells: `rows` are every version, `chain`
+/// the served lineage (root first).
+pub fn matrix(cells: &[EvalRow], rows: &[RowKey], chain: &[RowKey]) -> Matrix {
     let mut streams: Vec<i64> = cells.iter().map(|c| c.stream_id).collect();
     streams.sort_unstable();
     streams.dedup();
-    let get = |v: i64, s: i64| {
-        cells
-            .iter()
-            .find(|c| c.adapter_id == v && c.stream_id == s)
-            .map(|c| c.perplexity)
-    };
-    let grid: Vec<Vec<Option<f64>>> = versions
+    let grid: Vec<Vec<Option<f64>>> = rows
         .iter()
-        .map(|(v, _)| streams.iter().map(|&s| get(*v, s)).collect())
+        .map(|(v, _)| streams.iter().map(|&s| cell(cells, *v, s)).collect())
         .collect();
-    let last = grid.len().checked_sub(1);
-    let mut forgetting = BTreeMap::new();
+    let forgetting: BTreeMap<i64, f64> = streams
+        .iter()
+        .filter_map(|&s| forgetting(cells, chain, s).map(|f| (s, f)))
+        .collect();
+    let last = chain.last().map(|c| c.0);
     let mut bwt = Vec::new();
-    for (col, &s) in streams.iter().enumerate() {
-        // The row where stream s was learned; the probe set (0) counts from the base row.
-        let learned = versions
-            .iter()
-            .position(|(_, t)| *t == Some(s))
-            .unwrap_or(0);
-        let Some(last) = last else { continue };
-        if last <= learned {
-            continue;
-        }
-        let Some(now) = grid[last][col] else { continue };
-        let best = (learned..last)
-            .filter_map(|r| grid[r][col])
-            .fold(f64::INFINITY, f64::min);
-        if best.is_finite() {
-            forgetting.insert(s, now / best - 1.0);
-        }
-        if let Some(then) = grid[learned][col] {
-            bwt.push(now - then);
+    if let Some((&(l, _), earlier)) = chain.split_last() {
+        for (v, t) in earlier {
+            if let Some(s) = t
+                && let (Some(now), Some(then)) = (cell(cells, l, *s), cell(cells, *v, *s))
+            {
+                bwt.push(now - then);
+            }
         }
     }
     let last_row: Vec<f64> = last
-        .map(|l| grid[l].iter().flatten().copied().collect())
+        .map(|l| streams.iter().filter_map(|&s| cell(cells, l, s)).collect())
         .unwrap_or_default();
     Matrix {
-        versions: versions.iter().map(|v| v.0).collect(),
-        trained_on: versions.iter().map(|v| v.1).collect(),
+        versions: rows.iter().map(|v| v.0).collect(),
+        trained_on: rows.iter().map(|v| v.1).collect(),
         streams,
         cells: grid,
+        chain: chain.iter().map(|c| c.0).collect(),
         forgetting,
         average_ppl: (!last_row.is_empty())
             .then(|| last_row.iter().sum::<f64>() / last_row.len() as f64),
@@ -160,9 +203,11 @@ impl fmt::Display for Matrix {
         }
         writeln!(o)?;
         for (r, v) in self.versions.iter().enumerate() {
+            let mark = if self.chain.last() == Some(v) { "*" } else { "" };
             let label = match self.trained_on[r] {
-                None => "base model".to_string(),
-                Some(s) => format!("v{v} (after stream {s})"),
+                None if *v == 0 => format!("base model{mark}"),
+                None => format!("v{v} (merge){mark}"),
+                Some(s) => format!("v{v} (after stream {s}){mark}"),
             };
             write!(o, "{label:<26}")?;
             for c in &self.cells[r] {
@@ -173,7 +218,8 @@ impl fmt::Display for Matrix {
             }
             writeln!(o)?;
         }
-        write!(o, "{:<26}", "forgetting")?;
+        let served = self.chain.last().map_or("-".into(), |v| format!("v{v}"));
+        write!(o, "{:<26}", format!("forgetting of {served}"))?;
         for s in &self.streams {
             match self.forgetting.get(s) {
                 Some(f) => write!(o, "{:>11.1}%", f * 100.0),
@@ -182,7 +228,7 @@ impl fmt::Display for Matrix {
         }
         writeln!(o)?;
         if let Some(a) = self.average_ppl {
-            writeln!(o, "average perplexity (last row): {a:.3}")?;
+            writeln!(o, "average perplexity ({served}, marked *): {a:.3}")?;
         }
         if let Some(b) = self.backward_transfer {
             writeln!(
@@ -210,6 +256,13 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_builtin_probe_set_parses_whole() {
+        let n = include_str!("probe.jsonl").lines().count();
+        assert!(n >= 36, "{n}");
+        assert_eq!(builtin_probe().len(), n);
+    }
+
+    #[test]
     fn forgetting_and_backward_transfer() {
         // base, v1 after stream 1, v2 after stream 2.
         let cells = [
@@ -220,7 +273,8 @@ pub(crate) mod tests {
             cell(2, 1, 12.0),
             cell(2, 2, 11.0),
         ];
-        let m = matrix(&cells, &[(0, None), (1, Some(1)), (2, Some(2))]);
+        let rows = [(0, None), (1, Some(1)), (2, Some(2))];
+        let m = matrix(&cells, &rows, &rows);
         assert_eq!(m.streams, vec![1, 2]);
         assert!((m.forgetting[&1] - 0.2).abs() < 1e-12, "12/10 - 1");
         assert!(
@@ -231,8 +285,23 @@ pub(crate) mod tests {
         assert!((m.backward_transfer.unwrap() - 2.0).abs() < 1e-12);
         let t = m.to_string();
         assert!(
-            t.contains("v2 (after stream 2)") && t.contains("20.0%"),
+            t.contains("v2 (after stream 2)*") && t.contains("20.0%"),
             "{t}"
         );
+        // Measured against the best the lineage reached, not only the parent:
+        // v3 after stream 3 is 5% worse than v2 on stream 1 but 26% worse than v1.
+        let mut more = cells.to_vec();
+        more.extend([cell(3, 1, 12.6), cell(3, 2, 11.0), cell(3, 3, 9.0)]);
+        let chain = [(0, None), (1, Some(1)), (2, Some(2)), (3, Some(3))];
+        assert!((forgetting(&more, &chain, 1).unwrap() - 0.26).abs() < 1e-9);
+        assert!(forgetting(&more, &chain, 2).unwrap().abs() < 1e-12);
+        assert_eq!(forgetting(&more, &chain, 3), None, "learned by the last version");
+        // The probe set (never learned) counts from the base model.
+        more.extend([cell(0, 0, 20.0), cell(1, 0, 19.0), cell(3, 0, 19.38)]);
+        assert!((forgetting(&more, &chain, 0).unwrap() - 0.02).abs() < 1e-9);
+        // A NaN cell gives a NaN forgetting, which the policy refuses.
+        more.push(cell(4, 1, f64::NAN));
+        let nan = [(0, None), (1, Some(1)), (4, Some(4))];
+        assert!(forgetting(&more, &nan, 1).unwrap().is_nan());
     }
 }

@@ -1,0 +1,167 @@
+//! `lorastream learn` and `lorastream adapters {list,promote,rollback,merge}`:
+//! the feedback loop by hand, and the versions it leaves. Every change is
+//! recorded in the store as done by `cli`; a running daemon serves the new
+//! version within a second or two (the server re-reads the store every second).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use lorastream::config::Config;
+use lorastream::pipeline::{self, PipelineError};
+use lorastream::store::{Actor, AdapterKind, AdapterRow, AdapterState, Store};
+use lorastream::train::TrainError;
+
+/// `learn`
+pub fn learn(config: &Config, stream: Option<i64>, json: bool) -> anyhow::Result<ExitCode> {
+    let store = Store::open_for(config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let bar = super::commands::progress_bar();
+    let log_every = config.train.log_every;
+    let mut attempts = Vec::new();
+    loop {
+        let result = pipeline::learn(config, &store, stream, &stop, |p| match &bar {
+            Some(bar) => {
+                bar.set_length(p.total_steps as u64);
+                bar.set_position(p.step as u64);
+                bar.set_message(format!("loss {:.4}  {:.0} tok/s", p.loss, p.tokens_per_s));
+            }
+            None if p.step % log_every == 0 || p.step == p.total_steps => p.log(),
+            None => {}
+        });
+        let done = match result {
+            Err(PipelineError::NothingToTrain) if stream.is_none() => break,
+            Err(PipelineError::Train(TrainError::Stopped(step))) => {
+                eprintln!("stopped at step {step}; checkpoint saved; run `lorastream learn` again to resume");
+                return Ok(ExitCode::from(130));
+            }
+            other => other?,
+        };
+        for (t, d) in done {
+            if !json {
+                println!("{t}");
+                println!("  {}: {}", d.action, d.reasons.join("; "));
+            }
+            attempts.push(serde_json::json!({"trained": t, "decision": d}));
+        }
+        if stream.is_some() {
+            break;
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let m = pipeline::stored_matrix(&store)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"attempts": attempts, "matrix": m}))?
+        );
+    } else {
+        print!("{m}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn figure(a: &AdapterRow, key: &str) -> Option<f64> {
+    a.decision.as_ref()?.get(key)?.as_f64()
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("-".into(), |x| format!("{:+.1}%", x * 100.0))
+}
+
+/// `adapters list`
+pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let store = Store::open_for(config)?;
+    let all = store.adapters()?;
+    let served = store.served_adapter()?.map(|a| a.id);
+    if json {
+        let rows: Vec<_> = all
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "version": a.id, "parent": a.parent_id, "stream": a.stream_id, "attempt": a.attempt,
+                    "kind": a.kind, "state": a.state, "served": Some(a.id) == served,
+                    "promoted_seq": a.promoted_seq, "ppl": figure(a, "new_ppl"),
+                    "max_forgetting": figure(a, "max_forgetting"), "probe_change": figure(a, "probe_change"),
+                    "created_at": a.created_at, "decision": a.decision,
+                    "events": store.adapter_events(Some(a.id)).unwrap_or_default(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<9} {:>6} {:>7} {:<12} {:>10} {:>14} {:>8}  created",
+        "version", "stream", "attempt", "state", "ppl", "max forgetting", "probe"
+    );
+    for a in &all {
+        let mark = if Some(a.id) == served { " *" } else { "" };
+        let state = match a.kind {
+            AdapterKind::Merge => format!("{} (merge)", a.state),
+            AdapterKind::Lora => a.state.to_string(),
+        };
+        println!(
+            "{:<9} {:>6} {:>7} {:<12} {:>10} {:>14} {:>8}  {}",
+            format!("v{}{mark}", a.id),
+            a.stream_id,
+            a.attempt,
+            state,
+            figure(a, "new_ppl").map_or("-".into(), |p| format!("{p:.3}")),
+            pct(figure(a, "max_forgetting")),
+            pct(figure(a, "probe_change")),
+            lorastream::status::ago(Some(a.created_at)),
+        );
+    }
+    match served {
+        Some(v) => println!("* served: v{v}"),
+        None => println!("served: the base model"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `adapters promote V`
+pub fn promote(config: &Config, version: i64) -> anyhow::Result<ExitCode> {
+    let store = Store::open_for(config)?;
+    let a = store
+        .adapter(version)?
+        .ok_or_else(|| anyhow::anyhow!("there is no version v{version} (see `lorastream adapters list`)"))?;
+    if !matches!(
+        a.state,
+        AdapterState::Promoted
+            | AdapterState::Rejected
+            | AdapterState::RolledBack
+            | AdapterState::NotLearned
+    ) {
+        anyhow::bail!("v{version} is {}: only a trained, decided version can be served", a.state);
+    }
+    store.set_adapter_state(version, AdapterState::Promoted, None, Actor::Cli, "promoted by the operator")?;
+    tracing::info!(version, by = "cli", "version promoted");
+    println!("v{version} is served now");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `adapters rollback`
+pub fn rollback(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = Store::open_for(config)?;
+    let (from, to) = store.rollback(Actor::Cli, "rolled back by the operator")?;
+    tracing::info!(rolled_back = from, served = ?to, by = "cli", "version rolled back");
+    match to {
+        Some(v) => println!("v{from} rolled back; v{v} is served now"),
+        None => println!("v{from} rolled back; the base model is served now"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `adapters merge`
+pub fn merge(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = Store::open_for(config)?;
+    let id = lorastream::lineage::merge(config, &store, Actor::Cli, "merged by the operator")?;
+    println!("v{id}: the served adapter merged into a new base snapshot, served now");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,109 @@
+//! The feedback loop on a real (tiny) model: two disjoint synthetic topics
+//! trained one after the other at a high learning rate, so that naive
+//! sequential training forgets the first; with the policy on, the first
+//! attempt at topic 2 is refused, retrained with replay and a lower rate, and
+//! promoted — and what is finally served has forgotten topic 1 far less.
+//! Then the versions commands: list, rollback, promote.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use lorastream::config::Config;
+use lorastream::policy::Action;
+use lorastream::store::{AdapterState, Store, StreamState};
+
+/// Topic 1: made-up capitals; topic 2: made-up part colours. No shared words
+/// in the answers beyond "the"/"is".
+fn topic(n: usize, which: u8) -> String {
+    let syll = ["ka", "lo", "mi", "ren", "to", "vus", "zel", "pra", "qui", "dor"];
+    let name = |i: usize, j: usize| format!("{}{}{}", syll[i % 10], syll[(i / 10 + j) % 10], syll[(i * 7 + j) % 10]);
+    (0..n)
+        .map(|i| {
+            let (q, a) = if which == 1 {
+                (
+                    format!("What is the capital of {}?", name(i, 1)),
+                    format!("The capital of {} is {} city.", name(i, 1), name(i, 4)),
+                )
+            } else {
+                (
+                    format!("Which colour is gear number {i}?"),
+                    format!("Gear {i} is painted {} and stored in bin {}.", ["crimson", "teal", "amber", "violet"][i % 4], i % 9),
+                )
+            };
+            serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn config(dir: &Path, policy: bool) -> Config {
+    let feedback = if policy {
+        "[feedback]\nmax_forgetting = 0.05\nmin_gain = 0.02\nmax_attempts = 3\nreplay_step = 0.5\nreplay_max = 0.5\nlr_decay = 0.5\n\
+         [train]\nreplay_fraction = 0.0\n"
+    } else {
+        "[feedback]\nenabled = false\n[train]\nreplay_fraction = 0.0\nvalidation_fraction = 0.0\npatience = 0\n"
+    };
+    let text = format!(
+        "[daemon]\nstate_dir = \"state\"\n[model]\nsource = \"path:../model\"\nthreads = 2\n\
+         [lora]\nr = 8\nalpha = 16.0\ntarget_modules = [\"all-linear\"]\n\
+         [streams]\neval_fraction = 0.2\nmin_eval_examples = 8\n[eval]\nprobe = false\n\
+         {feedback}epochs_per_stream = 4\nbatch_size = 8\nseq_len = 64\nlr = 0.01\nwarmup_steps = 2\n"
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("lorastream.toml"), text).unwrap();
+    Config::load(&dir.join("lorastream.toml")).unwrap()
+}
+
+/// Learns the two topics in order; returns the served lineage's forgetting
+/// of stream 1 and every decision's action per stream.
+fn run(root: &Path, name: &str, policy: bool) -> (f64, Vec<(i64, Action)>) {
+    let dir = root.join(name);
+    let cfg = config(&dir, policy);
+    let store = Store::open(&cfg.store_path()).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut actions = Vec::new();
+    for which in [1u8, 2] {
+        let f = dir.join(format!("topic{which}.jsonl"));
+        std::fs::write(&f, topic(60, which)).unwrap();
+        lorastream::streams::import(&store, &cfg.state_dir(), &f, &format!("topic {which}"), &cfg.streams).unwrap();
+        for (t, d) in lorastream::pipeline::learn(&cfg, &store, None, &stop, |_| {}).unwrap() {
+            eprintln!("{name}: {t}\n  {}: {}", d.action, d.reasons.join("; "));
+            actions.push((t.stream_id, d.action));
+        }
+    }
+    let m = lorastream::pipeline::stored_matrix(&store).unwrap();
+    eprintln!("{name}:\n{m}");
+    (m.forgetting[&1], actions)
+}
+
+#[test]
+fn the_policy_repairs_what_naive_training_forgets() {
+    let root = tempfile::tempdir().unwrap();
+    common::tiny_llama(&root.path().join("model"));
+    let (naive, naive_actions) = run(root.path(), "naive", false);
+    let (policy, actions) = run(root.path(), "policy", true);
+    assert_eq!(naive_actions, [(1, Action::Promote), (2, Action::Promote)]);
+    assert!(naive > 0.10, "naive training must forget topic 1 here: {naive}");
+    assert_eq!(
+        actions,
+        [(1, Action::Promote), (2, Action::Retrain), (2, Action::Promote)],
+        "topic 2: refused, retrained with replay and a lower rate, promoted"
+    );
+    assert!(
+        policy < naive / 2.0 && policy <= 0.05,
+        "forgetting of topic 1: policy {policy:.4} vs naive {naive:.4}"
+    );
+    // The record: attempt 2 used more replay and half the rate.
+    let store = Store::open(&config(&root.path().join("policy"), true).store_path()).unwrap();
+    let a = store.adapters().unwrap();
+    assert_eq!(a[1].state, AdapterState::Rejected);
+    assert_eq!((a[2].attempt, a[2].state), (2, AdapterState::Promoted));
+    assert_eq!(a[2].parent_id, a[1].parent_id, "retrained from the same parent");
+    assert!((a[2].hyperparams["lr"].as_f64().unwrap() - 0.005).abs() < 1e-12);
+    assert!((a[2].hyperparams["replay_fraction"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+    assert_eq!(a[1].decision.as_ref().unwrap()["next"]["number"], 2);
+    assert!(store.streams().unwrap().iter().all(|s| s.state == StreamState::Trained));
+}
