@@ -63,7 +63,11 @@ pub fn snapshot<'a>(all: &'a [AdapterRow], v: &'a AdapterRow) -> Option<&'a Adap
 }
 
 /// The model directory `v` runs on: its snapshot's, else `[model]`'s.
-pub fn base_dir(config: &Config, all: &[AdapterRow], v: Option<&AdapterRow>) -> Result<PathBuf, MergeError> {
+pub fn base_dir(
+    config: &Config,
+    all: &[AdapterRow],
+    v: Option<&AdapterRow>,
+) -> Result<PathBuf, MergeError> {
     match v.and_then(|v| snapshot(all, v)) {
         Some(m) => Ok(m.path.clone()),
         None => Ok(crate::model_source::model_dir(config)?),
@@ -92,7 +96,9 @@ pub fn merge(config: &Config, store: &Store, by: Actor, reason: &str) -> Result<
         .served_adapter()?
         .ok_or(MergeError::Nothing("the base model is served"))?;
     if served.kind == AdapterKind::Merge {
-        return Err(MergeError::Nothing("the served version is a merge snapshot already"));
+        return Err(MergeError::Nothing(
+            "the served version is a merge snapshot already",
+        ));
     }
     let base = base_dir(config, &all, Some(&served))?;
     let dir = config

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::args::{
-    AdaptersCommand, BenchCommand, Cli, Command, ConfigCommand, MemoryCommand, ModelCommand, StreamsCommand,
+    AdaptersCommand, BenchCommand, Cli, Command, ConfigCommand, MemoryCommand, ModelCommand,
+    StreamsCommand,
 };
 use cli::commands::{self, init_logs, with_config};
 

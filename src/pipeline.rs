@@ -130,7 +130,10 @@ impl std::fmt::Display for Trained {
 /// The validation slice of a train split: the last `validation_fraction` of
 /// it (the split is in hash order already), at least 2 examples, and only when
 /// at least 4 remain to train on.
-fn validation_slice(train: Vec<Vec<Message>>, fraction: f64) -> (Vec<Vec<Message>>, Vec<Vec<Message>>) {
+fn validation_slice(
+    train: Vec<Vec<Message>>,
+    fraction: f64,
+) -> (Vec<Vec<Message>>, Vec<Vec<Message>>) {
     let n = ((train.len() as f64 * fraction).round() as usize).max(2);
     if fraction <= 0.0 || train.len() < n + 4 {
         return (train, Vec::new());
@@ -234,11 +237,18 @@ pub fn train_stream(
     if stream.state != StreamState::Training {
         store.set_stream_state(stream.id, StreamState::Training)?;
     }
-    let (train_set, validation) =
-        validation_slice(split_of(stream, Split::Train)?, config.train.validation_fraction);
+    let (train_set, validation) = validation_slice(
+        split_of(stream, Split::Train)?,
+        config.train.validation_fraction,
+    );
     let earlier: Vec<StreamRow> = all.iter().filter(|s| s.id < stream.id).cloned().collect();
     let replay = if spec.replay_fraction > 0.0 {
-        crate::replay::pool(config, &earlier, &recent_forgetting(&all_adapters), spec.seed ^ stream.id as u64)
+        crate::replay::pool(
+            config,
+            &earlier,
+            &recent_forgetting(&all_adapters),
+            spec.seed ^ stream.id as u64,
+        )
     } else {
         crate::replay::Pool::default()
     };
@@ -279,7 +289,13 @@ pub fn train_stream(
                         "best_step": outcome.best_step, "stopped_early": outcome.stopped_early,
                         "skipped_steps": outcome.skipped_steps, "replay": replay.drawn}),
             )?;
-            store.set_adapter_state(adapter_id, AdapterState::Candidate, None, Actor::Daemon, "trained")?;
+            store.set_adapter_state(
+                adapter_id,
+                AdapterState::Candidate,
+                None,
+                Actor::Daemon,
+                "trained",
+            )?;
             store.set_stream_state(stream.id, StreamState::Trained)?;
             Ok(Trained {
                 adapter_id,
@@ -305,7 +321,10 @@ pub fn train_stream(
 
 fn load_base_tokenizer(config: &Config) -> Result<ChatTokenizer, PipelineError> {
     let dir = crate::model_source::model_dir(config)?;
-    Ok(ChatTokenizer::load(&dir, config.model.chat_template.as_deref())?)
+    Ok(ChatTokenizer::load(
+        &dir,
+        config.model.chat_template.as_deref(),
+    )?)
 }
 
 /// One stream learned as the policy wants it: train, evaluate, decide, and

@@ -234,7 +234,13 @@ pub fn decide_stored(
         return Ok(None);
     }
     let chain = lineage::row_keys(&lineage::chain(&all, candidate));
-    let d = decide(config, candidate, &chain, &store.streams()?, &store.evals()?)?;
+    let d = decide(
+        config,
+        candidate,
+        &chain,
+        &store.streams()?,
+        &store.evals()?,
+    )?;
     let (to, stream_to) = match d.action {
         Action::Promote => (AdapterState::Promoted, None),
         Action::Retrain => (AdapterState::Rejected, Some(StreamState::Sealed)),
@@ -322,7 +328,14 @@ mod tests {
         let base = [(0, 1, 30.0), (0, 2, 40.0), (1, 1, 10.0), (1, 2, 20.0)];
         let with = |more: &[(i64, i64, f64)]| cells(&[&base[..], more].concat());
         let c = adapter(2, Some(1), 2, 1);
-        let d = decide(&cfg, &c, &CHAIN, &streams, &with(&[(2, 1, 10.05), (2, 2, 15.0)])).unwrap();
+        let d = decide(
+            &cfg,
+            &c,
+            &CHAIN,
+            &streams,
+            &with(&[(2, 1, 10.05), (2, 2, 15.0)]),
+        )
+        .unwrap();
         assert_eq!(d.action, Action::Promote, "{d:?}");
         assert!((d.max_forgetting.unwrap() - 0.005).abs() < 1e-9);
         assert!((d.gain - 0.25).abs() < 1e-9);
@@ -334,7 +347,11 @@ mod tests {
         assert_eq!(next.number, 2);
         assert!((next.replay_fraction - (cfg.train.replay_fraction + 0.25)).abs() < 1e-12);
         assert!((next.lr - cfg.train.lr * 0.5).abs() < 1e-15);
-        assert!(d.reasons.iter().any(|r| r.contains("exceeds")), "{:?}", d.reasons);
+        assert!(
+            d.reasons.iter().any(|r| r.contains("exceeds")),
+            "{:?}",
+            d.reasons
+        );
         // The last attempt gives the stream up.
         let last = adapter(2, Some(1), 2, cfg.feedback.max_attempts as i64);
         let d = decide(&cfg, &last, &CHAIN, &streams, &forgot).unwrap();
@@ -342,15 +359,31 @@ mod tests {
         assert!(d.reasons.last().unwrap().contains("not learned"));
         // Too little gain on the new stream: refused.
         let flat = with(&[(2, 1, 10.0), (2, 2, 19.9)]);
-        assert_eq!(decide(&cfg, &c, &CHAIN, &streams, &flat).unwrap().action, Action::Retrain);
+        assert_eq!(
+            decide(&cfg, &c, &CHAIN, &streams, &flat).unwrap().action,
+            Action::Retrain
+        );
         // Feedback off: promoted whatever the numbers.
         let off = config("[feedback]\nenabled = false\n");
-        assert_eq!(decide(&off, &c, &CHAIN, &streams, &forgot).unwrap().action, Action::Promote);
-        assert_eq!(Attempt::nth(&off, 3).lr, off.train.lr, "no decay without the policy");
+        assert_eq!(
+            decide(&off, &c, &CHAIN, &streams, &forgot).unwrap().action,
+            Action::Promote
+        );
+        assert_eq!(
+            Attempt::nth(&off, 3).lr,
+            off.train.lr,
+            "no decay without the policy"
+        );
         // The first stream is compared with the base model (version 0).
         let first = adapter(1, None, 1, 1);
-        let d = decide(&cfg, &first, &CHAIN[..2], &streams, &cells(&[(0, 1, 30.0), (1, 1, 12.0)]))
-            .unwrap();
+        let d = decide(
+            &cfg,
+            &first,
+            &CHAIN[..2],
+            &streams,
+            &cells(&[(0, 1, 30.0), (1, 1, 12.0)]),
+        )
+        .unwrap();
         assert!(d.action == Action::Promote && d.reference == 0 && d.forgetting.is_empty());
         // Missing cells: no decision yet.
         let e = decide(&cfg, &c, &CHAIN, &streams, &cells(&[(2, 2, 15.0)])).unwrap_err();
@@ -370,8 +403,24 @@ mod tests {
         let worse = cells(&[(0, 0, 20.0), (0, 1, 30.0), (1, 0, 21.0), (1, 1, 12.0)]);
         let d = decide(&cfg, &c, chain, &streams, &worse).unwrap();
         assert_eq!(d.action, Action::Retrain);
-        assert!(d.reasons.iter().any(|r| r.contains("probe set +5.0% exceeds")), "{:?}", d.reasons);
-        assert!(decide(&cfg, &c, chain, &streams, &cells(&[(0, 1, 30.0), (1, 1, 12.0)])).is_err(), "the probe cell is needed");
+        assert!(
+            d.reasons
+                .iter()
+                .any(|r| r.contains("probe set +5.0% exceeds")),
+            "{:?}",
+            d.reasons
+        );
+        assert!(
+            decide(
+                &cfg,
+                &c,
+                chain,
+                &streams,
+                &cells(&[(0, 1, 30.0), (1, 1, 12.0)])
+            )
+            .is_err(),
+            "the probe cell is needed"
+        );
         for bad in [f64::NAN, f64::INFINITY] {
             let nan = cells(&[(0, 0, 20.0), (0, 1, 30.0), (1, 0, 20.0), (1, 1, bad)]);
             let d = decide(&cfg, &c, chain, &streams, &nan).unwrap();

@@ -90,7 +90,9 @@ pub fn eval_count(n: usize, cfg: &StreamsConfig) -> Option<usize> {
 
 /// The smallest stream [`eval_count`] accepts.
 pub fn min_stream_size(cfg: &StreamsConfig) -> usize {
-    (1..).find(|&n| eval_count(n, cfg).is_some()).unwrap_or(usize::MAX)
+    (1..)
+        .find(|&n| eval_count(n, cfg).is_some())
+        .unwrap_or(usize::MAX)
 }
 
 /// The position of each example in hash order: the first [`eval_count`] of

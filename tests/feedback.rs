@@ -17,8 +17,17 @@ use lorastream::store::{AdapterState, Store, StreamState};
 /// Topic 1: made-up capitals; topic 2: made-up part colours. No shared words
 /// in the answers beyond "the"/"is".
 fn topic(n: usize, which: u8) -> String {
-    let syll = ["ka", "lo", "mi", "ren", "to", "vus", "zel", "pra", "qui", "dor"];
-    let name = |i: usize, j: usize| format!("{}{}{}", syll[i % 10], syll[(i / 10 + j) % 10], syll[(i * 7 + j) % 10]);
+    let syll = [
+        "ka", "lo", "mi", "ren", "to", "vus", "zel", "pra", "qui", "dor",
+    ];
+    let name = |i: usize, j: usize| {
+        format!(
+            "{}{}{}",
+            syll[i % 10],
+            syll[(i / 10 + j) % 10],
+            syll[(i * 7 + j) % 10]
+        )
+    };
     (0..n)
         .map(|i| {
             let (q, a) = if which == 1 {
@@ -68,7 +77,14 @@ fn run(root: &Path, name: &str, policy: bool) -> (f64, Vec<(i64, Action)>) {
     for which in [1u8, 2] {
         let f = dir.join(format!("topic{which}.jsonl"));
         std::fs::write(&f, topic(60, which)).unwrap();
-        lorastream::streams::import(&store, &cfg.state_dir(), &f, &format!("topic {which}"), &cfg.streams).unwrap();
+        lorastream::streams::import(
+            &store,
+            &cfg.state_dir(),
+            &f,
+            &format!("topic {which}"),
+            &cfg.streams,
+        )
+        .unwrap();
         for (t, d) in lorastream::pipeline::learn(&cfg, &store, None, &stop, |_| {}).unwrap() {
             eprintln!("{name}: {t}\n  {}: {}", d.action, d.reasons.join("; "));
             actions.push((t.stream_id, d.action));
@@ -86,10 +102,17 @@ fn the_policy_repairs_what_naive_training_forgets() {
     let (naive, naive_actions) = run(root.path(), "naive", false);
     let (policy, actions) = run(root.path(), "policy", true);
     assert_eq!(naive_actions, [(1, Action::Promote), (2, Action::Promote)]);
-    assert!(naive > 0.10, "naive training must forget topic 1 here: {naive}");
+    assert!(
+        naive > 0.10,
+        "naive training must forget topic 1 here: {naive}"
+    );
     assert_eq!(
         actions,
-        [(1, Action::Promote), (2, Action::Retrain), (2, Action::Promote)],
+        [
+            (1, Action::Promote),
+            (2, Action::Retrain),
+            (2, Action::Promote)
+        ],
         "topic 2: refused, retrained with replay and a lower rate, promoted"
     );
     assert!(
@@ -101,9 +124,18 @@ fn the_policy_repairs_what_naive_training_forgets() {
     let a = store.adapters().unwrap();
     assert_eq!(a[1].state, AdapterState::Rejected);
     assert_eq!((a[2].attempt, a[2].state), (2, AdapterState::Promoted));
-    assert_eq!(a[2].parent_id, a[1].parent_id, "retrained from the same parent");
+    assert_eq!(
+        a[2].parent_id, a[1].parent_id,
+        "retrained from the same parent"
+    );
     assert!((a[2].hyperparams["lr"].as_f64().unwrap() - 0.005).abs() < 1e-12);
     assert!((a[2].hyperparams["replay_fraction"].as_f64().unwrap() - 0.5).abs() < 1e-12);
     assert_eq!(a[1].decision.as_ref().unwrap()["next"]["number"], 2);
-    assert!(store.streams().unwrap().iter().all(|s| s.state == StreamState::Trained));
+    assert!(
+        store
+            .streams()
+            .unwrap()
+            .iter()
+            .all(|s| s.state == StreamState::Trained)
+    );
 }

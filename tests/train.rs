@@ -181,9 +181,14 @@ fn three_quora_streams_in_sequence() {
     let stop = AtomicBool::new(false);
     let mut versions = Vec::new();
     for (i, f) in files.iter().enumerate() {
-        let (sid, new, _) =
-            lorastream::streams::import(&store, &cfg.state_dir(), f, &format!("s{i}"), &cfg.streams)
-                .unwrap();
+        let (sid, new, _) = lorastream::streams::import(
+            &store,
+            &cfg.state_dir(),
+            f,
+            &format!("s{i}"),
+            &cfg.streams,
+        )
+        .unwrap();
         assert!(new >= 35);
         let t = lorastream::pipeline::train_stream(&cfg, &store, None, &stop, |_| {}).unwrap();
         assert_eq!(t.stream_id, sid);
@@ -196,7 +201,13 @@ fn three_quora_streams_in_sequence() {
         );
         // Continual: the next stream starts from this adapter.
         store
-            .set_adapter_state(t.adapter_id, AdapterState::Promoted, None, Actor::Cli, "test")
+            .set_adapter_state(
+                t.adapter_id,
+                AdapterState::Promoted,
+                None,
+                Actor::Cli,
+                "test",
+            )
             .unwrap();
         versions.push((t.adapter_id, sid));
     }
@@ -372,9 +383,18 @@ fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
     }
     // v1 (stream 1), v2 = merge snapshot of v1 (before stream 2), v3 (stream 2) on it.
     let a = store.adapters().unwrap();
-    let kinds: Vec<(i64, &str, Option<i64>)> =
-        a.iter().map(|x| (x.id, x.kind.as_str(), x.parent_id)).collect();
-    assert_eq!(kinds, [(1, "lora", None), (2, "merge", Some(1)), (3, "lora", Some(2))]);
+    let kinds: Vec<(i64, &str, Option<i64>)> = a
+        .iter()
+        .map(|x| (x.id, x.kind.as_str(), x.parent_id))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, "lora", None),
+            (2, "merge", Some(1)),
+            (3, "lora", Some(2))
+        ]
+    );
     assert!(a[1].path.join("model.safetensors").is_file());
     assert_eq!(store.served_adapter().unwrap().unwrap().id, 3);
     let m = lorastream::pipeline::evaluate(&cfg, &store).unwrap();
@@ -404,7 +424,12 @@ fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
     let q =
         lorastream::eval::perplexity(&plain, &tok, &eval, 8, cfg.train.seq_len, Labels::Assistant)
             .unwrap();
-    assert!((q.perplexity - p.perplexity).abs() > 1e-4, "{} vs {}", q.perplexity, p.perplexity);
+    assert!(
+        (q.perplexity - p.perplexity).abs() > 1e-4,
+        "{} vs {}",
+        q.perplexity,
+        p.perplexity
+    );
     // Rollback crosses the merge: v3 -> the snapshot v2 -> v1 -> the base.
     let served = || store.served_adapter().unwrap().map(|a| a.id);
     for want in [Some(2), Some(1), None] {

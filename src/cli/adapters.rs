@@ -35,7 +35,9 @@ pub fn learn(config: &Config, stream: Option<i64>, json: bool) -> anyhow::Result
         let done = match result {
             Err(PipelineError::NothingToTrain) if stream.is_none() => break,
             Err(PipelineError::Train(TrainError::Stopped(step))) => {
-                eprintln!("stopped at step {step}; checkpoint saved; run `lorastream learn` again to resume");
+                eprintln!(
+                    "stopped at step {step}; checkpoint saved; run `lorastream learn` again to resume"
+                );
                 return Ok(ExitCode::from(130));
             }
             other => other?,
@@ -128,9 +130,9 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
 /// `adapters promote V`
 pub fn promote(config: &Config, version: i64) -> anyhow::Result<ExitCode> {
     let store = Store::open_for(config)?;
-    let a = store
-        .adapter(version)?
-        .ok_or_else(|| anyhow::anyhow!("there is no version v{version} (see `lorastream adapters list`)"))?;
+    let a = store.adapter(version)?.ok_or_else(|| {
+        anyhow::anyhow!("there is no version v{version} (see `lorastream adapters list`)")
+    })?;
     if !matches!(
         a.state,
         AdapterState::Promoted
@@ -138,9 +140,18 @@ pub fn promote(config: &Config, version: i64) -> anyhow::Result<ExitCode> {
             | AdapterState::RolledBack
             | AdapterState::NotLearned
     ) {
-        anyhow::bail!("v{version} is {}: only a trained, decided version can be served", a.state);
+        anyhow::bail!(
+            "v{version} is {}: only a trained, decided version can be served",
+            a.state
+        );
     }
-    store.set_adapter_state(version, AdapterState::Promoted, None, Actor::Cli, "promoted by the operator")?;
+    store.set_adapter_state(
+        version,
+        AdapterState::Promoted,
+        None,
+        Actor::Cli,
+        "promoted by the operator",
+    )?;
     tracing::info!(version, by = "cli", "version promoted");
     println!("v{version} is served now");
     Ok(ExitCode::SUCCESS)

@@ -120,13 +120,8 @@ pub fn streams_import(
         file.file_stem()
             .map_or("import".into(), |s| s.to_string_lossy().into_owned())
     });
-    let (id, new, dup) = lorastream::streams::import(
-        &store,
-        &config.state_dir(),
-        file,
-        &name,
-        &config.streams,
-    )?;
+    let (id, new, dup) =
+        lorastream::streams::import(&store, &config.state_dir(), file, &name, &config.streams)?;
     let s = store.stream(id)?.context("stream vanished")?;
     println!(
         "stream {id} {name:?}: {new} new examples ({dup} already stored), train {} / eval {}, {}",

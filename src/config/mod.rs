@@ -36,7 +36,7 @@ pub use daemon::{
 };
 pub use data::{PreprocessConfig, StreamsConfig, SummarizerBackend, SummarizerConfig};
 pub use learning::{
-    EvalConfig, FeedbackConfig, LoraConfig, LossOn, ModelConfig, TrainConfig, MergePolicy,
+    EvalConfig, FeedbackConfig, LoraConfig, LossOn, MergePolicy, ModelConfig, TrainConfig,
 };
 pub use locate::{KeyPath, LineCol, SpanIndex};
 pub use source::{CrawlMode, FieldMap, SourceConfig, SourceKind, SpoolFormat};

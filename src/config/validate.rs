@@ -266,7 +266,11 @@ fn check_lora(k: &mut Checker, c: &Config) {
         .flat_map(|a| a.lora_modules().iter().copied())
         .collect();
     modules.push(crate::ml::lora::ALL_LINEAR);
-    let all = c.lora.target_modules.iter().any(|m| m == crate::ml::lora::ALL_LINEAR);
+    let all = c
+        .lora
+        .target_modules
+        .iter()
+        .any(|m| m == crate::ml::lora::ALL_LINEAR);
     if all && c.lora.target_modules.len() > 1 {
         k.fail(
             KeyPath::parse("lora.target_modules"),

@@ -203,7 +203,11 @@ impl fmt::Display for Matrix {
         }
         writeln!(o)?;
         for (r, v) in self.versions.iter().enumerate() {
-            let mark = if self.chain.last() == Some(v) { "*" } else { "" };
+            let mark = if self.chain.last() == Some(v) {
+                "*"
+            } else {
+                ""
+            };
             let label = match self.trained_on[r] {
                 None if *v == 0 => format!("base model{mark}"),
                 None => format!("v{v} (merge){mark}"),
@@ -295,7 +299,11 @@ pub(crate) mod tests {
         let chain = [(0, None), (1, Some(1)), (2, Some(2)), (3, Some(3))];
         assert!((forgetting(&more, &chain, 1).unwrap() - 0.26).abs() < 1e-9);
         assert!(forgetting(&more, &chain, 2).unwrap().abs() < 1e-12);
-        assert_eq!(forgetting(&more, &chain, 3), None, "learned by the last version");
+        assert_eq!(
+            forgetting(&more, &chain, 3),
+            None,
+            "learned by the last version"
+        );
         // The probe set (never learned) counts from the base model.
         more.extend([cell(0, 0, 20.0), cell(1, 0, 19.0), cell(3, 0, 19.38)]);
         assert!((forgetting(&more, &chain, 0).unwrap() - 0.02).abs() < 1e-9);

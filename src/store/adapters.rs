@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::{
-    Actor, AdapterEvent, AdapterRow, AdapterState, NewAdapter, Result, StateMachine,
-    Store, StoreError, StreamState, now_ms,
+    Actor, AdapterEvent, AdapterRow, AdapterState, NewAdapter, Result, StateMachine, Store,
+    StoreError, StreamState, now_ms,
 };
 
 impl Store {

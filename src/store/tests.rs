@@ -213,7 +213,7 @@ fn examples_dedup_then_seal_into_a_stream_atomically() {
 
     store.set_stream_state(sid, StreamState::Training).unwrap();
     store.set_stream_state(sid, StreamState::Trained).unwrap();
-    assert!(store.set_stream_state(sid, StreamState::Sealed).is_err());
+    assert!(store.set_stream_state(sid, StreamState::Failed).is_err());
 }
 
 #[test]
@@ -261,7 +261,9 @@ fn adapters_promote_roll_back_and_record_who() {
     assert_eq!(store.served_adapter().unwrap().unwrap().id, v2);
     // The promotion order decides, not the clock: v1's row is touched later
     // (a train log) but v2 stays served.
-    store.set_adapter_train_log(v1, &json!({"loss": []})).unwrap();
+    store
+        .set_adapter_train_log(v1, &json!({"loss": []}))
+        .unwrap();
     assert_eq!(store.served_adapter().unwrap().unwrap().id, v2);
 
     let (from, to) = store.rollback(Actor::Cli, "bad answers").unwrap();
@@ -276,7 +278,10 @@ fn adapters_promote_roll_back_and_record_who() {
     store.rollback(Actor::Cli, "x").unwrap();
     store.rollback(Actor::Cli, "x").unwrap();
     assert!(store.served_adapter().unwrap().is_none(), "the base serves");
-    assert!(store.rollback(Actor::Cli, "x").is_err(), "nothing left to roll back");
+    assert!(
+        store.rollback(Actor::Cli, "x").is_err(),
+        "nothing left to roll back"
+    );
 
     let events = store.adapter_events(Some(v2)).unwrap();
     let trail: Vec<(&str, &str)> = events
@@ -289,7 +294,8 @@ fn adapters_promote_roll_back_and_record_who() {
             ("candidate", "daemon"),
             ("promoted", "daemon"),
             ("rolled_back", "cli"),
-            ("promoted", "cli")
+            ("promoted", "cli"),
+            ("rolled_back", "cli")
         ]
     );
     assert_eq!(events[2].reason, "bad answers");
@@ -330,7 +336,10 @@ fn a_decision_moves_candidate_and_stream_together() {
         "",
     );
     assert!(bad.is_err());
-    assert_eq!(store.adapter(v).unwrap().unwrap().state, AdapterState::Candidate);
+    assert_eq!(
+        store.adapter(v).unwrap().unwrap().state,
+        AdapterState::Candidate
+    );
     store
         .settle_candidate(
             v,
@@ -342,8 +351,14 @@ fn a_decision_moves_candidate_and_stream_together() {
             "retrain",
         )
         .unwrap();
-    assert_eq!(store.adapter(v).unwrap().unwrap().state, AdapterState::Rejected);
-    assert_eq!(store.stream(sid).unwrap().unwrap().state, StreamState::Sealed);
+    assert_eq!(
+        store.adapter(v).unwrap().unwrap().state,
+        AdapterState::Rejected
+    );
+    assert_eq!(
+        store.stream(sid).unwrap().unwrap().state,
+        StreamState::Sealed
+    );
 }
 
 #[test]

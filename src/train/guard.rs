@@ -49,14 +49,13 @@ impl Validation {
     }
 
     pub fn due(&self, step: usize, total: usize) -> bool {
-        !self.examples.is_empty() && (step % self.every == 0 || step == total)
+        !self.examples.is_empty() && (step.is_multiple_of(self.every) || step == total)
     }
 
     /// Measures the model now and records it in `state`.
     pub fn run(&self, model: &CausalLm, batch_size: usize, state: &mut TrainerState) -> Verdict {
-        let ppl =
-            crate::eval::perplexity_encoded(model, &self.examples, self.pad_id, batch_size)
-                .perplexity;
+        let ppl = crate::eval::perplexity_encoded(model, &self.examples, self.pad_id, batch_size)
+            .perplexity;
         state.validations.push((state.step, ppl));
         let better = ppl.is_finite() && state.best.is_none_or(|(_, b)| ppl < b);
         tracing::info!(

@@ -258,7 +258,13 @@ pub fn train(
         } else {
             state.skipped_steps += 1;
             state.nonfinite_run += 1;
-            tracing::warn!(step = state.step, loss, grad_norm = norm, in_a_row = state.nonfinite_run, "non-finite step skipped");
+            tracing::warn!(
+                step = state.step,
+                loss,
+                grad_norm = norm,
+                in_a_row = state.nonfinite_run,
+                "non-finite step skipped"
+            );
             if state.nonfinite_run >= spec.max_nonfinite_steps.max(1) {
                 return Err(TrainError::NonFinite {
                     step: state.step,
@@ -296,7 +302,11 @@ pub fn train(
         }
     }
     if let Some((best, _)) = state.best.filter(|b| b.0 != state.step) {
-        tracing::info!(best_step = best, last_step = state.step, "keeping the best validated weights");
+        tracing::info!(
+            best_step = best,
+            last_step = state.step,
+            "keeping the best validated weights"
+        );
         checkpoint::load_best(job.out_dir, &opt)?;
     }
     finish(&job, &mut state, &opt)?;
