@@ -237,13 +237,22 @@ impl Demo {
     }
 }
 
-/// Adapters whose candidate was decided (promoted or rejected).
+/// Streams the feedback loop is done with: learned (an adapter of it
+/// promoted) or given up (`not_learned`); a stream being retrained is not.
 fn decided(s: &Value) -> usize {
-    s["status"]["adapters"].as_array().map_or(0, |a| {
-        a.iter()
-            .filter(|x| x["state"] == "promoted" || x["state"] == "rejected")
-            .count()
-    })
+    let empty = Vec::new();
+    let adapters = s["status"]["adapters"].as_array().unwrap_or(&empty);
+    let streams = s["status"]["streams"].as_array().unwrap_or(&empty);
+    streams
+        .iter()
+        .filter(|st| {
+            st["state"] == "not_learned"
+                || (st["state"] == "trained"
+                    && adapters
+                        .iter()
+                        .any(|a| a["stream_id"] == st["id"] && a["state"] == "promoted"))
+        })
+        .count()
 }
 
 pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {

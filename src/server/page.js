@@ -81,7 +81,8 @@ function render(data) {
   fill("versions", st.adapters.slice().reverse().map((a) => {
     const d = a.decision || {};
     const reasons = (d.reasons || []).join("; ") || d.error || "";
-    const cls = a.state === "promoted" ? "ok" : a.state === "rejected" ? "bad" : "running";
+    const cls = a.state === "promoted" ? "ok"
+      : ["rejected", "not_learned", "rolled_back", "failed"].includes(a.state) ? "bad" : "running";
     const state = el("td"); state.appendChild(el("span", a.state, "badge " + cls));
     if (a.id === st.served_adapter) state.appendChild(el("span", " served", "ok"));
     return row([el("td", "v" + a.id + (a.attempt > 1 ? " (attempt " + a.attempt + ")" : "")),
