@@ -292,3 +292,47 @@ pub fn stream_name(labels: &[String]) -> String {
         n => format!("{} + {} more", distinct[..2].join(" + "), n - 2),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(fraction: f64, min: usize) -> StreamsConfig {
+        StreamsConfig {
+            eval_fraction: fraction,
+            min_eval_examples: min,
+            ..StreamsConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_eval_split_is_exact_big_enough_and_stable() {
+        let c = cfg(0.1, 8);
+        assert_eq!(eval_count(90, &c), Some(9), "round(0.1 × 90)");
+        assert_eq!(eval_count(40, &c), Some(8), "at least min_eval_examples");
+        assert_eq!(eval_count(8, &c), None, "nothing left to train on: wait");
+        assert_eq!(eval_count(1, &c), None);
+        assert_eq!(min_stream_size(&c), 9);
+        assert_eq!(eval_count(200, &cfg(0.2, 8)), Some(40));
+        let ex: Vec<Vec<Message>> = (0..30)
+            .map(|i| {
+                vec![
+                    Message::new("user", &format!("q{i}")),
+                    Message::new("assistant", "a"),
+                ]
+            })
+            .collect();
+        let (train, eval) = split(&ex, &c).unwrap();
+        assert_eq!((train.len(), eval.len()), (22, 8));
+        // The same examples in another order: the same examples are held out.
+        let mut rev = ex.clone();
+        rev.reverse();
+        let (_, eval_rev) = split(&rev, &c).unwrap();
+        let held = |v: &[Vec<Message>], idx: &[usize]| {
+            let mut s: Vec<String> = idx.iter().map(|&i| v[i][0].content.clone()).collect();
+            s.sort();
+            s
+        };
+        assert_eq!(held(&ex, &eval), held(&rev, &eval_rev));
+    }
+}

@@ -275,7 +275,8 @@ fn setup_run(dir: &Path, data: &Path) {
     init(&dir.join("model"), Arch::Gpt2, None);
     config(
         dir,
-        "[train]\nepochs_per_stream = 3\nbatch_size = 2\nseq_len = 64\nlr = 0.005\ncheckpoint_every = 3\n",
+        "[train]\nepochs_per_stream = 3\nbatch_size = 2\nseq_len = 64\nlr = 0.005\ncheckpoint_every = 3\n\
+         validation_fraction = 0.0\n",
     );
     let out = lorastream(dir)
         .args(["streams", "import"])
@@ -436,6 +437,41 @@ fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
         store.rollback(Actor::Cli, "test").unwrap();
         assert_eq!(served(), want);
     }
+}
+
+#[test]
+fn a_diverging_run_skips_non_finite_steps_then_ends_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    init(&dir.path().join("model"), Arch::Gpt2, None);
+    let cfg = config(
+        dir.path(),
+        "[train]\nepochs_per_stream = 20\nbatch_size = 4\nseq_len = 64\nlr = 1e6\nwarmup_steps = 1\n\
+         max_grad_norm = 1e30\nmax_nonfinite_steps = 3\nvalidation_fraction = 0.0\n",
+    );
+    let store = Store::open(&cfg.store_path()).unwrap();
+    let f = dir.path().join("d.jsonl");
+    write_jsonl(&f, &synthetic(40));
+    lorastream::streams::import(&store, &cfg.state_dir(), &f, "d", &cfg.streams).unwrap();
+    let err =
+        lorastream::pipeline::train_stream(&cfg, &store, None, &AtomicBool::new(false), |_| {})
+            .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("3 steps in a row had a NaN or infinite loss"),
+        "{msg}"
+    );
+    let a = &store.adapters().unwrap()[0];
+    assert_eq!(a.state, AdapterState::Failed);
+    assert!(
+        a.decision.as_ref().unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("NaN")
+    );
+    assert_eq!(
+        store.streams().unwrap()[0].state,
+        lorastream::store::StreamState::Failed
+    );
 }
 
 #[test]
