@@ -160,6 +160,7 @@ pub fn train_stream(
     config: &Config,
     store: &Store,
     stream_id: Option<i64>,
+    by: Actor,
     stop: &AtomicBool,
     progress: impl FnMut(&Progress),
 ) -> Result<Trained, PipelineError> {
@@ -175,7 +176,7 @@ pub fn train_stream(
             .ok_or(PipelineError::NothingToTrain)?,
     };
     if lineage::merge_due(config, &store.adapters()?, store.served_adapter()?.as_ref()) {
-        lineage::merge(config, store, Actor::Daemon, "merge = every_n_streams")?;
+        lineage::merge(config, store, by, "merge = every_n_streams")?;
     }
     let adapters = store.adapters()?;
     let unfinished = adapters
@@ -289,13 +290,7 @@ pub fn train_stream(
                         "best_step": outcome.best_step, "stopped_early": outcome.stopped_early,
                         "skipped_steps": outcome.skipped_steps, "replay": replay.drawn}),
             )?;
-            store.set_adapter_state(
-                adapter_id,
-                AdapterState::Candidate,
-                None,
-                Actor::Daemon,
-                "trained",
-            )?;
+            store.set_adapter_state(adapter_id, AdapterState::Candidate, None, by, "trained")?;
             store.set_stream_state(stream.id, StreamState::Trained)?;
             Ok(Trained {
                 adapter_id,
@@ -310,7 +305,7 @@ pub fn train_stream(
                 adapter_id,
                 AdapterState::Failed,
                 Some(&json!({"error": e.to_string()})),
-                Actor::Daemon,
+                by,
                 &e.to_string(),
             )?;
             store.set_stream_state(stream.id, StreamState::Failed)?;
@@ -333,15 +328,16 @@ pub fn learn(
     config: &Config,
     store: &Store,
     stream_id: Option<i64>,
+    by: Actor,
     stop: &AtomicBool,
     mut progress: impl FnMut(&Progress),
 ) -> Result<Vec<(Trained, Decision)>, PipelineError> {
     let mut out = Vec::new();
     let mut stream = stream_id;
     loop {
-        let t = train_stream(config, store, stream, stop, &mut progress)?;
+        let t = train_stream(config, store, stream, by, stop, &mut progress)?;
         evaluate(config, store)?;
-        let Some(d) = crate::policy::decide_stored(config, store, t.adapter_id, Actor::Cli)? else {
+        let Some(d) = crate::policy::decide_stored(config, store, t.adapter_id, by)? else {
             break;
         };
         stream = Some(t.stream_id);

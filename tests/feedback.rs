@@ -85,7 +85,16 @@ fn run(root: &Path, name: &str, policy: bool) -> (f64, Vec<(i64, Action)>) {
             &cfg.streams,
         )
         .unwrap();
-        for (t, d) in lorastream::pipeline::learn(&cfg, &store, None, &stop, |_| {}).unwrap() {
+        for (t, d) in lorastream::pipeline::learn(
+            &cfg,
+            &store,
+            None,
+            lorastream::store::Actor::Cli,
+            &stop,
+            |_| {},
+        )
+        .unwrap()
+        {
             eprintln!("{name}: {t}\n  {}: {}", d.action, d.reasons.join("; "));
             actions.push((t.stream_id, d.action));
         }
@@ -138,4 +147,102 @@ fn the_policy_repairs_what_naive_training_forgets() {
             .iter()
             .all(|s| s.state == StreamState::Trained)
     );
+    drop(store);
+    versions_by_hand(&root.path().join("policy"));
+}
+
+/// GET `path` from the server at `addr` (HTTP/1.1 over a plain socket).
+fn get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The model ids `/v1/models` lists.
+fn models(addr: &str) -> Vec<String> {
+    let body = get(addr, "/v1/models");
+    let v: serde_json::Value = serde_json::from_str(&body[body.find('{').unwrap()..]).unwrap();
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `adapters list`, `rollback` and `promote` on the store the policy left,
+/// while a daemon serves it: the change reaches the server within seconds.
+fn versions_by_hand(dir: &Path) {
+    let config = dir.join("serve.toml");
+    std::fs::write(
+        &config,
+        "[daemon]\nstate_dir = \"state\"\n[model]\nsource = \"path:../model\"\nthreads = 1\n\
+         [eval]\nprobe = false\n[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let out = common::lorastream()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_ok(&out);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let list = cli(&["adapters", "list"]);
+    assert!(list.contains("v3 *") && list.contains("rejected"), "{list}");
+    let d = common::daemon::Daemon::start(&config);
+    let addr = d.wait_for("chat server listening")["listen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(models(&addr).contains(&"lorastream@v3".to_string()));
+    let t0 = std::time::Instant::now();
+    let said = cli(&["adapters", "rollback"]);
+    assert!(said.contains("v3 rolled back; v1 is served now"), "{said}");
+    d.wait_until(std::time::Duration::from_secs(10), |v| {
+        v["message"] == "served version" && v["served"] == "Some(1)"
+    })
+    .expect("the daemon did not pick up the rollback");
+    eprintln!("rollback served after {:?}", t0.elapsed());
+    assert!(!models(&addr).contains(&"lorastream@v3".to_string()));
+    cli(&["adapters", "promote", "2"]);
+    d.wait_until(std::time::Duration::from_secs(10), |v| {
+        v["message"] == "served version" && v["served"] == "Some(2)"
+    })
+    .expect("the daemon did not pick up the promotion");
+    let rows: serde_json::Value =
+        serde_json::from_str(&cli(&["adapters", "list", "--json"])).unwrap();
+    let v2 = &rows[1];
+    assert_eq!(v2["served"], true);
+    let trail: Vec<(&str, &str)> = v2["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["to_state"].as_str().unwrap(),
+                e["actor"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            ("candidate", "cli"),
+            ("rejected", "cli"),
+            ("promoted", "cli")
+        ],
+        "learned by `lorastream learn`, refused by the policy, promoted by hand"
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
 }

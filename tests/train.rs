@@ -190,7 +190,15 @@ fn three_quora_streams_in_sequence() {
         )
         .unwrap();
         assert!(new >= 35);
-        let t = lorastream::pipeline::train_stream(&cfg, &store, None, &stop, |_| {}).unwrap();
+        let t = lorastream::pipeline::train_stream(
+            &cfg,
+            &store,
+            None,
+            lorastream::store::Actor::Cli,
+            &stop,
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(t.stream_id, sid);
         let l = &t.outcome.losses;
         let head: f32 = l[..3].iter().sum::<f32>() / 3.0;
@@ -379,7 +387,15 @@ fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
         let f = dir.path().join(format!("p{i}.jsonl"));
         write_jsonl(&f, part);
         lorastream::streams::import(&store, &cfg.state_dir(), &f, "p", &cfg.streams).unwrap();
-        let done = lorastream::pipeline::learn(&cfg, &store, None, &stop, |_| {}).unwrap();
+        let done = lorastream::pipeline::learn(
+            &cfg,
+            &store,
+            None,
+            lorastream::store::Actor::Cli,
+            &stop,
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(done.len(), 1, "feedback off: one attempt, promoted");
     }
     // v1 (stream 1), v2 = merge snapshot of v1 (before stream 2), v3 (stream 2) on it.
@@ -452,9 +468,15 @@ fn a_diverging_run_skips_non_finite_steps_then_ends_with_the_reason() {
     let f = dir.path().join("d.jsonl");
     write_jsonl(&f, &synthetic(40));
     lorastream::streams::import(&store, &cfg.state_dir(), &f, "d", &cfg.streams).unwrap();
-    let err =
-        lorastream::pipeline::train_stream(&cfg, &store, None, &AtomicBool::new(false), |_| {})
-            .unwrap_err();
+    let err = lorastream::pipeline::train_stream(
+        &cfg,
+        &store,
+        None,
+        lorastream::store::Actor::Cli,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("3 steps in a row had a NaN or infinite loss"),

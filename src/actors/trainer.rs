@@ -77,20 +77,27 @@ impl Trainer {
         }
         let log_every = config.train.log_every.max(1);
         let outcome = catch("training", || {
-            crate::pipeline::train_stream(&config, store, None, &stop, |p| {
-                if p.step % log_every == 0 || p.step == p.total_steps {
-                    p.log();
-                    mark(
-                        store,
-                        Stage::Trainer,
-                        StageState::Running,
-                        Some(&format!(
-                            "training: step {}/{}, loss {:.4}",
-                            p.step, p.total_steps, p.loss
-                        )),
-                    );
-                }
-            })
+            crate::pipeline::train_stream(
+                &config,
+                store,
+                None,
+                crate::store::Actor::Daemon,
+                &stop,
+                |p| {
+                    if p.step % log_every == 0 || p.step == p.total_steps {
+                        p.log();
+                        mark(
+                            store,
+                            Stage::Trainer,
+                            StageState::Running,
+                            Some(&format!(
+                                "training: step {}/{}, loss {:.4}",
+                                p.step, p.total_steps, p.loss
+                            )),
+                        );
+                    }
+                },
+            )
         })?;
         match outcome {
             Ok(t) => {

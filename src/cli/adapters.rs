@@ -23,7 +23,7 @@ pub fn learn(config: &Config, stream: Option<i64>, json: bool) -> anyhow::Result
     let log_every = config.train.log_every;
     let mut attempts = Vec::new();
     loop {
-        let result = pipeline::learn(config, &store, stream, &stop, |p| match &bar {
+        let result = pipeline::learn(config, &store, stream, Actor::Cli, &stop, |p| match &bar {
             Some(bar) => {
                 bar.set_length(p.total_steps as u64);
                 bar.set_position(p.step as u64);

@@ -142,8 +142,13 @@ pub fn train(config: &Config, stream: Option<i64>) -> anyhow::Result<ExitCode> {
     }
     let bar = progress_bar();
     let log_every = config.train.log_every;
-    let result =
-        lorastream::pipeline::train_stream(config, &store, stream, &stop, |p| match &bar {
+    let result = lorastream::pipeline::train_stream(
+        config,
+        &store,
+        stream,
+        lorastream::store::Actor::Cli,
+        &stop,
+        |p| match &bar {
             Some(bar) => {
                 bar.set_length(p.total_steps as u64);
                 bar.set_position(p.step as u64);
@@ -151,7 +156,8 @@ pub fn train(config: &Config, stream: Option<i64>) -> anyhow::Result<ExitCode> {
             }
             None if p.step % log_every == 0 || p.step == p.total_steps => p.log(),
             None => {}
-        });
+        },
+    );
     if let Some(bar) = bar {
         bar.finish();
     }

@@ -97,18 +97,21 @@ pub type RowKey = (i64, Option<i64>);
 ///
 /// The reference is the best the served lineage ever reached on s, not just
 /// the parent's figure, so small losses cannot add up unnoticed over many
-/// updates. A stream the chain never learned (the probe set, a stream that
-/// was not learned) counts from the base model. `None` when the last version
-/// learned `s` itself, or a cell is missing.
+/// updates. For a stream the chain never learned (the probe set, a stream
+/// given up) the reference is the base model alone: what other streams taught
+/// about it is incidental, what the base knew is what must not be lost.
+/// `None` when the last version learned `s` itself, or a cell is missing.
 pub fn forgetting(cells: &[EvalRow], chain: &[RowKey], s: i64) -> Option<f64> {
     let (&(last, _), earlier) = chain.split_last()?;
-    let start = match earlier.iter().position(|(_, t)| *t == Some(s)) {
-        Some(i) => i,
+    // The versions whose figures count: from the one that learned s on; for a
+    // stream the lineage never learned, the base model alone.
+    let reference = match earlier.iter().position(|(_, t)| *t == Some(s)) {
+        Some(i) => &earlier[i..],
         None if chain.last().is_some_and(|(_, t)| *t == Some(s)) => return None,
-        None => 0,
+        None => &earlier[..earlier.len().min(1)],
     };
     let now = cell(cells, last, s)?;
-    let best = earlier[start..]
+    let best = reference
         .iter()
         .filter_map(|(v, _)| cell(cells, *v, s))
         .fold(f64::INFINITY, f64::min);
@@ -304,9 +307,10 @@ pub(crate) mod tests {
             None,
             "learned by the last version"
         );
-        // The probe set (never learned) counts from the base model.
+        // The probe set (never learned) is measured against the base model
+        // alone: v1 improved it to 19.0, v3 lost some of that, still 3.1% better.
         more.extend([cell(0, 0, 20.0), cell(1, 0, 19.0), cell(3, 0, 19.38)]);
-        assert!((forgetting(&more, &chain, 0).unwrap() - 0.02).abs() < 1e-9);
+        assert!((forgetting(&more, &chain, 0).unwrap() + 0.031).abs() < 1e-9);
         // A NaN cell gives a NaN forgetting, which the policy refuses.
         more.push(cell(4, 1, f64::NAN));
         let nan = [(0, None), (1, Some(1)), (4, Some(4))];
