@@ -160,25 +160,21 @@ pub fn decide(
         pct(gain),
         pct(f.min_gain)
     ));
-    if let Some((s, x)) = worst {
-        let ok = x <= f.max_forgetting;
+    let limits = [
+        worst.map(|(s, x)| {
+            (
+                format!("max forgetting {} (stream {s})", pct(x)),
+                x,
+                f.max_forgetting,
+            )
+        }),
+        probe_change.map(|p| (format!("probe set {}", pct(p)), p, f.max_probe_increase)),
+    ];
+    for (what, x, limit) in limits.into_iter().flatten() {
+        let ok = x <= limit;
         pass &= ok;
-        reasons.push(format!(
-            "max forgetting {} (stream {s}) {} the {} limit",
-            pct(x),
-            if ok { "is within" } else { "exceeds" },
-            pct(f.max_forgetting)
-        ));
-    }
-    if let Some(p) = probe_change {
-        let ok = p <= f.max_probe_increase;
-        pass &= ok;
-        reasons.push(format!(
-            "probe set {} {} the {} limit",
-            pct(p),
-            if ok { "is within" } else { "exceeds" },
-            pct(f.max_probe_increase)
-        ));
+        let verb = if ok { "is within" } else { "exceeds" };
+        reasons.push(format!("{what} {verb} the {} limit", pct(limit)));
     }
     let attempt = candidate.attempt;
     let (action, next) = if !f.enabled {

@@ -429,7 +429,8 @@ fn hot_swap_under_load_while_training_drops_nothing() {
     let config = setup(
         dir.path(),
         "[train]\nepochs_per_stream = 20\nbatch_size = 4\nseq_len = 64\nlr = 0.01\nwarmup_steps = 2\n\
-         [streams]\neval_fraction = 0.2\n[feedback]\nenabled = false\n",
+         [streams]\neval_fraction = 0.2\n[feedback]\nenabled = false\n\
+         [lora]\nr = 8\ntarget_modules = [\"q_proj\", \"v_proj\"]\n",
     );
     let file = dir.path().join("doors.jsonl");
     write_stream(&file, 40);

@@ -78,6 +78,7 @@ url = "title_url"
 
 [streams]
 min_examples = 20
+min_eval_examples = 1
 {extra}
 "#,
                 root = root.display()

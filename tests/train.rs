@@ -153,7 +153,7 @@ fn config(dir: &Path, extra: &str) -> Config {
     Config::load(&dir.join("lorastream.toml")).unwrap()
 }
 
-const TRAIN: &str = "[train]\nepochs_per_stream = 4\nbatch_size = 4\nseq_len = 128\nlr = 0.01\nwarmup_steps = 2\ncheckpoint_every = 10\n";
+const TRAIN: &str = "[train]\nepochs_per_stream = 4\nbatch_size = 4\nseq_len = 128\nlr = 0.01\nwarmup_steps = 2\ncheckpoint_every = 10\npatience = 0\n";
 
 #[test]
 fn three_quora_streams_in_sequence() {

@@ -4,8 +4,6 @@
 //! version within a second or two (the server re-reads the store every second).
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use lorastream::config::Config;
 use lorastream::pipeline::{self, PipelineError};
@@ -15,23 +13,18 @@ use lorastream::train::TrainError;
 /// `learn`
 pub fn learn(config: &Config, stream: Option<i64>, json: bool) -> anyhow::Result<ExitCode> {
     let store = Store::open_for(config)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
+    let stop = super::commands::stop_on_signals()?;
     let bar = super::commands::progress_bar();
-    let log_every = config.train.log_every;
     let mut attempts = Vec::new();
     loop {
-        let result = pipeline::learn(config, &store, stream, Actor::Cli, &stop, |p| match &bar {
-            Some(bar) => {
-                bar.set_length(p.total_steps as u64);
-                bar.set_position(p.step as u64);
-                bar.set_message(format!("loss {:.4}  {:.0} tok/s", p.loss, p.tokens_per_s));
-            }
-            None if p.step % log_every == 0 || p.step == p.total_steps => p.log(),
-            None => {}
-        });
+        let result = pipeline::learn(
+            config,
+            &store,
+            stream,
+            Actor::Cli,
+            &stop,
+            super::commands::show_progress(bar.as_ref(), config.train.log_every),
+        );
         let done = match result {
             Err(PipelineError::NothingToTrain) if stream.is_none() => break,
             Err(PipelineError::Train(TrainError::Stopped(step))) => {

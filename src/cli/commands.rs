@@ -136,27 +136,15 @@ pub fn streams_import(
 /// again resumes.
 pub fn train(config: &Config, stream: Option<i64>) -> anyhow::Result<ExitCode> {
     let store = Store::open_for(config)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
+    let stop = stop_on_signals()?;
     let bar = progress_bar();
-    let log_every = config.train.log_every;
     let result = lorastream::pipeline::train_stream(
         config,
         &store,
         stream,
         lorastream::store::Actor::Cli,
         &stop,
-        |p| match &bar {
-            Some(bar) => {
-                bar.set_length(p.total_steps as u64);
-                bar.set_position(p.step as u64);
-                bar.set_message(format!("loss {:.4}  {:.0} tok/s", p.loss, p.tokens_per_s));
-            }
-            None if p.step % log_every == 0 || p.step == p.total_steps => p.log(),
-            None => {}
-        },
+        show_progress(bar.as_ref(), config.train.log_every),
     );
     if let Some(bar) = bar {
         bar.finish();
@@ -229,6 +217,32 @@ pub fn run(cli: &Cli, config: Config) -> anyhow::Result<ExitCode> {
         daemon::run(cli.config.clone(), config, control).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A flag SIGINT and SIGTERM raise: training checkpoints and stops.
+pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
+
+/// Training progress: on the bar when there is one, else a log line every
+/// `log_every` steps.
+pub fn show_progress(
+    bar: Option<&indicatif::ProgressBar>,
+    log_every: usize,
+) -> impl FnMut(&lorastream::train::Progress) + '_ {
+    move |p| match bar {
+        Some(bar) => {
+            bar.set_length(p.total_steps as u64);
+            bar.set_position(p.step as u64);
+            bar.set_message(format!("loss {:.4}  {:.0} tok/s", p.loss, p.tokens_per_s));
+        }
+        None if p.step.is_multiple_of(log_every.max(1)) || p.step == p.total_steps => p.log(),
+        None => {}
+    }
 }
 
 /// A progress bar with loss, tokens/s and ETA when stderr is a terminal.

@@ -111,13 +111,7 @@ pub(super) fn load(
         return Ok(());
     };
     let file = dir.join(name);
-    let map: HashMap<String, Tensor> = Tensor::read_safetensors(&file)
-        .map_err(|e| TrainError::Checkpoint {
-            path: file.clone(),
-            msg: e.to_string(),
-        })?
-        .into_iter()
-        .collect();
+    let map = read_tensors(&file)?;
     let get = |k: &str| {
         map.get(k).ok_or_else(|| TrainError::Checkpoint {
             path: file.clone(),
@@ -151,13 +145,7 @@ pub(super) fn save_best(dir: &Path, opt: &LoraOptimizer) -> Result<(), TrainErro
 /// Puts the best weights [`save_best`] wrote back into the LoRA.
 pub(super) fn load_best(dir: &Path, opt: &LoraOptimizer) -> Result<(), TrainError> {
     let file = dir.join(BEST_FILE);
-    let map: HashMap<String, Tensor> = Tensor::read_safetensors(&file)
-        .map_err(|e| TrainError::Checkpoint {
-            path: file.clone(),
-            msg: e.to_string(),
-        })?
-        .into_iter()
-        .collect();
+    let map = read_tensors(&file)?;
     tch::no_grad(|| -> Result<(), TrainError> {
         for (k, p) in &opt.params {
             let t = map.get(k).ok_or_else(|| TrainError::Checkpoint {
@@ -170,4 +158,15 @@ pub(super) fn load_best(dir: &Path, opt: &LoraOptimizer) -> Result<(), TrainErro
     })?;
     let _ = std::fs::remove_file(&file);
     Ok(())
+}
+
+/// The tensors of a checkpoint file by name.
+fn read_tensors(file: &Path) -> Result<HashMap<String, Tensor>, TrainError> {
+    Ok(Tensor::read_safetensors(file)
+        .map_err(|e| TrainError::Checkpoint {
+            path: file.to_owned(),
+            msg: e.to_string(),
+        })?
+        .into_iter()
+        .collect())
 }
