@@ -26,7 +26,7 @@ pub struct Metrics {
     pub train_loss: Gauge,
     /// `stream` (0 = probe set); the served version (scrape time).
     pub served_perplexity: GaugeVec,
-    /// `decision` = promoted | rejected.
+    /// `decision` = promote | retrain | give_up.
     pub decisions: IntCounterVec,
     /// `status` (HTTP code).
     pub chat_requests: IntCounterVec,
