@@ -48,6 +48,50 @@ fn opens_in_wal_with_current_schema_and_reopens() {
 }
 
 #[test]
+fn a_version_4_database_with_versions_migrates_keeping_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "foreign_keys", "ON").unwrap();
+        for sql in &MIGRATIONS[..4] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.execute_batch(
+            "PRAGMA user_version = 4;
+             INSERT INTO streams (id, name, created_at, n_train, n_eval, path, state)
+                 VALUES (1, 's1', 1, 3, 1, '/s/1', 'trained'), (2, 's2', 2, 3, 1, '/s/2', 'trained');
+             INSERT INTO examples (id, content_hash, messages, state, stream_id, split, created_at)
+                 VALUES (1, 'h1', '[]', 'sealed', 1, 'train', 1);
+             INSERT INTO adapters (id, parent_id, stream_id, attempt, path, state, created_at, updated_at)
+                 VALUES (1, NULL, 1, 1, '/a/1', 'promoted', 10, 50),
+                        (2, 1, 2, 1, '/a/2', 'promoted', 20, 30),
+                        (3, 2, 2, 2, '/a/3', 'rejected', 30, 40);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let a = store.adapters().unwrap();
+    assert_eq!(a.len(), 3);
+    assert_eq!(a[2].parent_id, Some(2));
+    assert!(a.iter().all(|x| x.kind == AdapterKind::Lora));
+    // The promotion order is taken from the old updated_at order: v1 (50)
+    // was promoted after v2 (30), so v1 stays the served version it was.
+    assert_eq!((a[1].promoted_seq, a[0].promoted_seq), (Some(1), Some(2)));
+    assert_eq!(store.served_adapter().unwrap().unwrap().id, 1);
+    assert_eq!(store.example(1).unwrap().unwrap().stream_id, Some(1));
+    let fk: Option<String> = store
+        .conn
+        .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+        .optional()
+        .unwrap();
+    assert_eq!(fk, None);
+    // The widened states work.
+    store.set_stream_state(2, StreamState::NotLearned).unwrap();
+}
+
+#[test]
 fn refuses_a_newer_database_without_touching_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("future.db");
