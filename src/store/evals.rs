@@ -6,13 +6,25 @@ use super::{EvalRow, Result, Store, now_ms};
 
 impl Store {
     /// Records R[adapter][stream]; `adapter_id` 0 is the base model, `stream_id` 0 the probe set.
+    /// A NaN (no target tokens, diverged weights) is stored as +infinity:
+    /// SQLite would store NaN as NULL, which the table refuses, and the cell
+    /// would be retried forever; infinite is what the policy refuses with a
+    /// "not finite" reason, so the candidate is decided.
     pub fn upsert_eval(&self, e: &EvalRow) -> Result<()> {
+        let finite_or_inf = |x: f64| if x.is_nan() { f64::INFINITY } else { x };
         self.conn.execute(
             "INSERT INTO evals (adapter_id, stream_id, perplexity, nll_sum, tokens, evaluated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(adapter_id, stream_id) DO UPDATE SET perplexity = excluded.perplexity,
                nll_sum = excluded.nll_sum, tokens = excluded.tokens, evaluated_at = excluded.evaluated_at",
-            params![e.adapter_id, e.stream_id, e.perplexity, e.nll_sum, e.tokens, now_ms()],
+            params![
+                e.adapter_id,
+                e.stream_id,
+                finite_or_inf(e.perplexity),
+                finite_or_inf(e.nll_sum),
+                e.tokens,
+                now_ms()
+            ],
         )?;
         Ok(())
     }

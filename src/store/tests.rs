@@ -416,6 +416,13 @@ fn evals_upsert_one_cell_per_pair() {
         tokens: 10,
         evaluated_at: 0,
     };
+    store.upsert_eval(&cell(f64::NAN)).unwrap();
+    let nan = store.evals().unwrap();
+    assert!(
+        nan[0].perplexity.is_infinite() && nan[0].perplexity > 0.0,
+        "a NaN is kept as +inf, never refused: {:?}",
+        nan[0]
+    );
     store.upsert_eval(&cell(12.0)).unwrap();
     store.upsert_eval(&cell(9.5)).unwrap();
     let all = store.evals().unwrap();
