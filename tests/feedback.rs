@@ -246,3 +246,60 @@ fn versions_by_hand(dir: &Path) {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit().success());
 }
+
+/// A SIGHUP that changes `[feedback]` reaches the Feedback stage: the daemon
+/// starts with a policy no candidate can pass, is reloaded with the policy
+/// off, and the stream dropped after the reload is promoted.
+#[test]
+fn a_reload_changes_the_policy_of_a_running_daemon() {
+    let root = tempfile::tempdir().unwrap();
+    common::tiny_llama(&root.path().join("model"));
+    let spool = root.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let config = root.path().join("lorastream.toml");
+    let write = |feedback: &str| {
+        let text = format!(
+            "[daemon]\nstate_dir = \"state\"\n[model]\nsource = \"path:model\"\nthreads = 1\n\
+             [[sources]]\nname = \"drops\"\nkind = \"spool\"\ndir = \"spool\"\nsettle_secs = 0\n\
+             [sources.fields]\nquestion = \"question\"\nanswer = \"answer\"\n\
+             [streams]\nmin_examples = 20\nmin_eval_examples = 4\n[eval]\nprobe = false\n\
+             [lora]\nr = 4\ntarget_modules = [\"q_proj\", \"v_proj\"]\n\
+             [train]\nepochs_per_stream = 1\nbatch_size = 8\nseq_len = 64\nlr = 0.01\n\
+             [server]\nenabled = false\n\
+             [schedule]\ncrawl = \"*/1 * * * * *\"\nseal = \"*/1 * * * * *\"\ntrain = \"on_new_stream\"\n\
+             [feedback]\n{feedback}\n"
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write("min_gain = 0.99\nmax_attempts = 1\n");
+    let d = common::daemon::Daemon::start(&config);
+    d.wait_for("lorastream started");
+    write("enabled = false\n");
+    d.signal(libc::SIGHUP);
+    d.wait_for("config reloaded");
+    let lines: Vec<String> = (0..30)
+        .map(|i| {
+            serde_json::json!({
+                "question": format!("Which colour is gear number {i}?"),
+                "answer": format!("Gear {i} is painted teal and stored in bin {}.", i % 9),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(spool.join("gears.jsonl"), lines.join("\n")).unwrap();
+    let decided = d
+        .wait_until(std::time::Duration::from_secs(120), |v| {
+            v["message"] == "feedback decision"
+        })
+        .expect("no decision within 120 s");
+    assert_eq!(decided["decision"], "promote", "{decided}");
+    assert!(
+        decided["reasons"]
+            .as_str()
+            .unwrap()
+            .contains("feedback is off"),
+        "{decided}"
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+}

@@ -52,6 +52,7 @@ struct Stages {
     summarizer: Addr<Summarizer>,
     trainer: Addr<Trainer>,
     evaluator: Addr<Evaluator>,
+    feedback: Addr<Feedback>,
 }
 
 pub struct Supervisor {
@@ -210,6 +211,7 @@ impl Supervisor {
             summarizer,
             trainer,
             evaluator,
+            feedback,
         });
     }
 
@@ -399,7 +401,9 @@ impl Handler<Reload> for Supervisor {
             st.preprocessor.do_send(m.clone());
             st.summarizer.do_send(m.clone());
             st.trainer.do_send(m.clone());
-            st.evaluator.do_send(m);
+            st.evaluator.do_send(m.clone());
+            // The policy's [feedback] keys change on reload too.
+            st.feedback.do_send(m);
         }
         self.reschedule(ctx);
         if self.config.schedule.crawl_on_start
