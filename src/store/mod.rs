@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! - this file: opening, migrations, transactions and the shared query helpers;
-//! - [`rows`]: the row types and the state machines of the tables;
+//! - [`rows`]: the row types of the tables; [`states`]: their states and
+//!   transition tables;
 //! - one file per table's API: `sources` (with the crawl bookkeeping of
 //!   `seen_urls`), `raw_items`, `examples`, `streams`, `adapters`, `evals`,
 //!   `stages`, `conversations` (with `messages` and their FTS5 index).
@@ -18,6 +19,7 @@ mod raw_items;
 mod rows;
 mod sources;
 mod stages;
+mod states;
 mod streams;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 pub use conversations::{CONVERSATIONS_SOURCE, RatedExchange};
 pub use rows::*;
+pub use states::*;
 
 /// Migrations, in order; migration `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
