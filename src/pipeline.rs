@@ -65,22 +65,22 @@ pub fn load_weights(config: &Config, dir: &Path) -> Result<CausalLm, PipelineErr
 
 /// Puts version `v` (None = the base model) on `model`, which holds the
 /// weights of `loaded_base`: reloads the weights when `v` runs on another base
-/// snapshot, then attaches its adapter (none for the base or a snapshot).
+/// (`base`: `[model]`'s or a merge snapshot, see [`lineage::base_dir`]), then
+/// attaches its adapter (none for the base or a snapshot).
 pub fn switch_to(
     config: &Config,
-    all: &[AdapterRow],
     model: &mut CausalLm,
     loaded_base: &mut PathBuf,
+    base: &Path,
     v: Option<&AdapterRow>,
 ) -> Result<(), PipelineError> {
-    let base = lineage::base_dir(config, all, v)?;
-    if base != *loaded_base {
-        *model = load_weights(config, &base)?;
-        *loaded_base = base;
+    if base != loaded_base.as_path() {
+        *model = load_weights(config, base)?;
+        *loaded_base = base.to_owned();
     }
-    match v.filter(|a| a.kind == AdapterKind::Lora) {
-        Some(a) => model.load_adapter(&a.path)?,
-        None => model.clear_lora(),
+    model.clear_lora();
+    if let Some(a) = v.filter(|a| a.kind == AdapterKind::Lora) {
+        model.load_adapter(&a.path)?;
     }
     Ok(())
 }
@@ -175,10 +175,11 @@ pub fn train_stream(
             .find(|s| matches!(s.state, StreamState::Sealed | StreamState::Training))
             .ok_or(PipelineError::NothingToTrain)?,
     };
-    if lineage::merge_due(config, &store.adapters()?, store.served_adapter()?.as_ref()) {
+    let mut adapters = store.adapters()?;
+    if lineage::merge_due(config, &adapters, store.served_adapter()?.as_ref()) {
         lineage::merge(config, store, by, "merge = every_n_streams")?;
+        adapters = store.adapters()?;
     }
-    let adapters = store.adapters()?;
     let unfinished = adapters
         .iter()
         .find(|a| a.stream_id == stream.id && a.state == AdapterState::Training);
@@ -430,7 +431,8 @@ pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError>
         let mut loaded: Option<i64> = None;
         for (v, row, s) in todo {
             if loaded != Some(v) {
-                switch_to(config, &all_adapters, &mut model, &mut base, row)?;
+                let want = lineage::base_dir(config, &all_adapters, row)?;
+                switch_to(config, &mut model, &mut base, &want, row)?;
                 loaded = Some(v);
             }
             let examples = if s == 0 {

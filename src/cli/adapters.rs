@@ -75,6 +75,7 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let all = store.adapters()?;
     let served = store.served_adapter()?.map(|a| a.id);
     if json {
+        let events = store.adapter_events(None)?;
         let rows: Vec<_> = all
             .iter()
             .map(|a| {
@@ -84,7 +85,7 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                     "promoted_seq": a.promoted_seq, "ppl": figure(a, "new_ppl"),
                     "max_forgetting": figure(a, "max_forgetting"), "probe_change": figure(a, "probe_change"),
                     "created_at": a.created_at, "decision": a.decision,
-                    "events": store.adapter_events(Some(a.id)).unwrap_or_default(),
+                    "events": events.iter().filter(|e| e.adapter_id == a.id).collect::<Vec<_>>(),
                 })
             })
             .collect();

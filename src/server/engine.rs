@@ -15,7 +15,7 @@ use tokio::sync::mpsc::Sender;
 use crate::config::{Config, OverflowPolicy};
 use crate::ml::generate::{FinishReason, SamplingParams, generate};
 use crate::ml::{CausalLm, ChatTokenizer, Message};
-use crate::store::{AdapterKind, AdapterRow};
+use crate::store::AdapterRow;
 
 /// Which weights answer: the base model, or a version (an adapter on the base
 /// or merge snapshot its lineage names, or a snapshot itself).
@@ -140,11 +140,8 @@ fn prepare<'a>(
     v: &VersionRef,
 ) -> Result<&'a mut Loaded, EngineError> {
     let no_model = |e: crate::pipeline::PipelineError| EngineError::NoModel(e.to_string());
-    let want_base = match &v.base {
-        Some(b) => b.clone(),
-        None => crate::model_source::model_dir(config)
-            .map_err(|e| no_model(crate::pipeline::PipelineError::Source(e)))?,
-    };
+    let model_dir = crate::model_source::model_dir(config)
+        .map_err(|e| no_model(crate::pipeline::PipelineError::Source(e)))?;
     let l = match slot.take() {
         Some(l) => l,
         None => {
@@ -153,25 +150,23 @@ fn prepare<'a>(
                 model,
                 tok,
                 version: None,
-                base: crate::model_source::model_dir(config)
-                    .map_err(|e| no_model(crate::pipeline::PipelineError::Source(e)))?,
+                base: model_dir.clone(),
             }
         }
     };
     let l = slot.insert(l);
     let want = v.adapter.as_ref().map(|a| a.id);
+    let want_base = v.base.clone().unwrap_or(model_dir);
     if l.version != want || l.base != want_base {
-        if l.base != want_base {
-            l.model = crate::pipeline::load_weights(config, &want_base).map_err(no_model)?;
-            l.base = want_base;
-        }
-        l.model.clear_lora();
         l.version = None;
-        if let Some(a) = v.adapter.as_ref().filter(|a| a.kind == AdapterKind::Lora) {
-            l.model
-                .load_adapter(&a.path)
-                .map_err(|e| EngineError::NoModel(format!("adapter v{}: {e}", a.id)))?;
-        }
+        crate::pipeline::switch_to(
+            config,
+            &mut l.model,
+            &mut l.base,
+            &want_base,
+            v.adapter.as_ref(),
+        )
+        .map_err(|e| EngineError::NoModel(format!("{}: {e}", v.label)))?;
         tracing::info!(version = %v.label, "serving version loaded");
         l.version = want;
     }
