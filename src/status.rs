@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::ml::device::{RuntimeInfo, runtime_info};
 use crate::store::{
-    AdapterRow, ExampleState, RawState, SourceRow, StageRow, Store, StoreError, StreamRow,
+    AdapterRow, ExampleState, ItemFailure, RawState, SourceRow, StageRow, Store, StoreError,
+    StreamRow,
 };
 
 #[derive(Debug, Serialize)]
@@ -30,6 +31,10 @@ pub struct StatusReport {
     pub served_adapter: Option<i64>,
     /// The daemon's stages: what each does now, runs and failures.
     pub stages: Vec<StageRow>,
+    /// Items that failed (pages, streams, candidates, files), set-aside ones
+    /// first: each is tried `max_item_failures` times, then set aside.
+    pub item_failures: Vec<ItemFailure>,
+    pub max_item_failures: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +71,8 @@ pub fn report(config: &Config, store: Option<&Store>) -> Result<StatusReport, St
         adapters: Vec::new(),
         served_adapter: None,
         stages: Vec::new(),
+        item_failures: Vec::new(),
+        max_item_failures: config.daemon.max_item_failures,
     };
     let rows = match store {
         Some(s) => s.sources()?,
@@ -92,6 +99,7 @@ pub fn report(config: &Config, store: Option<&Store>) -> Result<StatusReport, St
         report.adapters = store.adapters()?;
         report.served_adapter = store.served_adapter()?.map(|a| a.id);
         report.stages = store.stages()?;
+        report.item_failures = store.item_failures()?;
     }
     Ok(report)
 }
@@ -153,6 +161,25 @@ impl fmt::Display for StatusReport {
                         .as_deref()
                         .map(|e| format!("  last error: {e}"))
                         .unwrap_or_default()
+                )?;
+            }
+        }
+        if !self.item_failures.is_empty() {
+            writeln!(
+                o,
+                "\nfailed items (set aside after {} failures)",
+                self.max_item_failures
+            )?;
+            for f in &self.item_failures {
+                writeln!(
+                    o,
+                    "  {:<9} {:<30} {} failure(s) {:<10} {}  last error: {}",
+                    f.kind,
+                    f.key,
+                    f.failures,
+                    if f.set_aside { "SET ASIDE" } else { "retrying" },
+                    ago(Some(f.updated_at)),
+                    f.last_error
                 )?;
             }
         }

@@ -14,7 +14,7 @@ use super::messages::{Candidate, StageDone, StreamSealed};
 use super::{Busy, Kick, Ping, Stage, StageError, UseConfig, block_on, catch, mark};
 use crate::config::{Config, ON_NEW_STREAM};
 use crate::pipeline::PipelineError;
-use crate::store::{AdapterState, StageState, Store, StoreError};
+use crate::store::{AdapterState, ItemKind, StageState, Store, StoreError, StreamState};
 use crate::train::TrainError;
 
 pub struct Trainer {
@@ -75,12 +75,19 @@ impl Trainer {
             );
             return Ok(None);
         }
+        let Some(stream) = store
+            .streams()?
+            .into_iter()
+            .find(|s| matches!(s.state, StreamState::Sealed | StreamState::Training))
+        else {
+            return Ok(None);
+        };
         let log_every = config.train.log_every.max(1);
         let outcome = catch("training", || {
             crate::pipeline::train_stream(
                 &config,
                 store,
-                None,
+                Some(stream.id),
                 crate::store::Actor::Daemon,
                 &stop,
                 |p| {
@@ -98,9 +105,11 @@ impl Trainer {
                     }
                 },
             )
-        })?;
+        })
+        .and_then(|r| r.map_err(StageError::from));
         match outcome {
             Ok(t) => {
+                store.item_succeeded(ItemKind::Stream, &t.stream_id.to_string())?;
                 tracing::info!(
                     stream = t.stream_id,
                     adapter = t.adapter_id,
@@ -116,14 +125,41 @@ impl Trainer {
                     stream_id: t.stream_id,
                 }))
             }
-            Err(PipelineError::NothingToTrain) => Ok(None),
-            Err(PipelineError::Train(TrainError::Stopped(step))) => {
+            Err(StageError::Pipeline(PipelineError::NothingToTrain)) => Ok(None),
+            Err(StageError::Pipeline(PipelineError::Train(TrainError::Stopped(step)))) => {
                 tracing::info!(step, "training stopped for shutdown; checkpoint saved");
                 Ok(None)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                set_aside_if_poison(store, &config, stream.id, &e)?;
+                Err(e)
+            }
         }
     }
+}
+
+/// Counts a failure of `stream`; at `max_item_failures` the stream (and its
+/// unfinished adapter) becomes `failed` with the reason, so the next stream is
+/// trained instead of this one failing forever (out of memory on the same
+/// step, a corrupt file).
+fn set_aside_if_poison(
+    store: &Store,
+    config: &Config,
+    stream: i64,
+    e: &StageError,
+) -> Result<(), StoreError> {
+    let max = config.daemon.max_item_failures;
+    let f = store.item_failed(ItemKind::Stream, &stream.to_string(), &e.to_string(), max)?;
+    if f.set_aside {
+        store.fail_stream(
+            stream,
+            &format!("set aside after {} failures: {e}", f.failures),
+        )?;
+        tracing::error!(stream, failures = f.failures, error = %e, "stream set aside after repeated failures; training goes on with the next stream");
+    } else {
+        tracing::warn!(stream, failures = f.failures, max, error = %e, "training the stream failed");
+    }
+    Ok(())
 }
 
 impl Handler<StreamSealed> for Trainer {

@@ -18,6 +18,9 @@ pub struct DaemonConfig {
     pub log_format: LogFormat,
     /// Log filter (`RUST_LOG` syntax) when neither `RUST_LOG` nor `-v/-q` is given.
     pub log_filter: String,
+    /// How often one item (a page, a stream, a candidate, a spool file) may
+    /// fail before it is set aside with its reason and the rest goes on.
+    pub max_item_failures: u32,
 }
 
 impl DaemonConfig {
@@ -35,6 +38,7 @@ impl Default for DaemonConfig {
             shutdown_grace_secs: 30,
             log_format: LogFormat::Auto,
             log_filter: "info".into(),
+            max_item_failures: 3,
         }
     }
 }

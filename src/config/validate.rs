@@ -120,6 +120,7 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     let mut k = Checker {
         problems: Vec::new(),
     };
+    k.at_least("daemon.max_item_failures", c.daemon.max_item_failures, 1);
     check_sources(&mut k, c);
     check_store(&mut k, c);
     check_preprocess(&mut k, c);

@@ -9,12 +9,14 @@
 //!   transition tables;
 //! - one file per table's API: `sources` (with the crawl bookkeeping of
 //!   `seen_urls`), `raw_items`, `examples`, `streams`, `adapters`, `evals`,
-//!   `stages`, `conversations` (with `messages` and their FTS5 index).
+//!   `stages`, `failures` (poison items and spool file cursors),
+//!   `conversations` (with `messages` and their FTS5 index).
 
 mod adapters;
 mod conversations;
 mod evals;
 mod examples;
+mod failures;
 mod raw_items;
 mod rows;
 mod sources;
@@ -39,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_stages.sql"),
     include_str!("migrations/0004_chat.sql"),
     include_str!("migrations/0005_versions.sql"),
+    include_str!("migrations/0006_unattended.sql"),
 ];
 
 /// The schema version this build writes.

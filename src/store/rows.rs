@@ -347,3 +347,57 @@ impl StageRow {
         (!running.is_empty()).then(|| running.join(", "))
     }
 }
+
+/// A poison item: how often it failed, why the last time, and whether it was
+/// set aside (no more retries).
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemFailure {
+    pub kind: ItemKind,
+    pub key: String,
+    pub failures: i64,
+    pub last_error: String,
+    pub set_aside: bool,
+    pub first_at: i64,
+    pub updated_at: i64,
+}
+
+impl FromRow for ItemFailure {
+    const SELECT: &'static str = "SELECT kind, key, failures, last_error, set_aside, first_at, updated_at FROM item_failures";
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(ItemFailure {
+            kind: r.get(0)?,
+            key: r.get(1)?,
+            failures: r.get(2)?,
+            last_error: r.get(3)?,
+            set_aside: r.get(4)?,
+            first_at: r.get(5)?,
+            updated_at: r.get(6)?,
+        })
+    }
+}
+
+/// How far a spool file was ingested (see `sources::spool`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpoolFileRow {
+    pub source: String,
+    pub name: String,
+    pub size: i64,
+    pub mtime_ns: i64,
+    pub rows_total: i64,
+    pub rows_done: i64,
+}
+
+impl FromRow for SpoolFileRow {
+    const SELECT: &'static str =
+        "SELECT source, name, size, mtime_ns, rows_total, rows_done FROM spool_files";
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(SpoolFileRow {
+            source: r.get(0)?,
+            name: r.get(1)?,
+            size: r.get(2)?,
+            mtime_ns: r.get(3)?,
+            rows_total: r.get(4)?,
+            rows_done: r.get(5)?,
+        })
+    }
+}

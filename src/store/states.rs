@@ -33,6 +33,7 @@ sql_text!(
     AdapterKind,
     Actor,
     StageState,
+    ItemKind,
     Origin,
     Split,
     Role,
@@ -106,6 +107,20 @@ text_enum! {
 }
 
 text_enum! {
+    /// item_failures.kind: what a poison item is.
+    pub enum ItemKind {
+        /// A page a source fetches (key: "<source> <url>").
+        Url = "url",
+        /// A sealed stream the trainer cannot train (key: stream id).
+        Stream = "stream",
+        /// A candidate the evaluator or feedback cannot decide (key: adapter id).
+        Candidate = "candidate",
+        /// A spool file that cannot be ingested (key: "<source> <file name>").
+        File = "file",
+    }
+}
+
+text_enum! {
     /// stages.state
     pub enum StageState {
         Idle = "idle",
@@ -154,6 +169,7 @@ impl StateMachine for StreamState {
         matches!(
             (self, to),
             (Sealed, Training)
+                | (Sealed, Failed)
                 | (Training, Trained)
                 | (Training, Failed)
                 | (Failed, Training)

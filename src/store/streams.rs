@@ -81,6 +81,31 @@ impl Store {
         self.transition(id, to, |_| Ok(0))
     }
 
+    /// A stream set aside after too many failures: it and its unfinished
+    /// adapter become `failed` in one transaction, so the trainer goes on
+    /// with the next stream.
+    pub fn fail_stream(&self, id: i64, reason: &str) -> Result<()> {
+        self.in_transaction(|s| {
+            if s.stream(id)?
+                .is_some_and(|st| st.state != StreamState::Failed)
+            {
+                s.set_stream_state(id, StreamState::Failed)?;
+            }
+            for a in s.adapters()? {
+                if a.stream_id == id && a.state == super::AdapterState::Training {
+                    s.set_adapter_state(
+                        a.id,
+                        super::AdapterState::Failed,
+                        None,
+                        super::Actor::Daemon,
+                        reason,
+                    )?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Ids of a stream's examples in one split, in id order.
     pub fn stream_example_ids(&self, stream_id: i64, split: Split) -> Result<Vec<i64>> {
         self.query_all(
