@@ -167,7 +167,14 @@ pub async fn crawl(
     let state_dir = config.state_dir();
     let mut lines = Vec::new();
     for src in selected {
-        let fetch = sources::run_source(http, store, &state_dir, src).await;
+        let fetch = sources::run_source(
+            http,
+            store,
+            &state_dir,
+            src,
+            config.daemon.max_item_failures,
+        )
+        .await;
         lines.push(SourceLine {
             name: src.name.clone(),
             kind: src.kind.to_string(),

@@ -125,7 +125,12 @@ pub fn decide(
     let reference_ppl = need(reference, stream)?;
     let gain = 1.0 - new_ppl / reference_ppl;
     let mut forgetting = BTreeMap::new();
-    for s in streams.iter().filter(|s| s.id < stream && s.n_eval > 0) {
+    // A failed stream (set aside: it could not be trained or evaluated) has
+    // no column to keep.
+    let earlier = streams
+        .iter()
+        .filter(|s| s.id < stream && s.n_eval > 0 && s.state != StreamState::Failed);
+    for s in earlier {
         need(c, s.id)?;
         if let Some(x) = eval::forgetting(evals, chain, s.id) {
             forgetting.insert(s.id, x);

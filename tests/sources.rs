@@ -151,8 +151,9 @@ fn hf_datasets_survives_faults_without_losing_or_skipping_rows() {
     let src = hf_source(&server.base);
     let http = Http::new();
     let rt = rt();
-    let run =
-        |store: &Store| -> FetchReport { rt.block_on(run_source(&http, store, dir.path(), &src)) };
+    let run = |store: &Store| -> FetchReport {
+        rt.block_on(run_source(&http, store, dir.path(), &src, 3))
+    };
 
     // Run 1: 429 (Retry-After 1 s honoured), 500, a timeout: all retried; then truncated JSON.
     let t = Instant::now();
@@ -176,7 +177,7 @@ fn hf_datasets_survives_faults_without_losing_or_skipping_rows() {
     phase.store(1, Ordering::SeqCst);
     let mut capped = src.clone();
     capped.max_response_bytes = 4 << 20;
-    let r2 = rt.block_on(run_source(&http, &store, dir.path(), &capped));
+    let r2 = rt.block_on(run_source(&http, &store, dir.path(), &capped, 3));
     let e2 = r2.error.as_deref().unwrap();
     assert!(e2.contains("larger than the 4194304-byte cap"), "{e2}");
     assert_eq!(r2.new, 0);
@@ -264,7 +265,7 @@ fn hf_datasets_respects_max_rows_per_run_and_a_dead_port() {
     src.max_rows_per_run = Some(120);
     let http = Http::new();
     let rt = rt();
-    let r = rt.block_on(run_source(&http, &store, dir.path(), &src));
+    let r = rt.block_on(run_source(&http, &store, dir.path(), &src, 3));
     assert_eq!((r.new, r.error.as_deref()), (120, None));
     let lengths: Vec<String> = server
         .seen()
@@ -281,7 +282,7 @@ fn hf_datasets_respects_max_rows_per_run_and_a_dead_port() {
     let mut gone = hf_source(&format!("http://127.0.0.1:{port}"));
     gone.name = "gone".into();
     gone.max_retries = 1;
-    let r = rt.block_on(run_source(&http, &store, dir.path(), &gone));
+    let r = rt.block_on(run_source(&http, &store, dir.path(), &gone, 3));
     let e = r.error.unwrap();
     assert!(
         e.contains("cannot connect") && e.contains("gave up after 2 attempts"),
@@ -382,21 +383,30 @@ fn crawlbase_topic_and_questions_with_faults_and_no_token_leaks() {
     let http = Http::new();
     let rt = rt();
 
-    // Run 1: 503 retried; the first question is stored, the second fails (pc_status 520).
-    let r1 = rt.block_on(run_source(&http, &store, dir.path(), &src));
-    let e1 = r1.error.clone().unwrap();
-    assert!(e1.contains("pc_status 520"), "{e1}");
-    assert!(!e1.contains(TOKEN));
-    assert_eq!((r1.fetched, r1.new), (2, 2), "{r1:?}");
-    let row = store.source("quora-tech").unwrap().unwrap();
-    assert!(!row.last_error.unwrap().contains(TOKEN));
+    // Run 1: 503 retried; the second question fails (pc_status 520), the run
+    // goes on to the third; the failure is counted, without the token.
+    let r1 = rt.block_on(run_source(&http, &store, dir.path(), &src, 3));
+    assert_eq!(
+        (r1.fetched, r1.new, r1.items_failed, r1.error.as_deref()),
+        (4, 4, 1, None),
+        "{r1:?}"
+    );
+    let failures = store.item_failures().unwrap();
+    assert_eq!(failures.len(), 1);
+    let f = &failures[0];
+    assert_eq!(
+        f.key,
+        "quora-tech https://www.quora.com/How-does-HTTPS-keep-data-private"
+    );
+    assert!(f.last_error.contains("pc_status 520") && !f.last_error.contains(TOKEN));
+    assert!(!f.set_aside);
 
-    // Run 2: the topic page again; the stored question is not fetched again.
+    // Run 2: the topic page again; only the failed question is fetched again.
     let before = server.seen().len();
-    let r2 = rt.block_on(run_source(&http, &store, dir.path(), &src));
+    let r2 = rt.block_on(run_source(&http, &store, dir.path(), &src, 3));
     assert_eq!(
         (r2.fetched, r2.new, r2.error.as_deref()),
-        (4, 4, None),
+        (2, 2, None),
         "{r2:?}"
     );
     let fetched: Vec<String> = server.seen()[before..]
@@ -406,11 +416,9 @@ fn crawlbase_topic_and_questions_with_faults_and_no_token_leaks() {
         .collect();
     assert_eq!(
         fetched,
-        [
-            "https://www.quora.com/How-does-HTTPS-keep-data-private",
-            "https://www.quora.com/Why-do-databases-use-B-trees"
-        ]
+        ["https://www.quora.com/How-does-HTTPS-keep-data-private"]
     );
+    assert!(store.item_failures().unwrap().is_empty(), "success forgets");
     let items = store
         .raw_items_in_state(lorastream::store::RawState::New, 100)
         .unwrap();
@@ -425,13 +433,72 @@ fn crawlbase_topic_and_questions_with_faults_and_no_token_leaks() {
 
     // Run 3: everything seen: only the topic page is fetched.
     let before = server.seen().len();
-    let r3 = rt.block_on(run_source(&http, &store, dir.path(), &src));
+    let r3 = rt.block_on(run_source(&http, &store, dir.path(), &src, 3));
     assert_eq!((r3.new, r3.error.as_deref()), (0, None));
     assert_eq!(server.seen().len(), before + 1);
 
     // A missing token file is a clear error that names the file, not a panic.
     let mut broken = src.clone();
     broken.token_file = Some(dir.path().join("nope.token"));
-    let r = rt.block_on(run_source(&http, &store, dir.path(), &broken));
+    let r = rt.block_on(run_source(&http, &store, dir.path(), &broken, 3));
     assert!(r.error.unwrap().contains("nope.token"));
+}
+
+/// Before: one question page that always failed was fetched first on every
+/// run and ended the run, so the questions after it were never reached.
+#[test]
+fn crawlbase_a_page_that_always_fails_is_set_aside_and_the_rest_is_reached() {
+    let server = Server::start(move |req: &Req| {
+        let target = req.query["url"].clone();
+        match req.query.get("scraper").map(String::as_str) {
+            None => Reply::json(
+                200,
+                &json!({"original_status": 200, "pc_status": 200, "url": target, "body": topic_html()}),
+            ),
+            _ => {
+                let slug = target.rsplit('/').next().unwrap().to_string();
+                if slug.starts_with("What-is-the-difference") {
+                    // The first question on the page never works.
+                    return Reply::json(
+                        200,
+                        &json!({"original_status": 200, "pc_status": 200, "url": target, "body": "{truncated"}),
+                    );
+                }
+                Reply::json(
+                    200,
+                    &json!({"original_status": 200, "pc_status": 200, "url": target, "body": question_json(&slug).to_string()}),
+                )
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("crawlbase.token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+    let src = crawlbase_source(&server.base, &token_file);
+    let http = Http::new();
+    let rt = rt();
+    let poison = "https://www.quora.com/What-is-the-difference-between-a-process-and-a-thread";
+    let asked = |from: usize| -> usize {
+        server.seen()[from..]
+            .iter()
+            .filter(|r| r.query.get("url").map(String::as_str) == Some(poison))
+            .count()
+    };
+    let r1 = rt.block_on(run_source(&http, &store, dir.path(), &src, 2));
+    assert_eq!(
+        (r1.new, r1.items_failed, r1.error.as_deref()),
+        (4, 1, None),
+        "{r1:?}"
+    );
+    let r2 = rt.block_on(run_source(&http, &store, dir.path(), &src, 2));
+    assert_eq!((r2.new, r2.items_failed), (0, 1), "{r2:?}");
+    let f = &store.item_failures().unwrap()[0];
+    assert_eq!((f.failures, f.set_aside), (2, true), "{f:?}");
+    assert!(f.last_error.contains("Crawlbase scraper body"), "{f:?}");
+    // Set aside: never asked for again.
+    let before = server.seen().len();
+    let r3 = rt.block_on(run_source(&http, &store, dir.path(), &src, 2));
+    assert_eq!((r3.items_failed, r3.error.as_deref()), (0, None));
+    assert_eq!(asked(before), 0);
 }

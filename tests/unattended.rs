@@ -115,3 +115,53 @@ fn a_stream_that_always_fails_is_set_aside_and_the_next_one_trains() {
         "{text}"
     );
 }
+
+/// Before: a candidate whose weights could not be loaded failed its
+/// evaluation on every pass, and the trainer waited for its decision forever.
+#[test]
+fn a_candidate_that_cannot_be_evaluated_fails_and_training_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(
+        dir.path(),
+        "[[sources]]\nname = \"drops\"\nkind = \"spool\"\n",
+    );
+    for topic in ["rivers", "stars"] {
+        let f = stream_file(dir.path(), topic, 12);
+        run(&config, &["streams", "import", f.to_str().unwrap()]);
+    }
+    run(&config, &["train"]);
+    // The candidate's weights are damaged before it is evaluated.
+    std::fs::write(
+        dir.path()
+            .join("state/adapters/1/adapter_model.safetensors"),
+        b"not safetensors",
+    )
+    .unwrap();
+    let d = Daemon::start(&config);
+    let failed = d
+        .wait_until(Duration::from_secs(60), |v| {
+            v["message"]
+                == "candidate cannot be evaluated; it and its stream failed, training goes on"
+        })
+        .expect("the candidate was never set aside");
+    assert_eq!(
+        (failed["adapter"].as_i64(), failed["stream"].as_i64()),
+        (Some(1), Some(1))
+    );
+    let decided = d
+        .wait_until(Duration::from_secs(120), |v| {
+            v["message"] == "feedback decision"
+        })
+        .expect("stream 2 was never trained and decided");
+    assert_eq!(decided["stream"], 2, "{decided}");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+    let s = status(&config);
+    assert_eq!(s["adapters"][0]["state"], "failed");
+    assert_eq!(s["streams"][0]["state"], "failed");
+    let f = &s["item_failures"][0];
+    assert_eq!(
+        (f["kind"].as_str(), f["key"].as_str()),
+        (Some("version"), Some("1"))
+    );
+}

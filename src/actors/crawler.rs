@@ -66,7 +66,7 @@ impl Handler<Crawl> for Crawler {
                         continue;
                     };
                     mark(&store, Stage::Crawler, StageState::Running, Some(&format!("crawling {}", src.name)));
-                    let report = run_source(&http, &store, &state_dir, &src).await;
+                    let report = run_source(&http, &store, &state_dir, &src, config.daemon.max_item_failures).await;
                     // Also when nothing is new: leftovers of an earlier run get processed.
                     if next
                         .send(RawBatch {

@@ -2,6 +2,7 @@
 //! on its own thread when a candidate arrives or the eval schedule fires, then
 //! hands every undecided candidate to Feedback.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -10,7 +11,8 @@ use super::feedback::Feedback;
 use super::messages::{Candidate, EvalReport, StageDone};
 use super::{Busy, Kick, Ping, Stage, StageError, UseConfig, block_on, catch, mark};
 use crate::config::Config;
-use crate::store::{AdapterState, StageState, Store};
+use crate::pipeline::CellFailure;
+use crate::store::{AdapterState, ItemKind, StageState, Store, StoreError};
 
 pub struct Evaluator {
     pub config: Arc<Config>,
@@ -44,8 +46,12 @@ impl Evaluator {
         let store = super::lazy_store(&mut self.store, &config)?;
         mark(store, Stage::Evaluator, StageState::Running, Some(why));
         let started = std::time::Instant::now();
-        let matrix = catch("evaluation", || crate::pipeline::evaluate(&config, store))??;
+        let (matrix, failed) = catch("evaluation", || {
+            crate::pipeline::fill_matrix(&config, store)
+        })??;
+        count_failures(store, &config, &failed)?;
         tracing::info!(
+            failed_cells = failed.len(),
             versions = matrix.versions.len(),
             streams = matrix.streams.len(),
             average_ppl = matrix.average_ppl,
@@ -59,13 +65,73 @@ impl Evaluator {
             .filter(|a| a.state == AdapterState::Candidate)
             .map(|a| a.id)
             .collect();
+        // With cells failing, the pass is retried first (a candidate is not
+        // decided on a half-filled matrix, nor counted twice as a failure).
+        let waiting = if failed.is_empty() {
+            waiting
+        } else {
+            Vec::new()
+        };
         for adapter_id in waiting {
             if block_on(self.next.send(EvalReport { adapter_id })).is_err() {
                 tracing::warn!("feedback is gone; the candidate waits in the store");
             }
         }
-        Ok(())
+        match failed.into_iter().next() {
+            // Retried after a backoff; the cells that were measured stay.
+            Some(f) => Err(crate::pipeline::PipelineError::Cell {
+                version: f.version,
+                stream: f.stream,
+                source: Box::new(f.error),
+            }
+            .into()),
+            None => Ok(()),
+        }
     }
+}
+
+/// Counts each failed cell against the item to blame (once per item and
+/// pass). An item that failed `max_item_failures` times is set aside: its
+/// cells are skipped from then on, and a candidate that can no longer be
+/// decided fails with its stream, so the trainer goes on.
+fn count_failures(
+    store: &Store,
+    config: &Config,
+    failed: &[CellFailure],
+) -> Result<(), StoreError> {
+    let max = config.daemon.max_item_failures;
+    let mut seen = HashSet::new();
+    for f in failed {
+        let key = f.key();
+        if !seen.insert((f.blame, key.clone())) {
+            continue;
+        }
+        let row = store.item_failed(f.blame, &key, &f.error.to_string(), max)?;
+        if !row.set_aside {
+            tracing::warn!(version = f.version, stream = f.stream, blame = %f.blame, failures = row.failures, max, error = %f.error, "a cell of the matrix could not be measured");
+            continue;
+        }
+        tracing::error!(blame = %f.blame, key = %key, failures = row.failures, error = %f.error, "set aside after repeated failures; its cells are skipped");
+        let reason = format!("set aside after {} failures: {}", row.failures, f.error);
+        if f.blame == ItemKind::Stream {
+            store.fail_stream(f.stream, &reason)?;
+        }
+        for a in store.adapters()? {
+            let undecidable = match f.blame {
+                ItemKind::Stream => a.stream_id == f.stream,
+                _ => a.id == f.version,
+            };
+            if undecidable && a.state == AdapterState::Candidate {
+                store.fail_stream(a.stream_id, &reason)?;
+                tracing::error!(
+                    adapter = a.id,
+                    stream = a.stream_id,
+                    "candidate cannot be evaluated; it and its stream failed, training goes on"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Handler<Candidate> for Evaluator {

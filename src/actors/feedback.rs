@@ -12,7 +12,7 @@ use super::messages::{Decided, EvalReport, StageDone};
 use super::{Stage, StageError, UseConfig, mark};
 use crate::config::Config;
 use crate::policy::Action;
-use crate::store::{Actor as By, StageState, Store};
+use crate::store::{Actor as By, ItemKind, StageState, Store};
 
 pub struct Feedback {
     pub config: Arc<Config>,
@@ -40,16 +40,49 @@ impl Handler<EvalReport> for Feedback {
         let result =
             crate::policy::decide_stored(&self.config, &self.store, msg.adapter_id, By::Daemon);
         mark(&self.store, Stage::Feedback, StageState::Idle, None);
-        if let Ok(Some(d)) = &result {
+        let decided = match &result {
+            Ok(Some(d)) => Some(d.action == Action::Promote),
+            Ok(None) => None,
+            Err(e) => self.count_failure(msg.adapter_id, e).then_some(false),
+        };
+        if let Some(promoted) = decided {
             self.supervisor.do_send(Decided {
                 adapter_id: msg.adapter_id,
-                promoted: d.action == Action::Promote,
+                promoted,
             });
         }
         self.done.do_send(StageDone {
             stage: Stage::Feedback,
             result: result.map(|_| ()).map_err(StageError::from),
         });
+    }
+}
+
+impl Feedback {
+    /// Counts a failed decision against the candidate; at `max_item_failures`
+    /// it fails with its stream, so the trainer goes on. True when it did.
+    fn count_failure(&self, adapter_id: i64, e: &crate::policy::PolicyError) -> bool {
+        let max = self.config.daemon.max_item_failures;
+        let key = adapter_id.to_string();
+        let set_aside = self
+            .store
+            .item_failed(ItemKind::Version, &key, &e.to_string(), max)
+            .and_then(|f| {
+                if !f.set_aside {
+                    return Ok(false);
+                }
+                let Some(a) = self.store.adapter(adapter_id)? else {
+                    return Ok(false);
+                };
+                let reason = format!("set aside after {} failures to decide: {e}", f.failures);
+                self.store.fail_stream(a.stream_id, &reason)?;
+                tracing::error!(adapter = adapter_id, stream = a.stream_id, error = %e, "candidate cannot be decided; it and its stream failed, training goes on");
+                Ok(true)
+            });
+        set_aside.unwrap_or_else(|se| {
+            tracing::warn!(error = %se, "cannot record the failure");
+            false
+        })
     }
 }
 

@@ -337,6 +337,14 @@ impl Handler<CronFired> for Supervisor {
 impl Handler<StageDone> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: StageDone, ctx: &mut Context<Self>) {
+        // An evaluation pass may have failed a candidate it could not measure:
+        // the trainer (which waits while a candidate is undecided) looks again.
+        if msg.stage == Stage::Evaluator
+            && !self.stopping
+            && self.config.schedule.train == ON_NEW_STREAM
+        {
+            self.kick(Stage::Trainer);
+        }
         match msg.result {
             Ok(()) => {
                 self.consecutive.insert(msg.stage, 0);

@@ -138,6 +138,9 @@ pub struct SourceConfig {
     pub format: Option<SpoolFormat>,
     #[serde(default)]
     pub settle_secs: Option<u64>,
+    /// A larger dropped file is refused to `failed/` without being read.
+    #[serde(default)]
+    pub max_file_bytes: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -197,6 +200,7 @@ impl SourceConfig {
             dir: None,
             format: None,
             settle_secs: None,
+            max_file_bytes: None,
         }
     }
 
@@ -237,6 +241,11 @@ impl SourceConfig {
     }
     pub fn settle_secs(&self) -> u64 {
         self.settle_secs.unwrap_or(5)
+    }
+    /// Default 1 GiB: files are read in a streaming pass and stored in chunks,
+    /// so this bounds the time and disk one drop takes, not memory.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes.unwrap_or(1 << 30)
     }
 }
 
@@ -334,6 +343,7 @@ impl SourceConfig {
             set(s.dir.is_some(), "dir"),
             set(s.format.is_some(), "format"),
             set(s.settle_secs.is_some(), "settle_secs"),
+            set(s.max_file_bytes.is_some(), "max_file_bytes"),
         ];
         let groups: [(SourceKind, &[Option<&str>]); 3] = [
             (SourceKind::HfDatasets, &hf),

@@ -17,7 +17,7 @@ use url::Url;
 use super::{FetchReport, Record, ResponseProblem, SourceError};
 use crate::config::{CrawlMode, SourceConfig};
 use crate::http::{Http, Policy, parse_json, read_secret};
-use crate::store::Store;
+use crate::store::{ItemKind, Store};
 
 /// First path segments of quora.com links that are not questions.
 const NOT_QUESTIONS: &[&str] = &[
@@ -57,6 +57,7 @@ pub async fn run(
     http: &Http,
     store: &Store,
     src: &SourceConfig,
+    max_item_failures: u32,
     report: &mut FetchReport,
 ) -> Result<(), SourceError> {
     let token = read_secret(
@@ -104,19 +105,49 @@ pub async fn run(
             continue;
         }
         fetched_pages += 1;
-        let page = api.fetch(&question_url, Some("quora-question")).await?;
-        let original = page.get("original_status").and_then(super::count);
-        if matches!(original, Some(404) | Some(410)) {
-            // The question is gone; remember it so it is not asked for again.
-            store.mark_url_seen(&src.name, &question_url)?;
-            continue;
+        let key = format!("{} {question_url}", src.name);
+        match question(&api, store, src, &question_url, &label, report).await {
+            Ok(()) => store.item_succeeded(ItemKind::Url, &key)?,
+            Err(e) if e.is_item_specific() => {
+                // One page that always fails must not end every run before
+                // the newer questions are reached.
+                report.items_failed += 1;
+                let f =
+                    store.item_failed(ItemKind::Url, &key, &e.to_string(), max_item_failures)?;
+                if f.set_aside {
+                    store.mark_url_seen(&src.name, &question_url)?;
+                    tracing::error!(source = %src.name, url = %question_url, failures = f.failures, error = %e, "question page set aside after repeated failures");
+                } else {
+                    tracing::warn!(source = %src.name, url = %question_url, failures = f.failures, max = max_item_failures, error = %e, "question page failed; the run goes on, the page is retried next run");
+                }
+            }
+            Err(e) => return Err(e),
         }
-        let data = scraped(&page)?;
-        let records = question_records(&data, &question_url, &label);
-        report.commit(store, &src.name, &records, |s| {
-            s.mark_url_seen(&src.name, &question_url)
-        })?;
     }
+    Ok(())
+}
+
+/// Fetches one question page and stores its answers with the URL as seen.
+async fn question(
+    api: &Api<'_>,
+    store: &Store,
+    src: &SourceConfig,
+    question_url: &str,
+    label: &str,
+    report: &mut FetchReport,
+) -> Result<(), SourceError> {
+    let page = api.fetch(question_url, Some("quora-question")).await?;
+    let original = page.get("original_status").and_then(super::count);
+    if matches!(original, Some(404) | Some(410)) {
+        // The question is gone; remember it so it is not asked for again.
+        store.mark_url_seen(&src.name, question_url)?;
+        return Ok(());
+    }
+    let data = scraped(&page)?;
+    let records = question_records(&data, question_url, label);
+    report.commit(store, &src.name, &records, |s| {
+        s.mark_url_seen(&src.name, question_url)
+    })?;
     Ok(())
 }
 

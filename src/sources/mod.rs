@@ -147,6 +147,8 @@ pub struct FetchReport {
     /// Spool: files ingested / moved to failed/.
     pub files_done: u64,
     pub files_failed: u64,
+    /// Items (pages) that failed this run; the run went on without them.
+    pub items_failed: u64,
     /// Set when the run stopped on an error (what was stored before it stays).
     pub error: Option<String>,
     /// Ids of the raw items this run stored.
@@ -196,12 +198,14 @@ impl FetchReport {
 
 /// Runs one source once and records the outcome on its `sources` row
 /// (success, or a failure that may mark it degraded). Errors do not escape:
-/// they are in the report and the log.
+/// they are in the report and the log. An item that fails (a page, a file)
+/// is counted and, after `max_item_failures`, set aside; the rest goes on.
 pub async fn run_source(
     http: &Http,
     store: &Store,
     state_dir: &Path,
     src: &SourceConfig,
+    max_item_failures: u32,
 ) -> FetchReport {
     let mut report = FetchReport::default();
     let started = std::time::Instant::now();
@@ -211,7 +215,9 @@ pub async fn run_source(
     }
     let result = match src.kind {
         SourceKind::HfDatasets => hf::run(http, store, src, &mut report).await,
-        SourceKind::Crawlbase => crawlbase::run(http, store, src, &mut report).await,
+        SourceKind::Crawlbase => {
+            crawlbase::run(http, store, src, max_item_failures, &mut report).await
+        }
         SourceKind::Spool => spool::run(store, state_dir, src, &mut report),
         // Filled by the chat server (POST /v1/feedback), nothing to fetch.
         SourceKind::Conversations => Ok(()),
@@ -263,6 +269,18 @@ pub async fn run_source(
         }
     }
     report
+}
+
+impl SourceError {
+    /// The error is about one item (this page could not be fetched or read),
+    /// not about the source (network, token, store): the run goes on
+    /// without the item, and the item is counted as a failure.
+    pub fn is_item_specific(&self) -> bool {
+        matches!(
+            self,
+            SourceError::NotFetched { .. } | SourceError::Response { .. } | SourceError::NotJson(_)
+        )
+    }
 }
 
 impl From<&SourceConfig> for Policy {

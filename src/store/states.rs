@@ -113,8 +113,8 @@ text_enum! {
         Url = "url",
         /// A sealed stream the trainer cannot train (key: stream id).
         Stream = "stream",
-        /// A candidate the evaluator or feedback cannot decide (key: adapter id).
-        Candidate = "candidate",
+        /// A version the evaluator cannot load or feedback cannot decide (key: adapter id).
+        Version = "version",
         /// A spool file that cannot be ingested (key: "<source> <file name>").
         File = "file",
     }
@@ -176,6 +176,8 @@ impl StateMachine for StreamState {
                 | (Trained, Training)
                 | (Trained, Sealed)
                 | (Trained, NotLearned)
+                | (Trained, Failed)
+                | (NotLearned, Failed)
         )
     }
 }
@@ -195,6 +197,8 @@ impl StateMachine for AdapterState {
                 | (Candidate, Promoted)
                 | (Candidate, Rejected)
                 | (Candidate, NotLearned)
+                // Set aside: it could not be evaluated or decided.
+                | (Candidate, Failed)
                 | (Promoted, RolledBack)
                 // An operator may promote by hand what the policy refused or rolled back.
                 | (Rejected, Promoted)

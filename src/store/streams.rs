@@ -81,9 +81,9 @@ impl Store {
         self.transition(id, to, |_| Ok(0))
     }
 
-    /// A stream set aside after too many failures: it and its unfinished
-    /// adapter become `failed` in one transaction, so the trainer goes on
-    /// with the next stream.
+    /// A stream set aside after too many failures (to train, to evaluate or
+    /// decide its candidate): it and its undecided adapter become `failed` in
+    /// one transaction, so the trainer goes on with the next stream.
     pub fn fail_stream(&self, id: i64, reason: &str) -> Result<()> {
         self.in_transaction(|s| {
             if s.stream(id)?
@@ -92,7 +92,12 @@ impl Store {
                 s.set_stream_state(id, StreamState::Failed)?;
             }
             for a in s.adapters()? {
-                if a.stream_id == id && a.state == super::AdapterState::Training {
+                if a.stream_id == id
+                    && matches!(
+                        a.state,
+                        super::AdapterState::Training | super::AdapterState::Candidate
+                    )
+                {
                     s.set_adapter_state(
                         a.id,
                         super::AdapterState::Failed,

@@ -257,7 +257,8 @@ fn examples_dedup_then_seal_into_a_stream_atomically() {
 
     store.set_stream_state(sid, StreamState::Training).unwrap();
     store.set_stream_state(sid, StreamState::Trained).unwrap();
-    assert!(store.set_stream_state(sid, StreamState::Failed).is_err());
+    store.set_stream_state(sid, StreamState::Failed).unwrap();
+    assert!(store.set_stream_state(sid, StreamState::Trained).is_err());
 }
 
 #[test]
@@ -374,7 +375,7 @@ fn a_decision_moves_candidate_and_stream_together() {
         v,
         AdapterState::Rejected,
         sid,
-        Some(StreamState::Failed),
+        Some(StreamState::Trained),
         &json!({}),
         Actor::Daemon,
         "",

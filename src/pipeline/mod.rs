@@ -10,17 +10,18 @@ use std::sync::atomic::AtomicBool;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::eval::{self, Matrix};
 use crate::lineage::{self, MergeError};
-use crate::ml::data::Labels;
 use crate::ml::{CausalLm, ChatTokenizer, Message, MlError};
 use crate::policy::{Action, Attempt, Decision, PolicyError};
 use crate::store::{
-    Actor, AdapterKind, AdapterRow, AdapterState, EvalRow, NewAdapter, Split, Store, StoreError,
-    StreamRow, StreamState,
+    Actor, AdapterKind, AdapterRow, AdapterState, NewAdapter, Split, Store, StoreError, StreamRow,
+    StreamState,
 };
 use crate::streams::{self, StreamError};
 use crate::train::{self, Progress, TrainError, TrainJob, TrainSpec};
+
+mod matrix;
+pub use matrix::{CellFailure, evaluate, fill_matrix, probe_set, stored_matrix};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -44,6 +45,12 @@ pub enum PipelineError {
     NoModel(PathBuf),
     #[error("base model: {0}")]
     Source(#[from] crate::model_source::ModelSourceError),
+    #[error("evaluating version {version} on stream {stream}: {source}")]
+    Cell {
+        version: i64,
+        stream: i64,
+        source: Box<PipelineError>,
+    },
 }
 
 /// The base model and tokenizer `[model]` names, on its device and dtype.
@@ -349,137 +356,4 @@ pub fn learn(
         }
     }
     Ok(out)
-}
-
-/// The versions that are rows of the matrix: the base (0), then every adapter
-/// that finished training, with the stream it was trained on.
-fn matrix_rows(adapters: &[AdapterRow]) -> Vec<(eval::RowKey, Option<&AdapterRow>)> {
-    let mut rows = vec![((0, None), None)];
-    rows.extend(
-        adapters
-            .iter()
-            .filter(|a| !matches!(a.state, AdapterState::Training | AdapterState::Failed))
-            .map(|a| ((a.id, lineage::trained_on(a)), Some(a))),
-    );
-    rows
-}
-
-/// The matrix as stored, without evaluating anything (the web page, metrics,
-/// `adapters list`), forgetting measured along the served lineage.
-pub fn stored_matrix(store: &Store) -> Result<Matrix, StoreError> {
-    let adapters = store.adapters()?;
-    let rows: Vec<eval::RowKey> = matrix_rows(&adapters).iter().map(|r| r.0).collect();
-    let served = store.served_adapter()?;
-    let chain = match &served {
-        Some(s) => lineage::row_keys(&lineage::chain(&adapters, s)),
-        None => vec![(0, None)],
-    };
-    Ok(eval::matrix(&store.evals()?, &rows, &chain))
-}
-
-/// Fills every missing cell R[version][stream] — streams up to the version's
-/// own, every stream for the base model and the served version, the streams
-/// up to a candidate's for its parent (the policy compares the two), the probe
-/// set for every row — and returns the matrix. Each base is loaded once.
-pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError> {
-    let streams = store.streams()?;
-    let all_adapters = store.adapters()?;
-    let versions = matrix_rows(&all_adapters);
-    let have = store.evals()?;
-    let probe = probe_set(config)?;
-    let limit = |mut v: Vec<Vec<Message>>| {
-        if config.eval.max_examples_per_stream > 0 {
-            v.truncate(config.eval.max_examples_per_stream);
-        }
-        v
-    };
-    let served = store.served_adapter()?.map(|a| a.id);
-    // Up to which stream each version is measured.
-    let mut upto: BTreeMap<i64, i64> = BTreeMap::new();
-    for ((v, _), row) in &versions {
-        let v = *v;
-        let own = match row {
-            Some(a) if Some(v) != served => a.stream_id,
-            _ => i64::MAX,
-        };
-        let e = upto.entry(v).or_insert(own);
-        *e = (*e).max(own);
-        if let Some(a) = row.filter(|a| a.state == AdapterState::Candidate) {
-            let p = upto.entry(a.parent_id.unwrap_or(0)).or_insert(a.stream_id);
-            *p = (*p).max(a.stream_id);
-        }
-    }
-    let mut todo: Vec<(i64, Option<&AdapterRow>, i64)> = Vec::new();
-    for ((v, _), row) in &versions {
-        let mut cols: Vec<i64> = streams
-            .iter()
-            .filter(|s| s.id <= upto[v] && s.n_eval > 0)
-            .map(|s| s.id)
-            .collect();
-        if probe.is_some() {
-            cols.push(0);
-        }
-        for s in cols {
-            if !have.iter().any(|c| c.adapter_id == *v && c.stream_id == s) {
-                todo.push((*v, *row, s));
-            }
-        }
-    }
-    if !todo.is_empty() {
-        let (mut model, tok) = load_base(config)?;
-        let mut base = crate::model_source::model_dir(config)?;
-        let mut loaded: Option<i64> = None;
-        for (v, row, s) in todo {
-            if loaded != Some(v) {
-                let want = lineage::base_dir(config, &all_adapters, row)?;
-                switch_to(config, &mut model, &mut base, &want, row)?;
-                loaded = Some(v);
-            }
-            let examples = if s == 0 {
-                probe.clone().unwrap_or_default()
-            } else {
-                let row = streams
-                    .iter()
-                    .find(|r| r.id == s)
-                    .ok_or(PipelineError::NoSuchStream(s))?;
-                limit(split_of(row, Split::Eval)?)
-            };
-            let p = eval::perplexity(
-                &model,
-                &tok,
-                &examples,
-                config.eval.batch_size,
-                config.train.seq_len,
-                Labels::Assistant,
-            )?;
-            tracing::info!(
-                adapter = v,
-                stream = s,
-                ppl = p.perplexity,
-                tokens = p.tokens,
-                "evaluated"
-            );
-            store.upsert_eval(&EvalRow {
-                adapter_id: v,
-                stream_id: s,
-                perplexity: p.perplexity,
-                nll_sum: p.nll_sum,
-                tokens: p.tokens,
-                evaluated_at: 0,
-            })?;
-        }
-    }
-    Ok(stored_matrix(store)?)
-}
-
-/// The probe set's examples: `[eval] probe_set`, else the built-in one;
-/// `None` with `[eval] probe = false`.
-pub fn probe_set(config: &Config) -> Result<Option<Vec<Vec<Message>>>, PipelineError> {
-    if !config.eval.probe {
-        return Ok(None);
-    }
-    Ok(Some(match &config.eval.probe_set {
-        Some(p) => streams::read_jsonl(p, config.eval.max_examples_per_stream)?,
-        None => crate::eval::builtin_probe(),
-    }))
 }
