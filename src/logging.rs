@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::config::LogFormat;
 
@@ -13,6 +14,9 @@ use crate::config::LogFormat;
 pub struct LogSettings {
     pub format: LogFormat,
     pub filter: String,
+    /// Log to stderr (commands whose stdout is their output, such as a JSON
+    /// report); the daemon logs to stdout, which systemd connects to journald.
+    pub to_stderr: bool,
 }
 
 impl LogSettings {
@@ -25,7 +29,11 @@ impl LogSettings {
             1 => "debug".to_string(),
             _ => "trace".to_string(),
         };
-        LogSettings { format, filter }
+        LogSettings {
+            format,
+            filter,
+            to_stderr: false,
+        }
     }
 }
 
@@ -85,10 +93,21 @@ pub fn init(settings: &LogSettings) -> Result<(), LogError> {
     };
     // systemd sets JOURNAL_STREAM when stdout is connected to the journal.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let (writer, is_tty) = if settings.to_stderr {
+        (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        )
+    } else {
+        (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::stdout().is_terminal(),
+        )
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    let result = match style(settings.format, std::io::stdout().is_terminal(), journald) {
+        .with_writer(writer);
+    let result = match style(settings.format, is_tty, journald && !settings.to_stderr) {
         Style::Json => builder
             .json()
             .flatten_event(true)

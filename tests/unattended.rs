@@ -165,3 +165,127 @@ fn a_candidate_that_cannot_be_evaluated_fails_and_training_goes_on() {
         (Some("version"), Some("1"))
     );
 }
+
+fn spool_config(dir: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("spool")).unwrap();
+    let config = dir.join("lorastream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{root}/state\"\n\n[[sources]]\nname = \"drops\"\nkind = \"spool\"\n\
+             dir = \"{root}/spool\"\nsettle_secs = 0\n{extra}",
+            root = dir.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Before: a file was read whole into memory and stored in one transaction;
+/// a drop larger than memory was OOM-killed before it could be moved, and
+/// read again after every restart.
+#[test]
+fn a_spool_file_over_max_file_bytes_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = spool_config(dir.path(), "max_file_bytes = 4096\n");
+    let big = "question,answer\n".to_string() + &"Why?,Because.\n".repeat(1000);
+    std::fs::write(dir.path().join("spool/big.csv"), &big).unwrap();
+    std::fs::write(
+        dir.path().join("spool/small.csv"),
+        "question,answer\nWho?,Me.\n",
+    )
+    .unwrap();
+    let out = run(&config, &["crawl", "--once", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fetch = &report["sources"][0]["fetch"];
+    assert_eq!(
+        (fetch["files_done"].as_u64(), fetch["files_failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    let reason = std::fs::read_to_string(dir.path().join("spool/failed/big.csv.reason")).unwrap();
+    assert_eq!(
+        reason.trim(),
+        format!("file is {} bytes, over max_file_bytes (4096)", big.len())
+    );
+    assert!(dir.path().join("spool/done/small.csv").exists());
+}
+
+/// Before: a large file was one transaction; killed midway, a restart read
+/// and parsed it from the start. Now it is stored in chunks with a cursor and
+/// a restart resumes after the last stored chunk: nothing lost, nothing twice.
+#[test]
+fn a_spool_file_killed_midway_resumes_after_its_last_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = spool_config(dir.path(), "");
+    const ROWS: usize = 60_000;
+    let mut text = String::from("question,answer\n");
+    for i in 0..ROWS {
+        text.push_str(&format!(
+            "Question {i} about spools?,Answer {i}: in chunks.\n"
+        ));
+    }
+    std::fs::write(dir.path().join("spool/big.csv"), text).unwrap();
+    let mut child = common::lorastream()
+        .args(["-q", "--config"])
+        .arg(&config)
+        .args(["crawl", "--once", "--source", "drops"])
+        .spawn()
+        .unwrap();
+    let db = dir.path().join("state/lorastream.db");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let done_at_kill = loop {
+        assert!(std::time::Instant::now() < deadline, "no chunk was stored");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
+        let done =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|c| {
+                    c.query_row("SELECT rows_done FROM spool_files", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                })
+                .unwrap_or(0);
+        if done >= 2000 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break done;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let store = lorastream::store::Store::open(&db).unwrap();
+    let cursor = store.spool_files("drops").unwrap();
+    assert_eq!(cursor.len(), 1);
+    let stored = cursor[0].rows_done;
+    assert!(
+        stored >= done_at_kill && (stored as usize) < ROWS,
+        "{cursor:?}"
+    );
+    assert_eq!(stored % 1000, 0, "chunks of 1000");
+    let cfg = lorastream::config::Config::load(&config).unwrap();
+    let report = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(lorastream::sources::run_source(
+            &lorastream::http::Http::new(),
+            &store,
+            &cfg.state_dir(),
+            &cfg.sources[0],
+            3,
+        ));
+    assert_eq!(report.error, None);
+    assert_eq!(
+        (report.fetched, report.new, report.duplicate),
+        (
+            (ROWS as i64 - stored) as u64,
+            (ROWS as i64 - stored) as u64,
+            0
+        ),
+        "resumed after row {stored}"
+    );
+    let total: i64 = store.raw_item_counts().unwrap().iter().map(|r| r.2).sum();
+    assert_eq!(total as usize, ROWS);
+    assert!(store.spool_files("drops").unwrap().is_empty());
+    assert!(dir.path().join("spool/done/big.csv").exists());
+}

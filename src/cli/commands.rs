@@ -43,15 +43,14 @@ pub fn with_config(
     }
 }
 
-/// Logging as the flags and `[daemon]` say.
+/// Logging as the flags and `[daemon]` say: to stdout for the daemon
+/// (`run`), to stderr for every other command, whose stdout is its output.
 pub fn init_logs(cli: &Cli, config: &Config) -> anyhow::Result<()> {
     let verbosity = cli.verbose.min(10) as i8 - cli.quiet.min(10) as i8;
     let format = cli.log_format.unwrap_or(config.daemon.log_format);
-    logging::init(&LogSettings::new(
-        format,
-        verbosity,
-        &config.daemon.log_filter,
-    ))?;
+    let mut settings = LogSettings::new(format, verbosity, &config.daemon.log_filter);
+    settings.to_stderr = !matches!(cli.command, crate::cli::args::Command::Run);
+    logging::init(&settings)?;
     Ok(())
 }
 

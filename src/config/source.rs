@@ -416,13 +416,28 @@ impl SourceConfig {
 
     fn check_spool(&self, k: &mut Checker, at: &KeyPath) {
         let s = self;
-        if let Some(dir) = &s.dir
-            && !dir.is_dir()
-        {
-            k.fail(
-                at.key("dir"),
-                format!("spool directory {} does not exist", dir.display()),
-            );
+        if let Some(dir) = &s.dir {
+            if !dir.is_dir() {
+                k.fail(
+                    at.key("dir"),
+                    format!("spool directory {} does not exist", dir.display()),
+                );
+            } else if let Err(e) = crate::fsutil::check_writable(dir) {
+                // Under systemd's ProtectSystem=strict a directory outside the
+                // state dir is read-only: files would be stored, never moved.
+                k.fail(
+                    at.key("dir"),
+                    format!(
+                        "spool directory {} is not writable by this process ({e}): ingested files could not be moved to done/; \
+                         under systemd add ReadWritePaths={} to the unit",
+                        dir.display(),
+                        dir.display()
+                    ),
+                );
+            }
+        }
+        if s.max_file_bytes == Some(0) {
+            k.fail(at.key("max_file_bytes"), "must be at least 1");
         }
     }
 }

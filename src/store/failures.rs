@@ -53,6 +53,11 @@ impl Store {
         self.rows("ORDER BY set_aside DESC, updated_at DESC", [])
     }
 
+    /// The cursors of one spool source's files being ingested.
+    pub fn spool_files(&self, source: &str) -> Result<Vec<SpoolFileRow>> {
+        self.rows("WHERE source = ?1 ORDER BY name", [source])
+    }
+
     pub fn spool_file(&self, source: &str, name: &str) -> Result<Option<SpoolFileRow>> {
         self.row("WHERE source = ?1 AND name = ?2", params![source, name])
     }

@@ -258,6 +258,24 @@ impl Store {
     /// Runs `f` in one immediate transaction (or the caller's, when one is
     /// open): committed when it returns `Ok`, rolled back when it fails. Store
     /// methods called inside join it.
+    /// Runs `f` with `synchronous = FULL`: a transaction it commits is on disk
+    /// when it returns (WAL synced), not only after the next checkpoint. For
+    /// commits that something outside the database depends on (a file moved,
+    /// a file deleted), so a power loss cannot keep the effect and lose the rows.
+    pub fn durably<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(StoreError::from)?;
+        let r = f();
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(StoreError::from)?;
+        r
+    }
+
     pub fn in_transaction<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&Store) -> std::result::Result<T, E>,
