@@ -238,3 +238,50 @@ fn unreadable_and_non_utf8_files_are_clear_errors() {
         "{stderr}"
     );
 }
+
+/// Before: under `ProtectSystem=strict` a spool dir outside the state dir is
+/// a read-only mount: records were stored, the move to done/ failed, and the
+/// file was read again on every run. `config check` (the unit's
+/// ExecStartPre, run inside the same sandbox) now refuses it. The read-only
+/// bind mount is made the way systemd makes it, in a private mount namespace.
+#[test]
+fn a_spool_dir_this_process_cannot_write_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("drops");
+    std::fs::create_dir(&spool).unwrap();
+    let config = dir.path().join("lorastream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{}/state\"\n[[sources]]\nname = \"drops\"\nkind = \"spool\"\ndir = \"{}\"\n",
+            dir.path().display(),
+            spool.display()
+        ),
+    )
+    .unwrap();
+    common::assert_ok(&check(&config));
+    let s = spool.display();
+    let script = format!(
+        "mount --bind {s} {s} && mount -o remount,bind,ro {s} {s} || exit 99; exec \"$0\" config check --config \"$1\""
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script, env!("CARGO_BIN_EXE_lorastream")])
+        .arg(&config)
+        .output()
+        .unwrap();
+    if matches!(out.status.code(), Some(99) | None) {
+        eprintln!(
+            "SKIP: cannot make a read-only bind mount here (unshare -rm): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{stderr}");
+    assert!(
+        stderr.contains("sources[0].dir")
+            && stderr.contains("is not writable by this process")
+            && stderr.contains(&format!("ReadWritePaths={s}")),
+        "{stderr}"
+    );
+}

@@ -1,5 +1,5 @@
 //! The unit file: `systemd-analyze verify` finds nothing wrong and
-//! `systemd-analyze security --offline=true` scores it 2.0 or lower. The unit
+//! `systemd-analyze security --offline=true` scores it 1.5 or lower. The unit
 //! is rewritten to the built binary, as `make install` does for its PREFIX.
 //! Skipped, with the reason printed, where systemd-analyze is missing.
 
@@ -71,7 +71,7 @@ fn unit_verifies_and_is_hardened() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no score in:\n{text}"));
     eprintln!("systemd-analyze security: exposure {score}");
-    assert!(score <= 2.0, "exposure {score} > 2.0:\n{text}");
+    assert!(score <= 1.5, "exposure {score} > 1.5:\n{text}");
     // The protocol and the directories the daemon relies on.
     let unit = std::fs::read_to_string(&unit).unwrap();
     for line in [
@@ -84,7 +84,13 @@ fn unit_verifies_and_is_hardened() {
         "ProtectSystem=strict",
         "UMask=0077",
         "SystemCallFilter=@system-service",
-        "DeviceAllow=char-nvidiactl rw",
+        "DeviceAllow=/dev/nvidiactl rw",
+        "DeviceAllow=/dev/nvidia0 rw",
+        "DeviceAllow=/dev/nvidia-uvm rw",
+        "DeviceAllow=char-nvidia rw",
+        "MemoryMax=",
+        "TasksMax=",
+        "StartLimitBurst=",
     ] {
         assert!(unit.contains(line), "unit lacks {line}");
     }
