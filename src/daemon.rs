@@ -37,6 +37,24 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+}
+
+/// The device and dtype training will use, as `[model]` resolves here.
+fn log_device(config: &Config) {
+    match crate::ml::device::select(&config.model.device, config.model.dtype) {
+        Ok((device, kind)) => tracing::info!(
+            requested = %config.model.device,
+            device = ?device,
+            dtype = ?kind,
+            cuda_devices = tch::Cuda::device_count(),
+            "compute device"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "compute device unavailable; training fails until it is")
+        }
+    }
 }
 
 /// Runs the daemon until a shutdown arrives on `control` (or the sender is
@@ -52,6 +70,7 @@ pub async fn run(
         path: state_dir.clone(),
         source,
     })?;
+    let _lock = crate::lock::acquire(&state_dir, "lorastream run")?;
     let store = Store::open_for(&config)?;
     register_sources(&store, &config)?;
     tracing::info!(
@@ -62,6 +81,7 @@ pub async fn run(
         summary = %config.summary(),
         "lorastream started"
     );
+    log_device(&config);
     let grace = config.daemon.shutdown_deadline();
     let config = Arc::new(config);
     let server = start_server(&config);

@@ -6,6 +6,7 @@
 //! - [`config`]: the TOML configuration, defaults, validation with key and line.
 //! - [`store`]: SQLite (WAL) with numbered migrations and a typed API per table.
 //! - [`fsutil`]: atomic file writes used for every artifact.
+//! - [`lock`]: the state dir's writer lock (one writer process at a time).
 //! - [`logging`]: tracing-subscriber set-up (terminal, plain, JSON).
 //! - [`ml`]: the model layer on libtorch (tch): GPT-2 and Llama, LoRA in PEFT's
 //!   format, tokenizer and chat templates, generation, `model init`.
@@ -42,6 +43,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod http;
 pub mod lineage;
+pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod ml;

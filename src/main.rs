@@ -63,10 +63,13 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             command: StreamsCommand::Import { file, name },
         } => with_config(cli, |config| {
             init_logs(cli, &config)?;
+            let _lock =
+                lorastream::lock::acquire(&config.state_dir(), "lorastream streams import")?;
             commands::streams_import(&config, file, name.as_deref())
         }),
         Command::Train { stream } => with_config(cli, |config| {
             init_logs(cli, &config)?;
+            let _lock = lorastream::lock::acquire(&config.state_dir(), "lorastream train")?;
             commands::train(&config, *stream)
         }),
         Command::Crawl {
@@ -76,10 +79,12 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             json,
         } => with_config(cli, |config| {
             init_logs(cli, &config)?;
+            let _lock = lorastream::lock::acquire(&config.state_dir(), "lorastream crawl")?;
             cli::crawl::command(&config, source.as_deref(), *once, *seal, *json)
         }),
         Command::Learn { stream, json } => with_config(cli, |config| {
             init_logs(cli, &config)?;
+            let _lock = lorastream::lock::acquire(&config.state_dir(), "lorastream learn")?;
             cli::adapters::learn(&config, *stream, *json)
         }),
         Command::Adapters { command } => with_config(cli, |config| {
@@ -93,6 +98,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         }),
         Command::Eval { json } => with_config(cli, |config| {
             init_logs(cli, &config)?;
+            let _lock = lorastream::lock::acquire(&config.state_dir(), "lorastream eval")?;
             commands::eval(&config, *json)
         }),
         Command::Demo(args) => cli::demo::demo(args),

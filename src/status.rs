@@ -47,10 +47,11 @@ pub struct SourceStatus {
     pub store: Option<SourceRow>,
 }
 
-/// Gathers the report. A missing database is reported, not created.
+/// Gathers the report. A missing database is reported, not created; an
+/// existing one is opened read-only, never migrated.
 pub fn gather(config: &Config) -> Result<StatusReport, StoreError> {
     if config.store_path().exists() {
-        report(config, Some(&Store::open_for(config)?))
+        report(config, Some(&Store::open_read_only(&config.store_path())?))
     } else {
         report(config, None)
     }

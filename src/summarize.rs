@@ -65,6 +65,12 @@ pub struct SummarizeReport {
     pub condensed: BTreeMap<String, u64>,
     /// OpenAI-backend failures that fell back to extractive.
     pub fallbacks: u64,
+    /// The endpoint failed `breaker_failures` examples in a row: the rest of
+    /// the pass was condensed extractively without calling it.
+    pub breaker_open: bool,
+    /// Examples in a row whose endpoint call failed.
+    #[serde(skip)]
+    consecutive_failures: u32,
 }
 
 /// The backend settings resolved once per pass (API key read, URL parsed).
@@ -120,7 +126,7 @@ impl Summarizer {
             }
         }
         if report.ready > 0 {
-            tracing::info!(ready = report.ready, condensed = ?report.condensed, fallbacks = report.fallbacks, "examples summarized");
+            tracing::info!(ready = report.ready, condensed = ?report.condensed, fallbacks = report.fallbacks, breaker_open = report.breaker_open, "examples summarized");
         }
         Ok(report)
     }
@@ -152,12 +158,20 @@ impl Summarizer {
             || self.counter.count(&answer) <= budget
         {
             None
-        } else if self.cfg.backend == SummarizerBackend::Openai {
+        } else if self.cfg.backend == SummarizerBackend::Openai && !report.breaker_open {
             match self.openai(&question, &answer).await {
-                Ok(s) => Some(("openai", s)),
+                Ok(s) => {
+                    report.consecutive_failures = 0;
+                    Some(("openai", s))
+                }
                 Err(e) => {
                     report.fallbacks += 1;
+                    report.consecutive_failures += 1;
                     tracing::warn!(example = ex.id, error = %e, "summarizer endpoint failed; using extractive");
+                    if report.consecutive_failures >= self.cfg.breaker_failures {
+                        report.breaker_open = true;
+                        tracing::error!(failures = report.consecutive_failures, error = %e, "summarizer endpoint failed for every one of the last examples; extractive for the rest of this pass");
+                    }
                     Some(("extractive", extractive(&answer, budget, &self.counter)))
                 }
             }

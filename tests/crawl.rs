@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::loopback::{Reply, Req, Server};
 use common::{assert_ok, lorastream};
@@ -420,4 +421,38 @@ fn crawlbase_token_never_reaches_the_logs() {
     assert!(all.contains("token=REDACTED"), "{all}");
     assert!(!all.contains(TOKEN), "{all}");
     assert_eq!(server.seen().len(), 2);
+}
+
+/// Before: with the endpoint black-holed, every long example waited for three
+/// timed-out attempts, and the crawl chain waited with it. Now after
+/// `breaker_failures` examples in a row the pass goes on extractively.
+#[test]
+fn a_black_holed_summarizer_trips_the_breaker() {
+    let server = Server::start(|_: &Req| {
+        Reply::Delay(Duration::from_secs(30), Box::new(Reply::status(200, &[])))
+    });
+    let s = Setup::new(&format!(
+        "[summarizer]\nbackend = \"openai\"\nbase_url = \"{}\"\nmodel = \"tiny\"\nmax_answer_tokens = 16\ntimeout_secs = 1\nbreaker_failures = 2\n",
+        server.base
+    ));
+    let lines: String = (0..6)
+        .map(|i| {
+            let answer = format!("Sentence one of answer {i} is long enough. ").repeat(8);
+            json!({"title": format!("Question number {i} about breakers?"), "answer": answer})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(s.root.join("json/long.jsonl"), lines).unwrap();
+    let (r, logs) = s.crawl(&["--seal"]);
+    assert_eq!(r["summarize"]["ready"], 6, "{r}");
+    assert_eq!(r["summarize"]["condensed"], json!({"extractive": 6}));
+    assert_eq!(r["summarize"]["breaker_open"], true);
+    // Two examples, three attempts each; the other four never called it.
+    assert_eq!(server.seen().len(), 6, "requests to the endpoint");
+    assert_eq!(
+        logs.matches("extractive for the rest of this pass").count(),
+        1,
+        "{logs}"
+    );
 }

@@ -289,3 +289,64 @@ fn a_spool_file_killed_midway_resumes_after_its_last_chunk() {
     assert!(store.spool_files("drops").unwrap().is_empty());
     assert!(dir.path().join("spool/done/big.csv").exists());
 }
+
+/// Before: `lorastream train` by hand while the service ran: each process
+/// deleted the checkpoint the other recorded and the stream ended `failed`.
+/// Now writers take the state dir's lock; `status` reads without it, opens
+/// the database read-only and never migrates it.
+#[test]
+fn a_second_writer_is_refused_and_status_never_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(
+        dir.path(),
+        "[[sources]]\nname = \"drops\"\nkind = \"spool\"\n",
+    );
+    let d = Daemon::start(&config);
+    d.wait_for("lorastream started");
+    let device = d.wait_for("compute device");
+    assert_eq!(device["device"], "Cpu", "{device}");
+    for args in [vec!["train"], vec!["crawl", "--once"], vec!["eval"]] {
+        let out = common::lorastream()
+            .args(["-q", "--config"])
+            .arg(&config)
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} ran beside the daemon");
+        assert!(
+            stderr.contains("is in use by another lorastream process")
+                && stderr.contains(&format!("pid {} (lorastream run)", d.child.id())),
+            "{args:?}: {stderr}"
+        );
+    }
+    status(&config); // reads beside the daemon
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+
+    // A database of an older schema: status says so and leaves it as it is.
+    let db = dir.path().join("state/lorastream.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "DROP TABLE item_failures; DROP TABLE spool_files; PRAGMA user_version = 5;",
+        )
+        .unwrap();
+    }
+    let out = common::lorastream()
+        .args(["--config"])
+        .arg(&config)
+        .arg("status")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("older than this lorastream's"),
+        "{stderr}"
+    );
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 5, "status migrated the database");
+}

@@ -84,6 +84,9 @@ pub struct SummarizerConfig {
     pub api_key_file: Option<PathBuf>,
     pub api_key_env: Option<String>,
     pub timeout_secs: u64,
+    /// After this many examples in a row whose endpoint call failed, the rest
+    /// of the pass is condensed extractively (a circuit breaker).
+    pub breaker_failures: u32,
     pub temperature: f64,
     /// minijinja template; sees `answer`, `question` and `max_tokens`.
     pub prompt: String,
@@ -99,6 +102,7 @@ impl Default for SummarizerConfig {
             api_key_file: None,
             api_key_env: None,
             timeout_secs: 60,
+            breaker_failures: 3,
             temperature: 0.2,
             prompt:
                 "Condense this answer to the question below into at most {{ max_tokens }} tokens. \

@@ -198,6 +198,7 @@ fn check_summarizer(k: &mut Checker, c: &Config) {
     let s = &c.summarizer;
     k.at_least("summarizer.max_answer_tokens", s.max_answer_tokens, 16);
     k.at_least("summarizer.timeout_secs", s.timeout_secs, 1);
+    k.at_least("summarizer.breaker_failures", s.breaker_failures, 1);
     k.range(
         KeyPath::parse("summarizer.temperature"),
         s.temperature,

@@ -38,17 +38,41 @@ pub fn resolve(spec: &str) -> Result<Device, DeviceError> {
         }
     };
     match spec {
-        "auto" => Ok(if gpus > 0 {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        }),
+        "auto" if gpus > 0 => Ok(Device::Cuda(0)),
+        "auto" => {
+            warn_if_gpu_unused();
+            Ok(Device::Cpu)
+        }
         "cpu" => Ok(Device::Cpu),
         "cuda" => cuda(0),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => cuda(i),
             _ => Err(DeviceError::Unknown(other.to_string())),
         },
+    }
+}
+
+/// `device = "auto"` found no CUDA device: if the host has NVIDIA device
+/// nodes, say once why the GPU is not used.
+fn warn_if_gpu_unused() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let node = std::fs::read_dir("/dev").ok().and_then(|d| {
+        d.flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| {
+                n.strip_prefix("nvidia")
+                    .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+            })
+    });
+    if let Some(node) = node {
+        ONCE.call_once(|| {
+            tracing::warn!(
+                node = %format!("/dev/{node}"),
+                "device = \"auto\" runs on the CPU although this host has an NVIDIA device: \
+                 libtorch sees no CUDA device (a CPU-only libtorch, a driver/CUDA mismatch, \
+                 or the unit's DeviceAllow rules)"
+            )
+        });
     }
 }
 

@@ -64,6 +64,16 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error(
+        "database {} has schema version {found}, older than this lorastream's ({supported}); \
+         it is migrated when the daemon or a writer command (crawl, train) next opens it",
+        path.display()
+    )]
+    OlderSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("migration {version} failed on {}: {source}", path.display())]
     Migration {
         path: PathBuf,
@@ -153,6 +163,40 @@ impl Store {
             &config.store_path(),
             Duration::from_millis(config.store.busy_timeout_ms),
         )
+    }
+
+    /// Opens an existing database for reading only (`status`, while a daemon
+    /// may be writing): nothing is created, no pragma is changed, nothing is
+    /// migrated. A database of another schema version is refused.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        let (path, supported) = (path.to_owned(), SCHEMA_VERSION);
+        match found.cmp(&supported) {
+            std::cmp::Ordering::Greater => Err(StoreError::NewerSchema {
+                path,
+                found,
+                supported,
+            }),
+            std::cmp::Ordering::Less => Err(StoreError::OlderSchema {
+                path,
+                found,
+                supported,
+            }),
+            std::cmp::Ordering::Equal => Ok(Store { conn, path }),
+        }
     }
 
     pub fn open_with_timeout(path: &Path, busy_timeout: Duration) -> Result<Store> {
