@@ -350,3 +350,45 @@ fn a_second_writer_is_refused_and_status_never_writes() {
         .unwrap();
     assert_eq!(v, 5, "status migrated the database");
 }
+
+/// Before: a run that had finished (`done: true` in its state) but was not
+/// recorded before a crash was trained again from step 0.
+#[test]
+fn a_finished_run_that_was_not_recorded_is_not_trained_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let f = stream_file(dir.path(), "rivers", 12);
+    run(&config, &["streams", "import", f.to_str().unwrap()]);
+    run(&config, &["train"]);
+    let db = dir.path().join("state/lorastream.db");
+    let first = {
+        let store = lorastream::store::Store::open(&db).unwrap();
+        store.adapter(1).unwrap().unwrap().train_log.unwrap()
+    };
+    assert_eq!(first["resumed_from"], 0);
+    // The crash: the run's files say done, the store never heard of it.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "UPDATE adapters SET state = 'training'; UPDATE streams SET state = 'training';",
+        )
+        .unwrap();
+    let out = common::lorastream()
+        .args(["--config"])
+        .arg(&config)
+        .arg("train")
+        .output()
+        .unwrap();
+    common::assert_ok(&out);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        logs.contains("training had finished; using its result"),
+        "{logs}"
+    );
+    let store = lorastream::store::Store::open(&db).unwrap();
+    let a = store.adapter(1).unwrap().unwrap();
+    assert_eq!(a.state, lorastream::store::AdapterState::Candidate);
+    let log = a.train_log.unwrap();
+    assert_eq!(log["resumed_from"], first["steps"], "{log}");
+    assert_eq!(log["losses"], first["losses"]);
+}

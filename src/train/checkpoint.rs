@@ -17,6 +17,9 @@ use super::{TrainError, TrainSpec};
 pub struct TrainerState {
     pub step: usize,
     pub total_steps: usize,
+    /// A NaN or infinite loss (a skipped step) is written as JSON `null` and
+    /// read back as NaN.
+    #[serde(deserialize_with = "nan_for_null")]
     pub losses: Vec<f32>,
     pub tokens: i64,
     pub seed: u64,
@@ -25,7 +28,7 @@ pub struct TrainerState {
     pub checkpoint: Option<String>,
     pub done: bool,
     /// Validation perplexity by step (step 0 = the starting adapter).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_for_null_at")]
     pub validations: Vec<(usize, f64)>,
     /// The best validation so far, whose weights are in `best.safetensors`.
     #[serde(default)]
@@ -40,6 +43,19 @@ pub struct TrainerState {
     pub skipped_steps: usize,
     #[serde(default)]
     pub nonfinite_run: usize,
+}
+
+/// JSON has no NaN: serde_json writes non-finite floats as `null`.
+fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+    let v: Vec<Option<f32>> = Deserialize::deserialize(d)?;
+    Ok(v.into_iter().map(|x| x.unwrap_or(f32::NAN)).collect())
+}
+
+fn nan_for_null_at<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(usize, f64)>, D::Error> {
+    let v: Vec<(usize, Option<f64>)> = Deserialize::deserialize(d)?;
+    Ok(v.into_iter()
+        .map(|(s, x)| (s, x.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 impl TrainerState {
@@ -72,10 +88,25 @@ impl TrainerState {
 
 const STATE_FILE: &str = "trainer_state.json";
 
-/// Reads a run's `trainer_state.json`, if there is a readable one.
+/// Reads a run's `trainer_state.json`, if there is one; one that cannot be
+/// read is logged (the run then starts over) rather than passed over quietly.
 pub fn read_state(dir: &Path) -> Option<TrainerState> {
-    let text = std::fs::read_to_string(dir.join(STATE_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
+    let path = dir.join(STATE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(file = ?path, error = %e, "cannot read the training state; starting the run over");
+            return None;
+        }
+    };
+    match serde_json::from_str(&text) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(file = ?path, error = %e, "training state unreadable; starting the run over");
+            None
+        }
+    }
 }
 
 /// Saves the LoRA weights and optimizer state of `state.step`, then the state
@@ -169,4 +200,34 @@ fn read_tensors(file: &Path) -> Result<HashMap<String, Tensor>, TrainError> {
         })?
         .into_iter()
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before: a NaN loss was written as `null`, the state could not be read
+    /// back, and resume silently started over at step 0.
+    #[test]
+    fn a_state_with_non_finite_figures_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec: TrainSpec = serde_json::from_value(serde_json::json!({
+            "lora": {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": [], "rslora": false},
+            "epochs": 1, "batch_size": 2, "grad_accum_steps": 1, "seq_len": 64, "lr": 1e-3,
+            "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0, "assistant_only": true,
+            "packing": false, "replay_fraction": 0.0, "checkpoint_every": 1, "log_every": 1, "seed": 1,
+            "eval_every": 0, "patience": 0, "max_nonfinite_steps": 5
+        }))
+        .unwrap();
+        let mut s = TrainerState::fresh(&spec, 10);
+        s.step = 3;
+        s.losses = vec![2.5, f32::NAN, f32::INFINITY];
+        s.validations = vec![(0, 9.0), (2, f64::NAN)];
+        s.write(dir.path()).unwrap();
+        let back = read_state(dir.path()).expect("state unreadable");
+        assert_eq!(back.step, 3);
+        assert_eq!(back.losses[0], 2.5);
+        assert!(back.losses[1].is_nan() && back.losses[2].is_nan());
+        assert!(back.validations[1].1.is_nan());
+    }
 }

@@ -231,11 +231,14 @@ pub fn train(
     );
     let (mut opt, mut state) = start_or_resume(&mut job, plan.total_steps)?;
     let resumed_from = state.step;
+    let t0 = Instant::now();
+    if state.done {
+        return Ok(outcome(state, plan.total_steps, t0, 0, resumed_from));
+    }
     if state.step == 0 && guard.due(0, plan.total_steps) {
         guard.run(job.model, spec.batch_size, &mut state);
         checkpoint::save_best(job.out_dir, &opt)?;
     }
-    let t0 = Instant::now();
     let mut run_tokens = 0i64;
     while state.step < plan.total_steps && !state.stopped_early {
         let step = state.step;
@@ -310,10 +313,26 @@ pub fn train(
         checkpoint::load_best(job.out_dir, &opt)?;
     }
     finish(&job, &mut state, &opt)?;
+    Ok(outcome(
+        state,
+        plan.total_steps,
+        t0,
+        run_tokens,
+        resumed_from,
+    ))
+}
+
+fn outcome(
+    state: TrainerState,
+    total_steps: usize,
+    t0: Instant,
+    run_tokens: i64,
+    resumed_from: usize,
+) -> TrainOutcome {
     let seconds = t0.elapsed().as_secs_f64();
-    Ok(TrainOutcome {
+    TrainOutcome {
         steps: state.step,
-        total_steps: plan.total_steps,
+        total_steps,
         losses: state.losses,
         tokens: state.tokens,
         seconds,
@@ -323,7 +342,7 @@ pub fn train(
         best_step: state.best.map(|b| b.0),
         stopped_early: state.stopped_early,
         skipped_steps: state.skipped_steps,
-    })
+    }
 }
 
 /// Attaches the starting LoRA (the parent adapter, or a fresh one), then
@@ -349,9 +368,15 @@ fn start_or_resume(
     }
     let mut opt = LoraOptimizer::new(job.model, spec.weight_decay);
     let state = match read_state(job.out_dir) {
-        Some(s) if !s.done && s.spec == *spec && s.total_steps == total_steps => {
+        Some(s) if s.spec == *spec && s.total_steps == total_steps => {
             checkpoint::load(job.out_dir, &s, &mut opt)?;
-            tracing::info!(step = s.step, total_steps, dir = %job.out_dir.display(), "resuming training from checkpoint");
+            if s.done {
+                // Finished before a crash kept it from being recorded: the
+                // final weights are the last checkpoint; nothing to train.
+                tracing::info!(step = s.step, dir = %job.out_dir.display(), "training had finished; using its result");
+            } else {
+                tracing::info!(step = s.step, total_steps, dir = %job.out_dir.display(), "resuming training from checkpoint");
+            }
             s
         }
         _ => TrainerState::fresh(spec, total_steps),
