@@ -9,7 +9,7 @@ use actix::prelude::*;
 
 use super::feedback::Feedback;
 use super::messages::{Candidate, EvalReport, StageDone};
-use super::{Busy, Kick, Ping, Stage, StageError, UseConfig, block_on, catch, mark};
+use super::{Busy, Kick, Pending, Ping, Stage, StageError, UseConfig, block_on, catch, mark};
 use crate::config::Config;
 use crate::pipeline::CellFailure;
 use crate::store::{AdapterState, ItemKind, StageState, Store, StoreError};
@@ -17,6 +17,8 @@ use crate::store::{AdapterState, ItemKind, StageState, Store, StoreError};
 pub struct Evaluator {
     pub config: Arc<Config>,
     pub store: Option<Store>,
+    /// Its own notifications' flag (see [`super::Bell`]).
+    pub pending: Pending,
     pub next: Addr<Feedback>,
     pub supervisor: Recipient<StageDone>,
     pub busy: Busy,
@@ -137,6 +139,7 @@ fn count_failures(
 impl Handler<Candidate> for Evaluator {
     type Result = ();
     fn handle(&mut self, msg: Candidate, _: &mut SyncContext<Self>) {
+        self.pending.answer();
         self.pass(&format!(
             "evaluating adapter v{} (stream {})",
             msg.adapter_id, msg.stream_id
@@ -147,6 +150,7 @@ impl Handler<Candidate> for Evaluator {
 impl Handler<Kick> for Evaluator {
     type Result = ();
     fn handle(&mut self, _: Kick, _: &mut SyncContext<Self>) {
+        self.pending.answer();
         self.pass("filling missing cells");
     }
 }

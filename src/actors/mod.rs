@@ -12,11 +12,13 @@
 //! the Supervisor run on the system arbiter, which also answers signals and
 //! pings the watchdog. Each actor opens its own store connection (WAL).
 //!
-//! Stages hand work on with `send().await` into bounded mailboxes, so a slow
-//! stage slows the one before it; the one exception is Summarizer → Trainer,
-//! which only notifies (`try_send`): waiting there would hold crawling for a
-//! whole training run, and the trainer takes the oldest sealed stream from the
-//! store anyway.
+//! The async stages hand work on with `send().await` into bounded mailboxes,
+//! so a slow stage slows the one before it. The sync stages (Trainer,
+//! Evaluator) are different: a `SyncArbiter`'s mailbox is unbounded in actix
+//! 0.13, so they are only ever notified through a [`Bell`], which coalesces —
+//! while a notification is pending, ringing again sends nothing — so each of
+//! their mailboxes holds at most one notification, whatever the senders do.
+//! Nothing is lost by coalescing: the stage takes its work from the store.
 //!
 //! Every stage reads its input from the store, whatever the message says, so a
 //! `Kick` (on start, after a crash, after a backoff) resumes anything that was
@@ -34,6 +36,7 @@ pub mod trainer;
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix::Message;
@@ -84,6 +87,62 @@ pub struct UseConfig(pub Arc<Config>);
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct Ping;
+
+/// The address of a sync stage behind a doorbell: [`Bell::ring`] sends a
+/// notification unless one is pending; the stage calls [`Bell::answer`] (on
+/// its clone of the flag) as it takes one, before doing the work, so a ring
+/// during the work makes it look again once.
+pub struct Bell<A: actix::Actor> {
+    addr: actix::Addr<A>,
+    pending: Pending,
+}
+
+impl<A: actix::Actor> Clone for Bell<A> {
+    fn clone(&self) -> Self {
+        Bell {
+            addr: self.addr.clone(),
+            pending: self.pending.clone(),
+        }
+    }
+}
+
+/// The flag a [`Bell`] and its stage share.
+#[derive(Debug, Clone, Default)]
+pub struct Pending(Arc<AtomicBool>);
+
+impl Pending {
+    /// The stage took the notification.
+    pub fn answer(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl<A> Bell<A>
+where
+    A: actix::Actor<Context = actix::SyncContext<A>>,
+{
+    pub fn new(addr: actix::Addr<A>, pending: Pending) -> Self {
+        Bell { addr, pending }
+    }
+
+    /// Notifies the stage unless a notification is pending. True when sent.
+    pub fn ring<M>(&self, msg: M) -> bool
+    where
+        A: actix::Handler<M>,
+        M: Message<Result = ()> + Send + 'static,
+    {
+        if self.pending.0.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.addr.do_send(msg);
+        true
+    }
+
+    /// The address, for the messages that are not work (config, shutdown ping).
+    pub fn addr(&self) -> &actix::Addr<A> {
+        &self.addr
+    }
+}
 
 /// Mailbox size of every stage: a full mailbox makes `send().await` wait, so a
 /// slow stage slows the one before it instead of growing memory.
@@ -197,6 +256,38 @@ mod tests {
         assert!(b.begin("crawl:x").is_some());
         drop(g);
         assert!(!b.is_busy("train"));
+    }
+
+    /// A stage that takes 100 ms per notification.
+    struct Slow(Pending, Arc<std::sync::atomic::AtomicUsize>);
+    impl actix::Actor for Slow {
+        type Context = actix::SyncContext<Self>;
+    }
+    impl actix::Handler<Kick> for Slow {
+        type Result = ();
+        fn handle(&mut self, _: Kick, _: &mut actix::SyncContext<Self>) {
+            self.0.answer();
+            self.1.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Before: every notification to a sync stage queued in its unbounded
+    /// mailbox. Now 10,000 rings while it works are one more run, not 10,000.
+    #[test]
+    fn a_bell_coalesces_notifications() {
+        let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (p, h) = (Pending::default(), Arc::clone(&handled));
+        let shared = p.clone();
+        let sent = actix::System::new().block_on(async move {
+            let addr = actix::SyncArbiter::start(1, move || Slow(p.clone(), Arc::clone(&h)));
+            let bell = Bell::new(addr, shared);
+            let sent = (0..10_000).filter(|_| bell.ring(Kick)).count();
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            sent
+        });
+        assert!(sent <= 2, "{sent} notifications queued");
+        assert!((1..=2).contains(&handled.load(Ordering::SeqCst)));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use actix::prelude::*;
 
 use super::messages::{Examples, StageDone, StreamSealed};
 use super::trainer::Trainer;
-use super::{Busy, Kick, MAILBOX, Stage, StageError, UseConfig, mark};
+use super::{Bell, Busy, Kick, MAILBOX, Stage, StageError, UseConfig, mark};
 use crate::config::Config;
 use crate::http::Http;
 use crate::store::{StageState, Store};
@@ -24,7 +24,7 @@ pub struct Summarizer {
     pub store: Rc<Store>,
     pub http: Http,
     pub condenser: Rc<Condenser>,
-    pub next: Addr<Trainer>,
+    pub next: Bell<Trainer>,
     pub supervisor: Recipient<StageDone>,
     pub busy: Busy,
 }
@@ -67,11 +67,12 @@ impl Summarizer {
                         &config.streams,
                         false,
                     )?;
-                    // Not `send().await`: that would wait for the whole training
-                    // run and stall crawling behind it. The stream is in the store;
-                    // a full mailbox only means the trainer finds it later.
+                    // A notification, not `send().await`: that would wait for the
+                    // whole training run and stall crawling behind it. The stream
+                    // is in the store; with a notification pending the trainer
+                    // finds it there.
                     for stream_id in sealed.into_iter().map(|s| s.id) {
-                        if next.try_send(StreamSealed { stream_id }).is_err() {
+                        if !next.ring(StreamSealed { stream_id }) {
                             tracing::info!(
                                 stream = stream_id,
                                 "trainer busy; the stream waits in the store"

@@ -20,7 +20,7 @@ use super::preprocessor::Preprocessor;
 use super::schedule::{self, CronFired, Scheduled};
 use super::summarizer::{Seal, Summarizer};
 use super::trainer::Trainer;
-use super::{Busy, Kick, Ping, Stage, UseConfig};
+use super::{Bell, Busy, Kick, Pending, Ping, Stage, UseConfig};
 use crate::config::{Config, ON_NEW_STREAM};
 use crate::http::Http;
 use crate::notify::Notifier;
@@ -50,8 +50,8 @@ struct Stages {
     crawler: Addr<Crawler>,
     preprocessor: Addr<Preprocessor>,
     summarizer: Addr<Summarizer>,
-    trainer: Addr<Trainer>,
-    evaluator: Addr<Evaluator>,
+    trainer: Bell<Trainer>,
+    evaluator: Bell<Evaluator>,
     feedback: Addr<Feedback>,
 }
 
@@ -128,13 +128,17 @@ impl Supervisor {
                 me.clone(),
                 self.busy.clone(),
             );
-            SyncArbiter::start(1, move || Evaluator {
+            let pending = Pending::default();
+            let flag = pending.clone();
+            let addr = SyncArbiter::start(1, move || Evaluator {
                 config: Arc::clone(&config),
                 store: None,
+                pending: flag.clone(),
                 next: feedback.clone(),
                 supervisor: me.clone().recipient(),
                 busy: busy.clone(),
-            })
+            });
+            Bell::new(addr, pending)
         };
         let trainer = {
             let (config, evaluator, me, busy, stop) = (
@@ -144,14 +148,18 @@ impl Supervisor {
                 self.busy.clone(),
                 Arc::clone(&self.stop),
             );
-            SyncArbiter::start(1, move || Trainer {
+            let pending = Pending::default();
+            let flag = pending.clone();
+            let addr = SyncArbiter::start(1, move || Trainer {
                 config: Arc::clone(&config),
                 store: None,
+                pending: flag.clone(),
                 next: evaluator.clone(),
                 supervisor: me.clone().recipient(),
                 stop: Arc::clone(&stop),
                 busy: busy.clone(),
-            })
+            });
+            Bell::new(addr, pending)
         };
         // Crawl, clean and condense share one thread of their own.
         let data = Arbiter::new().handle();
@@ -236,10 +244,10 @@ impl Supervisor {
             st.crawler.do_send(Crawl { source: None });
         }
         if candidates > 0 {
-            st.evaluator.do_send(Kick);
+            st.evaluator.ring(Kick);
         } else if self.config.schedule.train == ON_NEW_STREAM {
             // A stream sealed (or half trained) before the crash.
-            st.trainer.do_send(Kick);
+            st.trainer.ring(Kick);
         }
     }
 
@@ -249,8 +257,12 @@ impl Supervisor {
             Stage::Crawler => {} // sources run again at their next schedule
             Stage::Preprocessor => st.preprocessor.do_send(Kick),
             Stage::Summarizer => st.summarizer.do_send(Kick),
-            Stage::Trainer => st.trainer.do_send(Kick),
-            Stage::Evaluator | Stage::Feedback => st.evaluator.do_send(Kick),
+            Stage::Trainer => {
+                st.trainer.ring(Kick);
+            }
+            Stage::Evaluator | Stage::Feedback => {
+                st.evaluator.ring(Kick);
+            }
         }
     }
 
@@ -325,11 +337,11 @@ impl Handler<CronFired> for Supervisor {
                 })
                 .is_ok(),
             Scheduled::Seal => st.summarizer.try_send(Seal).is_ok(),
-            Scheduled::Train => st.trainer.try_send(Kick).is_ok(),
-            Scheduled::Eval => st.evaluator.try_send(Kick).is_ok(),
+            Scheduled::Train => st.trainer.ring(Kick),
+            Scheduled::Eval => st.evaluator.ring(Kick),
         };
         if !sent {
-            tracing::info!(job = %key, "scheduled run skipped: the stage's mailbox is full");
+            tracing::info!(job = %key, "scheduled run skipped: the stage's mailbox is full, or a notification is pending");
         }
     }
 }
@@ -408,8 +420,8 @@ impl Handler<Reload> for Supervisor {
             st.crawler.do_send(m.clone());
             st.preprocessor.do_send(m.clone());
             st.summarizer.do_send(m.clone());
-            st.trainer.do_send(m.clone());
-            st.evaluator.do_send(m.clone());
+            st.trainer.addr().do_send(m.clone());
+            st.evaluator.addr().do_send(m.clone());
             // The policy's [feedback] keys change on reload too.
             st.feedback.do_send(m);
         }
@@ -434,7 +446,10 @@ impl Handler<Shutdown> for Supervisor {
         let grace = Duration::from_secs(self.config.daemon.shutdown_grace_secs);
         let sched = self.scheduler.take();
         let (trainer, evaluator) = match &self.stages {
-            Some(s) => (Some(s.trainer.clone()), Some(s.evaluator.clone())),
+            Some(s) => (
+                Some(s.trainer.addr().clone()),
+                Some(s.evaluator.addr().clone()),
+            ),
             None => (None, None),
         };
         Box::pin(

@@ -11,7 +11,7 @@ use actix::prelude::*;
 
 use super::evaluator::Evaluator;
 use super::messages::{Candidate, StageDone, StreamSealed};
-use super::{Busy, Kick, Ping, Stage, StageError, UseConfig, block_on, catch, mark};
+use super::{Bell, Busy, Kick, Pending, Ping, Stage, StageError, UseConfig, catch, mark};
 use crate::config::{Config, ON_NEW_STREAM};
 use crate::pipeline::PipelineError;
 use crate::store::{AdapterState, ItemKind, StageState, Store, StoreError, StreamState};
@@ -20,7 +20,9 @@ use crate::train::TrainError;
 pub struct Trainer {
     pub config: Arc<Config>,
     pub store: Option<Store>,
-    pub next: Addr<Evaluator>,
+    /// Its own notifications' flag (see [`super::Bell`]).
+    pub pending: Pending,
+    pub next: Bell<Evaluator>,
     pub supervisor: Recipient<StageDone>,
     pub stop: Arc<AtomicBool>,
     pub busy: Busy,
@@ -46,8 +48,10 @@ impl Trainer {
         let result = self.try_train();
         let stage_result = match result {
             Ok(Some(candidate)) => {
-                if block_on(self.next.send(candidate)).is_err() {
-                    tracing::warn!("evaluator is gone; the candidate waits in the store");
+                if !self.next.ring(candidate) {
+                    tracing::debug!(
+                        "the evaluator has a notification pending; it finds the candidate in the store"
+                    );
                 }
                 Ok(())
             }
@@ -165,6 +169,7 @@ fn set_aside_if_poison(
 impl Handler<StreamSealed> for Trainer {
     type Result = ();
     fn handle(&mut self, msg: StreamSealed, _: &mut SyncContext<Self>) {
+        self.pending.answer();
         if self.config.schedule.train != ON_NEW_STREAM {
             tracing::info!(stream = msg.stream_id, schedule = %self.config.schedule.train, "stream sealed; training waits for its schedule");
             return;
@@ -176,6 +181,7 @@ impl Handler<StreamSealed> for Trainer {
 impl Handler<Kick> for Trainer {
     type Result = ();
     fn handle(&mut self, _: Kick, _: &mut SyncContext<Self>) {
+        self.pending.answer();
         self.train_next();
     }
 }
