@@ -123,6 +123,7 @@ impl Summarizer {
             }
             for ex in &batch {
                 self.one(store, ex, &mut report).await?;
+                store.stage_progress("summarizer")?;
             }
         }
         if report.ready > 0 {

@@ -326,3 +326,58 @@ fn a_failing_stage_is_retried_with_backoff_and_counted() {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit().success());
 }
+
+/// Before: the watchdog pinged while SQLite answered, so a stage stuck
+/// forever (here a crawl whose server never answers) kept a dead daemon
+/// "healthy". Now the pings stop once a running stage made no progress for
+/// `stall_secs`, and systemd would restart it.
+#[test]
+fn the_watchdog_stops_when_a_stage_makes_no_progress() {
+    let server = common::loopback::Server::start(|_: &common::loopback::Req| {
+        common::loopback::Reply::Delay(
+            Duration::from_secs(60),
+            Box::new(common::loopback::Reply::status(500, &[])),
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lorastream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"state\"\nstall_secs = 2\n\n[[sources]]\nname = \"rows\"\nkind = \"hf_datasets\"\n\
+             base_url = \"{}\"\ndataset = \"quora/x\"\ntimeout_secs = 120\n",
+            server.base
+        ),
+    )
+    .unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let d = Daemon::start_with_env(
+        &config,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    notifications(&sock, "WATCHDOG=1", Duration::from_secs(30));
+    let stalled = d
+        .wait_until(Duration::from_secs(20), |v| {
+            v["message"]
+                == "stage made no progress; watchdog pings stop so systemd restarts the daemon"
+        })
+        .expect("the stall was not noticed");
+    assert_eq!(stalled["stage"], "crawler", "{stalled}");
+    // Drain what was sent before, then: silence.
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while sock.recv(&mut buf).is_ok() {}
+    let quiet_until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < quiet_until {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]);
+            assert!(!msg.contains("WATCHDOG=1"), "pinged while stalled: {msg}");
+        }
+    }
+    d.signal(libc::SIGKILL);
+}

@@ -65,6 +65,8 @@ pub struct Supervisor {
     scheduler: Option<JobScheduler>,
     consecutive: HashMap<Stage, u32>,
     stopping: bool,
+    /// A stage made no progress within `stall_secs` (the watchdog is silent).
+    stalled: bool,
     last_status: String,
 }
 
@@ -101,6 +103,7 @@ impl Supervisor {
             scheduler: None,
             consecutive: HashMap::new(),
             stopping: false,
+            stalled: false,
             last_status: String::new(),
         };
         Ok(Supervisor::create(move |ctx| {
@@ -276,6 +279,38 @@ impl Supervisor {
         }));
     }
 
+    /// WATCHDOG=1 while the store answers and every running stage recorded
+    /// progress within `stall_secs`; a stuck stage (a hung call, a step that
+    /// never ends) stops the pings, and systemd restarts the daemon.
+    fn watchdog(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let rows = match self.store.stages() {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "store unreadable; watchdog pings stop");
+                return;
+            }
+        };
+        let stall_ms = self.config.daemon.stall_secs.saturating_mul(1000) as i64;
+        let now = crate::store::now_ms();
+        match rows
+            .iter()
+            .find(|r| r.state == StageState::Running && now - r.updated_at > stall_ms)
+        {
+            None => {
+                self.stalled = false;
+                self.notifier.watchdog();
+            }
+            Some(r) if !self.stalled => {
+                self.stalled = true;
+                tracing::error!(stage = %r.name, doing = r.detail.as_deref().unwrap_or(""), since_s = (now - r.updated_at) / 1000, stall_secs = self.config.daemon.stall_secs, "stage made no progress; watchdog pings stop so systemd restarts the daemon");
+            }
+            Some(_) => {}
+        }
+    }
+
     /// STATUS= for systemd: what the stages are doing.
     fn status_line(&self) -> String {
         match self.store.stages() {
@@ -307,12 +342,12 @@ impl Actor for Supervisor {
             }
         });
         if let Some(every) = crate::notify::watchdog_interval() {
-            tracing::info!(interval_ms = every.as_millis() as u64, "watchdog enabled");
-            ctx.run_interval(every, |act, _| {
-                if !act.stopping && act.store.schema_version().is_ok() {
-                    act.notifier.watchdog();
-                }
-            });
+            tracing::info!(
+                interval_ms = every.as_millis() as u64,
+                stall_secs = self.config.daemon.stall_secs,
+                "watchdog enabled"
+            );
+            ctx.run_interval(every, |act, _| act.watchdog());
         }
     }
 }

@@ -87,6 +87,7 @@ impl Trainer {
             return Ok(None);
         };
         let log_every = config.train.log_every.max(1);
+        let mut last_sign = std::time::Instant::now();
         let outcome = catch("training", || {
             crate::pipeline::train_stream(
                 &config,
@@ -95,6 +96,11 @@ impl Trainer {
                 crate::store::Actor::Daemon,
                 &stop,
                 |p| {
+                    // The watchdog's sign of life, at most once a second.
+                    if last_sign.elapsed() >= std::time::Duration::from_secs(1) {
+                        last_sign = std::time::Instant::now();
+                        let _ = store.stage_progress(Stage::Trainer.as_str());
+                    }
                     if p.step % log_every == 0 || p.step == p.total_steps {
                         p.log();
                         mark(

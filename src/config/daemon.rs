@@ -21,6 +21,9 @@ pub struct DaemonConfig {
     /// How often one item (a page, a stream, a candidate, a spool file) may
     /// fail before it is set aside with its reason and the rest goes on.
     pub max_item_failures: u32,
+    /// A stage that is running but records no progress for this many seconds
+    /// is stuck: the watchdog pings stop, and systemd restarts the daemon.
+    pub stall_secs: u64,
 }
 
 impl DaemonConfig {
@@ -39,6 +42,7 @@ impl Default for DaemonConfig {
             log_format: LogFormat::Auto,
             log_filter: "info".into(),
             max_item_failures: 3,
+            stall_secs: 1800,
         }
     }
 }

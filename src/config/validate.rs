@@ -121,6 +121,7 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
         problems: Vec::new(),
     };
     k.at_least("daemon.max_item_failures", c.daemon.max_item_failures, 1);
+    k.at_least("daemon.stall_secs", c.daemon.stall_secs, 1);
     check_sources(&mut k, c);
     check_store(&mut k, c);
     check_preprocess(&mut k, c);

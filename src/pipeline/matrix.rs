@@ -203,6 +203,7 @@ pub fn fill_matrix(
                 tokens = p.tokens,
                 "evaluated"
             );
+            store.stage_progress("evaluator")?;
             store.upsert_eval(&EvalRow {
                 adapter_id: v,
                 stream_id: s,

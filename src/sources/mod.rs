@@ -188,6 +188,7 @@ impl FetchReport {
             also(s)?;
             Ok::<_, StoreError>((new, dup))
         })?;
+        store.stage_progress("crawler")?;
         self.new_ids.extend(ids);
         self.fetched += records.len() as u64;
         self.new += new;

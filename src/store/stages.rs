@@ -23,6 +23,17 @@ impl Store {
         Ok(())
     }
 
+    /// A running stage made progress (a page stored, a step trained, a cell
+    /// evaluated): the watchdog's sign of life. No-op when it is not running
+    /// (the CLI runs the same code without the daemon's stages).
+    pub fn stage_progress(&self, name: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE stages SET updated_at = ?2 WHERE name = ?1 AND state = 'running'",
+            params![name, now_ms()],
+        )?;
+        Ok(())
+    }
+
     /// Counts a failure of a stage; it waits (`backoff`) before its next try.
     pub fn stage_failed(&self, name: &str, error: &str) -> Result<()> {
         self.conn.execute(
