@@ -25,6 +25,7 @@
 //! - [`eval`]: perplexity and the forgetting matrix.
 //! - [`replay`]: the replay pool: a bounded reservoir per earlier stream, read
 //!   lazily, weighted toward the streams forgotten most recently.
+//! - [`retention`]: what may be deleted (`[retention]`), disk use and free space.
 //! - [`lineage`]: the chain of versions, base snapshots and merges.
 //! - [`policy`]: the feedback policy: promote, retrain with replay and a lower
 //!   rate, or give a stream up (docs/continual-learning.md).
@@ -53,6 +54,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod preprocess;
 pub mod replay;
+pub mod retention;
 pub mod server;
 pub mod sources;
 pub mod status;

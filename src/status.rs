@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::ml::device::{RuntimeInfo, runtime_info};
+use crate::retention::DiskUse;
 use crate::store::{
     AdapterRow, ExampleState, ItemFailure, RawState, SourceRow, StageRow, Store, StoreError,
     StreamRow,
@@ -35,6 +36,8 @@ pub struct StatusReport {
     /// first: each is tried `max_item_failures` times, then set aside.
     pub item_failures: Vec<ItemFailure>,
     pub max_item_failures: u32,
+    /// The state dir's size by part and its file system's free space.
+    pub disk: Option<DiskUse>,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,6 +77,7 @@ pub fn report(config: &Config, store: Option<&Store>) -> Result<StatusReport, St
         stages: Vec::new(),
         item_failures: Vec::new(),
         max_item_failures: config.daemon.max_item_failures,
+        disk: None,
     };
     let rows = match store {
         Some(s) => s.sources()?,
@@ -101,8 +105,20 @@ pub fn report(config: &Config, store: Option<&Store>) -> Result<StatusReport, St
         report.served_adapter = store.served_adapter()?.map(|a| a.id);
         report.stages = store.stages()?;
         report.item_failures = store.item_failures()?;
+        report.disk = Some(crate::retention::disk_use(config));
     }
     Ok(report)
+}
+
+/// "512 B", "3.4 MB", "12.0 GB" (decimal units).
+fn bytes(n: u64) -> String {
+    let n = n as f64;
+    match n {
+        x if x < 1e3 => format!("{x} B"),
+        x if x < 1e6 => format!("{:.1} kB", x / 1e3),
+        x if x < 1e9 => format!("{:.1} MB", x / 1e6),
+        x => format!("{:.1} GB", x / 1e9),
+    }
 }
 
 /// "12s ago", "5m ago", "3h ago", "2d ago" or "never".
@@ -142,6 +158,27 @@ impl fmt::Display for StatusReport {
             "libtorch   {} ({} CUDA device(s), {} threads)",
             self.libtorch.libtorch_lib, self.libtorch.cuda_devices, self.libtorch.threads
         )?;
+        if let Some(d) = &self.disk {
+            let total: u64 = d.parts.iter().map(|p| p.1).sum();
+            let parts: Vec<String> = d
+                .parts
+                .iter()
+                .map(|(p, n)| format!("{p} {}", bytes(*n)))
+                .collect();
+            writeln!(
+                o,
+                "disk       {} in the state dir ({}); {} free of {}{}",
+                bytes(total),
+                parts.join(", "),
+                bytes(d.free_bytes),
+                bytes(d.fs_bytes),
+                if d.low {
+                    "  LOW (under [retention] min_free_bytes)"
+                } else {
+                    ""
+                }
+            )?;
+        }
         if !self.stages.is_empty() {
             writeln!(
                 o,

@@ -30,6 +30,7 @@ pub mod feedback;
 pub mod messages;
 pub mod preprocessor;
 pub mod schedule;
+mod stages;
 pub mod summarizer;
 pub mod supervisor;
 pub mod trainer;

@@ -4,7 +4,6 @@
 //! STOPPING), reloads the config and shuts down in order.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -12,17 +11,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio_cron_scheduler::JobScheduler;
 
-use super::crawler::{Crawl, Crawler};
-use super::evaluator::Evaluator;
-use super::feedback::Feedback;
+use super::crawler::Crawl;
 use super::messages::{Decided, StageDone};
-use super::preprocessor::Preprocessor;
 use super::schedule::{self, CronFired, Scheduled};
-use super::summarizer::{Seal, Summarizer};
-use super::trainer::Trainer;
-use super::{Bell, Busy, Kick, Pending, Ping, Stage, UseConfig};
+use super::stages::{PendingStores, Stages};
+use super::summarizer::Seal;
+use super::{Busy, Kick, Ping, Stage, UseConfig};
 use crate::config::{Config, ON_NEW_STREAM};
-use crate::http::Http;
 use crate::notify::Notifier;
 use crate::store::{AdapterState, StageState, Store, StoreError};
 
@@ -46,15 +41,6 @@ pub struct Reload(pub Arc<Config>);
 #[rtype(result = "()")]
 pub struct Shutdown;
 
-struct Stages {
-    crawler: Addr<Crawler>,
-    preprocessor: Addr<Preprocessor>,
-    summarizer: Addr<Summarizer>,
-    trainer: Bell<Trainer>,
-    evaluator: Bell<Evaluator>,
-    feedback: Addr<Feedback>,
-}
-
 pub struct Supervisor {
     config: Arc<Config>,
     store: Store,
@@ -67,16 +53,9 @@ pub struct Supervisor {
     stopping: bool,
     /// A stage made no progress within `stall_secs` (the watchdog is silent).
     stalled: bool,
+    /// Free space is below `[retention] min_free_bytes` (warned once).
+    low_space: bool,
     last_status: String,
-}
-
-/// Store connections of the async stages, opened by `start` (so a failure is
-/// its error, not a panic inside an arbiter).
-struct PendingStores {
-    crawler: Store,
-    preprocessor: Store,
-    summarizer: Store,
-    feedback: Store,
 }
 
 impl Supervisor {
@@ -104,126 +83,20 @@ impl Supervisor {
             consecutive: HashMap::new(),
             stopping: false,
             stalled: false,
+            low_space: false,
             last_status: String::new(),
         };
         Ok(Supervisor::create(move |ctx| {
             let mut supervisor = supervisor;
-            supervisor.spawn_stages(ctx, pending);
+            supervisor.stages = Some(Stages::spawn(
+                ctx.address(),
+                &supervisor.config,
+                &supervisor.busy,
+                &supervisor.stop,
+                pending,
+            ));
             supervisor
         }))
-    }
-
-    fn spawn_stages(&mut self, ctx: &mut Context<Self>, p: PendingStores) {
-        let me = ctx.address();
-        let config = Arc::clone(&self.config);
-        let http = Http::new();
-        let feedback = Feedback {
-            config: Arc::clone(&config),
-            store: p.feedback,
-            supervisor: me.clone().recipient(),
-            done: me.clone().recipient(),
-        }
-        .start();
-        let evaluator = {
-            let (config, feedback, me, busy) = (
-                Arc::clone(&config),
-                feedback.clone(),
-                me.clone(),
-                self.busy.clone(),
-            );
-            let pending = Pending::default();
-            let flag = pending.clone();
-            let addr = SyncArbiter::start(1, move || Evaluator {
-                config: Arc::clone(&config),
-                store: None,
-                pending: flag.clone(),
-                next: feedback.clone(),
-                supervisor: me.clone().recipient(),
-                busy: busy.clone(),
-            });
-            Bell::new(addr, pending)
-        };
-        let trainer = {
-            let (config, evaluator, me, busy, stop) = (
-                Arc::clone(&config),
-                evaluator.clone(),
-                me.clone(),
-                self.busy.clone(),
-                Arc::clone(&self.stop),
-            );
-            let pending = Pending::default();
-            let flag = pending.clone();
-            let addr = SyncArbiter::start(1, move || Trainer {
-                config: Arc::clone(&config),
-                store: None,
-                pending: flag.clone(),
-                next: evaluator.clone(),
-                supervisor: me.clone().recipient(),
-                stop: Arc::clone(&stop),
-                busy: busy.clone(),
-            });
-            Bell::new(addr, pending)
-        };
-        // Crawl, clean and condense share one thread of their own.
-        let data = Arbiter::new().handle();
-        let summarizer = {
-            let (config, trainer, me, busy, http, store) = (
-                Arc::clone(&config),
-                trainer.clone(),
-                me.clone(),
-                self.busy.clone(),
-                http.clone(),
-                p.summarizer,
-            );
-            Summarizer::start_in_arbiter(&data, move |_| Summarizer {
-                condenser: Summarizer::condenser(&config, &http),
-                config,
-                store: Rc::new(store),
-                http,
-                next: trainer,
-                supervisor: me.recipient(),
-                busy,
-            })
-        };
-        let preprocessor = {
-            let (config, next, me, store) = (
-                Arc::clone(&config),
-                summarizer.clone(),
-                me.clone(),
-                p.preprocessor,
-            );
-            Preprocessor::start_in_arbiter(&data, move |_| Preprocessor {
-                config,
-                store: Rc::new(store),
-                next,
-                supervisor: me.recipient(),
-            })
-        };
-        let crawler = {
-            let (config, next, me, busy, store) = (
-                Arc::clone(&config),
-                preprocessor.clone(),
-                me.clone(),
-                self.busy.clone(),
-                p.crawler,
-            );
-            Crawler::start_in_arbiter(&data, move |_| Crawler {
-                config,
-                store: Rc::new(store),
-                http,
-                next,
-                supervisor: me.recipient(),
-                busy,
-            })
-        };
-        self.stages = Some(Stages {
-            crawler,
-            preprocessor,
-            summarizer,
-            trainer,
-            evaluator,
-            feedback,
-        });
     }
 
     /// Resumes what the store says was in flight.
@@ -311,6 +184,12 @@ impl Supervisor {
         }
     }
 
+    fn retention(&self) {
+        if let Err(e) = crate::retention::sweep(&self.config, &self.store) {
+            tracing::warn!(error = %e, "retention sweep failed; retried in an hour");
+        }
+    }
+
     /// STATUS= for systemd: what the stages are doing.
     fn status_line(&self) -> String {
         match self.store.stages() {
@@ -319,6 +198,24 @@ impl Supervisor {
             Err(e) => format!("store unreadable: {e}"),
         }
     }
+}
+
+/// Warns once when free space falls below `[retention] min_free_bytes`, and
+/// once when it is back. (A full disk fails the current step, which is
+/// retried after a backoff and resumes once there is space.)
+fn act_on_free_space(act: &mut Supervisor) {
+    let dir = act.config.state_dir();
+    let Some((free, _)) = crate::retention::free_space(&dir) else {
+        return;
+    };
+    let min = act.config.retention.min_free_bytes;
+    let low = free < min;
+    if low && !act.low_space {
+        tracing::warn!(free_bytes = free, min_free_bytes = min, state_dir = %dir.display(), "low disk space on the state dir");
+    } else if !low && act.low_space {
+        tracing::info!(free_bytes = free, "disk space back above min_free_bytes");
+    }
+    act.low_space = low;
 }
 
 impl Actor for Supervisor {
@@ -341,6 +238,10 @@ impl Actor for Supervisor {
                 act.last_status = line;
             }
         });
+        // Retention hourly (and after each decision); free space every minute.
+        ctx.run_interval(Duration::from_secs(3600), |act, _| act.retention());
+        act_on_free_space(self);
+        ctx.run_interval(Duration::from_secs(60), |act, _| act_on_free_space(act));
         if let Some(every) = crate::notify::watchdog_interval() {
             tracing::info!(
                 interval_ms = every.as_millis() as u64,
@@ -427,6 +328,7 @@ impl Handler<Decided> for Supervisor {
         if !self.stopping && self.config.schedule.train == ON_NEW_STREAM {
             self.kick(Stage::Trainer);
         }
+        self.retention();
     }
 }
 

@@ -139,6 +139,17 @@ pub fn promote(config: &Config, version: i64) -> anyhow::Result<ExitCode> {
             a.state
         );
     }
+    let weights = match a.kind {
+        lorastream::store::AdapterKind::Lora => a.path.join("adapter_model.safetensors"),
+        lorastream::store::AdapterKind::Merge => a.path.clone(),
+    };
+    if !weights.exists() {
+        anyhow::bail!(
+            "v{version}'s files are gone ({} is missing; [retention] keep_rejected removes \
+             the files of older rejected versions): it cannot be served",
+            weights.display()
+        );
+    }
     store.set_adapter_state(
         version,
         AdapterState::Promoted,

@@ -1,4 +1,5 @@
-//! The operational sections: `[daemon]`, `[store]`, `[server]`, `[schedule]`.
+//! The operational sections: `[daemon]`, `[store]`, `[server]`, `[schedule]`,
+//! `[retention]`.
 
 use std::path::PathBuf;
 
@@ -161,3 +162,35 @@ impl Default for ScheduleConfig {
 
 /// The value of `[schedule] train` that trains as soon as a stream is sealed.
 pub const ON_NEW_STREAM: &str = "on_new_stream";
+
+/// `[retention]`: what the daemon deletes so the state dir does not grow
+/// without bound, and when it warns about disk space.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Rejected, not-learned and failed versions whose files are kept (the
+    /// newest); older ones lose their directory (the row and decision stay).
+    pub keep_rejected: usize,
+    /// Delete the training checkpoints (`checkpoint-*.safetensors`,
+    /// `best.safetensors`, about 3× the adapter) of decided versions.
+    pub drop_checkpoints: bool,
+    /// Days ingested spool files stay in `done/`; 0 keeps them.
+    pub done_days: u64,
+    /// The WAL file is truncated to this size after a checkpoint.
+    pub wal_max_bytes: u64,
+    /// Below this much free space on the state dir's file system the daemon
+    /// logs a warning (once per crossing) and `status` shows it.
+    pub min_free_bytes: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep_rejected: 3,
+            drop_checkpoints: true,
+            done_days: 30,
+            wal_max_bytes: 64 << 20,
+            min_free_bytes: 2 << 30,
+        }
+    }
+}

@@ -10,7 +10,7 @@
 //! # Layout
 //!
 //! - this file: [`Config`], loading, path resolution, [`ConfigError`];
-//! - `daemon`: `[daemon]`, `[store]`, `[server]`, `[schedule]`;
+//! - `daemon`: `[daemon]`, `[store]`, `[server]`, `[schedule]`, `[retention]`;
 //! - `source`: `[[sources]]` and the checks of one source;
 //! - `data`: `[preprocess]`, `[streams]`, `[summarizer]`;
 //! - `learning`: `[model]`, `[lora]`, `[train]`, `[eval]`, `[feedback]`;
@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 /// The dtype setting is the model layer's own type.
 pub use crate::ml::DType;
 pub use daemon::{
-    DaemonConfig, LogFormat, ON_NEW_STREAM, OverflowPolicy, ScheduleConfig, ServerConfig,
-    StoreConfig,
+    DaemonConfig, LogFormat, ON_NEW_STREAM, OverflowPolicy, RetentionConfig, ScheduleConfig,
+    ServerConfig, StoreConfig,
 };
 pub use data::{PreprocessConfig, StreamsConfig, SummarizerBackend, SummarizerConfig};
 pub use learning::{
@@ -60,6 +60,7 @@ pub struct Config {
     pub feedback: FeedbackConfig,
     pub server: ServerConfig,
     pub schedule: ScheduleConfig,
+    pub retention: RetentionConfig,
 }
 
 /// A config problem tied to a place in the file.

@@ -157,12 +157,18 @@ impl Store {
         Self::open_with_timeout(path, Duration::from_secs(5))
     }
 
-    /// The store a config names (`[store] path`, `busy_timeout_ms`).
+    /// The store a config names (`[store] path`, `busy_timeout_ms`; the WAL
+    /// truncated to `[retention] wal_max_bytes` after checkpoints).
     pub fn open_for(config: &crate::config::Config) -> Result<Store> {
-        Self::open_with_timeout(
+        let store = Self::open_with_timeout(
             &config.store_path(),
             Duration::from_millis(config.store.busy_timeout_ms),
-        )
+        )?;
+        let limit = i64::try_from(config.retention.wal_max_bytes).unwrap_or(i64::MAX);
+        store
+            .conn
+            .pragma_update(None, "journal_size_limit", limit)?;
+        Ok(store)
     }
 
     /// Opens an existing database for reading only (`status`, while a daemon
