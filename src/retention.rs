@@ -192,8 +192,9 @@ pub fn free_space(dir: &Path) -> Option<(u64, u64)> {
     }
     // SAFETY: filled by the successful call above.
     let st = unsafe { st.assume_init() };
-    let frsize = st.f_frsize as u64;
-    Some((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    let (frsize, avail, blocks) = (st.f_frsize as u64, st.f_bavail as u64, st.f_blocks as u64);
+    Some((avail * frsize, blocks * frsize))
 }
 
 #[cfg(test)]

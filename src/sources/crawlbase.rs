@@ -222,7 +222,7 @@ fn body_text(page: &Value) -> Result<String, SourceError> {
 }
 
 /// The scraper's object: `body` as an object, or as a JSON string.
-fn scraped(page: &Value) -> Result<Value, SourceError> {
+pub fn scraped(page: &Value) -> Result<Value, SourceError> {
     match page.get("body") {
         Some(Value::Object(_)) => Ok(page["body"].clone()),
         Some(Value::String(s)) => Ok(parse_json(s.as_bytes(), "Crawlbase scraper body")?),

@@ -100,7 +100,7 @@ fn rows_api(problem: ResponseProblem) -> SourceError {
 }
 
 /// The records of one page and the dataset's row count, if given.
-fn parse_page(
+pub fn parse_page(
     page: &Value,
     src: &SourceConfig,
     dataset: &str,

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
-pub use read::{BadFile, Row, for_each_row, format_of, validate};
+pub use read::{BadFile, Row, for_each_row, format_of, rows, validate};
 
 use super::{FetchReport, Record, SourceError};
 use crate::config::SourceConfig;
@@ -198,11 +198,12 @@ fn ingest(
         }
         chunk.push(to_record(row, src, &f.name, &stem));
         done = index;
-        if chunk.len() == CHUNK && done < cursor.rows_total {
-            if let Err(e) = flush(&mut chunk, done, false) {
-                failed = Some(e);
-                return ControlFlow::Break(());
-            }
+        if chunk.len() == CHUNK
+            && done < cursor.rows_total
+            && let Err(e) = flush(&mut chunk, done, false)
+        {
+            failed = Some(e);
+            return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
     })

@@ -114,7 +114,17 @@ pub fn for_each_row(
     question: &str,
     each: &mut dyn FnMut(Row) -> ControlFlow<()>,
 ) -> Result<(), BadFile> {
-    let mut rd = BufReader::with_capacity(1 << 16, File::open(path).map_err(BadFile::Read)?);
+    let rd = BufReader::with_capacity(1 << 16, File::open(path).map_err(BadFile::Read)?);
+    rows(rd, format, question, each)
+}
+
+/// [`for_each_row`] over any reader (the fuzz tests feed bytes).
+pub fn rows(
+    mut rd: impl BufRead,
+    format: SpoolFormat,
+    question: &str,
+    each: &mut dyn FnMut(Row) -> ControlFlow<()>,
+) -> Result<(), BadFile> {
     if rd
         .fill_buf()
         .map_err(BadFile::Read)?
