@@ -37,6 +37,24 @@ pub fn check_writable(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// `create_dir_all` that fsyncs the parent of every directory it creates, so
+/// a new directory (and what is then renamed into it) survives a power loss.
+pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(p) = parent {
+        create_dir_all_durable(p)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    sync_dir(parent.unwrap_or(Path::new(".")))
+}
+
 /// Fsyncs a directory so a rename inside it is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -56,7 +74,7 @@ where
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&dir)?;
+    create_dir_all_durable(&dir)?;
     let tmp = temp_path(target)?;
     let result = (|| {
         fill(&tmp)?;

@@ -39,6 +39,8 @@ pub struct Sweep {
 pub fn sweep(config: &Config, store: &Store) -> Result<Sweep, RetentionError> {
     let r = &config.retention;
     let mut out = Sweep::default();
+    // The decisions that make these files unneeded are on disk first.
+    store.checkpoint()?;
     let adapters = store.adapters()?;
     let decided = |s: AdapterState| !matches!(s, AdapterState::Training | AdapterState::Candidate);
     if r.drop_checkpoints {

@@ -392,3 +392,33 @@ fn a_finished_run_that_was_not_recorded_is_not_trained_again() {
     assert_eq!(log["resumed_from"], first["steps"], "{log}");
     assert_eq!(log["losses"], first["losses"]);
 }
+
+/// Before: a spool file name was logged as it is, so a newline in a dropped
+/// file's name could forge a log line. Now names are quoted and escaped.
+#[test]
+fn a_file_name_cannot_forge_a_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = spool_config(dir.path(), "");
+    let name = "x.csv\nERROR forged: all data deleted\n.csv";
+    std::fs::write(
+        dir.path().join("spool").join(name),
+        "question,answer\nQ?,A.\n",
+    )
+    .unwrap();
+    let out = common::lorastream()
+        .args(["--log-format", "pretty", "--config"])
+        .arg(&config)
+        .args(["crawl", "--once"])
+        .output()
+        .unwrap();
+    common::assert_ok(&out);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        logs.contains(r#"file="x.csv\nERROR forged: all data deleted\n.csv""#),
+        "{logs}"
+    );
+    assert!(
+        !logs.lines().any(|l| l.starts_with("ERROR forged")),
+        "{logs}"
+    );
+}

@@ -306,7 +306,7 @@ impl PeftConfig {
 /// Writes an adapter directory: `adapter_model.safetensors` and `adapter_config.json`,
 /// each atomically.
 pub fn save_adapter(dir: &Path, config: &PeftConfig, layers: &[&Linear]) -> Result<(), MlError> {
-    std::fs::create_dir_all(dir).map_err(|e| MlError::io(dir, e))?;
+    crate::fsutil::create_dir_all_durable(dir).map_err(|e| MlError::io(dir, e))?;
     let mut tensors = Vec::new();
     for l in layers {
         if let Some(w) = &l.lora {

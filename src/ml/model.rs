@@ -362,7 +362,7 @@ impl CausalLm {
         if !was_merged {
             self.unmerge_lora();
         }
-        std::fs::create_dir_all(dir).map_err(|e| MlError::io(dir, e))?;
+        crate::fsutil::create_dir_all_durable(dir).map_err(|e| MlError::io(dir, e))?;
         super::weights::write_safetensors_atomic(&dir.join("model.safetensors"), &named)?;
         let cfg = dir.join("config.json");
         crate::fsutil::write_json_atomic(&cfg, &self.config.to_json())

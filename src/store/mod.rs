@@ -298,16 +298,15 @@ impl Store {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))?)
     }
 
-    /// Flushes the WAL into the main file (used on shutdown).
+    /// Flushes the WAL into the main file, syncing it first: every committed
+    /// transaction is durable after it (on shutdown; before retention deletes
+    /// files that committed decisions made unneeded).
     pub fn checkpoint(&self) -> Result<()> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 
-    /// Runs `f` in one immediate transaction (or the caller's, when one is
-    /// open): committed when it returns `Ok`, rolled back when it fails. Store
-    /// methods called inside join it.
     /// Runs `f` with `synchronous = FULL`: a transaction it commits is on disk
     /// when it returns (WAL synced), not only after the next checkpoint. For
     /// commits that something outside the database depends on (a file moved,
@@ -326,6 +325,9 @@ impl Store {
         r
     }
 
+    /// Runs `f` in one immediate transaction (or the caller's, when one is
+    /// open): committed when it returns `Ok`, rolled back when it fails. Store
+    /// methods called inside join it.
     pub fn in_transaction<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&Store) -> std::result::Result<T, E>,

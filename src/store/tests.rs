@@ -473,3 +473,20 @@ fn content_hash_ignores_spacing_but_not_text_or_boundaries() {
     assert_ne!(content_hash(&["a b", "c"]), content_hash(&["a", "b c"]));
     assert_ne!(content_hash(&["a", "b"]), content_hash(&["a", "c"]));
 }
+
+/// Before: every commit was `synchronous = NORMAL`, so a power loss could keep
+/// a spool file's move to done/ and lose the rows it depended on.
+#[test]
+fn a_durable_commit_is_synced_then_normal_again() {
+    let (_dir, store) = open();
+    let sync = |s: &Store| -> i64 {
+        s.conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(sync(&store), 1, "NORMAL");
+    let inside = store.durably(|| Ok::<_, StoreError>(sync(&store))).unwrap();
+    assert_eq!(inside, 2, "FULL inside");
+    assert_eq!(sync(&store), 1);
+    store.checkpoint().unwrap();
+}

@@ -216,7 +216,7 @@ pub fn train(
     mut progress: impl FnMut(&Progress),
 ) -> Result<TrainOutcome, TrainError> {
     let spec = job.spec;
-    std::fs::create_dir_all(job.out_dir).map_err(io_err(job.out_dir))?;
+    crate::fsutil::create_dir_all_durable(job.out_dir).map_err(io_err(job.out_dir))?;
     let examples = encode_all(job.tok, job.train, spec)?;
     let replay = encode_all(job.tok, job.replay, spec)?;
     if examples.is_empty() {

@@ -245,10 +245,7 @@ fn skipped_name(name: &str) -> bool {
 /// directories are fsynced, so the move survives a power loss.
 fn move_to(dir: &Path, sub: &str, path: &Path, name: &str) -> std::io::Result<PathBuf> {
     let target_dir = dir.join(sub);
-    if !target_dir.is_dir() {
-        std::fs::create_dir_all(&target_dir)?;
-        crate::fsutil::sync_dir(dir)?;
-    }
+    crate::fsutil::create_dir_all_durable(&target_dir)?;
     let mut to = target_dir.join(name);
     let mut n = 1;
     while to.exists() {
