@@ -479,12 +479,6 @@ fn crawlbase_a_page_that_always_fails_is_set_aside_and_the_rest_is_reached() {
     let http = Http::new();
     let rt = rt();
     let poison = "https://www.quora.com/What-is-the-difference-between-a-process-and-a-thread";
-    let asked = |from: usize| -> usize {
-        server.seen()[from..]
-            .iter()
-            .filter(|r| r.query.get("url").map(String::as_str) == Some(poison))
-            .count()
-    };
     let r1 = rt.block_on(run_source(&http, &store, dir.path(), &src, 2));
     assert_eq!(
         (r1.new, r1.items_failed, r1.error.as_deref()),
@@ -500,5 +494,6 @@ fn crawlbase_a_page_that_always_fails_is_set_aside_and_the_rest_is_reached() {
     let before = server.seen().len();
     let r3 = rt.block_on(run_source(&http, &store, dir.path(), &src, 2));
     assert_eq!((r3.items_failed, r3.error.as_deref()), (0, None));
-    assert_eq!(asked(before), 0);
+    let seen = server.seen();
+    assert!(seen[before..].iter().all(|r| r.query["url"] != poison));
 }

@@ -56,15 +56,7 @@ pub fn resolve(spec: &str) -> Result<Device, DeviceError> {
 /// nodes, say once why the GPU is not used.
 fn warn_if_gpu_unused() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    let node = std::fs::read_dir("/dev").ok().and_then(|d| {
-        d.flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .find(|n| {
-                n.strip_prefix("nvidia")
-                    .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
-            })
-    });
-    if let Some(node) = node {
+    if let Some(node) = gpu_node(std::path::Path::new("/dev")) {
         ONCE.call_once(|| {
             tracing::warn!(
                 node = %format!("/dev/{node}"),
@@ -74,6 +66,16 @@ fn warn_if_gpu_unused() {
             )
         });
     }
+}
+
+/// The first NVIDIA GPU node (`nvidia0`, `nvidia1` …) in `dev`, if any.
+fn gpu_node(dev: &std::path::Path) -> Option<String> {
+    std::fs::read_dir(dev).ok()?.flatten().find_map(|e| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        n.strip_prefix("nvidia")
+            .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+            .then_some(n)
+    })
 }
 
 /// The device and dtype `[model]` asks for: `dtype = "auto"` is bf16 on CUDA
@@ -128,6 +130,17 @@ pub fn runtime_info() -> RuntimeInfo {
 mod tests {
     use super::*;
     use tch::{Kind, Tensor};
+
+    #[test]
+    fn gpu_nodes_are_found_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["nvidiactl", "nvidia-uvm", "nvidia-caps"] {
+            std::fs::write(d.path().join(n), "").unwrap();
+        }
+        assert_eq!(gpu_node(d.path()), None);
+        std::fs::write(d.path().join("nvidia0"), "").unwrap();
+        assert_eq!(gpu_node(d.path()).as_deref(), Some("nvidia0"));
+    }
 
     #[test]
     fn resolves_device_specs() {
