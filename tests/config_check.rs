@@ -264,18 +264,9 @@ fn a_spool_dir_this_process_cannot_write_is_refused() {
     let script = format!(
         "mount --bind {s} {s} && mount -o remount,bind,ro {s} {s} || exit 99; exec \"$0\" config check --config \"$1\""
     );
-    let out = std::process::Command::new("unshare")
-        .args(["-rm", "sh", "-c", &script, env!("CARGO_BIN_EXE_lorastream")])
-        .arg(&config)
-        .output()
-        .unwrap();
-    if matches!(out.status.code(), Some(99) | None) {
-        eprintln!(
-            "SKIP: cannot make a read-only bind mount here (unshare -rm): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let Some(out) = common::in_mount_namespace(&script, &[config.as_os_str()]) else {
         return;
-    }
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{stderr}");
     assert!(

@@ -158,19 +158,25 @@ fn notifications(
     panic!("no {until:?} within {within:?}; got {got:?}");
 }
 
-#[test]
-fn speaks_the_systemd_notify_protocol() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
-    let sock_path = dir.path().join("notify.sock");
+/// The daemon with a NOTIFY_SOCKET we read, and a 400 ms watchdog.
+fn with_notify_socket(dir: &Path, config: &Path) -> (Daemon, std::os::unix::net::UnixDatagram) {
+    let sock_path = dir.join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     let d = Daemon::start_with_env(
-        &config,
+        config,
         &[
             ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
             ("WATCHDOG_USEC", "400000"),
         ],
     );
+    (d, sock)
+}
+
+#[test]
+fn speaks_the_systemd_notify_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let (d, sock) = with_notify_socket(dir.path(), &config);
     let got = notifications(&sock, "READY=1", Duration::from_secs(30));
     // READY only once the store is open and the stages run.
     assert!(dir.path().join("state/lorastream.db").exists());
@@ -350,15 +356,7 @@ fn the_watchdog_stops_when_a_stage_makes_no_progress() {
         ),
     )
     .unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    let d = Daemon::start_with_env(
-        &config,
-        &[
-            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
-    );
+    let (d, sock) = with_notify_socket(dir.path(), &config);
     notifications(&sock, "WATCHDOG=1", Duration::from_secs(30));
     let stalled = d
         .wait_until(Duration::from_secs(20), |v| {

@@ -18,11 +18,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
-use common::loopback::{Reply, Req, Server};
+use common::loopback::{Reply, Req, Server, rows_api};
 use lorastream::store::{AdapterState, Store};
 use serde_json::{Value, json};
 
@@ -44,26 +43,6 @@ fn rows() -> Vec<Value> {
             json!({"question": format!("What is fact {i} about {topic}?"), "answer": answer})
         })
         .collect()
-}
-
-fn rows_server() -> Server {
-    let rows = Arc::new(rows());
-    Server::start(move |req: &Req| {
-        let offset: usize = req.query["offset"].parse().unwrap();
-        let length: usize = req.query["length"].parse().unwrap();
-        let page: Vec<Value> = rows
-            .iter()
-            .enumerate()
-            .skip(offset)
-            .take(length)
-            .map(|(i, r)| json!({"row_idx": i, "row": r, "truncated_cells": []}))
-            .collect();
-        let body = json!({"rows": page, "num_rows_total": rows.len(), "partial": false});
-        Reply::Delay(
-            Duration::from_millis(100),
-            Box::new(Reply::json(200, &body)),
-        )
-    })
 }
 
 /// Condenses to the first sentence of the answer, as a model would, slowly.
@@ -290,7 +269,7 @@ fn killed_at_random_moments_the_daemon_ends_as_an_uninterrupted_run() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6);
-    let (rows, sum) = (rows_server(), summarizer());
+    let (rows, sum) = (rows_api(rows(), Duration::from_millis(250)), summarizer());
     let reference = tempfile::tempdir().unwrap();
     let config = setup(reference.path(), &rows.base, &sum.base);
     let t = Instant::now();

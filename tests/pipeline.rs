@@ -8,11 +8,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
-use common::loopback::{Reply, Req, Server};
+use common::loopback::rows_api;
 use lorastream::store::{AdapterState, ExampleState, RawState, StreamState};
 use serde_json::{Value, json};
 
@@ -37,29 +36,6 @@ fn quora_rows() -> Option<Vec<Value>> {
             })
             .collect(),
     )
-}
-
-/// The rows API over `rows`; every page takes `delay` (to catch a crawl in flight).
-fn rows_server(rows: Vec<Value>, delay: Duration) -> Server {
-    let rows = Arc::new(rows);
-    Server::start(move |req: &Req| {
-        let offset: usize = req.query["offset"].parse().unwrap();
-        let length: usize = req.query["length"].parse().unwrap();
-        let page: Vec<Value> = rows
-            .iter()
-            .enumerate()
-            .skip(offset)
-            .take(length)
-            .map(|(i, r)| json!({"row_idx": i, "row": r, "truncated_cells": []}))
-            .collect();
-        let body =
-            json!({"features": [], "rows": page, "num_rows_total": rows.len(), "partial": false});
-        if delay.is_zero() {
-            Reply::json(200, &body)
-        } else {
-            Reply::Delay(delay, Box::new(Reply::json(200, &body)))
-        }
-    })
 }
 
 struct Setup {
@@ -238,7 +214,7 @@ fn check_final(f: &Final) {
 #[test]
 fn two_streams_flow_from_crawl_to_feedback_in_process() {
     let Some(rows) = quora_rows() else { return };
-    let server = rows_server(rows, Duration::ZERO);
+    let server = rows_api(rows, Duration::ZERO);
     let s = setup(&server.base);
     let config = lorastream::config::Config::load(&s.config).unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -271,7 +247,7 @@ fn two_streams_flow_from_crawl_to_feedback_in_process() {
 fn killed_anywhere_the_daemon_resumes_and_ends_the_same() {
     let Some(rows) = quora_rows() else { return };
     // Pages take 400 ms, so a crawl can be caught in flight.
-    let server = rows_server(rows, Duration::from_millis(400));
+    let server = rows_api(rows, Duration::from_millis(400));
     let s = setup(&server.base);
     let log = |msg: &'static str| move |v: &Value| v["message"] == msg;
 

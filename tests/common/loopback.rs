@@ -164,3 +164,22 @@ fn serve(
     let _ = conn.shutdown(std::net::Shutdown::Both);
     Ok(())
 }
+
+/// The datasets-server rows API over `rows`; every page takes `delay` (to
+/// catch a crawl in flight).
+pub fn rows_api(rows: Vec<serde_json::Value>, delay: std::time::Duration) -> Server {
+    let rows = Arc::new(rows);
+    Server::start(move |req: &Req| {
+        let offset: usize = req.query["offset"].parse().unwrap();
+        let length: usize = req.query["length"].parse().unwrap();
+        let page: Vec<serde_json::Value> = rows
+            .iter()
+            .enumerate()
+            .skip(offset)
+            .take(length)
+            .map(|(i, r)| serde_json::json!({"row_idx": i, "row": r, "truncated_cells": []}))
+            .collect();
+        let body = serde_json::json!({"features": [], "rows": page, "num_rows_total": rows.len(), "partial": false});
+        Reply::Delay(delay, Box::new(Reply::json(200, &body)))
+    })
+}

@@ -28,5 +28,37 @@ pub fn tiny_llama(out: &std::path::Path) {
     assert_ok(&run);
 }
 
+/// Runs `script` with `sh -c` in a private user and mount namespace
+/// (`unshare -rm`), `$0` being the lorastream binary and `$1…` `args`: the
+/// way to make read-only bind mounts or a small tmpfs as systemd or a full
+/// disk would. The script exits 99 when it cannot mount; then `None`, with
+/// the reason printed, and the test skips.
+pub fn in_mount_namespace(script: &str, args: &[&std::ffi::OsStr]) -> Option<Output> {
+    let out = Command::new("unshare")
+        .args(["-rm", "sh", "-c", script, env!("CARGO_BIN_EXE_lorastream")])
+        .args(args)
+        .output()
+        .ok()?;
+    if matches!(out.status.code(), Some(99) | None) {
+        eprintln!(
+            "SKIP: cannot mount in a private namespace here (unshare -rm): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    Some(out)
+}
+
+/// A CSV of `rows` distinct question/answer rows about `what`.
+pub fn big_csv(path: &std::path::Path, rows: usize, what: &str) {
+    let mut text = String::from("question,answer\n");
+    for i in 0..rows {
+        text.push_str(&format!(
+            "Question {i} about {what}?,Answer {i}: it depends.\n"
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
 pub mod daemon;
 pub mod loopback;

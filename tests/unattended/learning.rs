@@ -6,19 +6,22 @@ use std::time::Duration;
 use super::common::{self, daemon::Daemon};
 use super::{run, setup, status, stream_file};
 
+/// A state dir with two imported streams of 12 examples each.
+fn two_streams(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = setup(dir, "[[sources]]\nname = \"drops\"\nkind = \"spool\"\n");
+    for topic in ["rivers", "stars"] {
+        let f = stream_file(dir, topic, 12);
+        run(&config, &["streams", "import", f.to_str().unwrap()]);
+    }
+    config
+}
+
 /// Before: the oldest stream failed on every try (a corrupt file, out of
 /// memory on the same step) and blocked every later stream for good.
 #[test]
 fn a_stream_that_always_fails_is_set_aside_and_the_next_one_trains() {
     let dir = tempfile::tempdir().unwrap();
-    let config = setup(
-        dir.path(),
-        "[[sources]]\nname = \"drops\"\nkind = \"spool\"\n",
-    );
-    for topic in ["rivers", "stars"] {
-        let f = stream_file(dir.path(), topic, 12);
-        run(&config, &["streams", "import", f.to_str().unwrap()]);
-    }
+    let config = two_streams(dir.path());
     // Stream 1's training data is corrupted on disk.
     std::fs::write(
         dir.path().join("state/streams/1/train.jsonl"),
@@ -68,14 +71,7 @@ fn a_stream_that_always_fails_is_set_aside_and_the_next_one_trains() {
 #[test]
 fn a_candidate_that_cannot_be_evaluated_fails_and_training_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let config = setup(
-        dir.path(),
-        "[[sources]]\nname = \"drops\"\nkind = \"spool\"\n",
-    );
-    for topic in ["rivers", "stars"] {
-        let f = stream_file(dir.path(), topic, 12);
-        run(&config, &["streams", "import", f.to_str().unwrap()]);
-    }
+    let config = two_streams(dir.path());
     run(&config, &["train"]);
     // The candidate's weights are damaged before it is evaluated.
     std::fs::write(
@@ -222,14 +218,7 @@ fn a_finished_run_that_was_not_recorded_is_not_trained_again() {
 #[test]
 fn a_candidate_that_cannot_be_decided_fails_and_training_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let config = setup(
-        dir.path(),
-        "[[sources]]\nname = \"drops\"\nkind = \"spool\"\n",
-    );
-    for topic in ["rivers", "stars"] {
-        let f = stream_file(dir.path(), topic, 12);
-        run(&config, &["streams", "import", f.to_str().unwrap()]);
-    }
+    let config = two_streams(dir.path());
     run(&config, &["train"]);
     rusqlite::Connection::open(dir.path().join("state/lorastream.db"))
         .unwrap()

@@ -46,13 +46,7 @@ fn a_spool_file_killed_midway_resumes_after_its_last_chunk() {
     let dir = tempfile::tempdir().unwrap();
     let config = spool_config(dir.path(), "");
     const ROWS: usize = 60_000;
-    let mut text = String::from("question,answer\n");
-    for i in 0..ROWS {
-        text.push_str(&format!(
-            "Question {i} about spools?,Answer {i}: in chunks.\n"
-        ));
-    }
-    std::fs::write(dir.path().join("spool/big.csv"), text).unwrap();
+    common::big_csv(&dir.path().join("spool/big.csv"), ROWS, "spools");
     let mut child = common::lorastream()
         .args(["-q", "--config"])
         .arg(&config)
@@ -157,13 +151,7 @@ fn a_full_disk_fails_the_step_and_the_next_run_resumes() {
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
     spool_config(dir.path(), "");
     const ROWS: usize = 60_000;
-    let mut text = String::from("question,answer\n");
-    for i in 0..ROWS {
-        text.push_str(&format!(
-            "Question {i} about full disks?,Answer {i}: wait for space.\n"
-        ));
-    }
-    std::fs::write(dir.path().join("spool/big.csv"), text).unwrap();
+    common::big_csv(&dir.path().join("spool/big.csv"), ROWS, "full disks");
     let script = r#"S="$1/state"; C="$1/lorastream.toml"
 mount -t tmpfs -o size=48m tmpfs "$S" || exit 99
 dd if=/dev/zero of="$S/filler" bs=1M count=40 status=none
@@ -172,18 +160,9 @@ echo "@@1"; "$0" --config "$C" status --json
 rm "$S/filler"
 "$0" -q --config "$C" crawl --once --source drops >/dev/null 2>&1
 echo "@@2"; "$0" --config "$C" status --json"#;
-    let out = std::process::Command::new("unshare")
-        .args(["-rm", "sh", "-c", script, env!("CARGO_BIN_EXE_lorastream")])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    if matches!(out.status.code(), Some(99) | None) {
-        eprintln!(
-            "SKIP: cannot mount a tmpfs here (unshare -rm): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let Some(out) = common::in_mount_namespace(script, &[dir.path().as_os_str()]) else {
         return;
-    }
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let parts: Vec<Value> = stdout
         .split("@@")
