@@ -6,6 +6,18 @@ use std::time::Duration;
 use super::common::{self, daemon::Daemon};
 use super::{run, setup, status, stream_file};
 
+/// Stream 2 is trained and decided (the daemon went on), then SIGTERM.
+fn the_next_stream_is_decided(d: Daemon) {
+    let decided = d
+        .wait_until(Duration::from_secs(120), |v| {
+            v["message"] == "feedback decision"
+        })
+        .expect("stream 2 was never trained and decided");
+    assert_eq!(decided["stream"], 2, "{decided}");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+}
+
 /// A state dir with two imported streams of 12 examples each.
 fn two_streams(dir: &std::path::Path) -> std::path::PathBuf {
     let config = setup(dir, "[[sources]]\nname = \"drops\"\nkind = \"spool\"\n");
@@ -37,14 +49,7 @@ fn a_stream_that_always_fails_is_set_aside_and_the_next_one_trains() {
         .expect("stream 1 was never set aside");
     assert_eq!(aside["stream"], 1);
     assert_eq!(aside["failures"], 3);
-    let decided = d
-        .wait_until(Duration::from_secs(120), |v| {
-            v["message"] == "feedback decision"
-        })
-        .expect("stream 2 was never trained and decided");
-    assert_eq!(decided["stream"], 2, "{decided}");
-    d.signal(libc::SIGTERM);
-    assert!(d.wait_exit().success());
+    the_next_stream_is_decided(d);
 
     let s = status(&config);
     let streams = s["streams"].as_array().unwrap();
@@ -91,14 +96,7 @@ fn a_candidate_that_cannot_be_evaluated_fails_and_training_goes_on() {
         (failed["adapter"].as_i64(), failed["stream"].as_i64()),
         (Some(1), Some(1))
     );
-    let decided = d
-        .wait_until(Duration::from_secs(120), |v| {
-            v["message"] == "feedback decision"
-        })
-        .expect("stream 2 was never trained and decided");
-    assert_eq!(decided["stream"], 2, "{decided}");
-    d.signal(libc::SIGTERM);
-    assert!(d.wait_exit().success());
+    the_next_stream_is_decided(d);
     let s = status(&config);
     assert_eq!(s["adapters"][0]["state"], "failed");
     assert_eq!(s["streams"][0]["state"], "failed");
@@ -238,12 +236,5 @@ fn a_candidate_that_cannot_be_decided_fails_and_training_goes_on() {
             .unwrap()
             .contains("no perplexity of version 1 on stream 1")
     );
-    let decided = d
-        .wait_until(Duration::from_secs(120), |v| {
-            v["message"] == "feedback decision"
-        })
-        .expect("stream 2 was never trained and decided");
-    assert_eq!(decided["stream"], 2, "{decided}");
-    d.signal(libc::SIGTERM);
-    assert!(d.wait_exit().success());
+    the_next_stream_is_decided(d);
 }
