@@ -1,4 +1,4 @@
-//! The kill campaign (issue 14): the daemon on a tiny model, four streams
+//! The kill campaign (issue 14): the daemon on a tiny model, four or more streams
 //! from a loopback datasets-server, long answers condensed by a loopback
 //! OpenAI-compatible summarizer, is SIGKILLed at random moments (seeded)
 //! while it crawls, preprocesses, summarizes, seals, trains, evaluates and
@@ -25,15 +25,15 @@ use common::loopback::{Reply, Req, Server, rows_api};
 use lorastream::store::{AdapterState, Store};
 use serde_json::{Value, json};
 
-const STREAMS: usize = 4;
 const PER_STREAM: usize = 12;
-const ROWS: usize = STREAMS * PER_STREAM;
 
-fn rows() -> Vec<Value> {
-    let topics = ["rivers", "stars", "compilers", "bread"];
-    (0..ROWS)
+/// `streams` streams' worth of rows, a topic each.
+fn rows(streams: usize) -> Vec<Value> {
+    let topics = ["rivers", "stars", "compilers", "bread", "tides", "glass"];
+    (0..streams * PER_STREAM)
         .map(|i| {
-            let topic = topics[i / PER_STREAM];
+            let n = i / PER_STREAM;
+            let topic = format!("{} {}", topics[n % topics.len()], n / topics.len() + 1);
             // Every third answer is long: the summarizer condenses it.
             let answer = if i % 3 == 0 {
                 format!("About {topic}, point {i}: it depends on the conditions. ").repeat(12)
@@ -196,22 +196,22 @@ fn snapshot(root: &Path) -> Option<Snapshot> {
 }
 
 /// Every stream trained and promoted, and the served version evaluated on all.
-fn finished(s: &Snapshot) -> bool {
-    s.streams.len() == STREAMS
-        && s.adapters.len() == STREAMS
+fn finished(s: &Snapshot, streams: usize) -> bool {
+    s.streams.len() == streams
+        && s.adapters.len() == streams
         && s.adapters
             .iter()
             .all(|a| a.3 == AdapterState::Promoted.as_str())
-        && s.cells.contains(&(STREAMS as i64, 1))
+        && s.cells.contains(&(streams as i64, 1))
 }
 
-fn run_to_the_end(root: &Path, config: &Path) -> Snapshot {
+fn run_to_the_end(root: &Path, config: &Path, streams: usize) -> Snapshot {
     let d = Daemon::start(config);
     // (Its signal handlers are in place once it says so.)
     d.wait_for("lorastream started");
     let deadline = Instant::now() + Duration::from_secs(300);
     let s = loop {
-        if let Some(s) = snapshot(root).filter(finished) {
+        if let Some(s) = snapshot(root).filter(|s| finished(s, streams)) {
             break s;
         }
         assert!(
@@ -269,13 +269,18 @@ fn killed_at_random_moments_the_daemon_ends_as_an_uninterrupted_run() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6);
-    let (rows, sum) = (rows_api(rows(), Duration::from_millis(250)), summarizer());
+    // A kill in each stage takes a stream's worth of work: enough streams
+    // that every kill finds its stage still to come.
+    let streams = (kills / TARGETS.len() + 2).max(4);
+    let data = rows(streams);
+    let rows_total = data.len();
+    let (rows, sum) = (rows_api(data, Duration::from_millis(250)), summarizer());
     let reference = tempfile::tempdir().unwrap();
     let config = setup(reference.path(), &rows.base, &sum.base);
     let t = Instant::now();
-    let want = run_to_the_end(reference.path(), &config);
+    let want = run_to_the_end(reference.path(), &config, streams);
     let uninterrupted = t.elapsed();
-    assert_eq!(want.raw.len(), ROWS);
+    assert_eq!(want.raw.len(), rows_total);
 
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path(), &rows.base, &sum.base);
@@ -300,9 +305,9 @@ fn killed_at_random_moments_the_daemon_ends_as_an_uninterrupted_run() {
         *hit.entry(what).or_default() += 1;
     }
     let campaign = started.elapsed();
-    let got = run_to_the_end(dir.path(), &config);
+    let got = run_to_the_end(dir.path(), &config, streams);
     eprintln!(
-        "kill campaign: {kills} SIGKILLs over {:.0} s (uninterrupted run {:.0} s); killed while {hit:?}",
+        "kill campaign: {streams} streams, {kills} SIGKILLs over {:.0} s (uninterrupted run {:.0} s); killed while {hit:?}",
         campaign.as_secs_f64(),
         uninterrupted.as_secs_f64()
     );
