@@ -48,7 +48,10 @@ fn rows(streams: usize) -> Vec<Value> {
 /// Condenses to the first sentence of the answer, as a model would, slowly.
 fn summarizer() -> Server {
     Server::start(|req: &Req| {
-        let body: Value = serde_json::from_slice(&req.body).unwrap();
+        // A client killed while sending leaves a body cut short.
+        let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
+            return Reply::status(400, &[]);
+        };
         let prompt = body["messages"][0]["content"].as_str().unwrap_or("");
         let answer = prompt.split("Answer: ").nth(1).unwrap_or("");
         let first = answer.split(". ").next().unwrap_or("").to_string() + ".";
