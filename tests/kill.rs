@@ -296,7 +296,7 @@ fn killed_at_random_moments_the_daemon_ends_as_an_uninterrupted_run() {
         let (stage, line, upto_ms) = TARGETS[k % TARGETS.len()];
         let d = Daemon::start(&config);
         let seen = d
-            .wait_until(Duration::from_secs(8), |v| v["message"] == line)
+            .wait_until(Duration::from_secs(30), |v| v["message"] == line)
             .is_some();
         std::thread::sleep(Duration::from_millis(rng.u64(0..=upto_ms)));
         let what = if seen {
