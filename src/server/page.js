@@ -62,6 +62,23 @@ function render(data) {
     el("td", s.last_error ? s.detail + " — " + s.last_error : s.detail),
     num(s.runs), num(s.failures)])));
 
+  // Poison items: tried max_item_failures times, then set aside (status too).
+  fill("failures", (st.item_failures || []).map((f) => {
+    const state = el("td");
+    state.appendChild(el("span", f.set_aside ? "set aside" : "retrying",
+      "badge " + (f.set_aside ? "bad" : "warn")));
+    return row([el("td", f.kind + " " + f.key), num(f.failures), state, el("td", f.last_error)]);
+  }));
+  const d = st.disk;
+  if (d) {
+    const mb = (n) => n >= 1e9 ? (n / 1e9).toFixed(1) + " GB" : (n / 1e6).toFixed(1) + " MB";
+    const used = d.parts.reduce((a, p) => a + p[1], 0);
+    $("disk").textContent = "state dir " + mb(used) + " (" +
+      d.parts.map((p) => p[0] + " " + mb(p[1])).join(", ") + "); " + mb(d.free_bytes) +
+      " free" + (d.low ? " — LOW, under [retention] min_free_bytes" : "");
+    $("disk").className = d.low ? "bad" : "dim";
+  }
+
   fill("sources", st.sources.map((s) => {
     const r = s.store || {};
     let status;

@@ -59,6 +59,8 @@ try:
     check(colored >= 2, "matrix cells are a heat map (%d coloured)" % colored)
     check("demo" in d.find_element(By.ID, "sources").text, "sources table lists the source")
     check(d.find_elements(By.CSS_SELECTOR, "#streams tbody tr"), "streams table has rows")
+    disk = d.find_element(By.ID, "disk").text
+    check("state dir" in disk and "free" in disk, "disk use and free space shown: " + disk)
     # The injected question is shown as text and never ran.
     wait.until(lambda d: injected in d.find_element(By.ID, "recent").text)
     check(injected in d.find_element(By.ID, "recent").text, "injected question shown as text")
