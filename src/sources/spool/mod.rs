@@ -168,6 +168,10 @@ fn ingest(
             c
         }
     };
+    if cursor.rows_done >= cursor.rows_total {
+        // Stored already; only the move to done/ was left.
+        return Ok(cursor.rows_total as u64);
+    }
     let stem = Path::new(&f.name)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
