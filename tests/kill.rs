@@ -272,9 +272,10 @@ fn killed_at_random_moments_the_daemon_ends_as_an_uninterrupted_run() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6);
-    // A kill in each stage takes a stream's worth of work: enough streams
-    // that every kill finds its stage still to come.
-    let streams = (kills / TARGETS.len() + 2).max(4);
+    // While a kill waits for its stage, the daemon works on (a crawl a second
+    // brings a stream's rows): about three streams a round of seven kills,
+    // so enough streams that every kill finds its stage still to come.
+    let streams = (3 * kills / TARGETS.len() + 2).max(4);
     let data = rows(streams);
     let rows_total = data.len();
     let (rows, sum) = (rows_api(data, Duration::from_millis(250)), summarizer());
