@@ -391,15 +391,13 @@ fn crawlbase_topic_and_questions_with_faults_and_no_token_leaks() {
         (4, 4, 1, None),
         "{r1:?}"
     );
-    let failures = store.item_failures().unwrap();
-    assert_eq!(failures.len(), 1);
-    let f = &failures[0];
+    let f = &store.item_failures().unwrap()[0];
+    let https = "https://www.quora.com/How-does-HTTPS-keep-data-private";
     assert_eq!(
-        f.key,
-        "quora-tech https://www.quora.com/How-does-HTTPS-keep-data-private"
+        (f.key.as_str(), f.set_aside),
+        (&*format!("quora-tech {https}"), false)
     );
     assert!(f.last_error.contains("pc_status 520") && !f.last_error.contains(TOKEN));
-    assert!(!f.set_aside);
 
     // Run 2: the topic page again; only the failed question is fetched again.
     let before = server.seen().len();
@@ -414,10 +412,7 @@ fn crawlbase_topic_and_questions_with_faults_and_no_token_leaks() {
         .filter(|r| r.query.contains_key("scraper"))
         .map(|r| r.query["url"].clone())
         .collect();
-    assert_eq!(
-        fetched,
-        ["https://www.quora.com/How-does-HTTPS-keep-data-private"]
-    );
+    assert_eq!(fetched, [https]);
     assert!(store.item_failures().unwrap().is_empty(), "success forgets");
     let items = store
         .raw_items_in_state(lorastream::store::RawState::New, 100)
@@ -448,28 +443,22 @@ fn crawlbase_topic_and_questions_with_faults_and_no_token_leaks() {
 /// run and ended the run, so the questions after it were never reached.
 #[test]
 fn crawlbase_a_page_that_always_fails_is_set_aside_and_the_rest_is_reached() {
+    let outage = Arc::new(AtomicUsize::new(0));
+    let o = Arc::clone(&outage);
     let server = Server::start(move |req: &Req| {
         let target = req.query["url"].clone();
-        match req.query.get("scraper").map(String::as_str) {
-            None => Reply::json(
-                200,
-                &json!({"original_status": 200, "pc_status": 200, "url": target, "body": topic_html()}),
-            ),
-            _ => {
-                let slug = target.rsplit('/').next().unwrap().to_string();
-                if slug.starts_with("What-is-the-difference") {
-                    // The first question on the page never works.
-                    return Reply::json(
-                        200,
-                        &json!({"original_status": 200, "pc_status": 200, "url": target, "body": "{truncated"}),
-                    );
-                }
-                Reply::json(
-                    200,
-                    &json!({"original_status": 200, "pc_status": 200, "url": target, "body": question_json(&slug).to_string()}),
-                )
-            }
-        }
+        let slug = target.rsplit('/').next().unwrap().to_string();
+        let bad = slug.starts_with("What-is-the-difference") || o.load(Ordering::SeqCst) > 0;
+        // The topic page; its first question never works (nor any, in an outage).
+        let body = match req.query.get("scraper") {
+            None => json!(topic_html()),
+            Some(_) if bad => json!("{truncated"),
+            Some(_) => json!(question_json(&slug).to_string()),
+        };
+        Reply::json(
+            200,
+            &json!({"original_status": 200, "pc_status": 200, "url": target, "body": body}),
+        )
     });
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("crawlbase.token");
@@ -494,6 +483,12 @@ fn crawlbase_a_page_that_always_fails_is_set_aside_and_the_rest_is_reached() {
     let before = server.seen().len();
     let r3 = rt.block_on(run_source(&http, &store, dir.path(), &src, 2));
     assert_eq!((r3.items_failed, r3.error.as_deref()), (0, None));
-    let seen = server.seen();
-    assert!(seen[before..].iter().all(|r| r.query["url"] != poison));
+    let asked: Vec<Req> = server.seen().split_off(before);
+    assert!(asked.iter().all(|r| r.query["url"] != poison));
+    // Several pages, all failing: the source's problem; none is counted.
+    outage.store(1, Ordering::SeqCst);
+    let fresh = Store::open(&dir.path().join("fresh.sqlite")).unwrap();
+    let r4 = rt.block_on(run_source(&http, &fresh, dir.path(), &src, 1));
+    assert!(r4.error.is_some() && r4.items_failed == 0, "{r4:?}");
+    assert!(fresh.item_failures().unwrap().is_empty());
 }

@@ -97,31 +97,55 @@ pub async fn run(
     }
     let mut fetched_pages = 0u32;
     let mut queued = std::collections::HashSet::new();
+    // Pages that failed this run, counted once the run is over, unless
+    // several were tried and all failed (then the source is the problem).
+    let mut failed: Vec<(String, SourceError)> = Vec::new();
+    let mut worked = 0u32;
     for (question_url, label) in queue {
         if fetched_pages >= src.max_questions_per_run() {
-            return Ok(());
+            break;
         }
         if !queued.insert(question_url.clone()) || store.url_seen(&src.name, &question_url)? {
             continue;
         }
         fetched_pages += 1;
-        let key = format!("{} {question_url}", src.name);
         match question(&api, store, src, &question_url, &label, report).await {
-            Ok(()) => store.item_succeeded(ItemKind::Url, &key)?,
-            Err(e) if e.is_item_specific() => {
-                // One page that always fails must not end every run before
-                // the newer questions are reached.
-                report.items_failed += 1;
-                let f =
-                    store.item_failed(ItemKind::Url, &key, &e.to_string(), max_item_failures)?;
-                if f.set_aside {
-                    store.mark_url_seen(&src.name, &question_url)?;
-                    tracing::error!(source = %src.name, url = %question_url, failures = f.failures, error = %e, "question page set aside after repeated failures");
-                } else {
-                    tracing::warn!(source = %src.name, url = %question_url, failures = f.failures, max = max_item_failures, error = %e, "question page failed; the run goes on, the page is retried next run");
-                }
+            Ok(()) => {
+                worked += 1;
+                store.item_succeeded(ItemKind::Url, &format!("{} {question_url}", src.name))?;
             }
+            // One page that always fails must not end every run before the
+            // newer questions are reached.
+            Err(e) if e.is_item_specific() => failed.push((question_url, e)),
             Err(e) => return Err(e),
+        }
+    }
+    if worked == 0 && failed.len() > 1 {
+        // Several pages and every one failed: the source (token, account,
+        // outage) is the problem, not the pages; none is counted against.
+        return Err(failed.swap_remove(0).1);
+    }
+    count_failed_pages(store, src, max_item_failures, failed, report)
+}
+
+/// Counts each failed page; one that failed `max_item_failures` runs is set
+/// aside (remembered as seen, so it is not asked for again).
+fn count_failed_pages(
+    store: &Store,
+    src: &SourceConfig,
+    max: u32,
+    failed: Vec<(String, SourceError)>,
+    report: &mut FetchReport,
+) -> Result<(), SourceError> {
+    for (url, e) in failed {
+        report.items_failed += 1;
+        let key = format!("{} {url}", src.name);
+        let f = store.item_failed(ItemKind::Url, &key, &e.to_string(), max)?;
+        if f.set_aside {
+            store.mark_url_seen(&src.name, &url)?;
+            tracing::error!(source = %src.name, url = %url, failures = f.failures, error = %e, "question page set aside after repeated failures");
+        } else {
+            tracing::warn!(source = %src.name, url = %url, failures = f.failures, max, error = %e, "question page failed; the run goes on, the page is retried next run");
         }
     }
     Ok(())
