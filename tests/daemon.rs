@@ -307,6 +307,10 @@ fn a_failing_stage_is_retried_with_backoff_and_counted() {
     );
     let second = d.wait_for("stage failed; restarting it after a backoff");
     assert_eq!(second["retry_in_ms"], 2000);
+    // A missing model fails every stream alike: it is retried, and never
+    // counted against the stream (which would be set aside at the third).
+    let third = d.wait_for("stage failed; restarting it after a backoff");
+    assert_eq!(third["retry_in_ms"], 4000);
     let store = lorastream::store::Store::open(&dir.path().join("state/lorastream.db")).unwrap();
     let trainer = store
         .stages()

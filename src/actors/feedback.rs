@@ -62,6 +62,10 @@ impl Feedback {
     /// Counts a failed decision against the candidate; at `max_item_failures`
     /// it fails with its stream, so the trainer goes on. True when it did.
     fn count_failure(&self, adapter_id: i64, e: &crate::policy::PolicyError) -> bool {
+        // A store error is not about the candidate: retried, never counted.
+        if matches!(e, crate::policy::PolicyError::Store(_)) {
+            return false;
+        }
         let max = self.config.daemon.max_item_failures;
         let key = adapter_id.to_string();
         let set_aside = self

@@ -158,6 +158,18 @@ fn set_aside_if_poison(
     stream: i64,
     e: &StageError,
 ) -> Result<(), StoreError> {
+    // Only what is about this stream counts against it: its files, its
+    // training (a non-finite run, a panic on its step). A missing model or a
+    // store error would fail every stream alike: those are retried, never
+    // set aside.
+    let about_the_stream = matches!(
+        e,
+        StageError::Panicked { .. }
+            | StageError::Pipeline(PipelineError::Stream(_) | PipelineError::Train(_))
+    );
+    if !about_the_stream {
+        return Ok(());
+    }
     let max = config.daemon.max_item_failures;
     let f = store.item_failed(ItemKind::Stream, &stream.to_string(), &e.to_string(), max)?;
     if f.set_aside {
