@@ -34,11 +34,17 @@ pub fn tiny_llama(out: &std::path::Path) {
 /// disk would. The script exits 99 when it cannot mount; then `None`, with
 /// the reason printed, and the test skips.
 pub fn in_mount_namespace(script: &str, args: &[&std::ffi::OsStr]) -> Option<Output> {
-    let out = Command::new("unshare")
+    let out = match Command::new("unshare")
         .args(["-rm", "sh", "-c", script, env!("CARGO_BIN_EXE_lorastream")])
         .args(args)
         .output()
-        .ok()?;
+    {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("SKIP: cannot run unshare (util-linux): {e}");
+            return None;
+        }
+    };
     if matches!(out.status.code(), Some(99) | None) {
         eprintln!(
             "SKIP: cannot mount in a private namespace here (unshare -rm): {}",
