@@ -311,9 +311,15 @@ fn killed_at_random_moments_the_daemon_ends_as_an_uninterrupted_run() {
     let campaign = started.elapsed();
     let got = run_to_the_end(dir.path(), &config, streams);
     eprintln!(
-        "kill campaign: {streams} streams, {kills} SIGKILLs over {:.0} s (uninterrupted run {:.0} s); killed while {hit:?}",
+        "kill campaign: {streams} streams, {kills} SIGKILLs over {:.0} s (uninterrupted run {:.0} s); killed while {hit:?}; \
+         the uninterrupted store: {} raw items, {} examples, {} adapters, {} state changes, {} eval cells",
         campaign.as_secs_f64(),
-        uninterrupted.as_secs_f64()
+        uninterrupted.as_secs_f64(),
+        want.raw.len(),
+        want.examples.len(),
+        want.adapters.len(),
+        want.events.len(),
+        want.cells.len()
     );
     assert_eq!(got.raw, want.raw, "raw items lost or duplicated");
     assert_eq!(got.examples, want.examples, "examples differ");

@@ -61,73 +61,64 @@ impl Evaluator {
             duration_ms = started.elapsed().as_millis() as u64,
             "evaluation matrix filled"
         );
+        if let Some(f) = failed.into_iter().next() {
+            // Retried after a backoff; the cells that were measured stay. A
+            // candidate is not decided on a half-filled matrix.
+            return Err(crate::pipeline::PipelineError::from(f).into());
+        }
         let waiting: Vec<i64> = store
             .adapters()?
             .iter()
             .filter(|a| a.state == AdapterState::Candidate)
             .map(|a| a.id)
             .collect();
-        // With cells failing, the pass is retried first (a candidate is not
-        // decided on a half-filled matrix, nor counted twice as a failure).
-        let waiting = if failed.is_empty() {
-            waiting
-        } else {
-            Vec::new()
-        };
         for adapter_id in waiting {
             if block_on(self.next.send(EvalReport { adapter_id })).is_err() {
                 tracing::warn!("feedback is gone; the candidate waits in the store");
             }
         }
-        match failed.into_iter().next() {
-            // Retried after a backoff; the cells that were measured stay.
-            Some(f) => Err(crate::pipeline::PipelineError::Cell {
-                version: f.version,
-                stream: f.stream,
-                source: Box::new(f.error),
-            }
-            .into()),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
 /// Counts each failed cell against the item to blame (once per item and
 /// pass). An item that failed `max_item_failures` times is set aside: its
-/// cells are skipped from then on, and a candidate that can no longer be
-/// decided fails with its stream, so the trainer goes on.
+/// cells are skipped from then on, and the stream whose candidate it makes
+/// undecidable (or whose eval split does not read) fails, so the trainer
+/// goes on.
 fn count_failures(
     store: &Store,
     config: &Config,
     failed: &[CellFailure],
 ) -> Result<(), StoreError> {
     let max = config.daemon.max_item_failures;
+    let candidates: Vec<(i64, i64)> = store
+        .adapters()?
+        .iter()
+        .filter(|a| a.state == AdapterState::Candidate)
+        .map(|a| (a.id, a.stream_id))
+        .collect();
     let mut seen = HashSet::new();
     for f in failed {
         let key = f.key();
         if !seen.insert((f.blame, key.clone())) {
             continue;
         }
-        let row = store.item_failed(f.blame, &key, &f.error.to_string(), max)?;
+        let blocks = match f.blame {
+            ItemKind::Stream => Some(f.stream),
+            _ => candidates.iter().find(|c| c.0 == f.version).map(|c| c.1),
+        };
+        let row = store.count_failure(f.blame, &key, &f.error.to_string(), max, blocks)?;
         if !row.set_aside {
             tracing::warn!(version = f.version, stream = f.stream, blame = %f.blame, failures = row.failures, max, error = %f.error, "a cell of the matrix could not be measured");
             continue;
         }
         tracing::error!(blame = %f.blame, key = %key, failures = row.failures, error = %f.error, "set aside after repeated failures; its cells are skipped");
-        let reason = format!("set aside after {} failures: {}", row.failures, f.error);
-        if f.blame == ItemKind::Stream {
-            store.fail_stream(f.stream, &reason)?;
-        }
-        for a in store.adapters()? {
-            let undecidable = match f.blame {
-                ItemKind::Stream => a.stream_id == f.stream,
-                _ => a.id == f.version,
-            };
-            if undecidable && a.state == AdapterState::Candidate {
-                store.fail_stream(a.stream_id, &reason)?;
+        for &(adapter, stream) in &candidates {
+            if blocks == Some(stream) {
                 tracing::error!(
-                    adapter = a.id,
-                    stream = a.stream_id,
+                    adapter,
+                    stream,
                     "candidate cannot be evaluated; it and its stream failed, training goes on"
                 );
             }

@@ -67,26 +67,25 @@ impl Feedback {
             return false;
         }
         let max = self.config.daemon.max_item_failures;
-        let key = adapter_id.to_string();
-        let set_aside = self
-            .store
-            .item_failed(ItemKind::Version, &key, &e.to_string(), max)
-            .and_then(|f| {
-                if !f.set_aside {
-                    return Ok(false);
-                }
-                let Some(a) = self.store.adapter(adapter_id)? else {
-                    return Ok(false);
-                };
-                let reason = format!("set aside after {} failures to decide: {e}", f.failures);
-                self.store.fail_stream(a.stream_id, &reason)?;
-                tracing::error!(adapter = adapter_id, stream = a.stream_id, error = %e, "candidate cannot be decided; it and its stream failed, training goes on");
-                Ok(true)
-            });
-        set_aside.unwrap_or_else(|se| {
-            tracing::warn!(error = %se, "cannot record the failure");
-            false
-        })
+        let counted = self.store.adapter(adapter_id).and_then(|a| {
+            let stream = a.map(|a| a.stream_id);
+            let key = adapter_id.to_string();
+            let f =
+                self.store
+                    .count_failure(ItemKind::Version, &key, &e.to_string(), max, stream)?;
+            Ok((f, stream))
+        });
+        match counted {
+            Ok((f, Some(stream))) if f.set_aside => {
+                tracing::error!(adapter = adapter_id, stream, error = %e, "candidate cannot be decided; it and its stream failed, training goes on");
+                true
+            }
+            Ok(_) => false,
+            Err(se) => {
+                tracing::warn!(error = %se, "cannot record the failure");
+                false
+            }
+        }
     }
 }
 

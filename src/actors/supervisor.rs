@@ -184,6 +184,24 @@ impl Supervisor {
         }
     }
 
+    /// Warns once when free space falls below `[retention] min_free_bytes`, and
+    /// once when it is back. (A full disk fails the current step, which is
+    /// retried after a backoff and resumes once there is space.)
+    fn check_free_space(&mut self) {
+        let dir = self.config.state_dir();
+        let Some((free, _)) = crate::retention::free_space(&dir) else {
+            return;
+        };
+        let min = self.config.retention.min_free_bytes;
+        let low = free < min;
+        if low && !self.low_space {
+            tracing::warn!(free_bytes = free, min_free_bytes = min, state_dir = %dir.display(), "low disk space on the state dir");
+        } else if !low && self.low_space {
+            tracing::info!(free_bytes = free, "disk space back above min_free_bytes");
+        }
+        self.low_space = low;
+    }
+
     fn retention(&self) {
         if let Err(e) = crate::retention::sweep(&self.config, &self.store) {
             tracing::warn!(error = %e, "retention sweep failed; retried in an hour");
@@ -198,24 +216,6 @@ impl Supervisor {
             Err(e) => format!("store unreadable: {e}"),
         }
     }
-}
-
-/// Warns once when free space falls below `[retention] min_free_bytes`, and
-/// once when it is back. (A full disk fails the current step, which is
-/// retried after a backoff and resumes once there is space.)
-fn act_on_free_space(act: &mut Supervisor) {
-    let dir = act.config.state_dir();
-    let Some((free, _)) = crate::retention::free_space(&dir) else {
-        return;
-    };
-    let min = act.config.retention.min_free_bytes;
-    let low = free < min;
-    if low && !act.low_space {
-        tracing::warn!(free_bytes = free, min_free_bytes = min, state_dir = %dir.display(), "low disk space on the state dir");
-    } else if !low && act.low_space {
-        tracing::info!(free_bytes = free, "disk space back above min_free_bytes");
-    }
-    act.low_space = low;
 }
 
 impl Actor for Supervisor {
@@ -240,8 +240,8 @@ impl Actor for Supervisor {
         });
         // Retention hourly (and after each decision); free space every minute.
         ctx.run_interval(Duration::from_secs(3600), |act, _| act.retention());
-        act_on_free_space(self);
-        ctx.run_interval(Duration::from_secs(60), |act, _| act_on_free_space(act));
+        self.check_free_space();
+        ctx.run_interval(Duration::from_secs(60), |act, _| act.check_free_space());
         if let Some(every) = crate::notify::watchdog_interval() {
             tracing::info!(
                 interval_ms = every.as_millis() as u64,

@@ -171,12 +171,9 @@ fn set_aside_if_poison(
         return Ok(());
     }
     let max = config.daemon.max_item_failures;
-    let f = store.item_failed(ItemKind::Stream, &stream.to_string(), &e.to_string(), max)?;
+    let key = stream.to_string();
+    let f = store.count_failure(ItemKind::Stream, &key, &e.to_string(), max, Some(stream))?;
     if f.set_aside {
-        store.fail_stream(
-            stream,
-            &format!("set aside after {} failures: {e}", f.failures),
-        )?;
         tracing::error!(stream, failures = f.failures, error = %e, "stream set aside after repeated failures; training goes on with the next stream");
     } else {
         tracing::warn!(stream, failures = f.failures, max, error = %e, "training the stream failed");

@@ -63,15 +63,21 @@ impl CellFailure {
     }
 }
 
+impl From<CellFailure> for PipelineError {
+    fn from(f: CellFailure) -> Self {
+        PipelineError::Cell {
+            version: f.version,
+            stream: f.stream,
+            source: Box::new(f.error),
+        }
+    }
+}
+
 /// [`fill_matrix`], failing on the first cell that could not be measured.
 pub fn evaluate(config: &Config, store: &Store) -> Result<Matrix, PipelineError> {
     let (matrix, failed) = fill_matrix(config, store)?;
     match failed.into_iter().next() {
-        Some(f) => Err(PipelineError::Cell {
-            version: f.version,
-            stream: f.stream,
-            source: Box::new(f.error),
-        }),
+        Some(f) => Err(f.into()),
         None => Ok(matrix),
     }
 }
@@ -85,13 +91,14 @@ pub fn fill_matrix(
     config: &Config,
     store: &Store,
 ) -> Result<(Matrix, Vec<CellFailure>), PipelineError> {
-    let aside: Vec<(ItemKind, String)> = store
+    // Versions set aside (their weights would not load); failed streams are
+    // left out by their state below.
+    let aside: Vec<String> = store
         .item_failures()?
         .into_iter()
-        .filter(|f| f.set_aside)
-        .map(|f| (f.kind, f.key))
+        .filter(|f| f.set_aside && f.kind == ItemKind::Version)
+        .map(|f| f.key)
         .collect();
-    let is_aside = |kind: ItemKind, id: i64| aside.contains(&(kind, id.to_string()));
     let streams = store.streams()?;
     let all_adapters = store.adapters()?;
     let versions = matrix_rows(&all_adapters);
@@ -121,7 +128,7 @@ pub fn fill_matrix(
     }
     let mut todo: Vec<(i64, Option<&AdapterRow>, i64)> = Vec::new();
     for ((v, _), row) in &versions {
-        if is_aside(ItemKind::Version, *v) {
+        if aside.contains(&v.to_string()) {
             continue;
         }
         let mut cols: Vec<i64> = streams

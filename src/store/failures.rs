@@ -33,6 +33,30 @@ impl Store {
             })
     }
 
+    /// Counts a failure of one item and, when that sets it aside, fails the
+    /// stream whose work it blocks (with its undecided adapter, see
+    /// [`Store::fail_stream`]) in the same transaction, so the stages go on
+    /// with the next stream.
+    pub fn count_failure(
+        &self,
+        kind: ItemKind,
+        key: &str,
+        error: &str,
+        max: u32,
+        blocks_stream: Option<i64>,
+    ) -> Result<ItemFailure> {
+        self.in_transaction(|s| {
+            let f = s.item_failed(kind, key, error, max)?;
+            if f.set_aside
+                && let Some(stream) = blocks_stream
+            {
+                let reason = format!("set aside after {} failures: {error}", f.failures);
+                s.fail_stream(stream, &reason)?;
+            }
+            Ok(f)
+        })
+    }
+
     /// The item worked: its failures are forgotten.
     pub fn item_succeeded(&self, kind: ItemKind, key: &str) -> Result<()> {
         self.conn.execute(

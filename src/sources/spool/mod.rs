@@ -180,21 +180,6 @@ fn ingest(
     let mut done = cursor.rows_done;
     let mut index = 0i64;
     let mut failed: Option<StoreError> = None;
-    let mut flush = |chunk: &mut Vec<Record>, done: i64, last: bool| {
-        let commit = |report: &mut FetchReport| {
-            report.commit(store, &src.name, chunk, |s| {
-                s.spool_file_progress(&src.name, &f.name, done)
-            })
-        };
-        // The file moves right after the last chunk: that commit is durable.
-        let r = if last {
-            store.durably(|| commit(report))
-        } else {
-            commit(report)
-        };
-        chunk.clear();
-        r
-    };
     for_each_row(&f.path, format, question, &mut |row| {
         index += 1;
         if index <= cursor.rows_done {
@@ -204,7 +189,7 @@ fn ingest(
         done = index;
         if chunk.len() == CHUNK
             && done < cursor.rows_total
-            && let Err(e) = flush(&mut chunk, done, false)
+            && let Err(e) = store_chunk(store, src, &f.name, &mut chunk, done, report)
         {
             failed = Some(e);
             return ControlFlow::Break(());
@@ -215,10 +200,26 @@ fn ingest(
     if let Some(e) = failed {
         return Err(e.into());
     }
-    if !chunk.is_empty() || done < cursor.rows_total {
-        flush(&mut chunk, done.max(cursor.rows_total), true)?;
-    }
+    // The file moves right after the last chunk: that commit is durable.
+    let last = done.max(cursor.rows_total);
+    store.durably(|| store_chunk(store, src, &f.name, &mut chunk, last, report))?;
     Ok(cursor.rows_total as u64)
+}
+
+/// Stores `chunk` and moves the file's cursor to `done`, in one transaction.
+fn store_chunk(
+    store: &Store,
+    src: &SourceConfig,
+    name: &str,
+    chunk: &mut Vec<Record>,
+    done: i64,
+    report: &mut FetchReport,
+) -> Result<(), StoreError> {
+    report.commit(store, &src.name, chunk, |s| {
+        s.spool_file_progress(&src.name, name, done)
+    })?;
+    chunk.clear();
+    Ok(())
 }
 
 /// A row as a record of this source, its external id `<file>#<where>`.
