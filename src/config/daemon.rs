@@ -19,7 +19,7 @@ pub struct DaemonConfig {
     pub log_format: LogFormat,
     /// Log filter (`RUST_LOG` syntax) when neither `RUST_LOG` nor `-v/-q` is given.
     pub log_filter: String,
-    /// How often one item (a page, a stream, a candidate, a spool file) may
+    /// How often one item (a page, a stream, a candidate) may
     /// fail before it is set aside with its reason and the rest goes on.
     pub max_item_failures: u32,
     /// A stage that is running but records no progress for this many seconds

@@ -1,5 +1,5 @@
-//! `item_failures`: poison items, counted per item so that one page, stream,
-//! candidate or file that always fails is retried a bounded number of times
+//! `item_failures`: poison items, counted per item so that one page, stream
+//! or version that always fails is retried a bounded number of times
 //! and then set aside with its reason, while the rest goes on; and
 //! `spool_files`: how far each spool file was ingested.
 

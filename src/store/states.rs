@@ -115,8 +115,6 @@ text_enum! {
         Stream = "stream",
         /// A version the evaluator cannot load or feedback cannot decide (key: adapter id).
         Version = "version",
-        /// A spool file that cannot be ingested (key: "<source> <file name>").
-        File = "file",
     }
 }
 

@@ -1,11 +1,11 @@
 -- lorastream schema, version 6: unattended operation (issue 14).
 
--- Items that failed: a poison item (a page, a stream, a version, a file) is
+-- Items that failed: a poison item (a page, a stream, a version) is
 -- retried at most [daemon] max_item_failures times, then set aside with its
 -- reason, shown by `status`, and the rest goes on.
 CREATE TABLE item_failures (
-    kind        TEXT NOT NULL CHECK (kind IN ('url', 'stream', 'version', 'file')),
-    key         TEXT NOT NULL,                 -- "<source> <url>", stream id, adapter id, "<source> <file>"
+    kind        TEXT NOT NULL CHECK (kind IN ('url', 'stream', 'version')),
+    key         TEXT NOT NULL,                 -- "<source> <url>", stream id, adapter id
     failures    INTEGER NOT NULL,
     last_error  TEXT NOT NULL,
     set_aside   INTEGER NOT NULL DEFAULT 0 CHECK (set_aside IN (0, 1)),
