@@ -48,6 +48,7 @@ fn log_device(config: &Config) {
             requested = %config.model.device,
             device = ?device,
             dtype = ?kind,
+            why = %config.model.dtype.reason(device),
             cuda_devices = tch::Cuda::device_count(),
             "compute device"
         ),

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::json;
-use tch::{Device, Kind};
+use tch::Device;
 
 use lorastream::ml::data::{self, Encoded, Labels};
 use lorastream::ml::generate::{SamplingParams, generate};
-use lorastream::ml::{CausalLm, ChatTokenizer, LoraSpec, Message, MlError};
+use lorastream::ml::{CausalLm, ChatTokenizer, DType, LoraSpec, Message, MlError};
 use lorastream::streams::read_jsonl as load_examples;
 use lorastream::train::LoraOptimizer;
 
@@ -30,6 +30,20 @@ pub struct CommonArgs {
     /// CPU threads; 0 = libtorch's default.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Dtype of the frozen base weights, as `[model] dtype` (auto: bf16 on a
+    /// CPU with native bf16, f32 otherwise; the peer always runs f32).
+    #[arg(long, default_value = "auto")]
+    pub dtype: DType,
+}
+
+impl CommonArgs {
+    fn load(&self) -> Result<(ChatTokenizer, CausalLm), BenchError> {
+        set_threads(self.threads);
+        let tok = ChatTokenizer::load(&self.model, None)?;
+        let kind = self.dtype.kind(Device::Cpu);
+        eprintln!("dtype {kind:?} ({})", self.dtype.reason(Device::Cpu));
+        Ok((tok, CausalLm::load(&self.model, Device::Cpu, kind)?))
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -41,6 +55,10 @@ pub struct GenerateArgs {
     pub limit: usize,
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
+    /// Decode in the model's dtype, without the server's bf16 weight copies
+    /// (`[server] decode_bf16 = false`).
+    #[arg(long)]
+    pub no_decode_bf16: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -73,9 +91,6 @@ pub struct TrainArgs {
     /// Comma-separated module names (gpt2: c_attn).
     #[arg(long, default_value = "q_proj,v_proj")]
     pub targets: String,
-    /// Run the model in bf16 autocast on CPU (not in the peer; off by default).
-    #[arg(long)]
-    pub bf16: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +124,7 @@ fn encode_for_peer(
 
 /// Perplexity over every non-pad token, after one untimed warm-up batch.
 pub fn bench_eval(a: &EvalArgs) -> Result<serde_json::Value, BenchError> {
-    set_threads(a.common.threads);
-    let tok = ChatTokenizer::load(&a.common.model, None)?;
-    let model = CausalLm::load(&a.common.model, Device::Cpu, Kind::Float)?;
+    let (tok, model) = a.common.load()?;
     let enc = encode_for_peer(
         &tok,
         &load_examples(&a.common.data, a.limit)?,
@@ -134,11 +147,8 @@ pub fn bench_eval(a: &EvalArgs) -> Result<serde_json::Value, BenchError> {
 /// LoRA training throughput: `warmup` untimed steps, then `steps` timed ones,
 /// batches taken in order and cycled, AdamW at a constant rate, clipping at 1.0.
 pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
-    set_threads(a.common.threads);
     tch::manual_seed(0);
-    let tok = ChatTokenizer::load(&a.common.model, None)?;
-    let kind = if a.bf16 { Kind::BFloat16 } else { Kind::Float };
-    let mut model = CausalLm::load(&a.common.model, Device::Cpu, kind)?;
+    let (tok, mut model) = a.common.load()?;
     model.attach_lora(LoraSpec {
         r: a.rank,
         alpha: a.alpha,
@@ -162,7 +172,8 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
     let mut losses = Vec::new();
     let mut tokens = 0i64;
     let mut t0 = Instant::now();
-    // Where the timed steps spend their time: forward (incl. loss), backward, optimizer.
+    // Where the timed steps spend their time: forward (the model body), backward
+    // (incl. the LM head and loss, computed with their gradient), optimizer.
     let (mut fwd, mut bwd, mut optim) = (0.0, 0.0, 0.0);
     for step in 0..a.warmup + a.steps {
         if step == a.warmup {
@@ -172,11 +183,11 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
         }
         let ts = Instant::now();
         let b = data::pad(&batches[step % batches.len()], pad_id, Device::Cpu);
-        let logits = model.forward_raw(&b.ids, &b.positions, b.mask.as_ref(), None, true);
-        let loss = data::nll_sum(&logits, &b.labels) / b.targets.max(1) as f64;
-        let loss_value = loss.double_value(&[]);
+        let hidden = model.hidden(&b.ids, &b.positions, b.mask.as_ref(), None, true);
         let tf = Instant::now();
-        loss.backward();
+        let scale = 1.0 / b.targets.max(1) as f64;
+        let loss_value =
+            lorastream::ml::loss::backward_nll(&model, &hidden, &b.labels, scale) * scale;
         let tb = Instant::now();
         opt.step(a.lr, step + 1, 1.0);
         let to = Instant::now();
@@ -206,9 +217,12 @@ fn set_threads(threads: usize) {
 /// Greedy decoding of exactly `max_new_tokens` per prompt (eos ignored) after
 /// one untimed warm-up prompt; prints tokens/s.
 pub fn bench_generate(a: &GenerateArgs) -> Result<serde_json::Value, BenchError> {
-    set_threads(a.common.threads);
-    let tok = ChatTokenizer::load(&a.common.model, None)?;
-    let model = CausalLm::load(&a.common.model, Device::Cpu, Kind::Float)?;
+    let (tok, mut model) = a.common.load()?;
+    model.set_decode_kind(lorastream::ml::device::decode_kind(
+        model.device,
+        model.kind,
+        !a.no_decode_bf16,
+    ));
     let prompts: Vec<Vec<u32>> = load_examples(&a.common.data, a.limit)?
         .into_iter()
         .map(|m| {

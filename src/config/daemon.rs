@@ -100,6 +100,10 @@ pub struct ServerConfig {
     pub queue: usize,
     /// A prompt over the context window: drop the oldest turns, or answer 400.
     pub overflow: OverflowPolicy,
+    /// On the CPU with f32 weights, decoding steps read bf16 copies of the
+    /// weights (half the bytes; +50% memory for the serving copy). Prompts
+    /// still run in f32.
+    pub decode_bf16: bool,
 }
 
 text_enum! {
@@ -128,6 +132,7 @@ impl Default for ServerConfig {
             learn_from_conversations: false,
             queue: 8,
             overflow: OverflowPolicy::Truncate,
+            decode_bf16: true,
         }
     }
 }

@@ -70,8 +70,8 @@ pub fn perplexity_encoded(
     for chunk in enc.chunks(batch_size.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
         let b = data::pad(&refs, pad_id, model.device);
-        let logits = model.forward_raw(&b.ids, &b.positions, b.mask.as_ref(), None, false);
-        nll += data::nll_sum(&logits, &b.labels).double_value(&[]);
+        let hidden = model.hidden(&b.ids, &b.positions, b.mask.as_ref(), None, false);
+        nll += crate::ml::loss::nll_sum(model, &hidden, &b.labels);
         count += b.targets;
     }
     Perplexity {

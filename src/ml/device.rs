@@ -8,7 +8,7 @@ use crate::text_enum::text_enum;
 text_enum! {
     /// The dtype of the frozen base weights.
     pub enum DType {
-        /// bf16 on CUDA, f32 on CPU.
+        /// bf16 on CUDA and on CPUs with native bf16 (AVX512_BF16 or AMX), f32 otherwise.
         Auto = "auto",
         F32 = "f32",
         Bf16 = "bf16",
@@ -78,23 +78,64 @@ fn gpu_node(dev: &std::path::Path) -> Option<String> {
     })
 }
 
-/// The device and dtype `[model]` asks for: `dtype = "auto"` is bf16 on CUDA
-/// and f32 on CPU.
+/// The device and dtype `[model]` asks for (see [`DType::kind`]).
 pub fn select(device: &str, dtype: DType) -> Result<(Device, tch::Kind), DeviceError> {
     let d = resolve(device)?;
     Ok((d, dtype.kind(d)))
 }
 
 impl DType {
-    /// The libtorch kind on `device`: `auto` is bf16 on CUDA, f32 elsewhere.
+    /// The libtorch kind on `device`: `auto` is bf16 on CUDA and on a CPU with
+    /// native bf16 arithmetic, f32 elsewhere (libtorch's bf16 matmuls on an
+    /// AVX2-only CPU convert every element and run ~100x slower than f32).
     pub fn kind(self, device: Device) -> tch::Kind {
         match self {
-            DType::Auto if device.is_cuda() => tch::Kind::BFloat16,
+            DType::Auto if device.is_cuda() || cpu_bf16().is_some() => tch::Kind::BFloat16,
             DType::Auto | DType::F32 => tch::Kind::Float,
             DType::Bf16 => tch::Kind::BFloat16,
             DType::F16 => tch::Kind::Half,
         }
     }
+
+    /// Why `auto` chose what it did on `device`, for the start-up log line.
+    pub fn reason(self, device: Device) -> String {
+        match (self, cpu_bf16()) {
+            (DType::Auto, _) if device.is_cuda() => "auto: bf16 on CUDA".into(),
+            (DType::Auto, Some(flag)) => format!("auto: the CPU has native bf16 ({flag})"),
+            (DType::Auto, None) => {
+                "auto: the CPU has no native bf16 (avx512_bf16, amx_bf16)".into()
+            }
+            (other, _) => format!("{other} as configured"),
+        }
+    }
+}
+
+/// The CPU flag that gives native bf16 arithmetic (`amx_bf16`, `avx512_bf16`),
+/// read once from `/proc/cpuinfo`; `None` elsewhere or without one.
+pub fn cpu_bf16() -> Option<&'static str> {
+    static FLAG: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        bf16_flag(&info)
+    })
+}
+
+fn bf16_flag(cpuinfo: &str) -> Option<&'static str> {
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))?
+        .split_once(':')?
+        .1;
+    ["amx_bf16", "avx512_bf16"]
+        .into_iter()
+        .find(|f| flags.split_whitespace().any(|x| x == *f))
+}
+
+/// The kind of the single-token decode copies for a model of `kind` on
+/// `device` (see `CausalLm::set_decode_kind`): bf16 for an f32 model on the
+/// CPU when `wanted`, none otherwise (on CUDA or in bf16 there is nothing to halve).
+pub fn decode_kind(device: Device, kind: tch::Kind, wanted: bool) -> Option<tch::Kind> {
+    (wanted && device == Device::Cpu && kind == tch::Kind::Float).then_some(tch::Kind::BFloat16)
 }
 
 /// Sets libtorch's intra-op thread count; 0 means one per core.
@@ -156,11 +197,24 @@ mod tests {
     }
 
     #[test]
-    fn dtype_auto_is_f32_on_cpu() {
+    fn dtype_auto_follows_the_cpu() {
+        let native = cpu_bf16().is_some();
+        let auto = if native { Kind::BFloat16 } else { Kind::Float };
+        assert_eq!(select("cpu", DType::Auto).unwrap(), (Device::Cpu, auto));
         assert_eq!(
-            select("cpu", DType::Auto).unwrap(),
+            select("cpu", DType::F32).unwrap(),
             (Device::Cpu, Kind::Float)
         );
+        assert_eq!(
+            bf16_flag("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n"),
+            Some("avx512_bf16")
+        );
+        assert_eq!(
+            bf16_flag("processor: 0\nflags : fpu amx_bf16 avx512_bf16\n"),
+            Some("amx_bf16")
+        );
+        assert_eq!(bf16_flag("flags : fpu avx2 fma avx512_bf16x\n"), None);
+        assert_eq!(bf16_flag(""), None);
         assert_eq!(
             select("cpu", DType::Bf16).unwrap(),
             (Device::Cpu, Kind::BFloat16)

@@ -168,8 +168,7 @@ pub fn generate(
         let ids = Tensor::from_slice(&input)
             .unsqueeze(0)
             .to_device(model.device);
-        let logits = model.forward(&ids, None, Some(&mut cache), false);
-        let last = logits.select(1, -1).squeeze_dim(0);
+        let last = model.forward_last(&ids, Some(&mut cache)).squeeze_dim(0);
         let next = if params.temperature <= 0.0 && params.repetition_penalty == 1.0 {
             last.argmax(-1, false).int64_value(&[]) as u32
         } else {

@@ -4,9 +4,9 @@
 use tch::Tensor;
 
 use super::MlError;
+use super::attention::{LayerCache, attention};
 use super::hf_config::HfConfig;
 use super::lora::Linear;
-use super::model::{LayerCache, attention};
 use super::weights::Weights;
 
 struct LayerNorm {
@@ -156,7 +156,7 @@ impl Gpt2 {
     // `x = x + f(x)`, not `x += f(x)`: an in-place add on `x` would clobber
     // what autograd saved for the backward pass.
     #[allow(clippy::assign_op_pattern)]
-    pub fn forward(
+    pub fn forward_hidden(
         &self,
         ids: &Tensor,
         positions: &Tensor,
@@ -184,7 +184,11 @@ impl Gpt2 {
             let m = blk.c_fc.forward(&h, train).gelu("tanh");
             x = x + blk.mlp_proj.forward(&m, train);
         }
-        let x = self.ln_f.forward(&x);
-        x.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.wte), None)
+        self.ln_f.forward(&x)
+    }
+
+    /// The `[vocab, hidden]` output projection (the embedding when tied).
+    pub fn head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.wte)
     }
 }

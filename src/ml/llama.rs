@@ -5,9 +5,9 @@
 use tch::{Kind, Tensor};
 
 use super::MlError;
+use super::attention::{LayerCache, attention};
 use super::hf_config::HfConfig;
 use super::lora::Linear;
-use super::model::{LayerCache, attention};
 use super::weights::Weights;
 
 struct RmsNorm {
@@ -53,6 +53,81 @@ fn linear(
     })
 }
 
+/// Projections of one input as one matrix: the checkpoint's linears keep
+/// their names, but their weights are views into `weight` (a LoRA merge into
+/// one updates both), so a layer runs one matmul where the checkpoint has
+/// two or three, and each part adds its own unmerged LoRA.
+struct Fused {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    sizes: Vec<i64>,
+    /// A low-precision copy for single-token steps ([`Llama::set_decode_kind`]).
+    decode: Option<Tensor>,
+}
+
+impl Fused {
+    fn new(parts: &mut [&mut Linear]) -> Fused {
+        let cat = |ts: Vec<Tensor>| Tensor::cat(&ts, 0);
+        let weight = cat(parts.iter().map(|l| l.weight.shallow_clone()).collect());
+        let bias = parts
+            .iter()
+            .map(|l| l.bias.as_ref().map(Tensor::shallow_clone))
+            .collect::<Option<Vec<_>>>()
+            .map(cat);
+        let mut sizes = Vec::with_capacity(parts.len());
+        let mut off = 0;
+        for l in parts.iter_mut() {
+            let n = l.weight.size()[0];
+            l.weight = weight.narrow(0, off, n);
+            if let Some(b) = &bias {
+                l.bias = Some(b.narrow(0, off, n));
+            }
+            sizes.push(n);
+            off += n;
+        }
+        Fused {
+            weight,
+            bias,
+            sizes,
+            decode: None,
+        }
+    }
+
+    /// The parts' outputs for `x`, each with its LoRA.
+    fn forward<const N: usize>(&self, x: &Tensor, parts: [&Linear; N], train: bool) -> [Tensor; N] {
+        let single = !train && x.numel() as i64 == *x.size().last().unwrap_or(&0);
+        let y = match &self.decode {
+            Some(d) if single => {
+                let y = x
+                    .to_kind(d.kind())
+                    .linear::<Tensor>(d, None)
+                    .to_kind(x.kind());
+                match &self.bias {
+                    Some(b) => y + b,
+                    None => y,
+                }
+            }
+            _ => x.linear(&self.weight, self.bias.as_ref()),
+        };
+        let ys = if N == 1 {
+            vec![y]
+        } else {
+            y.split_with_sizes(&self.sizes, -1)
+        };
+        let mut it = ys
+            .into_iter()
+            .zip(parts)
+            .map(|(y, l)| l.with_lora(y, x, train));
+        std::array::from_fn(|_| it.next().expect("one output per part"))
+    }
+
+    fn set_decode_kind(&mut self, kind: Option<Kind>) {
+        self.decode = kind
+            .filter(|k| *k != self.weight.kind())
+            .map(|k| self.weight.detach().to_kind(k));
+    }
+}
+
 struct Layer {
     input_norm: RmsNorm,
     q: Linear,
@@ -63,6 +138,10 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
+    qkv: Fused,
+    o_only: Fused,
+    gate_up: Fused,
+    down_only: Fused,
 }
 
 impl Layer {
@@ -82,6 +161,14 @@ impl Layer {
             &mut self.down,
         ]
     }
+    fn fused_mut(&mut self) -> [&mut Fused; 4] {
+        [
+            &mut self.qkv,
+            &mut self.o_only,
+            &mut self.gate_up,
+            &mut self.down_only,
+        ]
+    }
 }
 
 pub struct Llama {
@@ -90,6 +177,7 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Option<Tensor>,
+    head_decode: Option<Tensor>,
     /// `[head_dim / 2]` inverse frequencies after rope scaling, f32 on the model's device.
     inv_freq: Tensor,
 }
@@ -144,21 +232,32 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
+            let mut q = linear(ws, &format!("{p}.self_attn.q_proj"), d, nh * hd, ab)?;
+            let mut k = linear(ws, &format!("{p}.self_attn.k_proj"), d, nkv * hd, ab)?;
+            let mut v = linear(ws, &format!("{p}.self_attn.v_proj"), d, nkv * hd, ab)?;
+            let mut o = linear(ws, &format!("{p}.self_attn.o_proj"), nh * hd, d, ab)?;
+            let mut gate = linear(ws, &format!("{p}.mlp.gate_proj"), d, inter, mb)?;
+            let mut up = linear(ws, &format!("{p}.mlp.up_proj"), d, inter, mb)?;
+            let mut down = linear(ws, &format!("{p}.mlp.down_proj"), inter, d, mb)?;
             layers.push(Layer {
                 input_norm: RmsNorm::load(ws, &format!("{p}.input_layernorm"), d, cfg.norm_eps)?,
-                q: linear(ws, &format!("{p}.self_attn.q_proj"), d, nh * hd, ab)?,
-                k: linear(ws, &format!("{p}.self_attn.k_proj"), d, nkv * hd, ab)?,
-                v: linear(ws, &format!("{p}.self_attn.v_proj"), d, nkv * hd, ab)?,
-                o: linear(ws, &format!("{p}.self_attn.o_proj"), nh * hd, d, ab)?,
                 post_norm: RmsNorm::load(
                     ws,
                     &format!("{p}.post_attention_layernorm"),
                     d,
                     cfg.norm_eps,
                 )?,
-                gate: linear(ws, &format!("{p}.mlp.gate_proj"), d, inter, mb)?,
-                up: linear(ws, &format!("{p}.mlp.up_proj"), d, inter, mb)?,
-                down: linear(ws, &format!("{p}.mlp.down_proj"), inter, d, mb)?,
+                qkv: Fused::new(&mut [&mut q, &mut k, &mut v]),
+                o_only: Fused::new(&mut [&mut o]),
+                gate_up: Fused::new(&mut [&mut gate, &mut up]),
+                down_only: Fused::new(&mut [&mut down]),
+                q,
+                k,
+                v,
+                o,
+                gate,
+                up,
+                down,
             });
         }
         let v = cfg.vocab_size as i64;
@@ -178,6 +277,7 @@ impl Llama {
             layers,
             norm: RmsNorm::load(ws, "model.norm", d, cfg.norm_eps)?,
             lm_head,
+            head_decode: None,
             inv_freq,
         })
     }
@@ -220,7 +320,7 @@ impl Llama {
     // `x = x + f(x)`, not `x += f(x)`: an in-place add on `x` would clobber
     // what autograd saved for the backward pass.
     #[allow(clippy::assign_op_pattern)]
-    pub fn forward(
+    pub fn forward_hidden(
         &self,
         ids: &Tensor,
         positions: &Tensor,
@@ -242,19 +342,47 @@ impl Llama {
         let rope = |x: &Tensor| x * &cos + rotate_half(x) * &sin;
         for (i, l) in self.layers.iter().enumerate() {
             let h = l.input_norm.forward(&x);
-            let q = l.q.forward(&h, train).view([b, t, nh, hd]).transpose(1, 2);
-            let k = l.k.forward(&h, train).view([b, t, nkv, hd]).transpose(1, 2);
-            let v = l.v.forward(&h, train).view([b, t, nkv, hd]).transpose(1, 2);
+            let [q, k, v] = l.qkv.forward(&h, [&l.q, &l.k, &l.v], train);
+            let q = q.view([b, t, nh, hd]).transpose(1, 2);
+            let k = k.view([b, t, nkv, hd]).transpose(1, 2);
+            let v = v.view([b, t, nkv, hd]).transpose(1, 2);
             let (q, k) = (rope(&q), rope(&k));
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
             let a = attention(&q, k, v, mask, layer_cache, nkv != nh);
             let a = a.transpose(1, 2).contiguous().view([b, t, nh * hd]);
-            x = x + l.o.forward(&a, train);
+            let [o] = l.o_only.forward(&a, [&l.o], train);
+            x = x + o;
             let h = l.post_norm.forward(&x);
-            let m = l.gate.forward(&h, train).silu() * l.up.forward(&h, train);
-            x = x + l.down.forward(&m, train);
+            let [gate, up] = l.gate_up.forward(&h, [&l.gate, &l.up], train);
+            let [down] = l.down_only.forward(&(gate.silu() * up), [&l.down], train);
+            x = x + down;
         }
-        let x = self.norm.forward(&x);
-        x.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed), None)
+        self.norm.forward(&x)
+    }
+
+    /// The `[vocab, hidden]` output projection (the embedding when tied).
+    pub fn head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// The head in the decode kind, if one is set (see [`Self::set_decode_kind`]).
+    pub fn head_decode(&self) -> Option<&Tensor> {
+        self.head_decode.as_ref()
+    }
+
+    /// Keeps (`Some(kind)`) or drops copies of every matrix in `kind` for
+    /// single-token steps: decoding one token is bound by reading the weights,
+    /// and bf16 halves the bytes even where bf16 matmuls over many rows are
+    /// slow. Call again after the weights change (a LoRA merge).
+    pub fn set_decode_kind(&mut self, kind: Option<Kind>) {
+        for l in &mut self.layers {
+            l.fused_mut()
+                .into_iter()
+                .for_each(|f| f.set_decode_kind(kind));
+        }
+        let head = self.head_weight();
+        self.head_decode = kind
+            .filter(|k| *k != head.kind())
+            .map(|k| head.detach().to_kind(k));
     }
 }

@@ -119,6 +119,12 @@ impl Linear {
         } else {
             x.linear(&self.weight, self.bias.as_ref())
         };
+        self.with_lora(y, x, train)
+    }
+
+    /// `y + scale · B(A(dropout(x)))` while a LoRA is attached and not merged;
+    /// `y` (the base layer's output for `x`) otherwise.
+    pub fn with_lora(&self, y: Tensor, x: &Tensor, train: bool) -> Tensor {
         match &self.lora {
             Some(l) if !self.merged => {
                 let xd = if train && l.dropout > 0.0 {

@@ -3,6 +3,7 @@
 //! templates, generation with a KV cache, GGUF import, and tiny random models
 //! for tests.
 
+pub mod attention;
 pub mod data;
 pub mod device;
 pub mod generate;
@@ -13,6 +14,7 @@ pub mod hub;
 pub mod init;
 pub mod llama;
 pub mod lora;
+pub mod loss;
 pub mod model;
 pub mod rng;
 pub mod tokenizer;

@@ -6,62 +6,12 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::MlError;
+pub use super::attention::KvCache;
 use super::gpt2::Gpt2;
 use super::hf_config::{Arch, HfConfig};
 use super::llama::Llama;
 use super::lora::{self, Linear, LoraSpec, LoraWeights, PeftConfig};
 use super::weights::Weights;
-
-/// Cached keys and values of one layer: `[b, kv_heads, past, head_dim]`.
-#[derive(Default)]
-pub struct LayerCache {
-    pub kv: Option<(Tensor, Tensor)>,
-}
-
-/// The KV cache of a whole model for incremental decoding.
-pub struct KvCache {
-    pub layers: Vec<LayerCache>,
-    /// Tokens already in the cache.
-    pub len: i64,
-}
-
-impl KvCache {
-    pub fn new(num_layers: usize) -> KvCache {
-        KvCache {
-            layers: (0..num_layers).map(|_| LayerCache::default()).collect(),
-            len: 0,
-        }
-    }
-}
-
-/// Scaled dot-product attention over `q` and the new `k`, `v` appended to the
-/// cache. `mask`: additive `[b, 1, t, past + t]`; `None` = causal over the new
-/// tokens when the cache was empty, or all keys for a single query (which lets
-/// libtorch use its fused kernels instead of materialising the scores).
-pub(crate) fn attention(
-    q: &Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Option<&Tensor>,
-    cache: Option<&mut LayerCache>,
-    gqa: bool,
-) -> Tensor {
-    let (k, v) = match cache {
-        Some(c) => {
-            let (k, v) = match c.kv.take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2), Tensor::cat(&[&pv, &v], 2)),
-                None => (k, v),
-            };
-            c.kv = Some((k.shallow_clone(), v.shallow_clone()));
-            (k, v)
-        }
-        None => (k, v),
-    };
-    // Grouped-query attention: SDPA shares each key/value head across its query
-    // heads itself (enable_gqa), without copying k and v.
-    let causal = mask.is_none() && q.size()[2] > 1;
-    Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, causal, None, gqa)
-}
 
 enum Inner {
     Gpt2(Gpt2),
@@ -75,6 +25,8 @@ pub struct CausalLm {
     pub kind: Kind,
     /// The LoRA hyperparameters attached, if any.
     pub lora: Option<LoraSpec>,
+    /// The kind of the single-token weight copies, if kept ([`Self::set_decode_kind`]).
+    decode_kind: Option<Kind>,
 }
 
 impl CausalLm {
@@ -106,6 +58,7 @@ impl CausalLm {
             device,
             kind,
             lora: None,
+            decode_kind: None,
         })
     }
 
@@ -123,10 +76,8 @@ impl CausalLm {
         }
     }
 
-    /// Logits `[b, t, vocab]` for `ids` `[b, t]`. `attention_mask` `[b, past + t]`
-    /// (1 = token, 0 = padding) covers cached tokens too; `None` = all tokens.
-    /// With a cache, `ids` continue the cached sequence.
-    pub fn forward(
+    /// As [`Self::forward`], the final hidden states `[b, t, hidden]`.
+    pub fn forward_hidden(
         &self,
         ids: &Tensor,
         attention_mask: Option<&Tensor>,
@@ -143,11 +94,56 @@ impl CausalLm {
             None if past == 0 || t == 1 => None,
             _ => Some(self.additive_mask(b, t, past, attention_mask)),
         };
-        let logits = self.forward_raw(ids, &positions, mask.as_ref(), cache.as_deref_mut(), train);
+        let h = self.hidden(ids, &positions, mask.as_ref(), cache.as_deref_mut(), train);
         if let Some(c) = cache {
             c.len += t;
         }
-        logits
+        h
+    }
+
+    /// Logits `[b, t, vocab]` for `ids` `[b, t]`. `attention_mask` `[b, past + t]`
+    /// (1 = token, 0 = padding) covers cached tokens too; `None` = all tokens.
+    /// With a cache, `ids` continue the cached sequence.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        self.logits(&self.forward_hidden(ids, attention_mask, cache, train))
+    }
+
+    /// Logits `[b, vocab]` of the last position only (decoding: a prompt of
+    /// n tokens costs one row of the LM head, not n).
+    pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
+        let h = self.forward_hidden(ids, None, cache, false).select(1, -1);
+        match &self.inner {
+            Inner::Llama(m) if h.size()[0] == 1 => match m.head_decode() {
+                Some(w) => h
+                    .to_kind(w.kind())
+                    .linear::<Tensor>(w, None)
+                    .to_kind(h.kind()),
+                None => self.logits(&h),
+            },
+            _ => self.logits(&h),
+        }
+    }
+
+    /// Keeps copies of the weights in `kind` (bf16) for single-token decoding
+    /// steps, which are bound by reading the weights (Llama models; `None`
+    /// drops them). Prompts and training still run in the model's kind. The
+    /// copies follow every change of the weights made through this type.
+    pub fn set_decode_kind(&mut self, kind: Option<Kind>) {
+        self.decode_kind = kind;
+        self.refresh_decode();
+    }
+
+    fn refresh_decode(&mut self) {
+        let kind = self.decode_kind;
+        if let Inner::Llama(m) = &mut self.inner {
+            m.set_decode_kind(kind);
+        }
     }
 
     /// Logits for explicit `positions` `[b, t]` and an additive attention mask
@@ -161,10 +157,37 @@ impl CausalLm {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Tensor {
+        self.logits(&self.hidden(ids, positions, mask, cache, train))
+    }
+
+    /// As [`Self::forward_raw`], the final hidden states `[b, t, hidden]`
+    /// before the LM head: the loss and decoding apply the head only where
+    /// they need logits (labelled positions, the last token).
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
         let layers = cache.map(|c| &mut c.layers);
         match &self.inner {
-            Inner::Gpt2(m) => m.forward(ids, positions, mask, layers, train),
-            Inner::Llama(m) => m.forward(ids, positions, mask, layers, train),
+            Inner::Gpt2(m) => m.forward_hidden(ids, positions, mask, layers, train),
+            Inner::Llama(m) => m.forward_hidden(ids, positions, mask, layers, train),
+        }
+    }
+
+    /// The LM head: logits `[…, vocab]` of hidden states `[…, hidden]`.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(self.head_weight(), None)
+    }
+
+    /// The `[vocab, hidden]` LM head weight (the embedding when tied).
+    pub fn head_weight(&self) -> &Tensor {
+        match &self.inner {
+            Inner::Gpt2(m) => m.head_weight(),
+            Inner::Llama(m) => m.head_weight(),
         }
     }
 
@@ -331,11 +354,17 @@ impl CausalLm {
     }
 
     pub fn merge_lora(&mut self) {
-        self.linears_mut().into_iter().for_each(Linear::merge);
+        if self.linears().iter().any(|l| l.lora.is_some() && !l.merged) {
+            self.linears_mut().into_iter().for_each(Linear::merge);
+            self.refresh_decode();
+        }
     }
 
     pub fn unmerge_lora(&mut self) {
-        self.linears_mut().into_iter().for_each(Linear::unmerge);
+        if self.linears().iter().any(|l| l.merged) {
+            self.linears_mut().into_iter().for_each(Linear::unmerge);
+            self.refresh_decode();
+        }
     }
 
     /// Writes the model (LoRA merged in) in Hugging Face layout: `config.json`

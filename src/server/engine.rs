@@ -145,7 +145,8 @@ fn prepare<'a>(
     let l = match slot.take() {
         Some(l) => l,
         None => {
-            let (model, tok) = crate::pipeline::load_base(config).map_err(no_model)?;
+            let (mut model, tok) = crate::pipeline::load_base(config).map_err(no_model)?;
+            set_decode_kind(config, &mut model);
             Loaded {
                 model,
                 tok,
@@ -159,6 +160,7 @@ fn prepare<'a>(
     let want_base = v.base.clone().unwrap_or(model_dir);
     if l.version != want || l.base != want_base {
         l.version = None;
+        l.model.set_decode_kind(None);
         crate::pipeline::switch_to(
             config,
             &mut l.model,
@@ -167,10 +169,23 @@ fn prepare<'a>(
             v.adapter.as_ref(),
         )
         .map_err(|e| EngineError::NoModel(format!("{}: {e}", v.label)))?;
+        // Serving never pays for LoRA at run time: the adapter is folded into
+        // this copy's weights (loading the next version unmerges it first).
+        l.model.merge_lora();
+        set_decode_kind(config, &mut l.model);
         tracing::info!(version = %v.label, "serving version loaded");
         l.version = want;
     }
     Ok(l)
+}
+
+/// bf16 copies for decoding steps where `[server] decode_bf16` asks and they help.
+fn set_decode_kind(config: &Config, m: &mut CausalLm) {
+    m.set_decode_kind(crate::ml::device::decode_kind(
+        m.device,
+        m.kind,
+        config.server.decode_bf16,
+    ));
 }
 
 fn run(config: &Config, slot: &mut Option<Loaded>, job: &Job) -> Result<(), EngineError> {

@@ -405,10 +405,9 @@ fn forward_backward(
         } else {
             data::pad(batch, pad_id, model.device)
         };
-        let logits = model.forward_raw(&b.ids, &b.positions, b.mask.as_ref(), None, true);
-        let loss = data::nll_sum(&logits, &b.labels) / targets.max(1) as f64;
-        loss.backward();
-        loss_sum += loss.double_value(&[]);
+        let hidden = model.hidden(&b.ids, &b.positions, b.mask.as_ref(), None, true);
+        let scale = 1.0 / targets.max(1) as f64;
+        loss_sum += crate::ml::loss::backward_nll(model, &hidden, &b.labels, scale) * scale;
         tokens += b.tokens;
     }
     (loss_sum, tokens)
