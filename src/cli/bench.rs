@@ -217,12 +217,17 @@ fn set_threads(threads: usize) {
 /// Greedy decoding of exactly `max_new_tokens` per prompt (eos ignored) after
 /// one untimed warm-up prompt; prints tokens/s.
 pub fn bench_generate(a: &GenerateArgs) -> Result<serde_json::Value, BenchError> {
+    // Where a cold start goes: process start (libtorch loading) to here, the
+    // tokenizer and weights, the decode copies; the rest is the first prompt.
+    let at_main = process_age_s();
     let (tok, mut model) = a.common.load()?;
+    let loaded = process_age_s();
     model.set_decode_kind(lorastream::ml::device::decode_kind(
         model.device,
         model.kind,
         !a.no_decode_bf16,
     ));
+    let copies = process_age_s();
     let prompts: Vec<Vec<u32>> = load_examples(&a.common.data, a.limit)?
         .into_iter()
         .map(|m| {
@@ -241,7 +246,12 @@ pub fn bench_generate(a: &GenerateArgs) -> Result<serde_json::Value, BenchError>
             std::ops::ControlFlow::Continue(())
         })
     };
-    run(&prompts[0])?;
+    // The first token of the first (cold) prompt, timed from the process start.
+    let mut first_token_s = None;
+    generate(&model, &tok, &prompts[0], &params, |_, _| {
+        first_token_s.get_or_insert_with(process_age_s);
+        std::ops::ControlFlow::Continue(())
+    })?;
     let t0 = Instant::now();
     let mut new_tokens = 0;
     for p in &prompts {
@@ -251,8 +261,36 @@ pub fn bench_generate(a: &GenerateArgs) -> Result<serde_json::Value, BenchError>
     Ok(json!({
         "bench": "generate", "impl": "lorastream", "prompts": prompts.len(), "new_tokens": new_tokens,
         "seconds": round4(dt), "tokens_per_s": round2(new_tokens as f64 / dt),
-        "threads": tch::get_num_threads(),
+        "threads": tch::get_num_threads(), "first_token_s": first_token_s.map(round4),
+        "cold_start": {"to_main_s": round4(at_main), "load_s": round4(loaded - at_main),
+                       "decode_copies_s": round4(copies - loaded)},
     }))
+}
+
+/// Seconds since this process started (its start time in `/proc/self/stat`,
+/// in clock ticks since boot, against CLOCK_BOOTTIME): counts the loading of
+/// libtorch before `main`. NaN where `/proc` is not readable.
+fn process_age_s() -> f64 {
+    let start = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; starttime is field 22.
+            let rest = s.rsplit_once(')')?.1;
+            rest.split_whitespace().nth(19)?.parse::<f64>().ok()
+        });
+    // SAFETY: plain libc calls writing into a local timespec.
+    let (ticks, now) = unsafe {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts);
+        (
+            libc::sysconf(libc::_SC_CLK_TCK) as f64,
+            ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9,
+        )
+    };
+    start.map_or(f64::NAN, |s| now - s / ticks)
 }
 
 fn round4(x: f64) -> f64 {

@@ -8,25 +8,68 @@ use tch::{Device, Kind, Tensor};
 
 use super::MlError;
 
-/// The tensors of a checkpoint, taken out one by one as layers load.
+/// The tensors of a checkpoint, taken out one by one as layers load. Files
+/// are memory-mapped: each tensor is copied once, from the page cache into
+/// its place on the model's device and dtype, when a layer takes it; nothing
+/// holds the whole file in memory beside the model.
 pub struct Weights {
-    tensors: HashMap<String, Tensor>,
+    tensors: HashMap<String, Stored>,
+    maps: Vec<memmap2::Mmap>,
     source: PathBuf,
     device: Device,
     kind: Kind,
 }
 
-fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>, MlError> {
-    if !path.exists() {
-        return Err(MlError::io(
-            path,
-            std::io::Error::from(std::io::ErrorKind::NotFound),
+/// Where a tensor's bytes are.
+enum Stored {
+    /// `maps[map][start..end]`, of `kind` and `shape`.
+    Mapped {
+        map: usize,
+        start: usize,
+        end: usize,
+        kind: Kind,
+        shape: Vec<i64>,
+    },
+    Memory(Tensor),
+}
+
+impl Stored {
+    fn size(&self) -> Vec<i64> {
+        match self {
+            Stored::Mapped { shape, .. } => shape.clone(),
+            Stored::Memory(t) => t.size(),
+        }
+    }
+}
+
+/// Maps `path` and lists its tensors (validated by the safetensors parser).
+fn map_file(path: &Path, index: usize) -> Result<(memmap2::Mmap, Vec<(String, Stored)>), MlError> {
+    let bad = |msg: String| MlError::Safetensors {
+        path: path.to_owned(),
+        msg,
+    };
+    let file = std::fs::File::open(path).map_err(|e| MlError::io(path, e))?;
+    // SAFETY: the map is read-only and private to this process; model files
+    // are written atomically (renamed into place), never rewritten in place.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| MlError::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| bad(format!("{e:?}")))?;
+    let base = map.as_ptr() as usize;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let kind = Kind::try_from(view.dtype()).map_err(|e| bad(format!("{name}: {e}")))?;
+        let start = view.data().as_ptr() as usize - base;
+        out.push((
+            name,
+            Stored::Mapped {
+                map: index,
+                start,
+                end: start + view.data().len(),
+                kind,
+                shape: view.shape().iter().map(|&d| d as i64).collect(),
+            },
         ));
     }
-    Tensor::read_safetensors(path).map_err(|e| MlError::Safetensors {
-        path: path.to_owned(),
-        msg: e.to_string(),
-    })
+    Ok((map, out))
 }
 
 impl Weights {
@@ -35,8 +78,15 @@ impl Weights {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
         let mut tensors = HashMap::new();
+        let mut maps = Vec::new();
+        let mut read = |path: &Path| -> Result<(), MlError> {
+            let (map, list) = map_file(path, maps.len())?;
+            maps.push(map);
+            tensors.extend(list);
+            Ok(())
+        };
         let source = if single.exists() || !index.exists() {
-            tensors.extend(read_file(&single)?);
+            read(&single)?;
             single
         } else {
             let text = std::fs::read_to_string(&index).map_err(|e| MlError::io(&index, e))?;
@@ -61,12 +111,13 @@ impl Weights {
                         msg: format!("shard name {f:?} leaves the model directory"),
                     });
                 }
-                tensors.extend(read_file(&dir.join(f))?);
+                read(&dir.join(f))?;
             }
             index
         };
         Ok(Weights {
             tensors,
+            maps,
             source,
             device,
             kind,
@@ -76,7 +127,11 @@ impl Weights {
     /// From tensors in memory (tests, `model init`).
     pub fn from_map(tensors: HashMap<String, Tensor>, device: Device, kind: Kind) -> Weights {
         Weights {
-            tensors,
+            tensors: tensors
+                .into_iter()
+                .map(|(k, t)| (k, Stored::Memory(t)))
+                .collect(),
+            maps: Vec::new(),
             source: PathBuf::from("(memory)"),
             device,
             kind,
@@ -104,6 +159,21 @@ impl Weights {
                 path: self.source.clone(),
             });
         }
+        let t = match t {
+            Stored::Memory(t) => t,
+            Stored::Mapped {
+                map,
+                start,
+                end,
+                kind,
+                shape,
+            } => Tensor::f_from_data_size(&self.maps[map][start..end], &shape, kind).map_err(
+                |e| MlError::Safetensors {
+                    path: self.source.clone(),
+                    msg: format!("{name}: {e}"),
+                },
+            )?,
+        };
         Ok(t.to_device(self.device)
             .to_kind(self.kind)
             .set_requires_grad(false))
