@@ -2,7 +2,8 @@
 #
 #   make run     set-up, release build, run the daemon with config/lorastream.toml
 #   make demo    set-up, release build, lorastream demo (the whole loop, offline)
-#   make test    set-up, release build, fmt + clippy + cargo test
+#   make test    set-up, release build, fmt + clippy + cargo test, all in the release
+#                profile (one build of every dependency, one libtorch link per binary)
 #   make build   set-up and release build (target/release/lorastream)
 #   make setup   install libtorch (PyPI torch) and test-only Python packages into
 #                $LORASTREAM_VENV (default ~/.cache/lorastream/venv)
@@ -43,10 +44,10 @@ fmt:
 	$(CARGO) fmt --all -- --check
 
 clippy: setup
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --release --all-targets --locked -- -D warnings
 
 cargo-test: setup
-	$(CARGO) test --locked
+	$(CARGO) test --release --locked
 
 check: fmt clippy cargo-test
 

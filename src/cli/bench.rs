@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::json;
-use tch::Device;
 
 use lorastream::ml::data::{self, Encoded, Labels};
 use lorastream::ml::generate::{SamplingParams, generate};
@@ -34,15 +33,22 @@ pub struct CommonArgs {
     /// CPU with native bf16, f32 otherwise; the peer always runs f32).
     #[arg(long, default_value = "auto")]
     pub dtype: DType,
+    /// cpu (as the peer), cuda, cuda:N or auto (`scripts/bench-gpu.sh`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl CommonArgs {
     fn load(&self) -> Result<(ChatTokenizer, CausalLm), BenchError> {
         set_threads(self.threads);
         let tok = ChatTokenizer::load(&self.model, None)?;
-        let kind = self.dtype.kind(Device::Cpu);
-        eprintln!("dtype {kind:?} ({})", self.dtype.reason(Device::Cpu));
-        Ok((tok, CausalLm::load(&self.model, Device::Cpu, kind)?))
+        let device = lorastream::ml::device::resolve(&self.device).map_err(MlError::from)?;
+        let kind = self.dtype.kind(device);
+        eprintln!(
+            "device {device:?}, dtype {kind:?} ({})",
+            self.dtype.reason(device)
+        );
+        Ok((tok, CausalLm::load(&self.model, device, kind)?))
     }
 }
 
@@ -182,7 +188,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
             (fwd, bwd, optim) = (0.0, 0.0, 0.0);
         }
         let ts = Instant::now();
-        let b = data::pad(&batches[step % batches.len()], pad_id, Device::Cpu);
+        let b = data::pad(&batches[step % batches.len()], pad_id, model.device);
         let hidden = model.hidden(&b.ids, &b.positions, b.mask.as_ref(), None, true);
         let tf = Instant::now();
         let scale = 1.0 / b.targets.max(1) as f64;

@@ -3,7 +3,7 @@
 //! a hot swap under load while the daemon trains, and the official Python
 //! `openai` client.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 //! promoted — and what is finally served has forgotten topic 1 far less.
 //! Then the versions commands: list, rollback, promote.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;

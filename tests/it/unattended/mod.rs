@@ -1,8 +1,7 @@
 //! Unattended operation (issue 14): no poison item, fault or oversized input
 //! stops the daemon for good. Each test reproduces one way it used to.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 mod learning;
 mod spool;
 

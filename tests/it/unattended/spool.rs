@@ -86,7 +86,9 @@ fn a_spool_file_killed_midway_resumes_after_its_last_chunk() {
     );
     assert_eq!(stored % 1000, 0, "chunks of 1000");
     let cfg = lorastream::config::Config::load(&config).unwrap();
-    let report = tokio::runtime::Runtime::new()
+    let report = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap()
         .block_on(lorastream::sources::run_source(
             &lorastream::http::Http::new(),

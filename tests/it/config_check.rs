@@ -1,7 +1,7 @@
 //! `lorastream config check` on the shipped example and on broken files: the
 //! binary must exit non-zero naming the file, the key and the line, never panic.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

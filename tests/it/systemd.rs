@@ -3,8 +3,6 @@
 //! is rewritten to the built binary, as `make install` does for its PREFIX.
 //! Skipped, with the reason printed, where systemd-analyze is missing.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 

@@ -5,7 +5,7 @@
 //! killed with SIGKILL during a crawl, during training and between training
 //! and evaluation: the final store must be the same.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Continual training on streams: labels, packing, three real Quora streams in
 //! sequence with the perplexity matrix, and resume after `kill -9`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

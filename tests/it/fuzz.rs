@@ -9,7 +9,7 @@
 //! panic and within 1 s. `make test` runs a short budget; the long run is
 //!
 //! ```text
-//! FUZZ_CASES=100000 cargo test --release --test fuzz -- --nocapture --test-threads 1
+//! FUZZ_CASES=100000 cargo test --release --test it fuzz:: -- --nocapture --test-threads 1
 //! ```
 
 use std::cell::Cell;
@@ -159,7 +159,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn config_parser() {
-    let example = include_bytes!("../config/lorastream.toml");
+    let example = include_bytes!("../../config/lorastream.toml");
     let small = b"[daemon]\nstate_dir = \"s\"\n[[sources]]\nname = \"a\"\nkind = \"crawlbase\"\ntopics = [\"x\"]\n[train]\nlr = 1e-3\n[feedback]\nmerge = \"every_n_streams\"\n";
     let base = std::path::Path::new("/nonexistent");
     fuzz("config", &[example, small], |b| {

@@ -2,7 +2,7 @@
 //! survives a bad SIGHUP reload, applies a good one, and exits 0 on SIGTERM and
 //! SIGINT with 'shutdown complete' logged. `status` reads what it left.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

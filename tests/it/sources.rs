@@ -3,7 +3,7 @@
 //! 50 MB body, invalid UTF-8, a dead port. Nothing panics, nothing accepted is
 //! lost, and the cursor never skips a row that was not stored.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -11,10 +11,10 @@
 //! shows it. `make test` kills it 6 times; the full campaign is
 //!
 //! ```text
-//! KILLS=50 cargo test --test kill -- --nocapture
+//! KILLS=50 cargo test --release --test it kill:: -- --nocapture
 //! ```
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

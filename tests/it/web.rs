@@ -3,7 +3,7 @@
 //! Prometheus' `promtool` checks the metrics. Each part skips, saying why,
 //! where its tool is not installed (`scripts/setup-libtorch.sh` installs them).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The model layer on models made by `model init`: loading, generation, the
 //! plain template, and clear errors for broken files.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;

@@ -4,7 +4,7 @@
 //! crawl adding nothing, bad and unsettled files, and the OpenAI-compatible
 //! summarizer over loopback (with its fallback).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

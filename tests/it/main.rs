@@ -1,0 +1,22 @@
+//! The integration tests, one binary (libtorch is linked once, not once per
+//! file): each module is one area, run with `cargo test --release --test it AREA::`,
+//! e.g. `cargo test --release --test it train::` or `KILLS=50 cargo test --release --test it kill::`.
+//! Shared helpers are in `common/` (loopback servers, tiny models, daemons).
+
+mod chat;
+mod common;
+mod config_check;
+mod crawl;
+mod daemon;
+mod feedback;
+mod fuzz;
+mod gguf;
+mod kill;
+mod model;
+mod parity;
+mod pipeline;
+mod sources;
+mod systemd;
+mod train;
+mod unattended;
+mod web;
