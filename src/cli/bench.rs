@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use lorastream::config::LossOn;
 use lorastream::ml::data::{self, Encoded, Labels};
 use lorastream::ml::generate::{SamplingParams, generate};
 use lorastream::ml::{CausalLm, ChatTokenizer, DType, LoraSpec, Message, MlError};
@@ -97,6 +98,11 @@ pub struct TrainArgs {
     /// Comma-separated module names (gpt2: c_attn).
     #[arg(long, default_value = "q_proj,v_proj")]
     pub targets: String,
+    /// Tokens the loss is on, as `[train] loss_on`: the daemon's default
+    /// `assistant` (the LM head runs only there), or `all` as the peer (whose
+    /// transformers model computes the head at every position either way).
+    #[arg(long, default_value = "assistant")]
+    pub loss_on: LossOn,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,15 +116,17 @@ pub enum BenchError {
 }
 
 /// Renders every example with the chat template (plain for GPT-2), truncates to
-/// `seq_len`, keeps those of two or more tokens; loss on every token, as the peer.
+/// `seq_len`, keeps those of two or more tokens (and one target); the loss on
+/// `labels` (every token, as the peer, or the assistant's, as the daemon).
 fn encode_for_peer(
     tok: &ChatTokenizer,
     examples: &[Vec<Message>],
     seq_len: usize,
+    labels: Labels,
 ) -> Result<Vec<Encoded>, BenchError> {
     let mut out = Vec::new();
     for m in examples {
-        if let Some(e) = data::encode(tok, m, seq_len, Labels::All)? {
+        if let Some(e) = data::encode(tok, m, seq_len, labels)? {
             out.push(e);
         }
     }
@@ -135,6 +143,7 @@ pub fn bench_eval(a: &EvalArgs) -> Result<serde_json::Value, BenchError> {
         &tok,
         &load_examples(&a.common.data, a.limit)?,
         a.common.seq_len,
+        Labels::All,
     )?;
     let pad_id = tok.pad_id() as i64;
     let bs = a.common.batch_size.max(1);
@@ -167,7 +176,12 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
             .collect(),
         rslora: false,
     })?;
-    let enc = encode_for_peer(&tok, &load_examples(&a.common.data, 0)?, a.common.seq_len)?;
+    let labels = match a.loss_on {
+        LossOn::Assistant => Labels::Assistant,
+        LossOn::All => Labels::All,
+    };
+    let examples = load_examples(&a.common.data, 0)?;
+    let enc = encode_for_peer(&tok, &examples, a.common.seq_len, labels)?;
     let pad_id = tok.pad_id() as i64;
     let batches: Vec<Vec<&Encoded>> = enc
         .chunks(a.common.batch_size.max(1))
@@ -208,7 +222,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
         "bench": "train", "impl": "lorastream", "tokens": tokens, "seconds": round4(dt),
         "tokens_per_s": round2(tokens as f64 / dt), "steps": a.steps,
         "first_loss": round4(losses[0]), "last_loss": round4(*losses.last().unwrap_or(&f64::NAN)),
-        "trainable_params": trainable, "threads": tch::get_num_threads(),
+        "trainable_params": trainable, "threads": tch::get_num_threads(), "loss_on": a.loss_on.to_string(),
         "forward_s": round4(fwd), "backward_s": round4(bwd), "optimizer_s": round4(optim),
     }))
 }
@@ -268,6 +282,9 @@ pub fn bench_generate(a: &GenerateArgs) -> Result<serde_json::Value, BenchError>
         "bench": "generate", "impl": "lorastream", "prompts": prompts.len(), "new_tokens": new_tokens,
         "seconds": round4(dt), "tokens_per_s": round2(new_tokens as f64 / dt),
         "threads": tch::get_num_threads(), "first_token_s": first_token_s.map(round4),
+        // Batch-1 decoding reads every matrix once per token: the bandwidth it reached.
+        "weights_mb_per_token": round2(model.decode_bytes() as f64 / 1e6),
+        "weights_gb_per_s": round2(model.decode_bytes() as f64 * new_tokens as f64 / dt / 1e9),
         "cold_start": {"to_main_s": round4(at_main), "load_s": round4(loaded - at_main),
                        "decode_copies_s": round4(copies - loaded)},
     }))

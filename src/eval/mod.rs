@@ -67,9 +67,12 @@ pub fn perplexity_encoded(
     let _guard = tch::no_grad_guard();
     let mut nll = 0.0;
     let mut count = 0i64;
-    for chunk in enc.chunks(batch_size.max(1)) {
-        let refs: Vec<&Encoded> = chunk.iter().collect();
-        let b = data::pad(&refs, pad_id, model.device);
+    // Batches of similar lengths: a sum over every token does not depend on
+    // the order, and short examples no longer pay for a long one's padding.
+    let mut by_length: Vec<&Encoded> = enc.iter().collect();
+    by_length.sort_by_key(|e| e.ids.len());
+    for refs in by_length.chunks(batch_size.max(1)) {
+        let b = data::pad(refs, pad_id, model.device);
         let hidden = model.hidden(&b.ids, &b.positions, b.mask.as_ref(), None, false);
         nll += crate::ml::loss::nll_sum(model, &hidden, &b.labels);
         count += b.targets;

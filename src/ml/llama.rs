@@ -22,9 +22,14 @@ impl RmsNorm {
             eps,
         })
     }
-    /// As transformers: normalise in f32, cast back, then scale.
+    /// As transformers: normalise in f32, cast back, then scale. Without a
+    /// gradient to keep, libtorch's fused kernel does the same in one pass
+    /// (its backward is slower than autograd's over the plain ops).
     fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
+        if !x.requires_grad() && kind == Kind::Float {
+            return x.rms_norm([self.w.size()[0]], Some(&self.w), self.eps);
+        }
         let xf = x.to_kind(Kind::Float);
         let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
         let normed = (xf * (var + self.eps).rsqrt()).to_kind(kind);
@@ -345,6 +350,9 @@ impl Llama {
             let [q, k, v] = l.qkv.forward(&h, [&l.q, &l.k, &l.v], train);
             let q = q.view([b, t, nh, hd]).transpose(1, 2);
             let k = k.view([b, t, nkv, hd]).transpose(1, 2);
+            // A copy of v alone: attention keeps v for the backward pass, and a
+            // view would keep the whole fused q/k/v output alive with it.
+            let v = if train { v.contiguous() } else { v };
             let v = v.view([b, t, nkv, hd]).transpose(1, 2);
             let (q, k) = (rope(&q), rope(&k));
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
@@ -363,6 +371,19 @@ impl Llama {
     /// The `[vocab, hidden]` output projection (the embedding when tied).
     pub fn head_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Bytes of the matrices a single-token step reads (decode copies where
+    /// kept): what bounds decoding speed.
+    pub fn decode_bytes(&self) -> i64 {
+        let bytes = |t: &Tensor| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
+        let layers: i64 = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.qkv, &l.o_only, &l.gate_up, &l.down_only])
+            .map(|f| bytes(f.decode.as_ref().unwrap_or(&f.weight)))
+            .sum();
+        layers + bytes(self.head_decode.as_ref().unwrap_or(self.head_weight()))
     }
 
     /// The head in the decode kind, if one is set (see [`Self::set_decode_kind`]).

@@ -139,6 +139,18 @@ impl CausalLm {
         self.refresh_decode();
     }
 
+    /// Bytes of the matrices one decoding step reads (Llama: the decode
+    /// copies where kept; GPT-2: its linear layers and head).
+    pub fn decode_bytes(&self) -> i64 {
+        let bytes = |t: &Tensor| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
+        match &self.inner {
+            Inner::Llama(m) => m.decode_bytes(),
+            Inner::Gpt2(m) => {
+                m.linears().iter().map(|l| bytes(&l.weight)).sum::<i64>() + bytes(m.head_weight())
+            }
+        }
+    }
+
     fn refresh_decode(&mut self) {
         let kind = self.decode_kind;
         if let Inner::Llama(m) = &mut self.inner {

@@ -306,3 +306,66 @@ fn cli_model_init_and_bench_generate() {
         "{err}"
     );
 }
+
+/// Decoding steps on bf16 copies of the weights give the f32 logits to
+/// bf16's precision, with a LoRA unmerged, merged, and after it is removed
+/// (copies that did not follow the weights would show the old adapter).
+#[test]
+fn decode_copies_follow_the_weights_and_match_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path(), Arch::Llama, Preset::Tiny);
+    let mut m = load(dir.path()).unwrap();
+    m.attach_lora(LoraSpec {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["all-linear".into()],
+        rslora: false,
+    })
+    .unwrap();
+    tch::no_grad(|| {
+        for (_, t) in m.lora_params() {
+            let _ = t.shallow_clone().normal_(0.0, 0.5);
+        }
+    });
+    let prompt = Tensor::from_slice(&[5i64, 17, 42, 99, 7, 3]).unsqueeze(0);
+    let next = Tensor::from_slice(&[11i64]).unsqueeze(0);
+    let step = |m: &CausalLm| -> Tensor {
+        tch::no_grad(|| {
+            let mut cache = m.new_cache();
+            let _ = m.forward_last(&prompt, Some(&mut cache));
+            m.forward_last(&next, Some(&mut cache))
+        })
+    };
+    let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    let f32_lora = step(&m);
+    let scale = f32_lora.abs().max().double_value(&[]);
+    let tol = 2e-2 * scale;
+    m.set_decode_kind(Some(Kind::BFloat16));
+    let bf16_unmerged = step(&m);
+    m.merge_lora();
+    let bf16_merged = step(&m);
+    m.clear_lora();
+    let bf16_base = step(&m);
+    m.set_decode_kind(None);
+    let f32_base = step(&m);
+    assert!(
+        diff(&bf16_unmerged, &f32_lora) < tol,
+        "unmerged: {}",
+        diff(&bf16_unmerged, &f32_lora)
+    );
+    assert!(
+        diff(&bf16_merged, &f32_lora) < tol,
+        "merged: {}",
+        diff(&bf16_merged, &f32_lora)
+    );
+    assert!(
+        diff(&bf16_base, &f32_base) < tol,
+        "base: {}",
+        diff(&bf16_base, &f32_base)
+    );
+    assert!(
+        diff(&f32_base, &f32_lora) > 10.0 * tol,
+        "the adapter must change the logits for this test to see stale copies"
+    );
+}
