@@ -86,9 +86,22 @@ impl Default for Http {
     }
 }
 
+/// A reqwest client builder with rustls on the `ring` provider, installed as
+/// the process's default once (reqwest is built without a provider of its own:
+/// `ring` is already in the tree through the Hub client, and a second one,
+/// aws-lc, is minutes of C to compile). Every HTTP client is made here.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        // Err: another provider is installed already, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
 impl Http {
     pub fn new() -> Http {
-        let client = reqwest::Client::builder()
+        let client = client_builder()
             .user_agent(concat!("lorastream/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .build()

@@ -81,7 +81,7 @@ pub fn bench_chat(a: &ChatBenchArgs) -> anyhow::Result<Value> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let client = reqwest::Client::new();
+        let client = lorastream::http::client_builder().build()?;
         let (cold_ttft, cold_total, _) = one(&client, a, &prompts[0]).await?;
         let mut ttft = Vec::new();
         let mut decode = Vec::new();

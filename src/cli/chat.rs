@@ -38,7 +38,7 @@ async fn chat_loop(
     mut model: Option<String>,
     user: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let client = reqwest::Client::new();
+    let client = lorastream::http::client_builder().build()?;
     let interactive = std::io::stdin().is_terminal();
     let mut conversation = new_conversation_id();
     let mut history: Vec<Value> = Vec::new();

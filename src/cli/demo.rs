@@ -302,7 +302,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let mut d = Demo {
-        client: reqwest::Client::builder()
+        client: lorastream::http::client_builder()
             .timeout(Duration::from_secs(600))
             .build()?,
         base: format!("http://127.0.0.1:{port}"),

@@ -4,6 +4,7 @@
 //! Shared helpers are in `common/` (loopback servers, tiny models, daemons).
 
 mod chat;
+mod chat_load;
 mod common;
 mod config_check;
 mod crawl;
@@ -18,5 +19,6 @@ mod pipeline;
 mod sources;
 mod systemd;
 mod train;
+mod train_runs;
 mod unattended;
 mod web;

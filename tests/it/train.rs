@@ -1,12 +1,9 @@
-//! Continual training on streams: labels, packing, three real Quora streams in
-//! sequence with the perplexity matrix, and resume after `kill -9`.
+//! Continual training on streams: labels, packing, and three real Quora
+//! streams in sequence with the perplexity matrix (runs through the CLI are in
+//! `train_runs`).
 
-use crate::common;
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
 
 use lorastream::config::Config;
 use lorastream::ml::data::{self, IGNORE, Labels};
@@ -15,11 +12,11 @@ use lorastream::ml::{Arch, CausalLm, ChatTokenizer, Message};
 use lorastream::store::{Actor, AdapterState, Store};
 use tch::{Device, Kind};
 
-fn init(dir: &Path, arch: Arch, corpus: Option<&Path>) {
+pub(crate) fn init(dir: &Path, arch: Arch, corpus: Option<&Path>) {
     init_preset(dir, arch, corpus, Preset::Tiny);
 }
 
-fn init_preset(dir: &Path, arch: Arch, corpus: Option<&Path>, preset: Preset) {
+pub(crate) fn init_preset(dir: &Path, arch: Arch, corpus: Option<&Path>, preset: Preset) {
     init_model(
         dir,
         &InitOptions {
@@ -33,7 +30,7 @@ fn init_preset(dir: &Path, arch: Arch, corpus: Option<&Path>, preset: Preset) {
     .unwrap();
 }
 
-fn chat(q: &str, a: &str) -> Vec<Message> {
+pub(crate) fn chat(q: &str, a: &str) -> Vec<Message> {
     vec![Message::new("user", q), Message::new("assistant", a)]
 }
 
@@ -139,7 +136,7 @@ fn quora_examples(csv_path: &Path, n: usize) -> Vec<Vec<Message>> {
     out
 }
 
-fn write_jsonl(path: &Path, examples: &[Vec<Message>]) {
+pub(crate) fn write_jsonl(path: &Path, examples: &[Vec<Message>]) {
     let lines: Vec<String> = examples
         .iter()
         .map(|m| serde_json::json!({ "messages": m }).to_string())
@@ -147,7 +144,7 @@ fn write_jsonl(path: &Path, examples: &[Vec<Message>]) {
     std::fs::write(path, lines.join("\n")).unwrap();
 }
 
-fn config(dir: &Path, extra: &str) -> Config {
+pub(crate) fn config(dir: &Path, extra: &str) -> Config {
     let text = format!(
         "[daemon]\nstate_dir = \"state\"\n[model]\nsource = \"path:model\"\nthreads = 2\n\
          [lora]\nr = 8\nalpha = 16.0\ntarget_modules = [\"c_attn\", \"c_proj\", \"c_fc\"]\n\
@@ -269,275 +266,4 @@ fn three_quora_streams_in_sequence() {
     // A second evaluate computes nothing new.
     let again = lorastream::pipeline::evaluate(&cfg, &store).unwrap();
     assert_eq!(again.cells, m.cells);
-}
-
-fn synthetic(n: usize) -> Vec<Vec<Message>> {
-    (0..n)
-        .map(|i| {
-            chat(
-                &format!("What is item number {i} in the catalogue?"),
-                &format!(
-                    "Item {i} is a {} widget that ships in {} days.",
-                    ["red", "green", "blue"][i % 3],
-                    i % 7 + 1
-                ),
-            )
-        })
-        .collect()
-}
-
-fn lorastream(dir: &Path) -> Command {
-    let mut c = common::lorastream();
-    c.env_remove("RUST_LOG")
-        .args(["-q", "--config"])
-        .arg(dir.join("lorastream.toml"));
-    c
-}
-
-/// Imports the same stream into a fresh state dir with a tiny model.
-fn setup_run(dir: &Path, data: &Path) {
-    init(&dir.join("model"), Arch::Gpt2, None);
-    config(
-        dir,
-        "[train]\nepochs_per_stream = 3\nbatch_size = 2\nseq_len = 64\nlr = 0.005\ncheckpoint_every = 3\n\
-         validation_fraction = 0.0\n",
-    );
-    let out = lorastream(dir)
-        .args(["streams", "import"])
-        .arg(data)
-        .output()
-        .unwrap();
-    common::assert_ok(&out);
-}
-
-fn train_log(dir: &Path) -> serde_json::Value {
-    let cfg = Config::load(&dir.join("lorastream.toml")).unwrap();
-    let store = Store::open(&cfg.store_path()).unwrap();
-    let a = store.adapters().unwrap();
-    assert_eq!(a.len(), 1);
-    assert_eq!(a[0].state, AdapterState::Candidate);
-    a[0].train_log.clone().unwrap()
-}
-
-#[test]
-fn training_resumes_after_kill_9_with_the_same_step_count() {
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data.jsonl");
-    write_jsonl(&data, &synthetic(80));
-
-    // Uninterrupted.
-    let whole = root.path().join("whole");
-    std::fs::create_dir_all(&whole).unwrap();
-    setup_run(&whole, &data);
-    let out = lorastream(&whole).arg("train").output().unwrap();
-    common::assert_ok(&out);
-    let full = train_log(&whole);
-
-    // Killed with SIGKILL after a few checkpoints, then resumed.
-    let cut = root.path().join("cut");
-    std::fs::create_dir_all(&cut).unwrap();
-    setup_run(&cut, &data);
-    let state: PathBuf = cut.join("state/adapters/1/trainer_state.json");
-    let mut child = lorastream(&cut).arg("train").spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let killed_at = loop {
-        if let Some(s) = std::fs::read_to_string(&state)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        {
-            let step = s["step"].as_u64().unwrap();
-            if step >= 9 {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                break step;
-            }
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "training finished before it could be killed"
-        );
-        assert!(Instant::now() < deadline, "no checkpoint within 120 s");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let out = lorastream(&cut).arg("train").output().unwrap();
-    common::assert_ok(&out);
-    let resumed = train_log(&cut);
-    assert!(
-        resumed["resumed_from"].as_u64().unwrap() >= killed_at,
-        "{resumed}"
-    );
-    assert_eq!(
-        resumed["steps"], full["steps"],
-        "same number of optimizer steps"
-    );
-    let (a, b) = (
-        full["loss"].as_array().unwrap(),
-        resumed["loss"].as_array().unwrap(),
-    );
-    assert_eq!(a.len(), b.len());
-    let (la, lb) = (
-        a.last().unwrap().as_f64().unwrap(),
-        b.last().unwrap().as_f64().unwrap(),
-    );
-    // Not bit-equal: libtorch's fused attention backward on 2 CPU threads is not
-    // deterministic (two uninterrupted runs differ by ~0.2% here).
-    assert!(
-        (la - lb).abs() < 1e-2 * la.abs(),
-        "final loss {la} vs resumed {lb}"
-    );
-}
-
-#[test]
-fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
-    let dir = tempfile::tempdir().unwrap();
-    init(&dir.path().join("model"), Arch::Gpt2, None);
-    let cfg = config(
-        dir.path(),
-        "[train]\nepochs_per_stream = 1\nbatch_size = 4\nseq_len = 64\nlr = 0.01\n\
-         [feedback]\nenabled = false\nmerge = \"every_n_streams\"\nmerge_every = 1\n",
-    );
-    let store = Store::open(&cfg.store_path()).unwrap();
-    let stop = AtomicBool::new(false);
-    let data = synthetic(40);
-    for (i, part) in data.chunks(20).enumerate() {
-        let f = dir.path().join(format!("p{i}.jsonl"));
-        write_jsonl(&f, part);
-        lorastream::streams::import(&store, &cfg.state_dir(), &f, "p", &cfg.streams).unwrap();
-        let done = lorastream::pipeline::learn(
-            &cfg,
-            &store,
-            None,
-            lorastream::store::Actor::Cli,
-            &stop,
-            |_| {},
-        )
-        .unwrap();
-        assert_eq!(done.len(), 1, "feedback off: one attempt, promoted");
-    }
-    // v1 (stream 1), v2 = merge snapshot of v1 (before stream 2), v3 (stream 2) on it.
-    let a = store.adapters().unwrap();
-    let kinds: Vec<(i64, &str, Option<i64>)> = a
-        .iter()
-        .map(|x| (x.id, x.kind.as_str(), x.parent_id))
-        .collect();
-    assert_eq!(
-        kinds,
-        [
-            (1, "lora", None),
-            (2, "merge", Some(1)),
-            (3, "lora", Some(2))
-        ]
-    );
-    assert!(a[1].path.join("model.safetensors").is_file());
-    assert_eq!(store.served_adapter().unwrap().unwrap().id, 3);
-    let m = lorastream::pipeline::evaluate(&cfg, &store).unwrap();
-    // R[v3][stream 2] by hand: the base with v1 folded in, v3 on top.
-    let base = lorastream::model_source::model_dir(&cfg).unwrap();
-    let tok = ChatTokenizer::load(&base, None).unwrap();
-    let mut model = CausalLm::load(&base, Device::Cpu, Kind::Float).unwrap();
-    model.load_adapter(&a[0].path).unwrap();
-    model.bake_lora();
-    model.load_adapter(&a[2].path).unwrap();
-    let s2 = store.streams().unwrap()[1].clone();
-    let eval = lorastream::streams::load_split(&s2.path, lorastream::store::Split::Eval).unwrap();
-    let p =
-        lorastream::eval::perplexity(&model, &tok, &eval, 8, cfg.train.seq_len, Labels::Assistant)
-            .unwrap();
-    let r = m.versions.iter().position(|&v| v == 3).unwrap();
-    let c = m.streams.iter().position(|&s| s == s2.id).unwrap();
-    let stored = m.cells[r][c].unwrap();
-    assert!(
-        (stored - p.perplexity).abs() < 1e-4 * p.perplexity,
-        "stored {stored} vs by hand {}",
-        p.perplexity
-    );
-    // Without v1 folded in the number differs: the snapshot matters.
-    let mut plain = CausalLm::load(&base, Device::Cpu, Kind::Float).unwrap();
-    plain.load_adapter(&a[2].path).unwrap();
-    let q =
-        lorastream::eval::perplexity(&plain, &tok, &eval, 8, cfg.train.seq_len, Labels::Assistant)
-            .unwrap();
-    assert!(
-        (q.perplexity - p.perplexity).abs() > 1e-4,
-        "{} vs {}",
-        q.perplexity,
-        p.perplexity
-    );
-    // Rollback crosses the merge: v3 -> the snapshot v2 -> v1 -> the base.
-    let served = || store.served_adapter().unwrap().map(|a| a.id);
-    for want in [Some(2), Some(1), None] {
-        store.rollback(Actor::Cli, "test").unwrap();
-        assert_eq!(served(), want);
-    }
-}
-
-#[test]
-fn a_diverging_run_skips_non_finite_steps_then_ends_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    init(&dir.path().join("model"), Arch::Gpt2, None);
-    let cfg = config(
-        dir.path(),
-        "[train]\nepochs_per_stream = 20\nbatch_size = 4\nseq_len = 64\nlr = 1e6\nwarmup_steps = 1\n\
-         max_grad_norm = 1e30\nmax_nonfinite_steps = 3\nvalidation_fraction = 0.0\n",
-    );
-    let store = Store::open(&cfg.store_path()).unwrap();
-    let f = dir.path().join("d.jsonl");
-    write_jsonl(&f, &synthetic(40));
-    lorastream::streams::import(&store, &cfg.state_dir(), &f, "d", &cfg.streams).unwrap();
-    let err = lorastream::pipeline::train_stream(
-        &cfg,
-        &store,
-        None,
-        lorastream::store::Actor::Cli,
-        &AtomicBool::new(false),
-        |_| {},
-    )
-    .unwrap_err();
-    let msg = err.to_string();
-    assert!(
-        msg.contains("3 steps in a row had a NaN or infinite loss"),
-        "{msg}"
-    );
-    let a = &store.adapters().unwrap()[0];
-    assert_eq!(a.state, AdapterState::Failed);
-    assert!(
-        a.decision.as_ref().unwrap()["error"]
-            .as_str()
-            .unwrap()
-            .contains("NaN")
-    );
-    assert_eq!(
-        store.streams().unwrap()[0].state,
-        lorastream::store::StreamState::Failed
-    );
-}
-
-#[test]
-fn sigterm_checkpoints_and_exits_then_train_resumes() {
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data.jsonl");
-    write_jsonl(&data, &synthetic(80));
-    setup_run(root.path(), &data);
-    let state = root.path().join("state/adapters/1/trainer_state.json");
-    let mut child = lorastream(root.path()).arg("train").spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_to_string(&state).is_err() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the signal"
-        );
-        assert!(Instant::now() < deadline, "no checkpoint within 120 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "stopped runs exit 130");
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
-    let at = s["step"].as_u64().unwrap();
-    assert!(!s["done"].as_bool().unwrap() && at > 0, "{s}");
-    let out = lorastream(root.path()).arg("train").output().unwrap();
-    common::assert_ok(&out);
-    let log = train_log(root.path());
-    assert_eq!(log["resumed_from"].as_u64().unwrap(), at);
 }

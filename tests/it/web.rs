@@ -122,7 +122,9 @@ fn page_and_metrics_of_a_learning_daemon() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let r = reqwest::Client::new()
+            let r = lorastream::http::client_builder()
+                .build()
+                .unwrap()
                 .post(format!("{url}/v1/chat/completions"))
                 .json(&json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}))
                 .send()
