@@ -42,14 +42,23 @@ pub struct CommonArgs {
 impl CommonArgs {
     fn load(&self) -> Result<(ChatTokenizer, CausalLm), BenchError> {
         set_threads(self.threads);
-        let tok = ChatTokenizer::load(&self.model, None)?;
         let device = lorastream::ml::device::resolve(&self.device).map_err(MlError::from)?;
         let kind = self.dtype.kind(device);
         eprintln!(
             "device {device:?}, dtype {kind:?} ({})",
             self.dtype.reason(device)
         );
-        Ok((tok, CausalLm::load(&self.model, device, kind)?))
+        // As the daemon (`pipeline::load_base`): the tokenizer parses on a
+        // second thread while the weights load.
+        let (tok, model) = std::thread::scope(|s| {
+            let tok = s.spawn(|| ChatTokenizer::load(&self.model, None));
+            let model = CausalLm::load(&self.model, device, kind);
+            let tok = tok
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (tok, model)
+        });
+        Ok((tok?, model?))
     }
 }
 

@@ -72,6 +72,15 @@ fn map_file(path: &Path, index: usize) -> Result<(memmap2::Mmap, Vec<(String, St
     Ok((map, out))
 }
 
+/// Row-major strides of `shape`, in elements.
+fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
+    let mut strides = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
+}
+
 impl Weights {
     /// Loads `model.safetensors`, or every shard named by `model.safetensors.index.json`.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Weights, MlError> {
@@ -167,12 +176,25 @@ impl Weights {
                 end,
                 kind,
                 shape,
-            } => Tensor::f_from_data_size(&self.maps[map][start..end], &shape, kind).map_err(
-                |e| MlError::Safetensors {
+            } => {
+                let bytes = &self.maps[map][start..end];
+                // One copy, from the mapped file straight into the tensor the
+                // model keeps, converting dtype (and device) on the way.
+                let mut out = Tensor::empty(&shape, (self.kind, self.device));
+                let strides = contiguous_strides(&shape);
+                // SAFETY: `bytes` is exactly the tensor's data (the parser
+                // checked its length against shape and dtype) and outlives
+                // `view`, which is only read by the copy below.
+                let view = unsafe {
+                    Tensor::f_from_blob(bytes.as_ptr(), &shape, &strides, kind, Device::Cpu)
+                }
+                .map_err(|e| MlError::Safetensors {
                     path: self.source.clone(),
                     msg: format!("{name}: {e}"),
-                },
-            )?,
+                })?;
+                out.copy_(&view);
+                out
+            }
         };
         Ok(t.to_device(self.device)
             .to_kind(self.kind)

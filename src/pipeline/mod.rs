@@ -56,7 +56,17 @@ pub enum PipelineError {
 /// The base model and tokenizer `[model]` names, on its device and dtype.
 pub fn load_base(config: &Config) -> Result<(CausalLm, ChatTokenizer), PipelineError> {
     let dir = crate::model_source::model_dir(config)?;
-    Ok((load_weights(config, &dir)?, load_base_tokenizer(config)?))
+    // The tokenizer parses on a second thread while the weights load (a
+    // cold start's first token comes sooner by the tokenizer's ~0.1 s).
+    let (model, tok) = std::thread::scope(|s| {
+        let tok = s.spawn(|| load_base_tokenizer(config));
+        let model = load_weights(config, &dir);
+        let tok = tok
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (model, tok)
+    });
+    Ok((model?, tok?))
 }
 
 /// The model in `dir` (the base or a merge snapshot) on `[model]`'s device and dtype.

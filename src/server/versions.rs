@@ -116,11 +116,13 @@ pub fn watch(config: &Config) -> Result<Shared, StoreError> {
                 match Versions::read(&store) {
                     Ok(v) => {
                         let served = v.served.as_ref().map(|a| a.id);
+                        // In place first, then said: whoever reads the log line
+                        // and asks the server gets what the line reports.
+                        *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
                         if served != last_served {
                             tracing::info!(served = ?served, "served version");
                             last_served = served;
                         }
-                        *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot read the served version"),
                 }
