@@ -22,7 +22,7 @@ pub(crate) fn setup(dir: &Path, extra: &str) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[daemon]\nstate_dir = \"state\"\n[model]\nsource = \"path:model\"\nthreads = 1\n\
+            "[daemon]\nstate_dir = \"state\"\n[model]\ndtype = \"f32\"\nsource = \"path:model\"\nthreads = 1\n\
              [server]\nlisten = \"127.0.0.1:0\"\napi_key_env = \"LS_CHAT_KEY\"\nmax_tokens = 12\n{extra}"
         ),
     )

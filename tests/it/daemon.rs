@@ -291,7 +291,7 @@ fn a_failing_stage_is_retried_with_backoff_and_counted() {
     let config = write_config(
         dir.path(),
         &format!(
-            "dir = \"{}\"\nsettle_secs = 0\n[sources.fields]\nquestion = \"Questions\"\nanswer = \"Answers\"\n\n[streams]\nmin_examples = 3\nmin_eval_examples = 1\n\n[model]\nsource = \"path:{}\"\n\n[train]\nseq_len = 64\n",
+            "dir = \"{}\"\nsettle_secs = 0\n[sources.fields]\nquestion = \"Questions\"\nanswer = \"Answers\"\n\n[streams]\nmin_examples = 3\nmin_eval_examples = 1\n\n[model]\ndtype = \"f32\"\nsource = \"path:{}\"\n\n[train]\nseq_len = 64\n",
             spool.display(),
             model.display()
         ),

@@ -56,7 +56,7 @@ fn config(dir: &Path, policy: bool) -> Config {
         "[feedback]\nenabled = false\n[train]\nreplay_fraction = 0.0\nvalidation_fraction = 0.0\npatience = 0\n"
     };
     let text = format!(
-        "[daemon]\nstate_dir = \"state\"\n[model]\nsource = \"path:../model\"\nthreads = 2\n\
+        "[daemon]\nstate_dir = \"state\"\n[model]\ndtype = \"f32\"\nsource = \"path:../model\"\nthreads = 2\n\
          [lora]\nr = 8\nalpha = 16.0\ntarget_modules = [\"all-linear\"]\n\
          [streams]\neval_fraction = 0.2\nmin_eval_examples = 8\n[eval]\nprobe = false\n\
          {feedback}epochs_per_stream = 4\nbatch_size = 8\nseq_len = 64\nlr = 0.01\nwarmup_steps = 2\n"
@@ -183,7 +183,7 @@ fn versions_by_hand(dir: &Path) {
     let config = dir.join("serve.toml");
     std::fs::write(
         &config,
-        "[daemon]\nstate_dir = \"state\"\n[model]\nsource = \"path:../model\"\nthreads = 1\n\
+        "[daemon]\nstate_dir = \"state\"\n[model]\ndtype = \"f32\"\nsource = \"path:../model\"\nthreads = 1\n\
          [eval]\nprobe = false\n[server]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
@@ -259,7 +259,7 @@ fn a_reload_changes_the_policy_of_a_running_daemon() {
     let config = root.path().join("lorastream.toml");
     let write = |feedback: &str| {
         let text = format!(
-            "[daemon]\nstate_dir = \"state\"\n[model]\nsource = \"path:model\"\nthreads = 1\n\
+            "[daemon]\nstate_dir = \"state\"\n[model]\ndtype = \"f32\"\nsource = \"path:model\"\nthreads = 1\n\
              [[sources]]\nname = \"drops\"\nkind = \"spool\"\ndir = \"spool\"\nsettle_secs = 0\n\
              [sources.fields]\nquestion = \"question\"\nanswer = \"answer\"\n\
              [streams]\nmin_examples = 20\nmin_eval_examples = 4\n[eval]\nprobe = false\n\

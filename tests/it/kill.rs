@@ -98,6 +98,7 @@ max_answer_tokens = 24
 timeout_secs = 10
 
 [model]
+dtype = "f32"
 source = "path:{root}/model"
 
 [train]

@@ -79,6 +79,7 @@ max_examples = {PER_STREAM}
 max_answer_tokens = 96
 
 [model]
+dtype = "f32"
 source = "path:{root}/model"
 
 [train]

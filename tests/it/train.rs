@@ -146,7 +146,7 @@ pub(crate) fn write_jsonl(path: &Path, examples: &[Vec<Message>]) {
 
 pub(crate) fn config(dir: &Path, extra: &str) -> Config {
     let text = format!(
-        "[daemon]\nstate_dir = \"state\"\n[model]\nsource = \"path:model\"\nthreads = 2\n\
+        "[daemon]\nstate_dir = \"state\"\n[model]\ndtype = \"f32\"\nsource = \"path:model\"\nthreads = 2\n\
          [lora]\nr = 8\nalpha = 16.0\ntarget_modules = [\"c_attn\", \"c_proj\", \"c_fc\"]\n\
          [streams]\neval_fraction = 0.2\n[eval]\nbatch_size = 8\n{extra}"
     );

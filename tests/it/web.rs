@@ -42,7 +42,7 @@ fn setup(dir: &Path) -> std::path::PathBuf {
              [sources.fields]\nquestion = \"question\"\nanswer = \"answer\"\n\
              [streams]\nmin_examples = 10\neval_fraction = 0.2\n\
              [summarizer]\nbackend = \"none\"\n\
-             [model]\nsource = \"path:model\"\nthreads = 1\n\
+             [model]\ndtype = \"f32\"\nsource = \"path:model\"\nthreads = 1\n\
              [train]\nepochs_per_stream = 1\nseq_len = 64\n\
              [server]\nlisten = \"127.0.0.1:0\"\nmax_tokens = 12\n",
             spool.display()

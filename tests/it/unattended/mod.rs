@@ -15,7 +15,7 @@ pub fn setup(dir: &Path, extra: &str) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[daemon]\nstate_dir = \"{root}/state\"\n\n[model]\nsource = \"path:{root}/model\"\n\n\
+            "[daemon]\nstate_dir = \"{root}/state\"\n\n[model]\ndtype = \"f32\"\nsource = \"path:{root}/model\"\n\n\
              [streams]\nmin_examples = 4\nmin_eval_examples = 2\n\n\
              [train]\nseq_len = 64\nbatch_size = 4\nepochs_per_stream = 1\nvalidation_fraction = 0.0\n\n\
              [eval]\nprobe = false\n{extra}",
