@@ -72,7 +72,11 @@ struct Fused {
 
 impl Fused {
     fn new(parts: &mut [&mut Linear]) -> Fused {
-        let cat = |ts: Vec<Tensor>| Tensor::cat(&ts, 0);
+        // One part is its own matrix: no copy.
+        let cat = |ts: Vec<Tensor>| match ts.as_slice() {
+            [one] => one.shallow_clone(),
+            _ => Tensor::cat(&ts, 0),
+        };
         let weight = cat(parts.iter().map(|l| l.weight.shallow_clone()).collect());
         let bias = parts
             .iter()
@@ -103,10 +107,7 @@ impl Fused {
         let single = !train && x.numel() as i64 == *x.size().last().unwrap_or(&0);
         let y = match &self.decode {
             Some(d) if single => {
-                let y = x
-                    .to_kind(d.kind())
-                    .linear::<Tensor>(d, None)
-                    .to_kind(x.kind());
+                let y = decode_linear(x, d);
                 match &self.bias {
                     Some(b) => y + b,
                     None => y,
@@ -127,10 +128,26 @@ impl Fused {
     }
 
     fn set_decode_kind(&mut self, kind: Option<Kind>) {
-        self.decode = kind
-            .filter(|k| *k != self.weight.kind())
-            .map(|k| self.weight.detach().to_kind(k));
+        self.decode = decode_copy(&self.weight, kind);
     }
+}
+
+/// A copy of `w` in `kind` for single-token steps (none when it is that kind).
+fn decode_copy(w: &Tensor, kind: Option<Kind>) -> Option<Tensor> {
+    kind.filter(|k| *k != w.kind())
+        .map(|k| w.detach().to_kind(k))
+}
+
+/// `x · dᵀ` computed in the decode copy's kind, returned in `x`'s.
+pub(crate) fn decode_linear(x: &Tensor, d: &Tensor) -> Tensor {
+    x.to_kind(d.kind())
+        .linear::<Tensor>(d, None)
+        .to_kind(x.kind())
+}
+
+/// Bytes of a tensor's elements.
+pub(crate) fn tensor_bytes(t: &Tensor) -> i64 {
+    t.numel() as i64 * t.kind().elt_size_in_bytes() as i64
 }
 
 struct Layer {
@@ -376,7 +393,7 @@ impl Llama {
     /// Bytes of the matrices a single-token step reads (decode copies where
     /// kept): what bounds decoding speed.
     pub fn decode_bytes(&self) -> i64 {
-        let bytes = |t: &Tensor| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
+        let bytes = tensor_bytes;
         let layers: i64 = self
             .layers
             .iter()
@@ -401,9 +418,6 @@ impl Llama {
                 .into_iter()
                 .for_each(|f| f.set_decode_kind(kind));
         }
-        let head = self.head_weight();
-        self.head_decode = kind
-            .filter(|k| *k != head.kind())
-            .map(|k| head.detach().to_kind(k));
+        self.head_decode = decode_copy(self.head_weight(), kind);
     }
 }

@@ -120,10 +120,7 @@ impl CausalLm {
         let h = self.forward_hidden(ids, None, cache, false).select(1, -1);
         match &self.inner {
             Inner::Llama(m) if h.size()[0] == 1 => match m.head_decode() {
-                Some(w) => h
-                    .to_kind(w.kind())
-                    .linear::<Tensor>(w, None)
-                    .to_kind(h.kind()),
+                Some(w) => super::llama::decode_linear(&h, w),
                 None => self.logits(&h),
             },
             _ => self.logits(&h),
@@ -142,7 +139,7 @@ impl CausalLm {
     /// Bytes of the matrices one decoding step reads (Llama: the decode
     /// copies where kept; GPT-2: its linear layers and head).
     pub fn decode_bytes(&self) -> i64 {
-        let bytes = |t: &Tensor| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
+        let bytes = super::llama::tensor_bytes;
         match &self.inner {
             Inner::Llama(m) => m.decode_bytes(),
             Inner::Gpt2(m) => {
