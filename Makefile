@@ -2,8 +2,8 @@
 #
 #   make run     set-up, release build, run the daemon with config/lorastream.toml
 #   make demo    set-up, release build, lorastream demo (the whole loop, offline)
-#   make test    set-up, release build, fmt + clippy + cargo test, all in the release
-#                profile (one build of every dependency, one libtorch link per binary)
+#   make test    set-up, release build, fmt + layer check + clippy + cargo test, all in
+#                the release profile (one build of every dependency), every workspace crate
 #   make build   set-up and release build (target/release/lorastream)
 #   make setup   install libtorch (PyPI torch) and test-only Python packages into
 #                $LORASTREAM_VENV (default ~/.cache/lorastream/venv)
@@ -23,7 +23,7 @@ UNITDIR    ?= /etc/systemd/system
 # Where cargo puts the build (honours CARGO_TARGET_DIR).
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all setup build run demo test check fmt clippy cargo-test clean install uninstall
+.PHONY: all setup build run demo test check fmt layers clippy cargo-test clean install uninstall
 
 all: build
 
@@ -43,13 +43,17 @@ demo: build
 fmt:
 	$(CARGO) fmt --all -- --check
 
+# No import circle, no arrow up the layers, no daemon crate below it.
+layers:
+	python3 scripts/check-layers.py
+
 clippy: setup
 	$(CARGO) clippy --release --all-targets --locked -- -D warnings
 
 cargo-test: setup
 	$(CARGO) test --release --locked
 
-check: fmt clippy cargo-test
+check: fmt layers clippy cargo-test
 
 test: build check
 

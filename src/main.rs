@@ -26,22 +26,7 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Model { command } => match command {
-            ModelCommand::Init {
-                arch,
-                preset,
-                out,
-                corpus,
-                seed,
-                vocab_size,
-            } => commands::model_init(*arch, *preset, out, corpus.as_deref(), *seed, *vocab_size),
-            ModelCommand::Import { gguf, out, dtype } => commands::model_import(gguf, out, *dtype),
-            ModelCommand::Export {
-                model,
-                adapter,
-                out,
-            } => commands::model_export(model, adapter, out),
-        },
+        Command::Model { command } => model(command),
         Command::Bench { command } => {
             let line = match command {
                 BenchCommand::Generate(args) => cli::bench::bench_generate(args)?,
@@ -59,48 +44,6 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Status { json } => with_config(cli, |config| commands::status(&config, *json)),
-        Command::Streams {
-            command: StreamsCommand::Import { file, name },
-        } => with_config(cli, |config| {
-            init_logs(cli, &config)?;
-            let _lock =
-                lorastream::lock::acquire(&config.state_dir(), "lorastream streams import")?;
-            commands::streams_import(&config, file, name.as_deref())
-        }),
-        Command::Train { stream } => with_config(cli, |config| {
-            init_logs(cli, &config)?;
-            let _lock = lorastream::lock::acquire(&config.state_dir(), "lorastream train")?;
-            commands::train(&config, *stream)
-        }),
-        Command::Crawl {
-            source,
-            once,
-            seal,
-            json,
-        } => with_config(cli, |config| {
-            init_logs(cli, &config)?;
-            let _lock = lorastream::lock::acquire(&config.state_dir(), "lorastream crawl")?;
-            cli::crawl::command(&config, source.as_deref(), *once, *seal, *json)
-        }),
-        Command::Learn { stream, json } => with_config(cli, |config| {
-            init_logs(cli, &config)?;
-            let _lock = lorastream::lock::acquire(&config.state_dir(), "lorastream learn")?;
-            cli::adapters::learn(&config, *stream, *json)
-        }),
-        Command::Adapters { command } => with_config(cli, |config| {
-            init_logs(cli, &config)?;
-            match command {
-                AdaptersCommand::List { json } => cli::adapters::list(&config, *json),
-                AdaptersCommand::Promote { version } => cli::adapters::promote(&config, *version),
-                AdaptersCommand::Rollback => cli::adapters::rollback(&config),
-                AdaptersCommand::Merge => cli::adapters::merge(&config),
-            }
-        }),
-        Command::Eval { json } => with_config(cli, |config| {
-            init_logs(cli, &config)?;
-            let _lock = lorastream::lock::acquire(&config.state_dir(), "lorastream eval")?;
-            commands::eval(&config, *json)
-        }),
         Command::Demo(args) => cli::demo::demo(args),
         Command::Chat { url, model, user } => with_config(cli, |config| {
             let args = cli::chat::ChatArgs {
@@ -114,9 +57,73 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             MemoryCommand::List { user } => commands::memory_list(&config, user),
             MemoryCommand::Forget { user } => commands::memory_forget(&config, user),
         }),
+        Command::Adapters { command } => with_config(cli, |config| {
+            init_logs(cli, &config)?;
+            match command {
+                AdaptersCommand::List { json } => cli::adapters::list(&config, *json),
+                AdaptersCommand::Promote { version } => cli::adapters::promote(&config, *version),
+                AdaptersCommand::Rollback => cli::adapters::rollback(&config),
+                AdaptersCommand::Merge => cli::adapters::merge(&config),
+            }
+        }),
         Command::Run => with_config(cli, |config| {
             init_logs(cli, &config)?;
             commands::run(cli, config)
         }),
+        writer => with_config(cli, |config| {
+            init_logs(cli, &config)?;
+            state_writer(writer, &config)
+        }),
+    }
+}
+
+/// `lorastream model …`: needs no config.
+fn model(command: &ModelCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ModelCommand::Init {
+            arch,
+            preset,
+            out,
+            corpus,
+            seed,
+            vocab_size,
+        } => commands::model_init(*arch, *preset, out, corpus.as_deref(), *seed, *vocab_size),
+        ModelCommand::Import { gguf, out, dtype } => commands::model_import(gguf, out, *dtype),
+        ModelCommand::Export {
+            model,
+            adapter,
+            out,
+        } => commands::model_export(model, adapter, out),
+    }
+}
+
+/// The commands that write the state dir, each under its writer lock.
+fn state_writer(
+    command: &Command,
+    config: &lorastream::config::Config,
+) -> anyhow::Result<ExitCode> {
+    let name = match command {
+        Command::Streams { .. } => "lorastream streams import",
+        Command::Train { .. } => "lorastream train",
+        Command::Crawl { .. } => "lorastream crawl",
+        Command::Learn { .. } => "lorastream learn",
+        Command::Eval { .. } => "lorastream eval",
+        _ => unreachable!("dispatch sends only the state writers here"),
+    };
+    let _lock = lorastream::util::lock::acquire(&config.state_dir(), name)?;
+    match command {
+        Command::Streams {
+            command: StreamsCommand::Import { file, name },
+        } => commands::streams_import(config, file, name.as_deref()),
+        Command::Train { stream } => commands::train(config, *stream),
+        Command::Crawl {
+            source,
+            once,
+            seal,
+            json,
+        } => cli::crawl::command(config, source.as_deref(), *once, *seal, *json),
+        Command::Learn { stream, json } => cli::adapters::learn(config, *stream, *json),
+        Command::Eval { json } => commands::eval(config, *json),
+        _ => unreachable!("dispatch sends only the state writers here"),
     }
 }

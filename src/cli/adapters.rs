@@ -6,19 +6,21 @@
 use std::process::ExitCode;
 
 use lorastream::config::Config;
-use lorastream::pipeline::{self, PipelineError};
-use lorastream::store::{Actor, AdapterKind, AdapterRow, AdapterState, Store};
-use lorastream::train::TrainError;
+use lorastream::learn::pipeline::{self, PipelineError};
+use lorastream::learn::spec::LearnSpec;
+use lorastream_ml::train::TrainError;
+use lorastream_store::{Actor, AdapterKind, AdapterRow, AdapterState};
 
 /// `learn`
 pub fn learn(config: &Config, stream: Option<i64>, json: bool) -> anyhow::Result<ExitCode> {
-    let store = Store::open_for(config)?;
+    let store = config.open_store()?;
     let stop = super::commands::stop_on_signals()?;
     let bar = super::commands::progress_bar();
     let mut attempts = Vec::new();
+    let spec = LearnSpec::from_config(config);
     loop {
         let result = pipeline::learn(
-            config,
+            &spec,
             &store,
             stream,
             Actor::Cli,
@@ -71,7 +73,7 @@ fn pct(x: Option<f64>) -> String {
 
 /// `adapters list`
 pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let store = Store::open_for(config)?;
+    let store = config.open_store()?;
     let all = store.adapters()?;
     let served = store.served_adapter()?.map(|a| a.id);
     if json {
@@ -111,7 +113,7 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             figure(a, "new_ppl").map_or("-".into(), |p| format!("{p:.3}")),
             pct(figure(a, "max_forgetting")),
             pct(figure(a, "probe_change")),
-            lorastream::status::ago(Some(a.created_at)),
+            lorastream::serve::status::ago(Some(a.created_at)),
         );
     }
     match served {
@@ -123,7 +125,7 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
 
 /// `adapters promote V`
 pub fn promote(config: &Config, version: i64) -> anyhow::Result<ExitCode> {
-    let store = Store::open_for(config)?;
+    let store = config.open_store()?;
     let a = store.adapter(version)?.ok_or_else(|| {
         anyhow::anyhow!("there is no version v{version} (see `lorastream adapters list`)")
     })?;
@@ -140,8 +142,8 @@ pub fn promote(config: &Config, version: i64) -> anyhow::Result<ExitCode> {
         );
     }
     let weights = match a.kind {
-        lorastream::store::AdapterKind::Lora => a.path.join("adapter_model.safetensors"),
-        lorastream::store::AdapterKind::Merge => a.path.clone(),
+        lorastream_store::AdapterKind::Lora => a.path.join("adapter_model.safetensors"),
+        lorastream_store::AdapterKind::Merge => a.path.clone(),
     };
     if !weights.exists() {
         anyhow::bail!(
@@ -164,7 +166,7 @@ pub fn promote(config: &Config, version: i64) -> anyhow::Result<ExitCode> {
 
 /// `adapters rollback`
 pub fn rollback(config: &Config) -> anyhow::Result<ExitCode> {
-    let store = Store::open_for(config)?;
+    let store = config.open_store()?;
     let (from, to) = store.rollback(Actor::Cli, "rolled back by the operator")?;
     tracing::info!(rolled_back = from, served = ?to, by = "cli", "version rolled back");
     match to {
@@ -176,8 +178,13 @@ pub fn rollback(config: &Config) -> anyhow::Result<ExitCode> {
 
 /// `adapters merge`
 pub fn merge(config: &Config) -> anyhow::Result<ExitCode> {
-    let store = Store::open_for(config)?;
-    let id = lorastream::lineage::merge(config, &store, Actor::Cli, "merged by the operator")?;
+    let store = config.open_store()?;
+    let id = lorastream::learn::lineage::merge(
+        &LearnSpec::from_config(config),
+        &store,
+        Actor::Cli,
+        "merged by the operator",
+    )?;
     println!("v{id}: the served adapter merged into a new base snapshot, served now");
     Ok(ExitCode::SUCCESS)
 }

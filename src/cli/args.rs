@@ -8,9 +8,9 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 
 use lorastream::config::LogFormat;
-use lorastream::ml::init::Preset;
-use lorastream::ml::{Arch, DType};
-use lorastream::text_enum::UnknownVariant;
+use lorastream_base::text_enum::UnknownVariant;
+use lorastream_ml::init::Preset;
+use lorastream_ml::{Arch, DType};
 
 use super::bench::{EvalArgs, GenerateArgs, TrainArgs};
 use super::bench_chat::ChatBenchArgs;

@@ -8,11 +8,11 @@ use std::time::Instant;
 use serde_json::json;
 
 use lorastream::config::LossOn;
-use lorastream::ml::data::{self, Encoded, Labels};
-use lorastream::ml::generate::{SamplingParams, generate};
-use lorastream::ml::{CausalLm, ChatTokenizer, DType, LoraSpec, Message, MlError};
-use lorastream::streams::read_jsonl as load_examples;
-use lorastream::train::LoraOptimizer;
+use lorastream::data::streams::read_jsonl as load_examples;
+use lorastream_ml::data::{self, Encoded, Labels};
+use lorastream_ml::generate::{SamplingParams, generate};
+use lorastream_ml::train::LoraOptimizer;
+use lorastream_ml::{CausalLm, ChatTokenizer, DType, LoraSpec, Message, MlError};
 
 /// Flags shared by every bench subcommand (as the peer's).
 #[derive(Debug, Clone, clap::Args)]
@@ -42,7 +42,7 @@ pub struct CommonArgs {
 impl CommonArgs {
     fn load(&self) -> Result<(ChatTokenizer, CausalLm), BenchError> {
         set_threads(self.threads);
-        let device = lorastream::ml::device::resolve(&self.device).map_err(MlError::from)?;
+        let device = lorastream_ml::device::resolve(&self.device).map_err(MlError::from)?;
         let kind = self.dtype.kind(device);
         eprintln!(
             "device {device:?}, dtype {kind:?} ({})",
@@ -119,7 +119,7 @@ pub enum BenchError {
     #[error(transparent)]
     Ml(#[from] MlError),
     #[error(transparent)]
-    Data(#[from] lorastream::streams::StreamError),
+    Data(#[from] lorastream::data::streams::StreamError),
     #[error("no example has two or more tokens")]
     NoData,
 }
@@ -156,9 +156,9 @@ pub fn bench_eval(a: &EvalArgs) -> Result<serde_json::Value, BenchError> {
     )?;
     let pad_id = tok.pad_id() as i64;
     let bs = a.common.batch_size.max(1);
-    lorastream::eval::perplexity_encoded(&model, &enc[..bs.min(enc.len())], pad_id, bs);
+    lorastream_ml::perplexity::perplexity_encoded(&model, &enc[..bs.min(enc.len())], pad_id, bs);
     let t0 = Instant::now();
-    let p = lorastream::eval::perplexity_encoded(&model, &enc, pad_id, bs);
+    let p = lorastream_ml::perplexity::perplexity_encoded(&model, &enc, pad_id, bs);
     let dt = t0.elapsed().as_secs_f64();
     let tokens: usize = enc.iter().map(|e| e.ids.len()).sum();
     Ok(json!({
@@ -216,7 +216,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
         let tf = Instant::now();
         let scale = 1.0 / b.targets.max(1) as f64;
         let loss_value =
-            lorastream::ml::loss::backward_nll(&model, &hidden, &b.labels, scale) * scale;
+            lorastream_ml::loss::backward_nll(&model, &hidden, &b.labels, scale) * scale;
         let tb = Instant::now();
         opt.step(a.lr, step + 1, 1.0);
         let to = Instant::now();
@@ -239,7 +239,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
 /// As the peer: `--threads 0` keeps libtorch's default.
 fn set_threads(threads: usize) {
     if threads > 0 {
-        lorastream::ml::device::set_threads(threads);
+        lorastream_ml::device::set_threads(threads);
     }
 }
 
@@ -251,7 +251,7 @@ pub fn bench_generate(a: &GenerateArgs) -> Result<serde_json::Value, BenchError>
     let at_main = process_age_s();
     let (tok, mut model) = a.common.load()?;
     let loaded = process_age_s();
-    model.set_decode_kind(lorastream::ml::device::decode_kind(
+    model.set_decode_kind(lorastream_ml::device::decode_kind(
         model.device,
         model.kind,
         !a.no_decode_bf16,
@@ -310,18 +310,9 @@ fn process_age_s() -> f64 {
             let rest = s.rsplit_once(')')?.1;
             rest.split_whitespace().nth(19)?.parse::<f64>().ok()
         });
-    // SAFETY: plain libc calls writing into a local timespec.
-    let (ticks, now) = unsafe {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts);
-        (
-            libc::sysconf(libc::_SC_CLK_TCK) as f64,
-            ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9,
-        )
-    };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let now = ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
     start.map_or(f64::NAN, |s| now - s / ticks)
 }
 

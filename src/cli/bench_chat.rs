@@ -68,7 +68,7 @@ async fn one(
 }
 
 pub fn bench_chat(a: &ChatBenchArgs) -> anyhow::Result<Value> {
-    let prompts: Vec<String> = lorastream::streams::read_jsonl(&a.data, a.limit)?
+    let prompts: Vec<String> = lorastream::data::streams::read_jsonl(&a.data, a.limit)?
         .into_iter()
         .filter_map(|m| m.into_iter().find(|x| x.role == "user").map(|x| x.content))
         .collect();
@@ -81,7 +81,7 @@ pub fn bench_chat(a: &ChatBenchArgs) -> anyhow::Result<Value> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let client = lorastream::http::client_builder().build()?;
+        let client = lorastream::util::http::client_builder().build()?;
         let (cold_ttft, cold_total, _) = one(&client, a, &prompts[0]).await?;
         let mut ttft = Vec::new();
         let mut decode = Vec::new();

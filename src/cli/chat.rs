@@ -21,7 +21,7 @@ pub fn command(config: &Config, args: ChatArgs) -> anyhow::Result<ExitCode> {
     let url = args
         .url
         .unwrap_or_else(|| format!("http://{}", config.server.listen));
-    let key = lorastream::http::read_secret(
+    let key = lorastream::util::http::read_secret(
         "[server] API key",
         config.server.api_key_file.as_deref(),
         config.server.api_key_env.as_deref(),
@@ -38,7 +38,7 @@ async fn chat_loop(
     mut model: Option<String>,
     user: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let client = lorastream::http::client_builder().build()?;
+    let client = lorastream::util::http::client_builder().build()?;
     let interactive = std::io::stdin().is_terminal();
     let mut conversation = new_conversation_id();
     let mut history: Vec<Value> = Vec::new();
@@ -131,6 +131,6 @@ fn new_conversation_id() -> String {
     format!(
         "cli-{}-{:x}",
         std::process::id(),
-        lorastream::store::now_ms()
+        lorastream_store::now_ms()
     )
 }

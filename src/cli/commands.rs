@@ -8,13 +8,14 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 
 use lorastream::config::{Config, ConfigError};
-use lorastream::logging::{self, LogSettings};
-use lorastream::ml::init::{InitOptions, Preset, init_model};
-use lorastream::ml::{Arch, DType};
-use lorastream::pipeline::PipelineError;
-use lorastream::store::Store;
-use lorastream::train::TrainError;
-use lorastream::{daemon, status};
+use lorastream::learn::pipeline::PipelineError;
+use lorastream::learn::spec::LearnSpec;
+use lorastream::run::daemon;
+use lorastream::serve::status;
+use lorastream::util::logging::{self, LogSettings};
+use lorastream_ml::init::{InitOptions, Preset, init_model};
+use lorastream_ml::train::TrainError;
+use lorastream_ml::{Arch, DType};
 
 use super::args::{Cli, EXIT_CONFIG};
 
@@ -91,7 +92,7 @@ pub fn model_import(gguf: &Path, out: &Path, dtype: DType) -> anyhow::Result<Exi
     }
     let kind = dtype.kind(tch::Device::Cpu);
     let started = std::time::Instant::now();
-    lorastream::ml::gguf::import::import(gguf, out, kind)?;
+    lorastream_ml::gguf::import::import(gguf, out, kind)?;
     println!(
         "wrote {} from {} in {:.1} s",
         out.display(),
@@ -103,7 +104,7 @@ pub fn model_import(gguf: &Path, out: &Path, dtype: DType) -> anyhow::Result<Exi
 
 /// `model export`
 pub fn model_export(model: &Path, adapter: &Path, out: &Path) -> anyhow::Result<ExitCode> {
-    lorastream::ml::model::export_merged_model(model, adapter, out)?;
+    lorastream_ml::model::export_merged_model(model, adapter, out)?;
     println!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -114,13 +115,18 @@ pub fn streams_import(
     file: &Path,
     name: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let store = Store::open_for(config)?;
+    let store = config.open_store()?;
     let name = name.map(str::to_string).unwrap_or_else(|| {
         file.file_stem()
             .map_or("import".into(), |s| s.to_string_lossy().into_owned())
     });
-    let (id, new, dup) =
-        lorastream::streams::import(&store, &config.state_dir(), file, &name, &config.streams)?;
+    let (id, new, dup) = lorastream::data::streams::import(
+        &store,
+        &config.state_dir(),
+        file,
+        &name,
+        &config.streams,
+    )?;
     let s = store.stream(id)?.context("stream vanished")?;
     println!(
         "stream {id} {name:?}: {new} new examples ({dup} already stored), train {} / eval {}, {}",
@@ -134,14 +140,14 @@ pub fn streams_import(
 /// `train`: SIGINT/SIGTERM finish the step, checkpoint and exit 130; `train`
 /// again resumes.
 pub fn train(config: &Config, stream: Option<i64>) -> anyhow::Result<ExitCode> {
-    let store = Store::open_for(config)?;
+    let store = config.open_store()?;
     let stop = stop_on_signals()?;
     let bar = progress_bar();
-    let result = lorastream::pipeline::train_stream(
-        config,
+    let result = lorastream::learn::pipeline::train_stream(
+        &LearnSpec::from_config(config),
         &store,
         stream,
-        lorastream::store::Actor::Cli,
+        lorastream_store::Actor::Cli,
         &stop,
         show_progress(bar.as_ref(), config.train.log_every),
     );
@@ -163,8 +169,8 @@ pub fn train(config: &Config, stream: Option<i64>) -> anyhow::Result<ExitCode> {
 
 /// `eval`
 pub fn eval(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let store = Store::open_for(config)?;
-    let m = lorastream::pipeline::evaluate(config, &store)?;
+    let store = config.open_store()?;
+    let m = lorastream::learn::pipeline::evaluate(&LearnSpec::from_config(config), &store)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&m)?);
     } else {
@@ -186,7 +192,7 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
 
 /// `memory list`
 pub fn memory_list(config: &Config, user: &str) -> anyhow::Result<ExitCode> {
-    let store = Store::open_for(config)?;
+    let store = config.open_store()?;
     let messages = store.user_messages(user)?;
     for m in &messages {
         println!(
@@ -202,7 +208,7 @@ pub fn memory_list(config: &Config, user: &str) -> anyhow::Result<ExitCode> {
 
 /// `memory forget`
 pub fn memory_forget(config: &Config, user: &str) -> anyhow::Result<ExitCode> {
-    let store = Store::open_for(config)?;
+    let store = config.open_store()?;
     let n = store.forget_user(user)?;
     println!("forgot {n} message(s) of {user:?}");
     Ok(ExitCode::SUCCESS)
@@ -232,7 +238,7 @@ pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
 pub fn show_progress(
     bar: Option<&indicatif::ProgressBar>,
     log_every: usize,
-) -> impl FnMut(&lorastream::train::Progress) + '_ {
+) -> impl FnMut(&lorastream_ml::train::Progress) + '_ {
     move |p| match bar {
         Some(bar) => {
             bar.set_length(p.total_steps as u64);

@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use lorastream::config::Config;
-use lorastream::crawl::{CrawlReport, crawl};
-use lorastream::http::Http;
-use lorastream::store::Store;
+use lorastream::data::crawl::{CrawlReport, crawl};
+use lorastream::util::http::Http;
+use lorastream_store::Store;
 
 /// Runs the command on a current-thread runtime.
 pub fn command(
@@ -16,7 +16,7 @@ pub fn command(
     seal: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = Store::open_for(config)?;
+    let store = config.open_store()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

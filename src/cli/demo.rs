@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use lorastream::model_source::DEFAULT_SOURCE;
-use lorastream::store::{AdapterState, Store};
+use lorastream_ml::source::DEFAULT_SOURCE;
+use lorastream_store::{AdapterState, Store};
 
 /// The two streams, in order.
 const STREAMS: [(&str, &str); 2] = [
@@ -145,6 +145,28 @@ struct Demo {
 }
 
 impl Demo {
+    /// Asks before, drops each stream into the spool and waits for its
+    /// decision, asks after.
+    async fn run(&mut self, dir: &Path) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        self.wait_for("the daemon's server", |_| true).await?;
+        self.say("loading the model (first start: import of the GGUF fallback when offline)");
+        let before = self.ask_all("base", "before").await?;
+        for (i, (name, text)) in STREAMS.iter().enumerate() {
+            std::fs::write(dir.join("spool").join(name), text)?;
+            self.say(&format!(
+                "dropped {name} into the spool: stream {} of 2",
+                i + 1
+            ));
+            self.wait_for(
+                &format!("stream {} trained, evaluated and decided", i + 1),
+                |s| decided(s) > i,
+            )
+            .await?;
+        }
+        let after = self.ask_all("lorastream", "after").await?;
+        Ok((before, after))
+    }
+
     fn say(&self, line: &str) {
         self.progress
             .suspend(|| println!("[{:>5.1}s] {line}", self.started.elapsed().as_secs_f64()));
@@ -274,9 +296,32 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.port
     };
-    let config = dir.join("demo.toml");
-    std::fs::write(&config, config_text(&dir, &args.model, port))?;
     let log = dir.join("daemon.log");
+    let _daemon = start_daemon(&dir, &args.model, port, &log)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut d = Demo {
+        client: lorastream::util::http::client_builder()
+            .timeout(Duration::from_secs(600))
+            .build()?,
+        base: format!("http://127.0.0.1:{port}"),
+        progress: spinner(),
+        started,
+        deadline: started + Duration::from_secs(args.timeout_secs),
+        last_line: String::new(),
+    };
+    let result = rt.block_on(d.run(&dir));
+    d.progress.finish_and_clear();
+    let (before, after) = result.with_context(|| format!("see {}", log.display()))?;
+    report(&dir, &before, &after, started)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the demo's config and starts `lorastream run` on it, its log in `log`.
+fn start_daemon(dir: &Path, model: &str, port: u16, log: &Path) -> anyhow::Result<Daemon> {
+    let config = dir.join("demo.toml");
+    std::fs::write(&config, config_text(dir, model, port))?;
     println!("lorastream demo: state and log in {}", dir.display());
     println!("  web page while it runs: http://127.0.0.1:{port}/");
     let child = std::process::Command::new(std::env::current_exe()?)
@@ -286,55 +331,27 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(log)?)
         .spawn()
         .context("starting the daemon")?;
-    let _daemon = Daemon(child);
+    Ok(Daemon(child))
+}
 
-    let progress = if std::io::stderr().is_terminal() {
+/// A spinner on a terminal, nothing elsewhere.
+fn spinner() -> indicatif::ProgressBar {
+    if std::io::stderr().is_terminal() {
         let p = indicatif::ProgressBar::new_spinner();
         p.enable_steady_tick(Duration::from_millis(120));
         p
     } else {
         indicatif::ProgressBar::hidden()
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut d = Demo {
-        client: lorastream::http::client_builder()
-            .timeout(Duration::from_secs(600))
-            .build()?,
-        base: format!("http://127.0.0.1:{port}"),
-        progress,
-        started,
-        deadline: started + Duration::from_secs(args.timeout_secs),
-        last_line: String::new(),
-    };
-    let result = rt.block_on(async {
-        d.wait_for("the daemon's server", |_| true).await?;
-        d.say("loading the model (first start: import of the GGUF fallback when offline)");
-        let before = d.ask_all("base", "before").await?;
-        for (i, (name, text)) in STREAMS.iter().enumerate() {
-            std::fs::write(dir.join("spool").join(name), text)?;
-            d.say(&format!(
-                "dropped {name} into the spool: stream {} of 2",
-                i + 1
-            ));
-            d.wait_for(
-                &format!("stream {} trained, evaluated and decided", i + 1),
-                |s| decided(s) > i,
-            )
-            .await?;
-        }
-        let after = d.ask_all("lorastream", "after").await?;
-        anyhow::Ok((before, after))
-    });
-    d.progress.finish_and_clear();
-    let (before, after) = result.with_context(|| format!("see {}", log.display()))?;
+    }
+}
 
+/// The matrix, the decisions, the served version and the answers before and after.
+fn report(dir: &Path, before: &[String], after: &[String], started: Instant) -> anyhow::Result<()> {
     let store = Store::open(&dir.join("state/lorastream.db"))?;
-    let matrix = lorastream::pipeline::stored_matrix(&store)?;
+    let matrix = lorastream::learn::pipeline::stored_matrix(&store)?;
     println!("\nperplexity matrix (rows: versions, columns: streams; lower is better)\n{matrix}");
     println!("feedback decisions");
     let adapters = store.adapters()?;
@@ -374,5 +391,5 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64(),
         dir.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -4,17 +4,18 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ml::{DType, LoraSpec};
-use crate::model_source::ModelSource;
-use crate::text_enum::text_enum;
+use lorastream_base::text_enum;
+use lorastream_ml::source::ModelSource;
+use lorastream_ml::train::TrainSpec;
+use lorastream_ml::{DType, LoraSpec};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// `hub:ORG/NAME[@revision]`, `path:DIR` or `gguf:FILE` (see [`crate::model_source`]).
+    /// `hub:ORG/NAME[@revision]`, `path:DIR` or `gguf:FILE` (see [`crate::learn::model_source`]).
     pub source: ModelSource,
     /// The GGUF file used when the hub cannot be reached and nothing is cached.
-    /// Unset: [`crate::model_source::default_fallback`].
+    /// Unset: [`lorastream_ml::source::default_fallback`].
     pub gguf_fallback: Option<PathBuf>,
     /// `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
     pub device: String,
@@ -57,7 +58,7 @@ impl Default for LoraConfig {
             r: 16,
             alpha: 32.0,
             dropout: 0.05,
-            target_modules: vec![crate::ml::lora::ALL_LINEAR.to_string()],
+            target_modules: vec![lorastream_ml::lora::ALL_LINEAR.to_string()],
             rslora: false,
         }
     }
@@ -83,6 +84,34 @@ text_enum! {
         Assistant = "assistant",
         /// Every non-pad token.
         All = "all",
+    }
+}
+
+impl super::Config {
+    /// `[train]` and `[lora]` resolved into the spec of a training run (the
+    /// policy's attempt then sets its replay fraction and learning rate).
+    pub fn train_spec(&self) -> TrainSpec {
+        let t = &self.train;
+        TrainSpec {
+            lora: LoraSpec::from(&self.lora),
+            epochs: t.epochs_per_stream,
+            batch_size: t.batch_size,
+            grad_accum_steps: t.grad_accum_steps,
+            seq_len: t.seq_len,
+            lr: t.lr,
+            weight_decay: t.weight_decay,
+            warmup_steps: t.warmup_steps,
+            max_grad_norm: t.max_grad_norm,
+            assistant_only: t.loss_on == LossOn::Assistant,
+            packing: t.packing,
+            replay_fraction: t.replay_fraction,
+            checkpoint_every: t.checkpoint_every,
+            log_every: t.log_every,
+            seed: t.seed,
+            eval_every: t.eval_every,
+            patience: t.patience,
+            max_nonfinite_steps: t.max_nonfinite_steps,
+        }
     }
 }
 

@@ -28,8 +28,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The dtype setting is the model layer's own type.
-pub use crate::ml::DType;
 pub use daemon::{
     DaemonConfig, LogFormat, ON_NEW_STREAM, OverflowPolicy, RetentionConfig, ScheduleConfig,
     ServerConfig, StoreConfig,
@@ -39,6 +37,8 @@ pub use learning::{
     EvalConfig, FeedbackConfig, LoraConfig, LossOn, MergePolicy, ModelConfig, TrainConfig,
 };
 pub use locate::{KeyPath, LineCol, SpanIndex};
+/// The dtype setting is the model layer's own type.
+pub use lorastream_ml::DType;
 pub use source::{CrawlMode, FieldMap, SourceConfig, SourceKind, SpoolFormat};
 
 /// Where the daemon keeps its state when neither the config nor systemd says.
@@ -182,6 +182,27 @@ impl Config {
             return dir.clone();
         }
         default_state_dir(|k| std::env::var_os(k))
+    }
+
+    /// `[model]` resolved into what decides the base model's directory.
+    pub fn base_model(&self) -> lorastream_ml::source::BaseModel {
+        lorastream_ml::source::BaseModel {
+            source: self.model.source.clone(),
+            gguf_fallback: self.model.gguf_fallback.clone(),
+            dtype: self.model.dtype,
+            device: self.model.device.clone(),
+            models_dir: self.state_dir().join("models"),
+        }
+    }
+
+    /// Opens the store this config names (`[store] path`, `busy_timeout_ms`;
+    /// the WAL truncated to `[retention] wal_max_bytes` after checkpoints).
+    pub fn open_store(&self) -> Result<lorastream_store::Store, lorastream_store::StoreError> {
+        lorastream_store::Store::open_tuned(
+            &self.store_path(),
+            std::time::Duration::from_millis(self.store.busy_timeout_ms),
+            self.retention.wal_max_bytes,
+        )
     }
 
     pub fn store_path(&self) -> PathBuf {

@@ -5,23 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use lorastream_store::SourceKind;
+
 use super::KeyPath;
 use super::validate::{Checker, check_url};
-use crate::text_enum::text_enum;
-
-text_enum! {
-    pub enum SourceKind {
-        /// Hugging Face datasets-server rows API.
-        HfDatasets = "hf_datasets",
-        /// Quora through the Crawlbase Crawling API.
-        Crawlbase = "crawlbase",
-        /// A directory where JSON / JSONL / CSV exports are dropped.
-        Spool = "spool",
-        /// Built in, not configured: helpful chat answers of users who opted in
-        /// (`[server] learn_from_conversations`).
-        Conversations = "conversations",
-    }
-}
+use lorastream_base::text_enum;
 
 text_enum! {
     pub enum CrawlMode {
@@ -422,7 +410,7 @@ impl SourceConfig {
                     at.key("dir"),
                     format!("spool directory {} does not exist", dir.display()),
                 );
-            } else if let Err(e) = crate::fsutil::check_writable(dir) {
+            } else if let Err(e) = lorastream_base::fsutil::check_writable(dir) {
                 // Under systemd's ProtectSystem=strict a directory outside the
                 // state dir is read-only: files would be stored, never moved.
                 k.fail(

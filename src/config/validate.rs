@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::{Config, KeyPath, ON_NEW_STREAM, SummarizerBackend};
-use crate::ml::Arch;
+use lorastream_ml::Arch;
 
 /// A schedule that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -264,16 +264,16 @@ fn check_lora(k: &mut Checker, c: &Config) {
         1.0,
         false,
     );
-    let mut modules: Vec<&str> = [Arch::Gpt2, Arch::Llama]
+    let mut modules: Vec<&str> = Arch::ALL
         .iter()
         .flat_map(|a| a.lora_modules().iter().copied())
         .collect();
-    modules.push(crate::ml::lora::ALL_LINEAR);
+    modules.push(lorastream_ml::lora::ALL_LINEAR);
     let all = c
         .lora
         .target_modules
         .iter()
-        .any(|m| m == crate::ml::lora::ALL_LINEAR);
+        .any(|m| m == lorastream_ml::lora::ALL_LINEAR);
     if all && c.lora.target_modules.len() > 1 {
         k.fail(
             KeyPath::parse("lora.target_modules"),

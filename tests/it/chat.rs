@@ -45,7 +45,7 @@ pub(crate) fn rt() -> tokio::runtime::Runtime {
 }
 
 fn client() -> reqwest::Client {
-    lorastream::http::client_builder()
+    lorastream::util::http::client_builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
@@ -341,15 +341,15 @@ fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
         let (status, e) = rate(json!({"conversation_id": "nope", "rating": 1})).await;
         assert_eq!(status, 404, "{e}");
     });
-    let taught = |store: &lorastream::store::Store| {
+    let taught = |store: &lorastream_store::Store| {
         store
-            .raw_items_in_state(lorastream::store::RawState::New, 100)
+            .raw_items_in_state(lorastream_store::RawState::New, 100)
             .unwrap()
             .into_iter()
-            .filter(|r| r.source == lorastream::store::CONVERSATIONS_SOURCE)
+            .filter(|r| r.source == lorastream_store::CONVERSATIONS_SOURCE)
             .count()
     };
-    let store = lorastream::store::Store::open(&dir.path().join("state/lorastream.db")).unwrap();
+    let store = lorastream_store::Store::open(&dir.path().join("state/lorastream.db")).unwrap();
     assert_eq!(
         taught(&store),
         1,

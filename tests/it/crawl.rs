@@ -129,12 +129,14 @@ min_eval_examples = 1
     }
 
     /// The examples of the `i`-th stream (train and eval), from its files.
-    fn stream_examples(&self, i: usize) -> Vec<Vec<lorastream::ml::Message>> {
+    fn stream_examples(&self, i: usize) -> Vec<Vec<lorastream_ml::Message>> {
         let status = self.status();
         let dir = PathBuf::from(status["streams"][i]["path"].as_str().unwrap());
         let mut all =
-            lorastream::streams::load_split(&dir, lorastream::store::Split::Train).unwrap();
-        all.extend(lorastream::streams::load_split(&dir, lorastream::store::Split::Eval).unwrap());
+            lorastream::data::streams::load_split(&dir, lorastream_store::Split::Train).unwrap();
+        all.extend(
+            lorastream::data::streams::load_split(&dir, lorastream_store::Split::Eval).unwrap(),
+        );
         all
     }
 
@@ -246,7 +248,8 @@ fn five_quora_topic_files_become_five_streams_and_a_second_crawl_adds_nothing() 
     let streams = status["streams"].as_array().unwrap();
     assert_eq!(streams.len(), 5);
     let dir = PathBuf::from(streams[0]["path"].as_str().unwrap());
-    let train = lorastream::streams::load_split(&dir, lorastream::store::Split::Train).unwrap();
+    let train =
+        lorastream::data::streams::load_split(&dir, lorastream_store::Split::Train).unwrap();
     assert_eq!(train.len() as i64, streams[0]["n_train"].as_i64().unwrap());
     assert!(
         train

@@ -32,7 +32,7 @@ fn runs_reloads_and_shuts_down_on_sigterm() {
         started["summary"].as_str().unwrap().contains("drops:spool"),
         "{started}"
     );
-    assert_eq!(started["schema"], lorastream::store::SCHEMA_VERSION);
+    assert_eq!(started["schema"], lorastream_store::SCHEMA_VERSION);
     assert!(dir.path().join("state/lorastream.db").exists());
 
     // A broken file is refused and the daemon keeps running.
@@ -71,7 +71,7 @@ fn runs_reloads_and_shuts_down_on_sigterm() {
     common::assert_ok(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["initialized"], true);
-    assert_eq!(report["schema_version"], lorastream::store::SCHEMA_VERSION);
+    assert_eq!(report["schema_version"], lorastream_store::SCHEMA_VERSION);
     let names: Vec<&str> = report["sources"]
         .as_array()
         .unwrap()
@@ -217,7 +217,7 @@ fn sighup_changes_schedules_without_a_restart() {
     let v = d.wait_for("scheduled");
     assert_eq!(v["cron"], "0 0 0 1 1 *");
     // Then every second: the crawler runs within a few seconds of the reload.
-    let store = lorastream::store::Store::open(&dir.path().join("state/lorastream.db")).unwrap();
+    let store = lorastream_store::Store::open(&dir.path().join("state/lorastream.db")).unwrap();
     assert_eq!(store.source("drops").unwrap().unwrap().last_run_at, None);
     write_config(
         dir.path(),
@@ -311,7 +311,7 @@ fn a_failing_stage_is_retried_with_backoff_and_counted() {
     // counted against the stream (which would be set aside at the third).
     let third = d.wait_for("stage failed; restarting it after a backoff");
     assert_eq!(third["retry_in_ms"], 4000);
-    let store = lorastream::store::Store::open(&dir.path().join("state/lorastream.db")).unwrap();
+    let store = lorastream_store::Store::open(&dir.path().join("state/lorastream.db")).unwrap();
     let trainer = store
         .stages()
         .unwrap()

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use lorastream::config::Config;
-use lorastream::policy::Action;
-use lorastream::store::{AdapterState, Store, StreamState};
+use lorastream::learn::policy::Action;
+use lorastream_store::{AdapterState, Store, StreamState};
 
 /// Topic 1: made-up capitals; topic 2: made-up part colours. No shared words
 /// in the answers beyond "the"/"is".
@@ -77,7 +77,7 @@ fn run(root: &Path, name: &str, policy: bool) -> (f64, Vec<(i64, Action)>) {
     for which in [1u8, 2] {
         let f = dir.join(format!("topic{which}.jsonl"));
         std::fs::write(&f, topic(60, which)).unwrap();
-        lorastream::streams::import(
+        lorastream::data::streams::import(
             &store,
             &cfg.state_dir(),
             &f,
@@ -85,11 +85,11 @@ fn run(root: &Path, name: &str, policy: bool) -> (f64, Vec<(i64, Action)>) {
             &cfg.streams,
         )
         .unwrap();
-        for (t, d) in lorastream::pipeline::learn(
-            &cfg,
+        for (t, d) in lorastream::learn::pipeline::learn(
+            &lorastream::learn::spec::LearnSpec::from_config(&cfg),
             &store,
             None,
-            lorastream::store::Actor::Cli,
+            lorastream_store::Actor::Cli,
             &stop,
             |_| {},
         )
@@ -99,7 +99,7 @@ fn run(root: &Path, name: &str, policy: bool) -> (f64, Vec<(i64, Action)>) {
             actions.push((t.stream_id, d.action));
         }
     }
-    let m = lorastream::pipeline::stored_matrix(&store).unwrap();
+    let m = lorastream::learn::pipeline::stored_matrix(&store).unwrap();
     eprintln!("{name}:\n{m}");
     (m.forgetting[&1], actions)
 }

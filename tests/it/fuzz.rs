@@ -170,7 +170,7 @@ fn config_parser() {
 fn spool(format: SpoolFormat) -> impl Fn(&[u8]) -> bool {
     move |b: &[u8]| {
         let mut n = 0usize;
-        let r = lorastream::sources::spool::rows(b, format, "question", &mut |row| {
+        let r = lorastream::data::sources::spool::rows(b, format, "question", &mut |row| {
             n += row.fields.len();
             ControlFlow::Continue(())
         });
@@ -216,8 +216,9 @@ fn datasets_server_response_parser() {
         br#"{"error":"The dataset does not exist."}"#,
     ];
     fuzz("datasets-server rows", seeds, |b| {
-        lorastream::http::parse_json(b, "rows API")
-            .is_ok_and(|v| lorastream::sources::hf::parse_page(&v, &src, "quora/x", 100).is_ok())
+        lorastream::util::http::parse_json(b, "rows API").is_ok_and(|v| {
+            lorastream::data::sources::hf::parse_page(&v, &src, "quora/x", 100).is_ok()
+        })
     });
 }
 
@@ -233,8 +234,8 @@ fn crawlbase_response_parser() {
     let topic = br#"{"original_status":200,"pc_status":200,"body":"<html><a href=\"/What-is-a-thread\">q</a><a href=\"https://www.quora.com/topic/X\">t</a><a href=\"//evil.com/a-b\">e</a></html>"}"#;
     let seeds: &[&[u8]] = &[as_string.as_bytes(), as_object.as_bytes(), topic];
     fuzz("crawlbase pages", seeds, |b| {
-        use lorastream::sources::crawlbase::{question_links, question_records, scraped};
-        let Ok(v) = lorastream::http::parse_json(b, "Crawlbase") else {
+        use lorastream::data::sources::crawlbase::{question_links, question_records, scraped};
+        let Ok(v) = lorastream::util::http::parse_json(b, "Crawlbase") else {
             return false;
         };
         let records = scraped(&v).map_or(0, |d| {
@@ -254,7 +255,7 @@ fn html_cleaner() {
         b"<div><pre>code &lt;T&gt;</pre><!-- hidden --><img src=x onerror=y>text&nbsp;&#x27;q&#x27;</div>",
     ];
     fuzz("html cleaner", seeds, |b| {
-        !lorastream::preprocess::html_to_text(&text(b)).is_empty()
+        !lorastream::data::preprocess::html_to_text(&text(b)).is_empty()
     });
 }
 
@@ -265,7 +266,7 @@ fn chat_request_parser() {
         br#"{"messages":[{"role":"user","content":[{"type":"text","text":"Hi"}]}],"n":1,"top_p":0.9,"seed":3,"metadata":{"conversation_id":"c"}}"#,
     ];
     fuzz("chat request", seeds, |b| {
-        serde_json::from_slice::<lorastream::server::api::ChatRequest>(b)
+        serde_json::from_slice::<lorastream::serve::api::ChatRequest>(b)
             .is_ok_and(|r| r.check(256).is_ok())
     });
 }

@@ -11,15 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use lorastream::ml::generate::{SamplingParams, generate};
-use lorastream::ml::gguf::{Gguf, GgufProblem, import::import};
-use lorastream::ml::{CausalLm, ChatTokenizer, Message, MlError};
+use lorastream_ml::generate::{SamplingParams, generate};
+use lorastream_ml::gguf::{Gguf, GgufProblem, import::import};
+use lorastream_ml::{CausalLm, ChatTokenizer, Message, MlError};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
 
 fn real_gguf() -> Option<PathBuf> {
-    lorastream::model_source::default_fallback().filter(|p| p.is_file())
+    lorastream_ml::source::default_fallback().filter(|p| p.is_file())
 }
 
 /// Fixtures and transformers' outputs, made once per test binary.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use common::loopback::{Reply, Req, Server, rows_api};
-use lorastream::store::{AdapterState, Store};
+use lorastream_store::{AdapterState, Store};
 use serde_json::{Value, json};
 
 const PER_STREAM: usize = 12;
@@ -240,7 +240,7 @@ fn doing(root: &Path) -> String {
         .stages()
         .unwrap_or_default()
         .into_iter()
-        .filter(|s| s.state == lorastream::store::StageState::Running)
+        .filter(|s| s.state == lorastream_store::StageState::Running)
         .map(|s| match s.detail.as_deref() {
             Some(d) if d.starts_with("condensing") => "summarize".into(),
             Some(d) if d.starts_with("sealing") => "seal".into(),

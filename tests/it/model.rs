@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use lorastream::ml::generate::{FinishReason, SamplingParams, generate};
-use lorastream::ml::init::{InitOptions, Preset, init_model};
-use lorastream::ml::{Arch, CausalLm, ChatTokenizer, LoraSpec, Message, MlError};
+use lorastream_ml::generate::{FinishReason, SamplingParams, generate};
+use lorastream_ml::init::{InitOptions, Preset, init_model};
+use lorastream_ml::{Arch, CausalLm, ChatTokenizer, LoraSpec, Message, MlError};
 use tch::{Device, Kind, Tensor};
 
 fn init(dir: &Path, arch: Arch, preset: Preset) {

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use lorastream::ml::tokenizer::Message;
-use lorastream::ml::{CausalLm, ChatTokenizer, LoraSpec};
+use lorastream_ml::tokenizer::Message;
+use lorastream_ml::{CausalLm, ChatTokenizer, LoraSpec};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use common::loopback::rows_api;
-use lorastream::store::{AdapterState, ExampleState, RawState, StreamState};
+use lorastream_store::{AdapterState, ExampleState, RawState, StreamState};
 use serde_json::{Value, json};
 
 const ROWS: usize = 60;
@@ -123,7 +123,7 @@ fn snapshot(root: &Path) -> Option<Final> {
     if !db.exists() {
         return None;
     }
-    let store = lorastream::store::Store::open(&db).ok()?;
+    let store = lorastream_store::Store::open(&db).ok()?;
     let raw = store.raw_items_in_state(RawState::New, 1000).ok()?.len()
         + store
             .raw_items_in_state(RawState::Processed, 1000)
@@ -221,15 +221,15 @@ fn two_streams_flow_from_crawl_to_feedback_in_process() {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let path = s.config.clone();
     let daemon = std::thread::spawn(move || {
-        actix::System::new().block_on(lorastream::daemon::run(path, config, rx))
+        actix::System::new().block_on(lorastream::run::daemon::run(path, config, rx))
     });
     let f = wait_finished(&s.root, Duration::from_secs(240));
-    tx.blocking_send(lorastream::daemon::Control::Shutdown("test"))
+    tx.blocking_send(lorastream::run::daemon::Control::Shutdown("test"))
         .unwrap();
     daemon.join().unwrap().unwrap();
     check_final(&f);
     // Decisions carry their reasons and numbers.
-    let store = lorastream::store::Store::open(&s.root.join("state/lorastream.db")).unwrap();
+    let store = lorastream_store::Store::open(&s.root.join("state/lorastream.db")).unwrap();
     for a in store.adapters().unwrap() {
         let d = a.decision.unwrap();
         assert!(
@@ -292,9 +292,9 @@ fn killed_anywhere_the_daemon_resumes_and_ends_the_same() {
     })
     .expect("second stream did not train");
     let config = lorastream::config::Config::load(&s.config).unwrap();
-    lorastream::status::gather(&config).unwrap();
+    lorastream::serve::status::gather(&config).unwrap();
     let t = Instant::now();
-    let report = lorastream::status::gather(&config).unwrap();
+    let report = lorastream::serve::status::gather(&config).unwrap();
     let took = t.elapsed();
     eprintln!("status during training: {took:?}");
     assert!(
@@ -305,7 +305,7 @@ fn killed_anywhere_the_daemon_resumes_and_ends_the_same() {
         report
             .stages
             .iter()
-            .any(|s| s.name == "trainer" && s.state == lorastream::store::StageState::Running),
+            .any(|s| s.name == "trainer" && s.state == lorastream_store::StageState::Running),
         "{:?}",
         report.stages
     );
@@ -326,7 +326,7 @@ fn killed_anywhere_the_daemon_resumes_and_ends_the_same() {
     assert!(d.wait_exit().success());
     check_final(&f);
     // No page was fetched twice past its commit: every row stored exactly once.
-    let store = lorastream::store::Store::open(&s.root.join("state/lorastream.db")).unwrap();
+    let store = lorastream_store::Store::open(&s.root.join("state/lorastream.db")).unwrap();
     assert_eq!(
         store.source("quora-hf").unwrap().unwrap().cursor.as_deref(),
         Some("60")

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::loopback::{Reply, Req, Server};
 use lorastream::config::{CrawlMode, SourceConfig, SourceKind};
-use lorastream::http::Http;
-use lorastream::sources::{FetchReport, run_source};
-use lorastream::store::Store;
+use lorastream::data::sources::{FetchReport, run_source};
+use lorastream::util::http::Http;
+use lorastream_store::Store;
 use serde_json::{Value, json};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -74,7 +74,7 @@ fn hf_source(base: &str) -> SourceConfig {
 
 fn stored_rows(store: &Store) -> Vec<u64> {
     let mut idx: Vec<u64> = store
-        .raw_items_in_state(lorastream::store::RawState::New, 10_000)
+        .raw_items_in_state(lorastream_store::RawState::New, 10_000)
         .unwrap()
         .iter()
         .map(|r| {
@@ -216,7 +216,7 @@ fn hf_datasets_survives_faults_without_losing_or_skipping_rows() {
         (0, false, 35)
     );
     let items = store
-        .raw_items_in_state(lorastream::store::RawState::New, 100)
+        .raw_items_in_state(lorastream_store::RawState::New, 100)
         .unwrap();
     let bad = items
         .iter()
@@ -415,7 +415,7 @@ fn crawlbase_topic_and_questions_with_faults_and_no_token_leaks() {
     assert_eq!(fetched, [https]);
     assert!(store.item_failures().unwrap().is_empty(), "success forgets");
     let items = store
-        .raw_items_in_state(lorastream::store::RawState::New, 100)
+        .raw_items_in_state(lorastream_store::RawState::New, 100)
         .unwrap();
     assert_eq!(items.len(), 6);
     let ada = items.iter().find(|i| i.meta["author"] == "Ada").unwrap();

@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use lorastream::config::Config;
-use lorastream::ml::data::{self, IGNORE, Labels};
-use lorastream::ml::init::{InitOptions, Preset, init_model};
-use lorastream::ml::{Arch, CausalLm, ChatTokenizer, Message};
-use lorastream::store::{Actor, AdapterState, Store};
+use lorastream_ml::data::{self, IGNORE, Labels};
+use lorastream_ml::init::{InitOptions, Preset, init_model};
+use lorastream_ml::{Arch, CausalLm, ChatTokenizer, Message};
+use lorastream_store::{Actor, AdapterState, Store};
 use tch::{Device, Kind};
 
 pub(crate) fn init(dir: &Path, arch: Arch, corpus: Option<&Path>) {
@@ -189,7 +189,7 @@ fn three_quora_streams_in_sequence() {
     let stop = AtomicBool::new(false);
     let mut versions = Vec::new();
     for (i, f) in files.iter().enumerate() {
-        let (sid, new, _) = lorastream::streams::import(
+        let (sid, new, _) = lorastream::data::streams::import(
             &store,
             &cfg.state_dir(),
             f,
@@ -198,11 +198,11 @@ fn three_quora_streams_in_sequence() {
         )
         .unwrap();
         assert!(new >= 35);
-        let t = lorastream::pipeline::train_stream(
-            &cfg,
+        let t = lorastream::learn::pipeline::train_stream(
+            &lorastream::learn::spec::LearnSpec::from_config(&cfg),
             &store,
             None,
-            lorastream::store::Actor::Cli,
+            lorastream_store::Actor::Cli,
             &stop,
             |_| {},
         )
@@ -240,7 +240,11 @@ fn three_quora_streams_in_sequence() {
     );
     assert_eq!(adapters[2].parent_id, Some(adapters[1].id));
 
-    let m = lorastream::pipeline::evaluate(&cfg, &store).unwrap();
+    let m = lorastream::learn::pipeline::evaluate(
+        &lorastream::learn::spec::LearnSpec::from_config(&cfg),
+        &store,
+    )
+    .unwrap();
     eprintln!("{}", m);
     let cell = |v: i64, s: i64| {
         let r = m.versions.iter().position(|&x| x == v).unwrap();
@@ -264,6 +268,10 @@ fn three_quora_streams_in_sequence() {
         "base row (3) + 1 + 2 + 3 cells, and the probe set for each of the 4 rows"
     );
     // A second evaluate computes nothing new.
-    let again = lorastream::pipeline::evaluate(&cfg, &store).unwrap();
+    let again = lorastream::learn::pipeline::evaluate(
+        &lorastream::learn::spec::LearnSpec::from_config(&cfg),
+        &store,
+    )
+    .unwrap();
     assert_eq!(again.cells, m.cells);
 }

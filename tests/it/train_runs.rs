@@ -10,9 +10,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use lorastream::config::Config;
-use lorastream::ml::data::Labels;
-use lorastream::ml::{Arch, CausalLm, ChatTokenizer, Message};
-use lorastream::store::{Actor, AdapterState, Store};
+use lorastream_ml::data::Labels;
+use lorastream_ml::{Arch, CausalLm, ChatTokenizer, Message};
+use lorastream_store::{Actor, AdapterState, Store};
 use tch::{Device, Kind};
 
 fn synthetic(n: usize) -> Vec<Vec<Message>> {
@@ -146,12 +146,12 @@ fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
     for (i, part) in data.chunks(20).enumerate() {
         let f = dir.path().join(format!("p{i}.jsonl"));
         write_jsonl(&f, part);
-        lorastream::streams::import(&store, &cfg.state_dir(), &f, "p", &cfg.streams).unwrap();
-        let done = lorastream::pipeline::learn(
-            &cfg,
+        lorastream::data::streams::import(&store, &cfg.state_dir(), &f, "p", &cfg.streams).unwrap();
+        let done = lorastream::learn::pipeline::learn(
+            &lorastream::learn::spec::LearnSpec::from_config(&cfg),
             &store,
             None,
-            lorastream::store::Actor::Cli,
+            lorastream_store::Actor::Cli,
             &stop,
             |_| {},
         )
@@ -174,19 +174,30 @@ fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
     );
     assert!(a[1].path.join("model.safetensors").is_file());
     assert_eq!(store.served_adapter().unwrap().unwrap().id, 3);
-    let m = lorastream::pipeline::evaluate(&cfg, &store).unwrap();
+    let m = lorastream::learn::pipeline::evaluate(
+        &lorastream::learn::spec::LearnSpec::from_config(&cfg),
+        &store,
+    )
+    .unwrap();
     // R[v3][stream 2] by hand: the base with v1 folded in, v3 on top.
-    let base = lorastream::model_source::model_dir(&cfg).unwrap();
+    let base = lorastream_ml::source::model_dir(&cfg.base_model()).unwrap();
     let tok = ChatTokenizer::load(&base, None).unwrap();
     let mut model = CausalLm::load(&base, Device::Cpu, Kind::Float).unwrap();
     model.load_adapter(&a[0].path).unwrap();
     model.bake_lora();
     model.load_adapter(&a[2].path).unwrap();
     let s2 = store.streams().unwrap()[1].clone();
-    let eval = lorastream::streams::load_split(&s2.path, lorastream::store::Split::Eval).unwrap();
-    let p =
-        lorastream::eval::perplexity(&model, &tok, &eval, 8, cfg.train.seq_len, Labels::Assistant)
-            .unwrap();
+    let eval =
+        lorastream::data::streams::load_split(&s2.path, lorastream_store::Split::Eval).unwrap();
+    let p = lorastream_ml::perplexity::perplexity(
+        &model,
+        &tok,
+        &eval,
+        8,
+        cfg.train.seq_len,
+        Labels::Assistant,
+    )
+    .unwrap();
     let r = m.versions.iter().position(|&v| v == 3).unwrap();
     let c = m.streams.iter().position(|&s| s == s2.id).unwrap();
     let stored = m.cells[r][c].unwrap();
@@ -198,9 +209,15 @@ fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
     // Without v1 folded in the number differs: the snapshot matters.
     let mut plain = CausalLm::load(&base, Device::Cpu, Kind::Float).unwrap();
     plain.load_adapter(&a[2].path).unwrap();
-    let q =
-        lorastream::eval::perplexity(&plain, &tok, &eval, 8, cfg.train.seq_len, Labels::Assistant)
-            .unwrap();
+    let q = lorastream_ml::perplexity::perplexity(
+        &plain,
+        &tok,
+        &eval,
+        8,
+        cfg.train.seq_len,
+        Labels::Assistant,
+    )
+    .unwrap();
     assert!(
         (q.perplexity - p.perplexity).abs() > 1e-4,
         "{} vs {}",
@@ -227,12 +244,12 @@ fn a_diverging_run_skips_non_finite_steps_then_ends_with_the_reason() {
     let store = Store::open(&cfg.store_path()).unwrap();
     let f = dir.path().join("d.jsonl");
     write_jsonl(&f, &synthetic(40));
-    lorastream::streams::import(&store, &cfg.state_dir(), &f, "d", &cfg.streams).unwrap();
-    let err = lorastream::pipeline::train_stream(
-        &cfg,
+    lorastream::data::streams::import(&store, &cfg.state_dir(), &f, "d", &cfg.streams).unwrap();
+    let err = lorastream::learn::pipeline::train_stream(
+        &lorastream::learn::spec::LearnSpec::from_config(&cfg),
         &store,
         None,
-        lorastream::store::Actor::Cli,
+        lorastream_store::Actor::Cli,
         &AtomicBool::new(false),
         |_| {},
     )
@@ -252,7 +269,7 @@ fn a_diverging_run_skips_non_finite_steps_then_ends_with_the_reason() {
     );
     assert_eq!(
         store.streams().unwrap()[0].state,
-        lorastream::store::StreamState::Failed
+        lorastream_store::StreamState::Failed
     );
 }
 

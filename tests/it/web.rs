@@ -122,7 +122,7 @@ fn page_and_metrics_of_a_learning_daemon() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let r = lorastream::http::client_builder()
+            let r = lorastream::util::http::client_builder()
                 .build()
                 .unwrap()
                 .post(format!("{url}/v1/chat/completions"))

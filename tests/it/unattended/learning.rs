@@ -179,7 +179,7 @@ fn a_finished_run_that_was_not_recorded_is_not_trained_again() {
     run(&config, &["train"]);
     let db = dir.path().join("state/lorastream.db");
     let first = {
-        let store = lorastream::store::Store::open(&db).unwrap();
+        let store = lorastream_store::Store::open(&db).unwrap();
         store.adapter(1).unwrap().unwrap().train_log.unwrap()
     };
     assert_eq!(first["resumed_from"], 0);
@@ -202,9 +202,9 @@ fn a_finished_run_that_was_not_recorded_is_not_trained_again() {
         logs.contains("training had finished; using its result"),
         "{logs}"
     );
-    let store = lorastream::store::Store::open(&db).unwrap();
+    let store = lorastream_store::Store::open(&db).unwrap();
     let a = store.adapter(1).unwrap().unwrap();
-    assert_eq!(a.state, lorastream::store::AdapterState::Candidate);
+    assert_eq!(a.state, lorastream_store::AdapterState::Candidate);
     let log = a.train_log.unwrap();
     assert_eq!(log["resumed_from"], first["steps"], "{log}");
     assert_eq!(log["losses"], first["losses"]);

@@ -76,7 +76,7 @@ fn a_spool_file_killed_midway_resumes_after_its_last_chunk() {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let store = lorastream::store::Store::open(&db).unwrap();
+    let store = lorastream_store::Store::open(&db).unwrap();
     let cursor = store.spool_files("drops").unwrap();
     assert_eq!(cursor.len(), 1);
     let stored = cursor[0].rows_done;
@@ -90,8 +90,8 @@ fn a_spool_file_killed_midway_resumes_after_its_last_chunk() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(lorastream::sources::run_source(
-            &lorastream::http::Http::new(),
+        .block_on(lorastream::data::sources::run_source(
+            &lorastream::util::http::Http::new(),
             &store,
             &cfg.state_dir(),
             &cfg.sources[0],

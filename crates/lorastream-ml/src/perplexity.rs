@@ -1,0 +1,70 @@
+//! Perplexity of a model on chat examples: exp(mean NLL) over the target
+//! tokens, batched by length, without gradients.
+
+use serde::Serialize;
+
+use crate::data::{self, Encoded, Labels};
+use crate::{CausalLm, ChatTokenizer, Message, MlError};
+
+/// The result of one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Perplexity {
+    pub perplexity: f64,
+    pub nll_sum: f64,
+    /// Tokens the mean NLL was taken over.
+    pub tokens: i64,
+}
+
+/// exp(mean NLL) over the target tokens of `examples`, batched, without gradients.
+pub fn perplexity(
+    model: &CausalLm,
+    tok: &ChatTokenizer,
+    examples: &[Vec<Message>],
+    batch_size: usize,
+    seq_len: usize,
+    mode: Labels,
+) -> Result<Perplexity, MlError> {
+    let mut enc: Vec<Encoded> = Vec::new();
+    for m in examples {
+        if let Some(e) = data::encode(tok, m, seq_len, mode)? {
+            enc.push(e);
+        }
+    }
+    Ok(perplexity_encoded(
+        model,
+        &enc,
+        tok.pad_id() as i64,
+        batch_size,
+    ))
+}
+
+/// As [`perplexity`], on examples already tokenized.
+pub fn perplexity_encoded(
+    model: &CausalLm,
+    enc: &[Encoded],
+    pad_id: i64,
+    batch_size: usize,
+) -> Perplexity {
+    let _guard = tch::no_grad_guard();
+    let mut nll = 0.0;
+    let mut count = 0i64;
+    // Batches of similar lengths: a sum over every token does not depend on
+    // the order, and short examples no longer pay for a long one's padding.
+    let mut by_length: Vec<&Encoded> = enc.iter().collect();
+    by_length.sort_by_key(|e| e.ids.len());
+    for refs in by_length.chunks(batch_size.max(1)) {
+        let b = data::pad(refs, pad_id, model.device);
+        let hidden = model.hidden(&b.ids, &b.positions, b.mask.as_ref(), None, false);
+        nll += crate::loss::nll_sum(model, &hidden, &b.labels);
+        count += b.targets;
+    }
+    Perplexity {
+        perplexity: if count > 0 {
+            (nll / count as f64).exp()
+        } else {
+            f64::NAN
+        },
+        nll_sum: nll,
+        tokens: count,
+    }
+}

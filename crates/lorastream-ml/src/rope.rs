@@ -1,0 +1,45 @@
+//! Rotary position embeddings: the inverse frequencies of a config's theta
+//! and scaling (default, linear, llama3), as transformers computes them.
+
+use tch::Tensor;
+
+use crate::hf_config::HfConfig;
+
+/// Inverse RoPE frequencies for the config's theta and scaling (default, linear, llama3).
+pub fn rope_inv_freq(cfg: &HfConfig) -> Vec<f64> {
+    let hd = cfg.head_dim;
+    let mut inv: Vec<f64> = (0..hd / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64))
+        .collect();
+    if let Some(s) = &cfg.rope_scaling {
+        let factor = s.factor.unwrap_or(1.0);
+        match s.rope_type.as_str() {
+            "linear" => inv.iter_mut().for_each(|f| *f /= factor),
+            "llama3" => {
+                let low = s.low_freq_factor.unwrap_or(1.0);
+                let high = s.high_freq_factor.unwrap_or(4.0);
+                let old = s.original_max_position_embeddings.unwrap_or(8192) as f64;
+                let low_wavelen = old / low;
+                let high_wavelen = old / high;
+                for f in inv.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    inv
+}
+
+pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[x2.neg(), x1], -1)
+}

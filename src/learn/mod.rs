@@ -1,0 +1,22 @@
+//! The learning stages: from a sealed stream to a decided version.
+//!
+//! # Layout
+//!
+//! - [`spec`]: the stage's settings, resolved from the config once at its top.
+//! - [`pipeline`]: train the next stream into a candidate, fill the
+//!   evaluation matrix, and `learn` (train → evaluate → decide, again while
+//!   the policy asks for another attempt).
+//! - [`replay`]: the replay pool: a bounded reservoir per earlier stream, read
+//!   lazily, weighted toward the streams forgotten most recently.
+//! - [`eval`]: the perplexity matrix, forgetting, and the probe set.
+//! - [`policy`]: the feedback policy: promote, retrain with replay and a lower
+//!   rate, or give a stream up (docs/continual-learning.md).
+//! - [`lineage`]: the chain of versions, base snapshots and merges, and the
+//!   version to serve.
+
+pub mod eval;
+pub mod lineage;
+pub mod pipeline;
+pub mod policy;
+pub mod replay;
+pub mod spec;

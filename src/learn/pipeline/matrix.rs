@@ -1,0 +1,311 @@
+//! The evaluation matrix over the store: which cells each version needs,
+//! filling the missing ones (a cell that fails is reported, not fatal), and
+//! the probe set.
+
+use std::collections::BTreeMap;
+
+use super::{PipelineError, load_base, split_of, switch_to};
+use crate::data::streams;
+use crate::learn::eval::{self, Matrix};
+use crate::learn::lineage;
+use crate::learn::spec::{EvalSpec, LearnSpec};
+use lorastream_ml::data::Labels;
+use lorastream_ml::{CausalLm, ChatTokenizer, Message};
+use lorastream_store::{
+    AdapterRow, AdapterState, EvalRow, ItemKind, Split, Store, StoreError, StreamRow, StreamState,
+};
+
+/// The versions that are rows of the matrix: the base (0), then every adapter
+/// that finished training, with the stream it was trained on.
+fn matrix_rows(adapters: &[AdapterRow]) -> Vec<(eval::RowKey, Option<&AdapterRow>)> {
+    let mut rows = vec![((0, None), None)];
+    rows.extend(
+        adapters
+            .iter()
+            .filter(|a| !matches!(a.state, AdapterState::Training | AdapterState::Failed))
+            .map(|a| ((a.id, lineage::trained_on(a)), Some(a))),
+    );
+    rows
+}
+
+/// The matrix as stored, without evaluating anything (the web page, metrics,
+/// `adapters list`), forgetting measured along the served lineage.
+pub fn stored_matrix(store: &Store) -> Result<Matrix, StoreError> {
+    let adapters = store.adapters()?;
+    let rows: Vec<eval::RowKey> = matrix_rows(&adapters).iter().map(|r| r.0).collect();
+    let served = store.served_adapter()?;
+    let chain = match &served {
+        Some(s) => lineage::row_keys(&lineage::chain(&adapters, s)),
+        None => vec![(0, None)],
+    };
+    Ok(eval::matrix(&store.evals()?, &rows, &chain))
+}
+
+/// A cell of the matrix that could not be measured, and what is to blame:
+/// the version (its weights would not load) or the stream (its eval split
+/// would not read). The daemon counts these per item and sets a poison item
+/// aside (see [`lorastream_store::ItemKind`]); the other cells are still filled.
+#[derive(Debug)]
+pub struct CellFailure {
+    pub version: i64,
+    pub stream: i64,
+    pub blame: ItemKind,
+    pub error: PipelineError,
+}
+
+impl CellFailure {
+    /// The key of the item blamed, as `item_failures` stores it.
+    pub fn key(&self) -> String {
+        match self.blame {
+            ItemKind::Stream => self.stream.to_string(),
+            _ => self.version.to_string(),
+        }
+    }
+}
+
+impl From<CellFailure> for PipelineError {
+    fn from(f: CellFailure) -> Self {
+        PipelineError::Cell {
+            version: f.version,
+            stream: f.stream,
+            source: Box::new(f.error),
+        }
+    }
+}
+
+/// [`fill_matrix`], failing on the first cell that could not be measured.
+pub fn evaluate(spec: &LearnSpec, store: &Store) -> Result<Matrix, PipelineError> {
+    let (matrix, failed) = fill_matrix(spec, store)?;
+    match failed.into_iter().next() {
+        Some(f) => Err(f.into()),
+        None => Ok(matrix),
+    }
+}
+
+/// A cell to measure: (version, its row, stream; 0 = the probe set).
+type Cell<'a> = (i64, Option<&'a AdapterRow>, i64);
+
+/// Fills every missing cell R[version][stream] — streams up to the version's
+/// own, every stream for the base model and the served version, the streams
+/// up to a candidate's for its parent (the policy compares the two), the probe
+/// set for every row — and returns the matrix with the cells that failed.
+/// Each base is loaded once; versions set aside and failed streams are skipped.
+pub fn fill_matrix(
+    spec: &LearnSpec,
+    store: &Store,
+) -> Result<(Matrix, Vec<CellFailure>), PipelineError> {
+    let streams = store.streams()?;
+    let all_adapters = store.adapters()?;
+    let probe = probe_set(&spec.eval)?;
+    let todo = missing_cells(store, &all_adapters, &streams, probe.is_some())?;
+    let mut failed = Vec::new();
+    if !todo.is_empty() {
+        let mut m = Measurer::start(spec, &all_adapters, probe)?;
+        for cell in todo {
+            if let Some(f) = m.measure(store, &streams, cell)? {
+                failed.push(f);
+            }
+        }
+    }
+    Ok((stored_matrix(store)?, failed))
+}
+
+/// The cells the matrix lacks, versions set aside and failed streams left out.
+fn missing_cells<'a>(
+    store: &Store,
+    adapters: &'a [AdapterRow],
+    streams: &[StreamRow],
+    probe: bool,
+) -> Result<Vec<Cell<'a>>, PipelineError> {
+    let aside: Vec<String> = store
+        .item_failures()?
+        .into_iter()
+        .filter(|f| f.set_aside && f.kind == ItemKind::Version)
+        .map(|f| f.key)
+        .collect();
+    let have = store.evals()?;
+    let versions = matrix_rows(adapters);
+    let upto = measured_upto(&versions, store.served_adapter()?.map(|a| a.id));
+    let mut todo = Vec::new();
+    for ((v, _), row) in &versions {
+        if aside.contains(&v.to_string()) {
+            continue;
+        }
+        let mut cols: Vec<i64> = streams
+            .iter()
+            .filter(|s| s.id <= upto[v] && s.n_eval > 0 && s.state != StreamState::Failed)
+            .map(|s| s.id)
+            .collect();
+        if probe {
+            cols.push(0);
+        }
+        for s in cols {
+            if !have.iter().any(|c| c.adapter_id == *v && c.stream_id == s) {
+                todo.push((*v, *row, s));
+            }
+        }
+    }
+    Ok(todo)
+}
+
+/// Up to which stream each version is measured: its own (every stream for
+/// the base and the served version); a candidate's parent up to the
+/// candidate's.
+fn measured_upto(
+    versions: &[(eval::RowKey, Option<&AdapterRow>)],
+    served: Option<i64>,
+) -> BTreeMap<i64, i64> {
+    let mut upto: BTreeMap<i64, i64> = BTreeMap::new();
+    for ((v, _), row) in versions {
+        let v = *v;
+        let own = match row {
+            Some(a) if Some(v) != served => a.stream_id,
+            _ => i64::MAX,
+        };
+        let e = upto.entry(v).or_insert(own);
+        *e = (*e).max(own);
+        if let Some(a) = row.filter(|a| a.state == AdapterState::Candidate) {
+            let p = upto.entry(a.parent_id.unwrap_or(0)).or_insert(a.stream_id);
+            *p = (*p).max(a.stream_id);
+        }
+    }
+    upto
+}
+
+/// One model, switched from version to version as the cells need.
+struct Measurer<'a> {
+    spec: &'a LearnSpec,
+    adapters: &'a [AdapterRow],
+    probe: Option<Vec<Vec<Message>>>,
+    model: CausalLm,
+    tok: ChatTokenizer,
+    base: std::path::PathBuf,
+    loaded: Option<i64>,
+    /// Versions whose weights would not load: their other cells are skipped.
+    broken: Vec<i64>,
+}
+
+impl<'a> Measurer<'a> {
+    fn start(
+        spec: &'a LearnSpec,
+        adapters: &'a [AdapterRow],
+        probe: Option<Vec<Vec<Message>>>,
+    ) -> Result<Measurer<'a>, PipelineError> {
+        let (model, tok) = load_base(&spec.model)?;
+        Ok(Measurer {
+            spec,
+            adapters,
+            probe,
+            model,
+            tok,
+            base: lorastream_ml::source::model_dir(&spec.model.base)?,
+            loaded: None,
+            broken: Vec::new(),
+        })
+    }
+
+    /// Measures one cell and stores it; `Some` names a cell that could not
+    /// be measured (a store error is no cell's fault: it ends the pass).
+    fn measure(
+        &mut self,
+        store: &Store,
+        streams: &[StreamRow],
+        (v, row, s): Cell<'_>,
+    ) -> Result<Option<CellFailure>, PipelineError> {
+        let fail = |blame, error| {
+            Some(CellFailure {
+                version: v,
+                stream: s,
+                blame,
+                error,
+            })
+        };
+        if self.broken.contains(&v) {
+            return Ok(None);
+        }
+        if self.loaded != Some(v) {
+            self.loaded = None;
+            if let Err(e) = self.switch(row) {
+                self.broken.push(v);
+                return Ok(fail(ItemKind::Version, e));
+            }
+            self.loaded = Some(v);
+        }
+        let examples = match self.examples(streams, s) {
+            Ok(ex) => ex,
+            Err(e) => return Ok(fail(ItemKind::Stream, e)),
+        };
+        let e = &self.spec.eval;
+        let p = match lorastream_ml::perplexity::perplexity(
+            &self.model,
+            &self.tok,
+            &examples,
+            e.batch_size,
+            e.seq_len,
+            Labels::Assistant,
+        ) {
+            Ok(p) => p,
+            Err(err) => {
+                self.broken.push(v);
+                return Ok(fail(ItemKind::Version, err.into()));
+            }
+        };
+        tracing::info!(
+            adapter = v,
+            stream = s,
+            ppl = p.perplexity,
+            tokens = p.tokens,
+            "evaluated"
+        );
+        store.stage_progress(lorastream_store::Stage::Evaluator)?;
+        store.upsert_eval(&EvalRow {
+            adapter_id: v,
+            stream_id: s,
+            perplexity: p.perplexity,
+            nll_sum: p.nll_sum,
+            tokens: p.tokens,
+            evaluated_at: 0,
+        })?;
+        Ok(None)
+    }
+
+    /// Puts version `row` (None: the base) on the model.
+    fn switch(&mut self, row: Option<&AdapterRow>) -> Result<(), PipelineError> {
+        let want = lineage::base_dir(&self.spec.model.base, self.adapters, row)?;
+        switch_to(
+            &self.spec.model,
+            &mut self.model,
+            &mut self.base,
+            &want,
+            row,
+        )
+    }
+
+    /// Stream `s`'s eval split (at most `max_examples_per_stream`), or the probe set.
+    fn examples(&self, streams: &[StreamRow], s: i64) -> Result<Vec<Vec<Message>>, PipelineError> {
+        if s == 0 {
+            return Ok(self.probe.clone().unwrap_or_default());
+        }
+        let row = streams
+            .iter()
+            .find(|r| r.id == s)
+            .ok_or(PipelineError::NoSuchStream(s))?;
+        let mut v = split_of(row, Split::Eval)?;
+        if self.spec.eval.max_examples_per_stream > 0 {
+            v.truncate(self.spec.eval.max_examples_per_stream);
+        }
+        Ok(v)
+    }
+}
+
+/// The probe set's examples: `[eval] probe_set`, else the built-in one;
+/// `None` with `[eval] probe = false`.
+pub fn probe_set(e: &EvalSpec) -> Result<Option<Vec<Vec<Message>>>, PipelineError> {
+    if !e.probe {
+        return Ok(None);
+    }
+    Ok(Some(match &e.probe_set {
+        Some(p) => streams::read_jsonl(p, e.max_examples_per_stream)?,
+        None => crate::learn::eval::builtin_probe(),
+    }))
+}

@@ -1,0 +1,343 @@
+//! The OpenAI wire format of `/v1/chat/completions` and `/v1/models`: request
+//! validation and the error object every failure answers with.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use lorastream_ml::Message;
+
+/// A request of `POST /v1/chat/completions`. Unknown fields are accepted (and
+/// ignored) as OpenAI's server does; known fields of the wrong type are a 400.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    /// The newer name of `max_tokens`.
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    /// A string, or OpenAI's list of `{"type": "text", "text": …}` parts.
+    pub content: Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stop {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Stop::One(s) => vec![s],
+            Stop::Many(v) => v,
+        }
+    }
+}
+
+/// A request checked against the server's limits.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub messages: Vec<Message>,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub seed: u64,
+    pub stream: bool,
+}
+
+impl ChatRequest {
+    /// Validates the request; `max_tokens_cap` is `[server] max_tokens`.
+    pub fn check(self, max_tokens_cap: usize) -> Result<Checked, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid(
+                "messages",
+                "`messages` must not be empty",
+            ));
+        }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.into_iter().enumerate() {
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                other => {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].role"),
+                        &format!(
+                            "unknown role {other:?}: expected system, developer, user or assistant"
+                        ),
+                    ));
+                }
+            };
+            let content = text_of(&m.content).ok_or_else(|| {
+                ApiError::invalid(
+                    &format!("messages[{i}].content"),
+                    "content must be a string or a list of text parts",
+                )
+            })?;
+            messages.push(Message::new(role, &content));
+        }
+        if messages.last().is_some_and(|m| m.role == "assistant") {
+            return Err(ApiError::invalid(
+                "messages",
+                "the last message must be from the user (or system), not the assistant",
+            ));
+        }
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
+            return Err(ApiError::invalid(
+                "temperature",
+                &format!("temperature must be between 0 and 2 (got {temperature})"),
+            ));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid(
+                "top_p",
+                &format!("top_p must be in (0, 1] (got {top_p})"),
+            ));
+        }
+        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+            None => max_tokens_cap,
+            Some(n) if n < 1 => {
+                return Err(ApiError::invalid(
+                    "max_tokens",
+                    &format!("max_tokens must be at least 1 (got {n})"),
+                ));
+            }
+            Some(n) => (n as u64).min(max_tokens_cap as u64) as usize,
+        };
+        let stop = self.stop.map(Stop::into_vec).unwrap_or_default();
+        if stop.len() > 4 || stop.iter().any(|s| s.is_empty()) {
+            return Err(ApiError::invalid(
+                "stop",
+                "stop takes up to 4 non-empty strings",
+            ));
+        }
+        Ok(Checked {
+            messages,
+            temperature,
+            top_p,
+            max_tokens,
+            stop,
+            seed: self.seed.unwrap_or(0) as u64,
+            stream: self.stream.unwrap_or(false),
+        })
+    }
+}
+
+/// The text of a message's content: a string, or the concatenated text parts.
+fn text_of(content: &Value) -> Option<String> {
+    match content {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => parts
+            .iter()
+            .map(
+                |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => Some(t.as_str()),
+                    _ => None,
+                },
+            )
+            .collect::<Option<Vec<&str>>>()
+            .map(|v| v.concat()),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Usage {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// A whole completion (`stream: false`).
+pub fn completion(
+    id: &str,
+    created: i64,
+    model: &str,
+    text: &str,
+    finish: &str,
+    usage: &Usage,
+) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": null,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": null,
+            "finish_reason": finish,
+        }],
+        "usage": usage,
+    })
+}
+
+/// One `chat.completion.chunk` of a stream.
+pub fn chunk(id: &str, created: i64, model: &str, delta: Value, finish: Option<&str>) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": null,
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+    })
+}
+
+/// An error as OpenAI sends it: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400 about one parameter.
+    pub fn invalid(param: &str, message: &str) -> ApiError {
+        ApiError {
+            param: Some(param.to_string()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
+        self
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "missing or invalid API key: send `Authorization: Bearer <key>`",
+        )
+        .with_code("invalid_api_key")
+    }
+
+    pub fn not_found(what: String) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", what)
+    }
+
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut r = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            r.insert_header((header::RETRY_AFTER, v));
+        }
+        r.json(self.body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(v: Value) -> Result<Checked, ApiError> {
+        serde_json::from_value::<ChatRequest>(v)
+            .map_err(|e| ApiError::invalid("body", &e.to_string()))?
+            .check(256)
+    }
+
+    #[test]
+    fn accepts_openai_shapes_and_refuses_bad_values() {
+        let ok = req(json!({"model": "lorastream", "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]}
+        ], "stop": "\n", "max_tokens": 9999, "unknown_field": 1}))
+        .unwrap();
+        assert_eq!(ok.messages[1].content, "hi");
+        assert_eq!(ok.max_tokens, 256, "capped at [server] max_tokens");
+        assert_eq!(ok.stop, vec!["\n".to_string()]);
+        for bad in [
+            json!({"messages": []}),
+            json!({"messages": [{"role": "robot", "content": "x"}]}),
+            json!({"messages": [{"role": "user", "content": 5}]}),
+            json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}),
+            json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3}),
+            json!({"messages": [{"role": "user", "content": "x"}], "top_p": 0}),
+            json!({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}),
+            json!({"messages": "hello"}),
+        ] {
+            let e = req(bad.clone()).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(e.body()["error"]["type"], "invalid_request_error");
+        }
+    }
+}

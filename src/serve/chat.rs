@@ -1,0 +1,391 @@
+//! `POST /v1/chat/completions`: checks the request, recalls memories, queues
+//! the job on the generation worker (429 when the queue is full), and answers
+//! with one `chat.completion`, or with a stream of `chat.completion.chunk`
+//! events ending `data: [DONE]`. A client that disconnects mid-stream drops
+//! the channel, which stops its generation at the next token.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::api::{self, ApiError, ChatRequest, Usage};
+use super::engine::{EngineError, Event, Job};
+use super::memory::{self, Speaker};
+use super::{State, json_body, versions};
+use crate::util::metrics::METRICS;
+use lorastream_ml::generate::SamplingParams;
+
+/// Header naming the conversation a request continues.
+pub const CONVERSATION_HEADER: &str = "x-conversation-id";
+/// Header naming the stored answer (whole answers of a remembered conversation).
+pub const MESSAGE_HEADER: &str = "x-lorastream-message-id";
+/// Header saying how many memories went into the prompt.
+pub const MEMORIES_HEADER: &str = "x-lorastream-memories";
+
+/// `POST /v1/chat/completions`, counted by status.
+pub async fn completions(
+    state: web::Data<State>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let result = answer(state, req, payload).await;
+    let status = match &result {
+        Ok(r) => r.status(),
+        Err(e) => actix_web::ResponseError::status_code(e),
+    };
+    METRICS
+        .chat_requests
+        .with_label_values(&[status.as_str()])
+        .inc();
+    result
+}
+
+/// Time to first token and total time of one request, for the metrics.
+struct Timing {
+    started: Instant,
+    first: bool,
+}
+
+impl Timing {
+    fn token(&mut self) {
+        if !self.first {
+            self.first = true;
+            METRICS
+                .chat_ttft
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn done(&self, stream: bool, usage: &Usage) {
+        METRICS
+            .chat_duration
+            .with_label_values(&[if stream { "true" } else { "false" }])
+            .observe(self.started.elapsed().as_secs_f64());
+        METRICS.chat_tokens.inc_by(usage.completion_tokens as u64);
+    }
+}
+
+async fn answer(
+    state: web::Data<State>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let request: ChatRequest = json_body(&state, &req, payload, "request").await?;
+    let requested_model = request.model.clone();
+    let user = request.user.clone();
+    let checked = request.check(state.config.server.max_tokens)?;
+    let name = state.config.server.model_name.clone();
+    let version = versions::current(&state.versions).resolve(requested_model.as_deref(), &name)?;
+    let state = state.into_inner();
+
+    let speaker = Speaker::of(
+        user.as_deref(),
+        req.headers()
+            .get(CONVERSATION_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let memories = recall(&state, speaker.as_ref(), &checked.messages).await?;
+    let n_memories = memories.len();
+    let (tx, mut rx) = mpsc::channel(64);
+    let job = Job {
+        version,
+        messages: memory::with_memories(checked.messages.clone(), &memories),
+        params: SamplingParams {
+            max_new_tokens: checked.max_tokens,
+            temperature: checked.temperature,
+            top_p: checked.top_p,
+            seed: checked.seed,
+            stop: checked.stop.clone(),
+            ..SamplingParams::default()
+        },
+        overflow: state.config.server.overflow,
+        events: tx,
+    };
+    let label = job.version.label.clone();
+    let started = Instant::now();
+    submit(&state, job)?;
+    let prompt_tokens = match rx.recv().await {
+        Some(Event::Started { prompt_tokens, .. }) => prompt_tokens,
+        Some(Event::Failed(e)) => return Err(engine_error(e)),
+        _ => return Err(engine_error(EngineError::Generation("no answer".into()))),
+    };
+    let reply = Reply {
+        id: format!("chatcmpl-{}", uuid_like()),
+        created: lorastream_store::now_ms() / 1000,
+        label,
+        prompt_tokens,
+        n_memories,
+        timing: Timing {
+            started,
+            first: false,
+        },
+    };
+    let speaker = speaker.filter(|_| state.config.server.memory);
+    let mut response = HttpResponse::Ok();
+    response.insert_header((MEMORIES_HEADER, n_memories.to_string()));
+    if let Some(sp) = &speaker {
+        response.insert_header((CONVERSATION_HEADER, sp.conversation.clone()));
+    }
+    let remember = Remember {
+        state,
+        speaker,
+        messages: checked.messages,
+    };
+    if checked.stream {
+        Ok(streamed(reply, rx, response, remember))
+    } else {
+        whole(reply, rx, response, remember).await
+    }
+}
+
+/// The memories of `speaker`'s earlier conversations that match `messages`
+/// (none without a speaker or with `[server] memory` off).
+async fn recall(
+    state: &Arc<State>,
+    speaker: Option<&Speaker>,
+    messages: &[lorastream_ml::Message],
+) -> Result<Vec<lorastream_store::MessageRow>, ApiError> {
+    let (Some(sp), true) = (speaker, state.config.server.memory) else {
+        return Ok(Vec::new());
+    };
+    let (sp, msgs) = (sp.clone(), messages.to_vec());
+    let (limit, budget) = (
+        state.config.server.memory_results,
+        state.config.server.memory_tokens,
+    );
+    state
+        .with_store(move |s| memory::recall(s, &sp, &msgs, limit, budget))
+        .await
+}
+
+/// Queues `job` on the generation worker; 429 when its queue is full.
+fn submit(state: &State, job: Job) -> Result<(), ApiError> {
+    state.engine.submit(job).map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
+                "{} requests are queued already; retry shortly",
+                state.engine.capacity()
+            ),
+        )
+        .with_code("queue_full")
+        .retry_after(1)
+    })
+}
+
+/// What every response of one request names.
+struct Reply {
+    id: String,
+    created: i64,
+    label: String,
+    prompt_tokens: usize,
+    n_memories: usize,
+    timing: Timing,
+}
+
+impl Reply {
+    /// Logs and counts the finished request; its usage.
+    fn finish(&self, stream: bool, completion_tokens: usize) -> Usage {
+        let usage = Usage::new(self.prompt_tokens, completion_tokens);
+        log_done(&self.label, &usage, self.timing.started, self.n_memories);
+        self.timing.done(stream, &usage);
+        usage
+    }
+
+    fn chunk(&self, delta: serde_json::Value, finish: Option<&str>) -> serde_json::Value {
+        api::chunk(&self.id, self.created, &self.label, delta, finish)
+    }
+}
+
+/// Stores an exchange of a remembered conversation (a whole answer: before
+/// responding, so the next request sees it; a stream: when it ends).
+struct Remember {
+    state: Arc<State>,
+    speaker: Option<Speaker>,
+    messages: Vec<lorastream_ml::Message>,
+}
+
+impl Remember {
+    /// The stored answer's message id.
+    async fn store(self, answer: String) -> Option<i64> {
+        let sp = self.speaker?;
+        let messages = self.messages;
+        let r = self
+            .state
+            .with_store(move |s| memory::remember(s, &sp, &messages, &answer))
+            .await;
+        r.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot store the conversation");
+            None
+        })
+    }
+}
+
+/// One `chat.completion` once the worker is done.
+async fn whole(
+    mut reply: Reply,
+    mut rx: mpsc::Receiver<Event>,
+    mut response: actix_web::HttpResponseBuilder,
+    remember: Remember,
+) -> Result<HttpResponse, ApiError> {
+    let mut text = String::new();
+    loop {
+        match rx.recv().await {
+            Some(Event::Delta(d)) => {
+                reply.timing.token();
+                text.push_str(&d)
+            }
+            Some(Event::Done {
+                finish,
+                completion_tokens,
+            }) => {
+                let usage = reply.finish(false, completion_tokens);
+                if let Some(id) = remember.store(text.clone()).await {
+                    response.insert_header((MESSAGE_HEADER, id.to_string()));
+                }
+                return Ok(response.json(api::completion(
+                    &reply.id,
+                    reply.created,
+                    &reply.label,
+                    &text,
+                    finish_reason(finish),
+                    &usage,
+                )));
+            }
+            Some(Event::Failed(e)) => return Err(engine_error(e)),
+            Some(Event::Started { .. }) => {}
+            None => return Err(engine_error(EngineError::Generation("worker gone".into()))),
+        }
+    }
+}
+
+/// Server-Sent Events: the role first, then the deltas, then the finish
+/// reason and usage, then `data: [DONE]`.
+fn streamed(
+    mut reply: Reply,
+    rx: mpsc::Receiver<Event>,
+    mut response: actix_web::HttpResponseBuilder,
+    remember: Remember,
+) -> HttpResponse {
+    let first = sse(&reply.chunk(json!({"role": "assistant", "content": ""}), None));
+    let mut text = String::new();
+    let mut remember = Some(remember);
+    let stream = async_stream(rx, move |event| match event {
+        Event::Delta(d) => {
+            reply.timing.token();
+            text.push_str(&d);
+            Some(vec![sse(&reply.chunk(json!({"content": d}), None))])
+        }
+        Event::Done {
+            finish,
+            completion_tokens,
+        } => {
+            let usage = reply.finish(true, completion_tokens);
+            if let Some(r) = remember.take() {
+                let stored = r.store(std::mem::take(&mut text));
+                actix_web::rt::spawn(async move {
+                    stored.await;
+                });
+            }
+            let mut last = reply.chunk(json!({}), Some(finish_reason(finish)));
+            last["usage"] = json!(usage);
+            Some(vec![
+                sse(&last),
+                web::Bytes::from_static(b"data: [DONE]\n\n"),
+            ])
+        }
+        Event::Failed(e) => {
+            let e = engine_error(e);
+            Some(vec![
+                sse(&e.body()),
+                web::Bytes::from_static(b"data: [DONE]\n\n"),
+            ])
+        }
+        Event::Started { .. } => Some(Vec::new()),
+    });
+    response
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(
+            futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(first) })
+                .chain(stream),
+        )
+}
+
+fn finish_reason(f: lorastream_ml::generate::FinishReason) -> &'static str {
+    match f {
+        lorastream_ml::generate::FinishReason::Length => "length",
+        _ => "stop",
+    }
+}
+
+fn log_done(label: &str, usage: &Usage, started: Instant, memories: usize) {
+    tracing::info!(
+        model = label,
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        memories,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "chat completion"
+    );
+}
+
+fn engine_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::TooLong { .. } => {
+            ApiError::invalid("messages", &e.to_string()).with_code("context_length_exceeded")
+        }
+        EngineError::NoModel(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            e.to_string(),
+        )
+        .retry_after(5),
+        EngineError::Generation(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            e.to_string(),
+        )
+        .retry_after(1),
+    }
+}
+
+/// One Server-Sent Event carrying `v` as JSON.
+fn sse(v: &serde_json::Value) -> web::Bytes {
+    web::Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// A random-looking id (time and a counter; ids only need to be unique).
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:x}{:06x}",
+        lorastream_store::now_ms(),
+        lorastream_ml::rng::mix(n) & 0xff_ffff
+    )
+}
+
+/// The events of `rx` mapped to body chunks by `f`, ending when the worker
+/// drops its sender.
+fn async_stream(
+    rx: mpsc::Receiver<Event>,
+    f: impl FnMut(Event) -> Option<Vec<web::Bytes>> + 'static,
+) -> impl futures_util::Stream<Item = Result<web::Bytes, std::convert::Infallible>> {
+    futures_util::stream::unfold((rx, f), |(mut rx, mut f)| async move {
+        let event = rx.recv().await?;
+        let chunks = f(event)?;
+        Some((
+            futures_util::stream::iter(chunks.into_iter().map(Ok)),
+            (rx, f),
+        ))
+    })
+    .flatten()
+}
