@@ -365,8 +365,8 @@ mod tests {
             .collect()
     }
 
-    fn config(toml: &str) -> Config {
-        let mut c: Config = toml::from_str(toml).unwrap();
+    fn config(toml: &str) -> crate::config::Config {
+        let mut c: crate::config::Config = toml::from_str(toml).unwrap();
         c.eval.probe = toml.contains("probe = true");
         c
     }
