@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use lorastream::config::Config;
 use lorastream::learn::pipeline::{self, PipelineError};
+use lorastream::learn::policy::Decision;
 use lorastream::learn::spec::LearnSpec;
 use lorastream_ml::train::TrainError;
 use lorastream_store::{Actor, AdapterKind, AdapterRow, AdapterState};
@@ -63,8 +64,9 @@ pub fn learn(config: &Config, stream: Option<i64>, json: bool) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-fn figure(a: &AdapterRow, key: &str) -> Option<f64> {
-    a.decision.as_ref()?.get(key)?.as_f64()
+/// A figure of the version's decision.
+fn figure(a: &AdapterRow, f: impl Fn(&Decision) -> Option<f64>) -> Option<f64> {
+    f(lorastream::learn::records::outcome(a)?.decision()?)
 }
 
 fn pct(x: Option<f64>) -> String {
@@ -84,8 +86,8 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "version": a.id, "parent": a.parent_id, "stream": a.stream_id, "attempt": a.attempt,
                     "kind": a.kind, "state": a.state, "served": Some(a.id) == served,
-                    "promoted_seq": a.promoted_seq, "ppl": figure(a, "new_ppl"),
-                    "max_forgetting": figure(a, "max_forgetting"), "probe_change": figure(a, "probe_change"),
+                    "promoted_seq": a.promoted_seq, "ppl": figure(a, |d| Some(d.new_ppl).filter(|p| p.is_finite())),
+                    "max_forgetting": figure(a, |d| d.max_forgetting), "probe_change": figure(a, |d| d.probe_change),
                     "created_at": a.created_at, "decision": a.decision,
                     "events": events.iter().filter(|e| e.adapter_id == a.id).collect::<Vec<_>>(),
                 })
@@ -110,9 +112,9 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             a.stream_id,
             a.attempt,
             state,
-            figure(a, "new_ppl").map_or("-".into(), |p| format!("{p:.3}")),
-            pct(figure(a, "max_forgetting")),
-            pct(figure(a, "probe_change")),
+            figure(a, |d| Some(d.new_ppl).filter(|p| p.is_finite())).map_or("-".into(), |p| format!("{p:.3}")),
+            pct(figure(a, |d| d.max_forgetting)),
+            pct(figure(a, |d| d.probe_change)),
             lorastream::serve::status::ago(Some(a.created_at)),
         );
     }

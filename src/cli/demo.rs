@@ -356,16 +356,8 @@ fn report(dir: &Path, before: &[String], after: &[String], started: Instant) -> 
     println!("feedback decisions");
     let adapters = store.adapters()?;
     for a in &adapters {
-        let reasons = a
-            .decision
-            .as_ref()
-            .and_then(|d| d["reasons"].as_array())
-            .map_or_else(String::new, |r| {
-                r.iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            });
+        let reasons = lorastream::learn::records::outcome(a)
+            .map_or_else(String::new, |o| o.reasons().join("; "));
         println!(
             "  v{} (stream {}): {}  {reasons}",
             a.id, a.stream_id, a.state

@@ -1,4 +1,5 @@
-//! The learning sections: `[model]`, `[lora]`, `[train]`, `[eval]`, `[feedback]`.
+//! The learning sections: `[model]`, `[train]`, `[eval]`, `[feedback]`; `[lora]`
+//! is `lorastream_ml::LoraSpec` itself.
 
 use std::path::PathBuf;
 
@@ -39,31 +40,6 @@ impl Default for ModelConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoraConfig {
-    pub r: usize,
-    pub alpha: f64,
-    pub dropout: f64,
-    /// PEFT module names; `["all-linear"]` = every linear layer of the blocks;
-    /// empty = the architecture's default (`c_attn` for GPT-2, `q_proj`,`v_proj` for Llama).
-    pub target_modules: Vec<String>,
-    /// Scale by alpha/sqrt(r) instead of alpha/r.
-    pub rslora: bool,
-}
-
-impl Default for LoraConfig {
-    fn default() -> Self {
-        LoraConfig {
-            r: 16,
-            alpha: 32.0,
-            dropout: 0.05,
-            target_modules: vec![lorastream_ml::lora::ALL_LINEAR.to_string()],
-            rslora: false,
-        }
-    }
-}
-
 text_enum! {
     /// `[feedback] merge`: when the served lineage is merged into a new base snapshot.
     pub enum MergePolicy {
@@ -93,7 +69,7 @@ impl super::Config {
     pub fn train_spec(&self) -> TrainSpec {
         let t = &self.train;
         TrainSpec {
-            lora: LoraSpec::from(&self.lora),
+            lora: self.lora.clone(),
             epochs: t.epochs_per_stream,
             batch_size: t.batch_size,
             grad_accum_steps: t.grad_accum_steps,
@@ -111,18 +87,6 @@ impl super::Config {
             eval_every: t.eval_every,
             patience: t.patience,
             max_nonfinite_steps: t.max_nonfinite_steps,
-        }
-    }
-}
-
-impl From<&LoraConfig> for LoraSpec {
-    fn from(c: &LoraConfig) -> LoraSpec {
-        LoraSpec {
-            r: c.r,
-            alpha: c.alpha,
-            dropout: c.dropout,
-            target_modules: c.target_modules.clone(),
-            rslora: c.rslora,
         }
     }
 }

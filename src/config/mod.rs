@@ -34,7 +34,7 @@ pub use daemon::{
 };
 pub use data::{PreprocessConfig, StreamsConfig, SummarizerBackend, SummarizerConfig};
 pub use learning::{
-    EvalConfig, FeedbackConfig, LoraConfig, LossOn, MergePolicy, ModelConfig, TrainConfig,
+    EvalConfig, FeedbackConfig, LossOn, MergePolicy, ModelConfig, TrainConfig,
 };
 pub use locate::{KeyPath, LineCol, SpanIndex};
 /// The dtype setting is the model layer's own type.
@@ -54,7 +54,7 @@ pub struct Config {
     pub streams: StreamsConfig,
     pub summarizer: SummarizerConfig,
     pub model: ModelConfig,
-    pub lora: LoraConfig,
+    pub lora: lorastream_ml::LoraSpec,
     pub train: TrainConfig,
     pub eval: EvalConfig,
     pub feedback: FeedbackConfig,

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::config::MergePolicy;
 use crate::learn::eval::RowKey;
+use crate::learn::records::Hyperparams;
 use crate::learn::spec::{LearnSpec, MergeSpec};
 use lorastream_ml::MlError;
 use lorastream_ml::source::BaseModel;
@@ -116,7 +117,11 @@ pub fn merge(spec: &LearnSpec, store: &Store, by: Actor, reason: &str) -> Result
             attempt: 1,
             kind: AdapterKind::Merge,
             path: &dir,
-            hyperparams: json!({"merged": served.id, "base": base}),
+            hyperparams: serde_json::to_value(Hyperparams::Merge {
+                merged: served.id,
+                base: base.clone(),
+            })
+            .map_err(StoreError::Json)?,
         },
         by,
         reason,

@@ -11,6 +11,8 @@
 //! - [`eval`]: the perplexity matrix, forgetting, and the probe set.
 //! - [`policy`]: the feedback policy: promote, retrain with replay and a lower
 //!   rate, or give a stream up (docs/continual-learning.md).
+//! - [`records`]: a version's hyper-parameters and outcome, typed (the store
+//!   keeps them as JSON).
 //! - [`lineage`]: the chain of versions, base snapshots and merges, and the
 //!   version to serve.
 
@@ -18,5 +20,6 @@ pub mod eval;
 pub mod lineage;
 pub mod pipeline;
 pub mod policy;
+pub mod records;
 pub mod replay;
 pub mod spec;

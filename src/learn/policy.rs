@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::learn::eval::{self, RowKey};
 use crate::learn::lineage;
@@ -77,11 +77,15 @@ pub struct Decision {
     pub attempt: i64,
     /// The version compared with (the parent; 0 = the base model).
     pub reference: i64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub new_ppl: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub reference_ppl: f64,
     /// 1 − new / reference.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub gain: f64,
     /// Per earlier stream: [`eval::forgetting`].
+    #[serde(deserialize_with = "map_f64_or_nan")]
     pub forgetting: BTreeMap<i64, f64>,
     pub max_forgetting: Option<f64>,
     /// [`eval::forgetting`] of the probe set (column 0).
@@ -299,6 +303,7 @@ pub fn decide_stored(
         Action::Retrain => (AdapterState::Rejected, Some(StreamState::Sealed)),
         Action::GiveUp => (AdapterState::NotLearned, Some(StreamState::NotLearned)),
     };
+    // Recorded as `records::Outcome::Decided`, which is the decision itself.
     let record = serde_json::to_value(&d)?;
     let summary = d.reasons.join("; ");
     store.settle_candidate(adapter_id, to, d.stream, stream_to, &record, by, &summary)?;
@@ -321,6 +326,22 @@ pub fn decide_stored(
         "feedback decision"
     );
     Ok(Some(d))
+}
+
+/// JSON has no NaN: serde_json writes a non-finite figure as `null`, which
+/// reads back as NaN (a decision on a NaN is recorded, and must read back).
+fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// As [`f64_or_nan`], for each value of a map.
+fn map_f64_or_nan<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<i64, f64>, D::Error> {
+    let m = BTreeMap::<i64, Option<f64>>::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 #[cfg(test)]

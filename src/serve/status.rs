@@ -323,14 +323,8 @@ impl StatusReport {
             } else {
                 ""
             };
-            let why = a
-                .decision
-                .as_ref()
-                .and_then(|d| d["reasons"].as_array())
-                .map(|r| {
-                    let r: Vec<&str> = r.iter().filter_map(|x| x.as_str()).collect();
-                    format!("  ({})", r.join("; "))
-                })
+            let why = crate::learn::records::outcome(a)
+                .map(|o| format!("  ({})", o.reasons().join("; ")))
                 .unwrap_or_default();
             writeln!(
                 o,

@@ -10,14 +10,31 @@ use tch::{Kind, Tensor};
 use super::MlError;
 use super::hf_config::Arch;
 
-/// LoRA hyperparameters, named as in PEFT's `LoraConfig`.
+/// LoRA hyperparameters, named as in PEFT's `LoraConfig` (also the
+/// daemon's `[lora]` section: unknown keys are refused, missing ones default).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LoraSpec {
     pub r: usize,
     pub alpha: f64,
     pub dropout: f64,
+    /// PEFT module names; `["all-linear"]` = every linear layer of the blocks;
+    /// empty = the architecture's default (`c_attn` for GPT-2, `q_proj`,`v_proj` for Llama).
     pub target_modules: Vec<String>,
+    /// Scale by alpha/sqrt(r) instead of alpha/r.
     pub rslora: bool,
+}
+
+impl Default for LoraSpec {
+    fn default() -> Self {
+        LoraSpec {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            target_modules: vec![ALL_LINEAR.to_string()],
+            rslora: false,
+        }
+    }
 }
 
 /// The `target_modules` value that means every linear layer of the blocks.

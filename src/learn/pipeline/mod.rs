@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::data::streams::{self, StreamError};
 use crate::learn::lineage::{self, MergeError};
 use crate::learn::policy::{Action, Attempt, Decision, PolicyError};
+use crate::learn::records::{self, Hyperparams, Outcome};
 use crate::learn::replay;
 use crate::learn::spec::{LearnSpec, ModelSpec};
 use lorastream_ml::train::{self as train, Progress, TrainError, TrainJob, TrainSpec};
@@ -166,8 +167,7 @@ fn recent_forgetting(adapters: &[AdapterRow]) -> BTreeMap<i64, f64> {
     adapters
         .iter()
         .rev()
-        .filter_map(|a| a.decision.as_ref()?.get("forgetting"))
-        .find_map(|f| serde_json::from_value::<BTreeMap<i64, f64>>(f.clone()).ok())
+        .find_map(|a| Some(records::outcome(a)?.decision()?.forgetting.clone()))
         .unwrap_or_default()
 }
 
@@ -308,7 +308,8 @@ fn open_attempt(
                 attempt: number,
                 kind: AdapterKind::Lora,
                 path: Path::new(""),
-                hyperparams: serde_json::to_value(&train).map_err(StoreError::Json)?,
+                hyperparams: serde_json::to_value(Hyperparams::Lora(train.clone()))
+                    .map_err(StoreError::Json)?,
             })?
         }
     };
@@ -357,7 +358,9 @@ fn settle(
             store.set_adapter_state(
                 adapter_id,
                 AdapterState::Failed,
-                Some(&json!({"error": e.to_string()})),
+                Some(&json!(Outcome::Failed {
+                    error: e.to_string()
+                })),
                 by,
                 &e.to_string(),
             )?;
