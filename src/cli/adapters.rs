@@ -112,7 +112,8 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             a.stream_id,
             a.attempt,
             state,
-            figure(a, |d| Some(d.new_ppl).filter(|p| p.is_finite())).map_or("-".into(), |p| format!("{p:.3}")),
+            figure(a, |d| Some(d.new_ppl).filter(|p| p.is_finite()))
+                .map_or("-".into(), |p| format!("{p:.3}")),
             pct(figure(a, |d| d.max_forgetting)),
             pct(figure(a, |d| d.probe_change)),
             lorastream::serve::status::ago(Some(a.created_at)),

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use lorastream_base::text_enum;
+use lorastream_ml::DType;
 use lorastream_ml::source::ModelSource;
 use lorastream_ml::train::TrainSpec;
-use lorastream_ml::{DType, LoraSpec};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,7 +158,7 @@ impl Default for TrainConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
     pub batch_size: usize,
@@ -184,7 +184,7 @@ impl Default for EvalConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeedbackConfig {
     /// Off: every candidate is promoted unchecked (naive sequential training).

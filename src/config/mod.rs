@@ -33,9 +33,7 @@ pub use daemon::{
     ServerConfig, StoreConfig,
 };
 pub use data::{PreprocessConfig, StreamsConfig, SummarizerBackend, SummarizerConfig};
-pub use learning::{
-    EvalConfig, FeedbackConfig, LossOn, MergePolicy, ModelConfig, TrainConfig,
-};
+pub use learning::{EvalConfig, FeedbackConfig, LossOn, MergePolicy, ModelConfig, TrainConfig};
 pub use locate::{KeyPath, LineCol, SpanIndex};
 /// The dtype setting is the model layer's own type.
 pub use lorastream_ml::DType;

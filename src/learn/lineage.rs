@@ -6,12 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
-
+use crate::config::FeedbackConfig;
 use crate::config::MergePolicy;
 use crate::learn::eval::RowKey;
 use crate::learn::records::Hyperparams;
-use crate::learn::spec::{LearnSpec, MergeSpec};
+use crate::learn::spec::LearnSpec;
 use lorastream_ml::MlError;
 use lorastream_ml::source::BaseModel;
 use lorastream_store::{Actor, AdapterKind, AdapterRow, NewAdapter, Store, StoreError};
@@ -78,8 +77,8 @@ pub fn base_dir(
 }
 
 /// Whether `[feedback] merge = "every_n_streams"` wants the served lineage merged now.
-pub fn merge_due(m: &MergeSpec, all: &[AdapterRow], served: Option<&AdapterRow>) -> bool {
-    if m.policy != MergePolicy::EveryNStreams {
+pub fn merge_due(f: &FeedbackConfig, all: &[AdapterRow], served: Option<&AdapterRow>) -> bool {
+    if f.merge != MergePolicy::EveryNStreams {
         return false;
     }
     let Some(served) = served else { return false };
@@ -88,7 +87,7 @@ pub fn merge_due(m: &MergeSpec, all: &[AdapterRow], served: Option<&AdapterRow>)
         .rev()
         .take_while(|a| a.kind == AdapterKind::Lora)
         .count();
-    since_merge >= m.every.max(1)
+    since_merge >= f.merge_every.max(1)
 }
 
 /// Merges the served adapter into the base it runs on and serves the

@@ -7,92 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer, Serialize};
-
 use crate::learn::eval::{self, RowKey};
 use crate::learn::lineage;
+pub use crate::learn::records::{Action, Attempt, Decision};
 pub use crate::learn::spec::PolicySpec;
-use lorastream_base::text_enum;
-use lorastream_ml::train::TrainSpec;
 use lorastream_store::{
     Actor, AdapterRow, AdapterState, EvalRow, Store, StoreError, StreamRow, StreamState,
 };
-
-text_enum! {
-    /// What the policy does with a candidate.
-    pub enum Action {
-        Promote = "promote",
-        /// Rejected; its stream is trained again (attempt + 1).
-        Retrain = "retrain",
-        /// Rejected at the last attempt: the stream is `not_learned`.
-        GiveUp = "give_up",
-    }
-}
-
-/// The settings of attempt `number` at a stream: replay and learning rate.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Attempt {
-    pub number: i64,
-    pub replay_fraction: f64,
-    pub lr: f64,
-}
-
-impl Attempt {
-    /// Attempt 1 uses `[train]`; each retry adds `replay_step` to the replay
-    /// share (up to `replay_max`) and multiplies the learning rate by `lr_decay`.
-    pub fn nth(p: &PolicySpec, number: i64) -> Attempt {
-        let retries = (number - 1).max(0);
-        if !p.enabled || retries == 0 {
-            return Attempt {
-                number,
-                replay_fraction: p.replay_fraction,
-                lr: p.lr,
-            };
-        }
-        Attempt {
-            number,
-            replay_fraction: (p.replay_fraction + retries as f64 * p.replay_step)
-                .min(p.replay_max.max(p.replay_fraction)),
-            lr: p.lr * p.lr_decay.powi(retries as i32),
-        }
-    }
-
-    /// The training spec of this attempt: `spec` with its replay share and
-    /// learning rate (the only place they are set after the config).
-    pub fn apply(&self, spec: TrainSpec) -> TrainSpec {
-        TrainSpec {
-            replay_fraction: self.replay_fraction,
-            lr: self.lr,
-            ..spec
-        }
-    }
-}
-
-/// A decision on a candidate, as recorded with it (`adapters.decision`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Decision {
-    pub action: Action,
-    pub reasons: Vec<String>,
-    pub stream: i64,
-    pub attempt: i64,
-    /// The version compared with (the parent; 0 = the base model).
-    pub reference: i64,
-    #[serde(deserialize_with = "f64_or_nan")]
-    pub new_ppl: f64,
-    #[serde(deserialize_with = "f64_or_nan")]
-    pub reference_ppl: f64,
-    /// 1 − new / reference.
-    #[serde(deserialize_with = "f64_or_nan")]
-    pub gain: f64,
-    /// Per earlier stream: [`eval::forgetting`].
-    #[serde(deserialize_with = "map_f64_or_nan")]
-    pub forgetting: BTreeMap<i64, f64>,
-    pub max_forgetting: Option<f64>,
-    /// [`eval::forgetting`] of the probe set (column 0).
-    pub probe_change: Option<f64>,
-    /// The settings of the next attempt (`retrain`).
-    pub next: Option<Attempt>,
-}
 
 /// A cell of the perplexity matrix the decision needs is not filled yet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -208,19 +129,24 @@ impl Figures {
                 self.forgetting, self.probe_change
             ));
         }
-        pass &= gain >= p.min_gain;
+        pass &= gain >= p.feedback.min_gain;
         reasons.push(format!(
             "stream {stream}: perplexity {new_ppl:.3} vs version {reference}'s {reference_ppl:.3} ({} gain; at least {} wanted)",
             pct(gain),
-            pct(p.min_gain)
+            pct(p.feedback.min_gain)
         ));
         let limits = [
             self.worst().map(|(s, x)| {
                 let what = format!("max forgetting {} (stream {s})", pct(x));
-                (what, x, p.max_forgetting)
+                (what, x, p.feedback.max_forgetting)
             }),
-            self.probe_change
-                .map(|c| (format!("probe set {}", pct(c)), c, p.max_probe_increase)),
+            self.probe_change.map(|c| {
+                (
+                    format!("probe set {}", pct(c)),
+                    c,
+                    p.feedback.max_probe_increase,
+                )
+            }),
         ];
         for (what, x, limit) in limits.into_iter().flatten() {
             let ok = x <= limit;
@@ -244,22 +170,22 @@ pub fn decide(
     let figures = Figures::read(p, candidate, chain, streams, evals)?;
     let (pass, mut reasons) = figures.judge(p);
     let (attempt, stream) = (candidate.attempt, figures.stream);
-    let (action, next) = if !p.enabled {
+    let (action, next) = if !p.feedback.enabled {
         reasons.push("feedback is off: promoted without checks".into());
         (Action::Promote, None)
     } else if pass {
         (Action::Promote, None)
-    } else if attempt < p.max_attempts as i64 {
+    } else if attempt < p.feedback.max_attempts as i64 {
         let next = Attempt::nth(p, attempt + 1);
         reasons.push(format!(
             "retrain: attempt {} of {} with replay {:.2}, lr {:.2e}",
-            next.number, p.max_attempts, next.replay_fraction, next.lr
+            next.number, p.feedback.max_attempts, next.replay_fraction, next.lr
         ));
         (Action::Retrain, Some(next))
     } else {
         reasons.push(format!(
             "attempt {attempt} was the last of {}: stream {stream} is not learned; its data stays for replay",
-            p.max_attempts
+            p.feedback.max_attempts
         ));
         (Action::GiveUp, None)
     };
@@ -326,22 +252,6 @@ pub fn decide_stored(
         "feedback decision"
     );
     Ok(Some(d))
-}
-
-/// JSON has no NaN: serde_json writes a non-finite figure as `null`, which
-/// reads back as NaN (a decision on a NaN is recorded, and must read back).
-fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
-/// As [`f64_or_nan`], for each value of a map.
-fn map_f64_or_nan<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<i64, f64>, D::Error> {
-    let m = BTreeMap::<i64, Option<f64>>::deserialize(d)?;
-    Ok(m.into_iter()
-        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
-        .collect())
 }
 
 #[cfg(test)]

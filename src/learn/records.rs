@@ -1,15 +1,94 @@
 //! What a version's row records, typed: the hyper-parameters it was made
-//! with and the outcome of its evaluation. The store keeps both as JSON
-//! (`adapters.hyperparams`, `adapters.decision`); they are written from these
-//! types and read back into them here.
+//! with and the outcome of its evaluation — the policy's [`Decision`] (with
+//! its [`Action`] and the next [`Attempt`]) or a failure. The store keeps
+//! both as JSON (`adapters.hyperparams`, `adapters.decision`); they are
+//! written from these types and read back into them here.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::learn::policy::Decision;
+use crate::learn::spec::PolicySpec;
+use lorastream_base::text_enum;
 use lorastream_ml::train::TrainSpec;
 use lorastream_store::AdapterRow;
+
+text_enum! {
+    /// What the policy does with a candidate.
+    pub enum Action {
+        Promote = "promote",
+        /// Rejected; its stream is trained again (attempt + 1).
+        Retrain = "retrain",
+        /// Rejected at the last attempt: the stream is `not_learned`.
+        GiveUp = "give_up",
+    }
+}
+
+/// The settings of attempt `number` at a stream: replay and learning rate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: i64,
+    pub replay_fraction: f64,
+    pub lr: f64,
+}
+
+impl Attempt {
+    /// Attempt 1 uses `[train]`; each retry adds `replay_step` to the replay
+    /// share (up to `replay_max`) and multiplies the learning rate by `lr_decay`.
+    pub fn nth(p: &PolicySpec, number: i64) -> Attempt {
+        let retries = (number - 1).max(0);
+        if !p.feedback.enabled || retries == 0 {
+            return Attempt {
+                number,
+                replay_fraction: p.replay_fraction,
+                lr: p.lr,
+            };
+        }
+        Attempt {
+            number,
+            replay_fraction: (p.replay_fraction + retries as f64 * p.feedback.replay_step)
+                .min(p.feedback.replay_max.max(p.replay_fraction)),
+            lr: p.lr * p.feedback.lr_decay.powi(retries as i32),
+        }
+    }
+
+    /// The training spec of this attempt: `spec` with its replay share and
+    /// learning rate (the only place they are set after the config).
+    pub fn apply(&self, spec: TrainSpec) -> TrainSpec {
+        TrainSpec {
+            replay_fraction: self.replay_fraction,
+            lr: self.lr,
+            ..spec
+        }
+    }
+}
+
+/// A decision on a candidate, as recorded with it (`adapters.decision`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub action: Action,
+    pub reasons: Vec<String>,
+    pub stream: i64,
+    pub attempt: i64,
+    /// The version compared with (the parent; 0 = the base model).
+    pub reference: i64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub new_ppl: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub reference_ppl: f64,
+    /// 1 − new / reference.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub gain: f64,
+    /// Per earlier stream: [`eval::forgetting`].
+    #[serde(deserialize_with = "map_f64_or_nan")]
+    pub forgetting: BTreeMap<i64, f64>,
+    pub max_forgetting: Option<f64>,
+    /// [`eval::forgetting`] of the probe set (column 0).
+    pub probe_change: Option<f64>,
+    /// The settings of the next attempt (`retrain`).
+    pub next: Option<Attempt>,
+}
 
 /// `adapters.hyperparams`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,4 +135,79 @@ pub fn outcome(row: &AdapterRow) -> Option<Outcome> {
 /// The version's hyper-parameters, if readable.
 pub fn hyperparams(row: &AdapterRow) -> Option<Hyperparams> {
     serde_json::from_value(row.hyperparams.clone()).ok()
+}
+
+/// JSON has no NaN: serde_json writes a non-finite figure as `null`, which
+/// reads back as NaN (a decision on a NaN is recorded, and must read back).
+fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// As [`f64_or_nan`], for each value of a map.
+fn map_f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<i64, f64>, D::Error> {
+    let m = BTreeMap::<i64, Option<f64>>::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(gain: f64) -> Decision {
+        Decision {
+            action: Action::Retrain,
+            reasons: vec!["a figure is not finite".into()],
+            stream: 2,
+            attempt: 1,
+            reference: 1,
+            new_ppl: 12.0,
+            reference_ppl: f64::NAN,
+            gain,
+            forgetting: BTreeMap::from([(1, f64::NAN), (3, 0.01)]),
+            max_forgetting: Some(0.01),
+            probe_change: None,
+            next: Some(Attempt {
+                number: 2,
+                replay_fraction: 0.25,
+                lr: 1e-4,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_decision_reads_back_typed_nan_included() {
+        let d = decision(f64::NAN);
+        let json = serde_json::to_value(&d).unwrap();
+        assert!(json["reference_ppl"].is_null(), "JSON has no NaN: {json}");
+        let Some(Outcome::Decided(back)) = serde_json::from_value(json).ok() else {
+            panic!("not read back as a decision");
+        };
+        assert!(back.reference_ppl.is_nan() && back.gain.is_nan() && back.forgetting[&1].is_nan());
+        assert_eq!((back.forgetting[&3], back.next), (0.01, d.next));
+        let failed = serde_json::json!({"error": "no trainable examples"});
+        assert_eq!(
+            serde_json::from_value::<Outcome>(failed).unwrap().reasons(),
+            vec!["no trainable examples".to_string()]
+        );
+    }
+
+    #[test]
+    fn hyperparams_tell_a_merge_from_a_lora_attempt() {
+        let merge = serde_json::json!({"merged": 3, "base": "/models/base"});
+        assert_eq!(
+            serde_json::from_value::<Hyperparams>(merge).unwrap(),
+            Hyperparams::Merge {
+                merged: 3,
+                base: "/models/base".into()
+            }
+        );
+        let spec = crate::config::Config::default().train_spec();
+        let lora = serde_json::to_value(Hyperparams::Lora(spec.clone())).unwrap();
+        assert_eq!(
+            serde_json::from_value::<Hyperparams>(lora).unwrap(),
+            Hyperparams::Lora(spec)
+        );
+    }
 }

@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 
 use super::{PipelineError, load_base, split_of, switch_to};
+use crate::config::EvalConfig;
 use crate::data::streams;
 use crate::learn::eval::{self, Matrix};
 use crate::learn::lineage;
-use crate::learn::spec::{EvalSpec, LearnSpec};
+use crate::learn::spec::LearnSpec;
 use lorastream_ml::data::Labels;
 use lorastream_ml::{CausalLm, ChatTokenizer, Message};
 use lorastream_store::{
@@ -235,13 +236,12 @@ impl<'a> Measurer<'a> {
             Ok(ex) => ex,
             Err(e) => return Ok(fail(ItemKind::Stream, e)),
         };
-        let e = &self.spec.eval;
         let p = match lorastream_ml::perplexity::perplexity(
             &self.model,
             &self.tok,
             &examples,
-            e.batch_size,
-            e.seq_len,
+            self.spec.eval.batch_size,
+            self.spec.train.seq_len,
             Labels::Assistant,
         ) {
             Ok(p) => p,
@@ -300,7 +300,7 @@ impl<'a> Measurer<'a> {
 
 /// The probe set's examples: `[eval] probe_set`, else the built-in one;
 /// `None` with `[eval] probe = false`.
-pub fn probe_set(e: &EvalSpec) -> Result<Option<Vec<Vec<Message>>>, PipelineError> {
+pub fn probe_set(e: &EvalConfig) -> Result<Option<Vec<Vec<Message>>>, PipelineError> {
     if !e.probe {
         return Ok(None);
     }

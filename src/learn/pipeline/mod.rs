@@ -77,7 +77,7 @@ pub fn load_weights(m: &ModelSpec, dir: &Path) -> Result<CausalLm, PipelineError
         return Err(PipelineError::NoModel(dir.to_owned()));
     }
     let (device, kind) =
-        lorastream_ml::device::select(&m.device, m.dtype).map_err(MlError::from)?;
+        lorastream_ml::device::select(&m.base.device, m.base.dtype).map_err(MlError::from)?;
     lorastream_ml::device::set_threads(m.threads);
     Ok(CausalLm::load(dir, device, kind)?)
 }
@@ -279,7 +279,11 @@ fn open_attempt(
     by: Actor,
 ) -> Result<Run, PipelineError> {
     let mut adapters = store.adapters()?;
-    if lineage::merge_due(&spec.merge, &adapters, store.served_adapter()?.as_ref()) {
+    if lineage::merge_due(
+        &spec.policy.feedback,
+        &adapters,
+        store.served_adapter()?.as_ref(),
+    ) {
         lineage::merge(spec, store, by, "merge = every_n_streams")?;
         adapters = store.adapters()?;
     }
