@@ -143,12 +143,19 @@ fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
-/// As [`f64_or_nan`], for each value of a map.
+/// As [`f64_or_nan`], for each value of a map keyed by stream id (JSON
+/// keys are strings; read as text and parsed, so that this also works inside
+/// [`Outcome`]'s untagged buffering).
 fn map_f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<i64, f64>, D::Error> {
-    let m = BTreeMap::<i64, Option<f64>>::deserialize(d)?;
-    Ok(m.into_iter()
-        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
-        .collect())
+    let m = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    m.into_iter()
+        .map(|(k, v)| {
+            let id = k.parse().map_err(|_| {
+                serde::de::Error::custom(format!("stream id {k:?} is not an integer"))
+            })?;
+            Ok((id, v.unwrap_or(f64::NAN)))
+        })
+        .collect()
 }
 
 #[cfg(test)]
