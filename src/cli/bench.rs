@@ -48,7 +48,7 @@ impl CommonArgs {
             "device {device:?}, dtype {kind:?} ({})",
             self.dtype.reason(device)
         );
-        // As the daemon (`pipeline::load_base`): the tokenizer parses on a
+        // As the daemon (`lorastream_ml::load::load_base`): the tokenizer parses on a
         // second thread while the weights load.
         let (tok, model) = std::thread::scope(|s| {
             let tok = s.spawn(|| ChatTokenizer::load(&self.model, None));

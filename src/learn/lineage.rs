@@ -64,6 +64,11 @@ pub fn snapshot<'a>(all: &'a [AdapterRow], v: &'a AdapterRow) -> Option<&'a Adap
         .find(|a| a.kind == AdapterKind::Merge)
 }
 
+/// The LoRA `v` attaches to its base (none for a merge snapshot).
+pub fn adapter_path(v: &AdapterRow) -> Option<&Path> {
+    (v.kind == AdapterKind::Lora).then_some(v.path.as_path())
+}
+
 /// The model directory `v` runs on: its snapshot's, else `[model]`'s.
 pub fn base_dir(
     base: &BaseModel,

@@ -5,27 +5,15 @@
 use std::path::PathBuf;
 
 use crate::config::{Config, EvalConfig, FeedbackConfig};
-use lorastream_ml::source::BaseModel;
+use lorastream_ml::load::ModelSpec;
 use lorastream_ml::train::TrainSpec;
 
-/// How the base model is found and where it runs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelSpec {
-    /// Source, fallback, device and dtype.
-    pub base: BaseModel,
-    /// Intra-op threads for CPU tensor work; 0 = number of cores.
-    pub threads: usize,
-    /// A Jinja chat template file that overrides the model's own.
-    pub chat_template: Option<PathBuf>,
-}
-
-impl ModelSpec {
-    pub fn from_config(config: &Config) -> ModelSpec {
-        ModelSpec {
-            base: config.base_model(),
-            threads: config.model.threads,
-            chat_template: config.model.chat_template.clone(),
-        }
+/// `[model]` resolved: where the base model comes from and where it runs.
+pub fn model_spec(config: &Config) -> ModelSpec {
+    ModelSpec {
+        base: config.base_model(),
+        threads: config.model.threads,
+        chat_template: config.model.chat_template.clone(),
     }
 }
 
@@ -85,7 +73,7 @@ impl LearnSpec {
         let t = &config.train;
         LearnSpec {
             state_dir: config.state_dir(),
-            model: ModelSpec::from_config(config),
+            model: model_spec(config),
             train: config.train_spec(),
             validation_fraction: t.validation_fraction,
             eval: config.eval.clone(),

@@ -13,8 +13,10 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use tokio::sync::mpsc::Sender;
 
 use crate::config::{Config, OverflowPolicy};
-use crate::learn::spec::ModelSpec;
+use crate::learn::lineage;
+use crate::learn::spec::model_spec;
 use lorastream_ml::generate::{FinishReason, SamplingParams, generate};
+use lorastream_ml::load::{LoadError, load_base, switch_to};
 use lorastream_ml::{CausalLm, ChatTokenizer, Message};
 use lorastream_store::AdapterRow;
 
@@ -140,14 +142,14 @@ fn prepare<'a>(
     slot: &'a mut Option<Loaded>,
     v: &VersionRef,
 ) -> Result<&'a mut Loaded, EngineError> {
-    let no_model = |e: crate::learn::pipeline::PipelineError| EngineError::NoModel(e.to_string());
-    let spec = ModelSpec::from_config(config);
-    let model_dir = lorastream_ml::source::model_dir(&spec.base)
-        .map_err(|e| no_model(crate::learn::pipeline::PipelineError::Source(e)))?;
+    let no_model = |e: LoadError| EngineError::NoModel(e.to_string());
+    let spec = model_spec(config);
+    let model_dir =
+        lorastream_ml::source::model_dir(&spec.base).map_err(|e| no_model(LoadError::Source(e)))?;
     let l = match slot.take() {
         Some(l) => l,
         None => {
-            let (mut model, tok) = crate::learn::pipeline::load_base(&spec).map_err(no_model)?;
+            let (mut model, tok) = load_base(&spec).map_err(no_model)?;
             set_decode_kind(config, &mut model);
             Loaded {
                 model,
@@ -163,12 +165,12 @@ fn prepare<'a>(
     if l.version != want || l.base != want_base {
         l.version = None;
         l.model.set_decode_kind(None);
-        crate::learn::pipeline::switch_to(
+        switch_to(
             &spec,
             &mut l.model,
             &mut l.base,
             &want_base,
-            v.adapter.as_ref(),
+            v.adapter.as_ref().and_then(lineage::adapter_path),
         )
         .map_err(|e| EngineError::NoModel(format!("{}: {e}", v.label)))?;
         // Serving never pays for LoRA at run time: the adapter is folded into

@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod hf_config;
 pub mod hub;
 pub mod init;
+pub mod load;
 pub mod lora;
 pub mod loss;
 pub mod model;

@@ -4,13 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use super::{PipelineError, load_base, split_of, switch_to};
+use super::{PipelineError, split_of};
 use crate::config::EvalConfig;
 use crate::data::streams;
 use crate::learn::eval::{self, Matrix};
 use crate::learn::lineage;
 use crate::learn::spec::LearnSpec;
 use lorastream_ml::data::Labels;
+use lorastream_ml::load::{load_base, switch_to};
 use lorastream_ml::{CausalLm, ChatTokenizer, Message};
 use lorastream_store::{
     AdapterRow, AdapterState, EvalRow, ItemKind, Split, Store, StoreError, StreamRow, StreamState,
@@ -272,13 +273,14 @@ impl<'a> Measurer<'a> {
     /// Puts version `row` (None: the base) on the model.
     fn switch(&mut self, row: Option<&AdapterRow>) -> Result<(), PipelineError> {
         let want = lineage::base_dir(&self.spec.model.base, self.adapters, row)?;
-        switch_to(
+        let adapter = row.and_then(lineage::adapter_path);
+        Ok(switch_to(
             &self.spec.model,
             &mut self.model,
             &mut self.base,
             &want,
-            row,
-        )
+            adapter,
+        )?)
     }
 
     /// Stream `s`'s eval split (at most `max_examples_per_stream`), or the probe set.

@@ -14,9 +14,10 @@ use crate::learn::lineage::{self, MergeError};
 use crate::learn::policy::{Action, Attempt, Decision, PolicyError};
 use crate::learn::records::{self, Hyperparams, Outcome};
 use crate::learn::replay;
-use crate::learn::spec::{LearnSpec, ModelSpec};
+use crate::learn::spec::LearnSpec;
+use lorastream_ml::load::{LoadError, load_tokenizer, load_weights};
 use lorastream_ml::train::{self as train, Progress, TrainError, TrainJob, TrainSpec};
-use lorastream_ml::{CausalLm, ChatTokenizer, Message, MlError};
+use lorastream_ml::{Message, MlError};
 use lorastream_store::{
     Actor, AdapterKind, AdapterRow, AdapterState, NewAdapter, Split, Store, StoreError, StreamRow,
     StreamState,
@@ -43,8 +44,8 @@ pub enum PipelineError {
     NothingToTrain,
     #[error("stream {0} does not exist")]
     NoSuchStream(i64),
-    #[error("base model {} not found: set [model] source (hub:ORG/NAME, path:DIR or gguf:FILE)", .0.display())]
-    NoModel(PathBuf),
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error("base model: {0}")]
     Source(#[from] lorastream_ml::source::ModelSourceError),
     #[error("evaluating version {version} on stream {stream}: {source}")]
@@ -53,55 +54,6 @@ pub enum PipelineError {
         stream: i64,
         source: Box<PipelineError>,
     },
-}
-
-/// The base model and tokenizer `[model]` names, on its device and dtype.
-pub fn load_base(m: &ModelSpec) -> Result<(CausalLm, ChatTokenizer), PipelineError> {
-    let dir = lorastream_ml::source::model_dir(&m.base)?;
-    // The tokenizer parses on a second thread while the weights load (a
-    // cold start's first token comes sooner by the tokenizer's ~0.1 s).
-    let (model, tok) = std::thread::scope(|s| {
-        let tok = s.spawn(|| load_base_tokenizer(m));
-        let model = load_weights(m, &dir);
-        let tok = tok
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (model, tok)
-    });
-    Ok((model?, tok?))
-}
-
-/// The model in `dir` (the base or a merge snapshot) on `[model]`'s device and dtype.
-pub fn load_weights(m: &ModelSpec, dir: &Path) -> Result<CausalLm, PipelineError> {
-    if !dir.join("config.json").exists() {
-        return Err(PipelineError::NoModel(dir.to_owned()));
-    }
-    let (device, kind) =
-        lorastream_ml::device::select(&m.base.device, m.base.dtype).map_err(MlError::from)?;
-    lorastream_ml::device::set_threads(m.threads);
-    Ok(CausalLm::load(dir, device, kind)?)
-}
-
-/// Puts version `v` (None = the base model) on `model`, which holds the
-/// weights of `loaded_base`: reloads the weights when `v` runs on another base
-/// (`base`: `[model]`'s or a merge snapshot, see [`lineage::base_dir`]), then
-/// attaches its adapter (none for the base or a snapshot).
-pub fn switch_to(
-    m: &ModelSpec,
-    model: &mut CausalLm,
-    loaded_base: &mut PathBuf,
-    base: &Path,
-    v: Option<&AdapterRow>,
-) -> Result<(), PipelineError> {
-    if base != loaded_base.as_path() {
-        *model = load_weights(m, base)?;
-        *loaded_base = base.to_owned();
-    }
-    model.clear_lora();
-    if let Some(a) = v.filter(|a| a.kind == AdapterKind::Lora) {
-        model.load_adapter(&a.path)?;
-    }
-    Ok(())
 }
 
 fn split_of(stream: &StreamRow, split: Split) -> Result<Vec<Vec<Message>>, PipelineError> {
@@ -200,7 +152,7 @@ pub fn train_stream(
     // the parent's LoRA, or starts a fresh one on a snapshot.
     let base = lineage::base_dir(&spec.model.base, &adapters, parent)?;
     let mut model = load_weights(&spec.model, &base)?;
-    let tok = load_base_tokenizer(&spec.model)?;
+    let tok = load_tokenizer(&spec.model)?;
     let init_adapter = parent
         .filter(|p| p.kind == AdapterKind::Lora)
         .map(|p| p.path.clone());
@@ -372,11 +324,6 @@ fn settle(
             Err(e.into())
         }
     }
-}
-
-fn load_base_tokenizer(m: &ModelSpec) -> Result<ChatTokenizer, PipelineError> {
-    let dir = lorastream_ml::source::model_dir(&m.base)?;
-    Ok(ChatTokenizer::load(&dir, m.chat_template.as_deref())?)
 }
 
 /// One stream learned as the policy wants it: train, evaluate, decide, and
