@@ -13,7 +13,7 @@ use lorastream_ml::train::TrainSpec;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// `hub:ORG/NAME[@revision]`, `path:DIR` or `gguf:FILE` (see [`crate::learn::model_source`]).
+    /// `hub:ORG/NAME[@revision]`, `path:DIR` or `gguf:FILE` (see [`lorastream_ml::source`]).
     pub source: ModelSource,
     /// The GGUF file used when the hub cannot be reached and nothing is cached.
     /// Unset: [`lorastream_ml::source::default_fallback`].

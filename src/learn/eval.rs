@@ -1,4 +1,4 @@
-//! The matrix R[version][stream] with forgetting and backward transfer
+//! The matrix R\[version\]\[stream\] with forgetting and backward transfer
 //! (DESIGN.md §4; each cell a `lorastream_ml::perplexity`), and the built-in probe
 //! set (`probe.jsonl`: general knowledge and instruction following, written
 //! for lorastream; column 0 of the matrix).
@@ -31,7 +31,7 @@ pub type RowKey = (i64, Option<i64>);
 /// Forgetting of stream `s` by the last version of `chain` (its lineage, root
 /// first, the base model at the head):
 ///
-/// R[last][s] / min{ R[j][s] : j in the chain from the version that learned s
+/// R\[last\]\[s\] / min{ R\[j\]\[s\] : j in the chain from the version that learned s
 /// up to the last one's parent } − 1
 ///
 /// The reference is the best the served lineage ever reached on s, not just
@@ -57,7 +57,7 @@ pub fn forgetting(cells: &[EvalRow], chain: &[RowKey], s: i64) -> Option<f64> {
     best.is_finite().then(|| now / best - 1.0)
 }
 
-/// R[v][s], when evaluated.
+/// R\[v\]\[s\], when evaluated.
 pub fn cell(cells: &[EvalRow], v: i64, s: i64) -> Option<f64> {
     cells
         .iter()
@@ -83,7 +83,7 @@ pub struct Matrix {
     /// Mean perplexity over the chain's last version's cells.
     pub average_ppl: Option<f64>,
     /// Backward transfer: mean over the streams the chain learned before its
-    /// last version of R[last][i] − R[learned][i] (negative is better).
+    /// last version of R\[last\]\[i\] − R\[learned\]\[i\] (negative is better).
     pub backward_transfer: Option<f64>,
 }
 

@@ -80,11 +80,11 @@ pub struct Decision {
     /// 1 − new / reference.
     #[serde(deserialize_with = "f64_or_nan")]
     pub gain: f64,
-    /// Per earlier stream: [`eval::forgetting`].
+    /// Per earlier stream: [`crate::learn::eval::forgetting`].
     #[serde(deserialize_with = "map_f64_or_nan")]
     pub forgetting: BTreeMap<i64, f64>,
     pub max_forgetting: Option<f64>,
-    /// [`eval::forgetting`] of the probe set (column 0).
+    /// [`crate::learn::eval::forgetting`] of the probe set (column 0).
     pub probe_change: Option<f64>,
     /// The settings of the next attempt (`retrain`).
     pub next: Option<Attempt>,

@@ -132,7 +132,7 @@ impl CausalLm {
 
     /// Logits for explicit `positions` `[b, t]` and an additive attention mask
     /// `[b, 1, t, past + t]` (e.g. block-diagonal for packed sequences); `None`
-    /// is causal attention (see [`attention`]).
+    /// is causal attention (see `attention::attention`).
     pub fn forward_raw(
         &self,
         ids: &Tensor,

@@ -5,7 +5,7 @@ use rusqlite::params;
 use super::{EvalRow, Result, Store, now_ms};
 
 impl Store {
-    /// Records R[adapter][stream]; `adapter_id` 0 is the base model, `stream_id` 0 the probe set.
+    /// Records R\[adapter\]\[stream\]; `adapter_id` 0 is the base model, `stream_id` 0 the probe set.
     /// A NaN (no target tokens, diverged weights) is stored as +infinity:
     /// SQLite would store NaN as NULL, which the table refuses, and the cell
     /// would be retried forever; infinite is what the policy refuses with a

@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! - this file: opening, migrations, transactions and the shared query helpers;
-//! - [`rows`]: the row types of the tables; [`states`]: their states and
+//! - `rows`: the row types of the tables; `states`: their states and
 //!   transition tables;
 //! - one file per table's API: `sources` (with the crawl bookkeeping of
 //!   `seen_urls`), `raw_items`, `examples`, `streams`, `adapters`, `evals`,

@@ -87,7 +87,7 @@ pub fn evaluate(spec: &LearnSpec, store: &Store) -> Result<Matrix, PipelineError
 /// A cell to measure: (version, its row, stream; 0 = the probe set).
 type Cell<'a> = (i64, Option<&'a AdapterRow>, i64);
 
-/// Fills every missing cell R[version][stream] — streams up to the version's
+/// Fills every missing cell R\[version\]\[stream\] — streams up to the version's
 /// own, every stream for the base model and the served version, the streams
 /// up to a candidate's for its parent (the policy compares the two), the probe
 /// set for every row — and returns the matrix with the cells that failed.

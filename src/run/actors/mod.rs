@@ -80,7 +80,7 @@ pub struct UseConfig(pub Arc<Config>);
 pub struct Ping;
 
 /// The address of a sync stage behind a doorbell: [`Bell::ring`] sends a
-/// notification unless one is pending; the stage calls [`Bell::answer`] (on
+/// notification unless one is pending; the stage calls [`Pending::answer`] (on
 /// its clone of the flag) as it takes one, before doing the work, so a ring
 /// during the work makes it look again once.
 pub struct Bell<A: actix::Actor> {

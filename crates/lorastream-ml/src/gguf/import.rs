@@ -2,7 +2,7 @@
 //! `llama.*` metadata, `model.safetensors` with every tensor de-quantized and
 //! renamed to its checkpoint name (undoing the Q/K row permutation llama.cpp's
 //! converter applies for its rotary embedding layout), and the tokenizer and
-//! chat template from `tokenizer.*` ([`super::vocab`]).
+//! chat template from `tokenizer.*` (`vocab`).
 
 use std::path::Path;
 

@@ -5,7 +5,7 @@
 //! its format, moves to `failed/` with a `<name>.reason` file beside it and
 //! stores nothing.
 //!
-//! A file is read twice, one row at a time ([`read`]): a first pass checks it
+//! A file is read twice, one row at a time (`read.rs`): a first pass checks it
 //! whole, a second stores its records in chunks of [`CHUNK`], each in one
 //! transaction with the file's cursor (`spool_files`), so a restart resumes
 //! after the last stored chunk instead of reading a large file from the start
