@@ -132,11 +132,6 @@ pub fn outcome(row: &AdapterRow) -> Option<Outcome> {
     serde_json::from_value(row.decision.clone()?).ok()
 }
 
-/// The version's hyper-parameters, if readable.
-pub fn hyperparams(row: &AdapterRow) -> Option<Hyperparams> {
-    serde_json::from_value(row.hyperparams.clone()).ok()
-}
-
 /// JSON has no NaN: serde_json writes a non-finite figure as `null`, which
 /// reads back as NaN (a decision on a NaN is recorded, and must read back).
 fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {

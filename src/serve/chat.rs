@@ -125,15 +125,15 @@ async fn answer(
             first: false,
         },
     };
-    let speaker = speaker.filter(|_| state.config.server.memory);
     let mut response = HttpResponse::Ok();
     response.insert_header((MEMORIES_HEADER, n_memories.to_string()));
     if let Some(sp) = &speaker {
         response.insert_header((CONVERSATION_HEADER, sp.conversation.clone()));
     }
+    let memory = state.config.server.memory;
     let remember = Remember {
         state,
-        speaker,
+        speaker: speaker.filter(|_| memory),
         messages: checked.messages,
     };
     if checked.stream {

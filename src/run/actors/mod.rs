@@ -112,7 +112,12 @@ impl<A> Bell<A>
 where
     A: actix::Actor<Context = actix::SyncContext<A>>,
 {
-    pub fn new(addr: actix::Addr<A>, pending: Pending) -> Self {
+    /// Starts the stage on a `SyncArbiter` thread of its own behind a bell;
+    /// `make` builds it with its clone of the flag.
+    pub fn start(make: impl Fn(Pending) -> A + Send + Sync + 'static) -> Self {
+        let pending = Pending::default();
+        let flag = pending.clone();
+        let addr = actix::SyncArbiter::start(1, move || make(flag.clone()));
         Bell { addr, pending }
     }
 
@@ -268,11 +273,9 @@ mod tests {
     #[test]
     fn a_bell_coalesces_notifications() {
         let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (p, h) = (Pending::default(), Arc::clone(&handled));
-        let shared = p.clone();
+        let h = Arc::clone(&handled);
         let sent = actix::System::new().block_on(async move {
-            let addr = actix::SyncArbiter::start(1, move || Slow(p.clone(), Arc::clone(&h)));
-            let bell = Bell::new(addr, shared);
+            let bell = Bell::start(move |p| Slow(p, Arc::clone(&h)));
             let sent = (0..10_000).filter(|_| bell.ring(Kick)).count();
             tokio::time::sleep(std::time::Duration::from_millis(400)).await;
             sent

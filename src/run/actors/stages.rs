@@ -14,7 +14,7 @@ use super::messages::{Decided, StageDone};
 use super::preprocessor::Preprocessor;
 use super::summarizer::Summarizer;
 use super::trainer::Trainer;
-use super::{Bell, Busy, Pending};
+use super::{Bell, Busy};
 use crate::config::Config;
 use crate::util::http::Http;
 use lorastream_store::Store;
@@ -116,17 +116,14 @@ impl Stages {
 
 fn spawn_evaluator(s: &Shared<'_>, feedback: Addr<Feedback>) -> Bell<Evaluator> {
     let (config, busy, done) = (Arc::clone(s.config), s.busy.clone(), s.reports.done.clone());
-    let pending = Pending::default();
-    let flag = pending.clone();
-    let addr = SyncArbiter::start(1, move || Evaluator {
+    Bell::start(move |pending| Evaluator {
         config: Arc::clone(&config),
         store: None,
-        pending: flag.clone(),
+        pending,
         next: feedback.clone(),
         supervisor: done.clone(),
         busy: busy.clone(),
-    });
-    Bell::new(addr, pending)
+    })
 }
 
 fn spawn_trainer(
@@ -136,18 +133,15 @@ fn spawn_trainer(
 ) -> Bell<Trainer> {
     let (config, busy, done) = (Arc::clone(s.config), s.busy.clone(), s.reports.done.clone());
     let stop = Arc::clone(stop);
-    let pending = Pending::default();
-    let flag = pending.clone();
-    let addr = SyncArbiter::start(1, move || Trainer {
+    Bell::start(move |pending| Trainer {
         config: Arc::clone(&config),
         store: None,
-        pending: flag.clone(),
+        pending,
         next: evaluator.clone(),
         supervisor: done.clone(),
         stop: Arc::clone(&stop),
         busy: busy.clone(),
-    });
-    Bell::new(addr, pending)
+    })
 }
 
 fn spawn_summarizer(
