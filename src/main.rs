@@ -54,8 +54,12 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             cli::chat::command(&config, args)
         }),
         Command::Memory { command } => with_config(cli, |config| match command {
-            MemoryCommand::List { user } => commands::memory_list(&config, user),
-            MemoryCommand::Forget { user } => commands::memory_forget(&config, user),
+            MemoryCommand::List { user, identity } => {
+                commands::memory_list(&config, identity, user)
+            }
+            MemoryCommand::Forget { user, identity } => {
+                commands::memory_forget(&config, identity, user)
+            }
         }),
         Command::Adapters { command } => with_config(cli, |config| {
             init_logs(cli, &config)?;

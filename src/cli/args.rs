@@ -214,9 +214,20 @@ pub enum BenchCommand {
 #[derive(Subcommand)]
 pub enum MemoryCommand {
     /// Print a user's stored messages, oldest first.
-    List { user: String },
-    /// Delete a user's conversations and messages (and their search index rows).
-    Forget { user: String },
+    List {
+        user: String,
+        /// The identity (API key name) the user belongs to.
+        #[arg(long, default_value = "default")]
+        identity: String,
+    },
+    /// Delete a user's conversations and messages (their search index rows,
+    /// and examples made from them not yet learned).
+    Forget {
+        user: String,
+        /// The identity (API key name) the user belongs to.
+        #[arg(long, default_value = "default")]
+        identity: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -191,9 +191,9 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// `memory list`
-pub fn memory_list(config: &Config, user: &str) -> anyhow::Result<ExitCode> {
+pub fn memory_list(config: &Config, identity: &str, user: &str) -> anyhow::Result<ExitCode> {
     let store = config.open_store()?;
-    let messages = store.user_messages(user)?;
+    let messages = store.owner_messages(&lorastream_store::Owner::new(identity, Some(user)))?;
     for m in &messages {
         println!(
             "{} {:<9} {}",
@@ -207,10 +207,20 @@ pub fn memory_list(config: &Config, user: &str) -> anyhow::Result<ExitCode> {
 }
 
 /// `memory forget`
-pub fn memory_forget(config: &Config, user: &str) -> anyhow::Result<ExitCode> {
+pub fn memory_forget(config: &Config, identity: &str, user: &str) -> anyhow::Result<ExitCode> {
     let store = config.open_store()?;
-    let n = store.forget_user(user)?;
-    println!("forgot {n} message(s) of {user:?}");
+    let gone = store.forget(identity, Some(Some(user)))?;
+    println!(
+        "forgot {} message(s) of {user:?} ({identity}); {} example(s) kept out of training",
+        gone.messages,
+        gone.examples + gone.raw_items
+    );
+    for l in &gone.learned {
+        println!(
+            "already learned: example {} in stream {} (versions {:?}): roll back to undo",
+            l.example_id, l.stream_id, l.versions
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

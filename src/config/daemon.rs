@@ -1,5 +1,5 @@
-//! The operational sections: `[daemon]`, `[store]`, `[server]`, `[schedule]`,
-//! `[retention]`.
+//! The operational sections: `[daemon]`, `[store]`, `[schedule]`,
+//! `[retention]` (`[server]` has a file of its own).
 
 use std::path::PathBuf;
 
@@ -73,66 +73,6 @@ impl Default for StoreConfig {
         StoreConfig {
             path: None,
             busy_timeout_ms: 5000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    pub enabled: bool,
-    pub listen: String,
-    /// Bearer token required from clients (file or env; unset: no auth).
-    pub api_key_file: Option<PathBuf>,
-    pub api_key_env: Option<String>,
-    /// The model id clients see in `/v1/models`.
-    pub model_name: String,
-    pub max_tokens: usize,
-    pub max_request_bytes: usize,
-    /// Retrieve relevant past messages into the prompt.
-    pub memory: bool,
-    pub memory_results: usize,
-    /// Tokens of recalled memories at most in one prompt.
-    pub memory_tokens: usize,
-    /// Turn opted-in conversations into training examples.
-    pub learn_from_conversations: bool,
-    /// Requests waiting for the generation worker at most; more get 429.
-    pub queue: usize,
-    /// A prompt over the context window: drop the oldest turns, or answer 400.
-    pub overflow: OverflowPolicy,
-    /// On the CPU with f32 weights, decoding steps read bf16 copies of the
-    /// weights (half the bytes; +50% memory for the serving copy). Prompts
-    /// still run in f32.
-    pub decode_bf16: bool,
-}
-
-text_enum! {
-    /// What the server does with a prompt over the model's context window.
-    pub enum OverflowPolicy {
-        /// Drop the oldest turns (never the system prompt or the last message).
-        Truncate = "truncate",
-        /// Answer 400 `context_length_exceeded`.
-        Refuse = "refuse",
-    }
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            enabled: true,
-            listen: "127.0.0.1:8080".into(),
-            api_key_file: None,
-            api_key_env: None,
-            model_name: "lorastream".into(),
-            max_tokens: 256,
-            max_request_bytes: 1 << 20,
-            memory: true,
-            memory_results: 4,
-            memory_tokens: 256,
-            learn_from_conversations: false,
-            queue: 8,
-            overflow: OverflowPolicy::Truncate,
-            decode_bf16: true,
         }
     }
 }

@@ -21,6 +21,7 @@ mod daemon;
 mod data;
 mod learning;
 mod locate;
+mod server;
 mod source;
 pub mod validate;
 
@@ -29,14 +30,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use daemon::{
-    DaemonConfig, LogFormat, ON_NEW_STREAM, OverflowPolicy, RetentionConfig, ScheduleConfig,
-    ServerConfig, StoreConfig,
+    DaemonConfig, LogFormat, ON_NEW_STREAM, RetentionConfig, ScheduleConfig, StoreConfig,
 };
 pub use data::{PreprocessConfig, StreamsConfig, SummarizerBackend, SummarizerConfig};
 pub use learning::{EvalConfig, FeedbackConfig, LossOn, MergePolicy, ModelConfig, TrainConfig};
 pub use locate::{KeyPath, LineCol, SpanIndex};
 /// The dtype setting is the model layer's own type.
 pub use lorastream_ml::DType;
+pub use server::{KeyConfig, KeyRole, OverflowPolicy, ServerConfig};
 pub use source::{CrawlMode, FieldMap, SourceConfig, SourceKind, SpoolFormat};
 
 /// Where the daemon keeps its state when neither the config nor systemd says.

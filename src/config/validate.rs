@@ -132,7 +132,7 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     check_train(&mut k, c);
     check_eval(&mut k, c);
     check_feedback(&mut k, c);
-    check_server(&mut k, c);
+    super::server::check(&mut k, &c.server);
     check_schedule(&mut k, c);
     k.problems
 }
@@ -382,25 +382,6 @@ fn check_feedback(k: &mut Checker, c: &Config) {
         1.0,
         true,
     );
-}
-
-/// `[server]`
-fn check_server(k: &mut Checker, c: &Config) {
-    if c.server.listen.parse::<std::net::SocketAddr>().is_err() {
-        k.fail(
-            KeyPath::parse("server.listen"),
-            format!(
-                "must be an address:port such as \"127.0.0.1:8080\" (got {:?})",
-                c.server.listen
-            ),
-        );
-    }
-    k.at_least("server.max_tokens", c.server.max_tokens, 1);
-    k.at_least("server.queue", c.server.queue, 1);
-    k.at_least("server.max_request_bytes", c.server.max_request_bytes, 1024);
-    if let Some(f) = &c.server.api_key_file {
-        k.exists(KeyPath::parse("server.api_key_file"), f, "file");
-    }
 }
 
 /// `[schedule]`

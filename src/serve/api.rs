@@ -33,6 +33,18 @@ pub struct ChatRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub user: Option<String>,
+    /// Parameters this server does not implement: refused with a 400 naming
+    /// them rather than silently ignored.
+    #[serde(default)]
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub tools: Option<Value>,
+    #[serde(default)]
+    pub functions: Option<Value>,
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,12 +83,24 @@ pub struct Checked {
 }
 
 impl ChatRequest {
-    /// Validates the request; `max_tokens_cap` is `[server] max_tokens`.
-    pub fn check(self, max_tokens_cap: usize) -> Result<Checked, ApiError> {
+    /// Validates the request against `[server]`'s limits.
+    pub fn check(self, limits: &crate::config::ServerConfig) -> Result<Checked, ApiError> {
+        let max_tokens_cap = limits.max_tokens;
+        self.refuse_unsupported()?;
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
                 "messages",
                 "`messages` must not be empty",
+            ));
+        }
+        if self.messages.len() > limits.max_messages {
+            return Err(ApiError::invalid(
+                "messages",
+                &format!(
+                    "{} messages is over the {} a request may have ([server] max_messages)",
+                    self.messages.len(),
+                    limits.max_messages
+                ),
             ));
         }
         let mut messages = Vec::with_capacity(self.messages.len());
@@ -148,6 +172,46 @@ impl ChatRequest {
             seed: self.seed.unwrap_or(0) as u64,
             stream: self.stream.unwrap_or(false),
         })
+    }
+}
+
+impl ChatRequest {
+    /// 400 for parameters this server does not implement.
+    fn refuse_unsupported(&self) -> Result<(), ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid(
+                "n",
+                "this server answers with one choice: `n` must be 1",
+            ));
+        }
+        let present = |v: &Option<Value>| {
+            v.as_ref()
+                .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+        };
+        for (param, v) in [("tools", &self.tools), ("functions", &self.functions)] {
+            if present(v) {
+                return Err(ApiError::invalid(
+                    param,
+                    &format!("`{param}` (tool calling) is not supported by this server"),
+                ));
+            }
+        }
+        if let Some(f) = &self.response_format
+            && !f.is_null()
+            && f.get("type").and_then(Value::as_str) != Some("text")
+        {
+            return Err(ApiError::invalid(
+                "response_format",
+                "only `{\"type\": \"text\"}` is supported as response_format",
+            ));
+        }
+        if self.logprobs == Some(true) {
+            return Err(ApiError::invalid(
+                "logprobs",
+                "`logprobs` is not supported by this server",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -312,7 +376,11 @@ mod tests {
     fn req(v: Value) -> Result<Checked, ApiError> {
         serde_json::from_value::<ChatRequest>(v)
             .map_err(|e| ApiError::invalid("body", &e.to_string()))?
-            .check(256)
+            .check(&crate::config::ServerConfig {
+                max_tokens: 256,
+                max_messages: 3,
+                ..Default::default()
+            })
     }
 
     #[test]
@@ -334,6 +402,11 @@ mod tests {
             json!({"messages": [{"role": "user", "content": "x"}], "top_p": 0}),
             json!({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}),
             json!({"messages": "hello"}),
+            json!({"messages": [{"role": "user", "content": "x"}], "n": 2}),
+            json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}),
+            json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}),
+            json!({"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "x"},
+                {"role": "user", "content": "x"}, {"role": "user", "content": "x"}]}),
         ] {
             let e = req(bad.clone()).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");

@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::api::{self, ApiError, ChatRequest, Usage};
+use super::auth::Caller;
 use super::engine::{EngineError, Event, Job};
 use super::memory::{self, Speaker};
 use super::{State, json_body, versions};
@@ -31,9 +32,10 @@ pub const MEMORIES_HEADER: &str = "x-lorastream-memories";
 pub async fn completions(
     state: web::Data<State>,
     req: HttpRequest,
+    caller: Caller,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let result = answer(state, req, payload).await;
+    let result = answer(state, req, caller, payload).await;
     let status = match &result {
         Ok(r) => r.status(),
         Err(e) => actix_web::ResponseError::status_code(e),
@@ -61,35 +63,45 @@ impl Timing {
         }
     }
 
-    fn done(&self, stream: bool, usage: &Usage) {
+    fn done(&self, stream: bool) {
         METRICS
             .chat_duration
             .with_label_values(&[if stream { "true" } else { "false" }])
             .observe(self.started.elapsed().as_secs_f64());
-        METRICS.chat_tokens.inc_by(usage.completion_tokens as u64);
     }
 }
 
 async fn answer(
     state: web::Data<State>,
     req: HttpRequest,
+    caller: Caller,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let request: ChatRequest = json_body(&state, &req, payload, "request").await?;
+    let request: ChatRequest = json_body(&state, payload, "request").await?;
     let requested_model = request.model.clone();
-    let user = request.user.clone();
-    let checked = request.check(state.config.server.max_tokens)?;
+    let user = memory::check_user(request.user.as_deref())?;
+    let header = req
+        .headers()
+        .get(CONVERSATION_HEADER)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let conversation = memory::check_conversation(header)?;
+    let checked = request.check(&state.config.server)?;
     let name = state.config.server.model_name.clone();
     let version = versions::current(&state.versions).resolve(requested_model.as_deref(), &name)?;
     let state = state.into_inner();
-
-    let speaker = Speaker::of(
-        user.as_deref(),
-        req.headers()
-            .get(CONVERSATION_HEADER)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let memories = recall(&state, speaker.as_ref(), &checked.messages).await?;
+    let memory = state.config.server.memory;
+    let speaker = if memory {
+        let identity = caller.0.name.clone();
+        let conv = conversation.clone();
+        state
+            .with_store(move |s| memory::speaker(s, &identity, user.as_deref(), conv.as_deref()))
+            .await?
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let memories = recall(&state, speaker.as_ref(), &checked.messages).await;
+    let recall_ms = started.elapsed().as_millis() as u64;
     let n_memories = memories.len();
     let (tx, mut rx) = mpsc::channel(64);
     let job = Job {
@@ -107,7 +119,6 @@ async fn answer(
         events: tx,
     };
     let label = job.version.label.clone();
-    let started = Instant::now();
     submit(&state, job)?;
     let prompt_tokens = match rx.recv().await {
         Some(Event::Started { prompt_tokens, .. }) => prompt_tokens,
@@ -115,11 +126,12 @@ async fn answer(
         _ => return Err(engine_error(EngineError::Generation("no answer".into()))),
     };
     let reply = Reply {
-        id: format!("chatcmpl-{}", uuid_like()),
+        id: format!("chatcmpl-{}", crate::util::ids::random_hex(12)),
         created: lorastream_store::now_ms() / 1000,
         label,
         prompt_tokens,
         n_memories,
+        recall_ms,
         timing: Timing {
             started,
             first: false,
@@ -127,13 +139,14 @@ async fn answer(
     };
     let mut response = HttpResponse::Ok();
     response.insert_header((MEMORIES_HEADER, n_memories.to_string()));
-    if let Some(sp) = &speaker {
-        response.insert_header((CONVERSATION_HEADER, sp.conversation.clone()));
-    }
-    let memory = state.config.server.memory;
+    match (&speaker, &conversation) {
+        (Some(sp), _) => response.insert_header((CONVERSATION_HEADER, sp.conversation.clone())),
+        (None, Some(c)) => response.insert_header((CONVERSATION_HEADER, c.clone())),
+        (None, None) => &mut response,
+    };
     let remember = Remember {
         state,
-        speaker: speaker.filter(|_| memory),
+        speaker,
         messages: checked.messages,
     };
     if checked.stream {
@@ -144,23 +157,41 @@ async fn answer(
 }
 
 /// The memories of `speaker`'s earlier conversations that match `messages`
-/// (none without a speaker or with `[server] memory` off).
+/// (none without a speaker). Recall is best effort: a failure or a spent time
+/// budget is logged and the answer goes without memories.
 async fn recall(
     state: &Arc<State>,
     speaker: Option<&Speaker>,
     messages: &[lorastream_ml::Message],
-) -> Result<Vec<lorastream_store::MessageRow>, ApiError> {
-    let (Some(sp), true) = (speaker, state.config.server.memory) else {
-        return Ok(Vec::new());
+) -> Vec<lorastream_store::MessageRow> {
+    let Some(sp) = speaker else {
+        return Vec::new();
     };
-    let (sp, msgs) = (sp.clone(), messages.to_vec());
-    let (limit, budget) = (
-        state.config.server.memory_results,
-        state.config.server.memory_tokens,
-    );
-    state
-        .with_store(move |s| memory::recall(s, &sp, &msgs, limit, budget))
-        .await
+    let (owner, msgs) = (sp.owner.clone(), messages.to_vec());
+    let s = &state.config.server;
+    let limits = memory::RecallLimits {
+        results: s.memory_results,
+        tokens: s.memory_tokens,
+        terms: s.memory_query_terms,
+        budget: std::time::Duration::from_millis(s.memory_recall_ms),
+    };
+    let me = Arc::clone(state);
+    let found = web::block(move || {
+        me.readers
+            .with(|store| memory::recall(store, &owner, &msgs, limits))
+    })
+    .await;
+    match found {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, request_id = super::guard::request_id().unwrap_or_default(), "memory recall skipped");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "memory recall failed");
+            Vec::new()
+        }
+    }
 }
 
 /// Queues `job` on the generation worker; 429 when its queue is full.
@@ -186,6 +217,7 @@ struct Reply {
     label: String,
     prompt_tokens: usize,
     n_memories: usize,
+    recall_ms: u64,
     timing: Timing,
 }
 
@@ -193,8 +225,8 @@ impl Reply {
     /// Logs and counts the finished request; its usage.
     fn finish(&self, stream: bool, completion_tokens: usize) -> Usage {
         let usage = Usage::new(self.prompt_tokens, completion_tokens);
-        log_done(&self.label, &usage, self.timing.started, self.n_memories);
-        self.timing.done(stream, &usage);
+        log_done(self, &usage);
+        self.timing.done(stream);
         usage
     }
 
@@ -325,13 +357,14 @@ fn finish_reason(f: lorastream_ml::generate::FinishReason) -> &'static str {
     }
 }
 
-fn log_done(label: &str, usage: &Usage, started: Instant, memories: usize) {
+fn log_done(r: &Reply, usage: &Usage) {
     tracing::info!(
-        model = label,
+        model = %r.label,
         prompt_tokens = usage.prompt_tokens,
         completion_tokens = usage.completion_tokens,
-        memories,
-        duration_ms = started.elapsed().as_millis() as u64,
+        memories = r.n_memories,
+        recall_ms = r.recall_ms,
+        duration_ms = r.timing.started.elapsed().as_millis() as u64,
         "chat completion"
     );
 }
@@ -341,6 +374,7 @@ fn engine_error(e: EngineError) -> ApiError {
         EngineError::TooLong { .. } => {
             ApiError::invalid("messages", &e.to_string()).with_code("context_length_exceeded")
         }
+        EngineError::Prompt(_) => ApiError::invalid("messages", &e.to_string()),
         EngineError::NoModel(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
@@ -359,18 +393,6 @@ fn engine_error(e: EngineError) -> ApiError {
 /// One Server-Sent Event carrying `v` as JSON.
 fn sse(v: &serde_json::Value) -> web::Bytes {
     web::Bytes::from(format!("data: {v}\n\n"))
-}
-
-/// A random-looking id (time and a counter; ids only need to be unique).
-fn uuid_like() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{:x}{:06x}",
-        lorastream_store::now_ms(),
-        lorastream_ml::rng::mix(n) & 0xff_ffff
-    )
 }
 
 /// The events of `rx` mapped to body chunks by `f`, ending when the worker

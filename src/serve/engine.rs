@@ -64,6 +64,9 @@ pub enum EngineError {
     TooLong { tokens: usize, limit: usize },
     #[error("generation failed: {0}")]
     Generation(String),
+    /// The messages cannot be made into a prompt (the chat template refused them).
+    #[error("{0}")]
+    Prompt(String),
 }
 
 /// The handle requests submit jobs through.
@@ -130,7 +133,7 @@ fn worker(config: Arc<Config>, rx: Receiver<Job>) {
             };
             if let Some(e) = failure {
                 tracing::warn!(error = %e, version = %job.version.label, "chat request failed");
-                let _ = job.events.blocking_send(Event::Failed(e));
+                let _ = job.events.try_send(Event::Failed(e));
             }
         }
     }
@@ -196,10 +199,14 @@ fn run(config: &Config, slot: &mut Option<Loaded>, job: &Job) -> Result<(), Engi
     let l = prepare(config, slot, &job.version)?;
     let context = l.model.config.max_position_embeddings;
     let reserve = job.params.max_new_tokens.clamp(1, (context / 2).max(1));
-    let (prompt, dropped_turns) = fit(&l.tok, &job.messages, context - reserve, job.overflow)?;
-    if job
-        .events
-        .blocking_send(Event::Started {
+    let (prompt, dropped_turns) =
+        super::prompt::fit(&l.tok, &job.messages, context - reserve, job.overflow)?;
+    let out = Outbox {
+        events: &job.events,
+        timeout: std::time::Duration::from_secs(config.server.send_timeout_secs),
+    };
+    if out
+        .send(Event::Started {
             prompt_tokens: prompt.len(),
             dropped_turns,
         })
@@ -209,63 +216,64 @@ fn run(config: &Config, slot: &mut Option<Loaded>, job: &Job) -> Result<(), Engi
     }
     let mut streamed = String::new();
     let g = generate(&l.model, &l.tok, &prompt, &job.params, |_, delta| {
+        crate::util::metrics::METRICS.chat_tokens.inc();
+        // A client that hung up (or stopped reading) ends its generation here,
+        // within one decoding step.
+        if job.events.is_closed() {
+            return std::ops::ControlFlow::Break(());
+        }
         if delta.is_empty() {
             return std::ops::ControlFlow::Continue(());
         }
         streamed.push_str(delta);
-        match job.events.blocking_send(Event::Delta(delta.to_string())) {
+        match out.send(Event::Delta(delta.to_string())) {
             Ok(()) => std::ops::ControlFlow::Continue(()),
-            Err(_) => std::ops::ControlFlow::Break(()),
+            Err(()) => std::ops::ControlFlow::Break(()),
         }
     })
     .map_err(|e| EngineError::Generation(e.to_string()))?;
-    // Text held back at the end (a stop string cut, bytes of a partial character).
+    // Text held back at the end (a possible stop string, a partial character).
     if let Some(rest) = g.text.strip_prefix(streamed.as_str())
         && !rest.is_empty()
     {
-        let _ = job.events.blocking_send(Event::Delta(rest.to_string()));
+        let _ = out.send(Event::Delta(rest.to_string()));
     }
     if g.finish == FinishReason::Cancelled {
         tracing::info!(version = %job.version.label, tokens = g.ids.len(), "client went away; generation stopped");
     }
-    let _ = job.events.blocking_send(Event::Done {
+    let _ = out.send(Event::Done {
         finish: g.finish,
         completion_tokens: g.ids.len(),
     });
     Ok(())
 }
 
-/// Token ids of the prompt, fitted into `limit` tokens: with `Truncate`, the
-/// oldest turns after the system prompt go first (the last message always
-/// stays). Returns the ids and how many turns were dropped.
-fn fit(
-    tok: &ChatTokenizer,
-    messages: &[Message],
-    limit: usize,
-    overflow: OverflowPolicy,
-) -> Result<(Vec<u32>, usize), EngineError> {
-    let encode = |m: &[Message]| -> Result<Vec<u32>, EngineError> {
-        let text = tok
-            .render(m, true)
-            .map_err(|e| EngineError::Generation(e.to_string()))?;
-        tok.encode(&text)
-            .map_err(|e| EngineError::Generation(e.to_string()))
-    };
-    let mut kept: Vec<Message> = messages.to_vec();
-    let mut dropped = 0;
-    loop {
-        let ids = encode(&kept)?;
-        if ids.len() <= limit {
-            return Ok((ids, dropped));
+/// A job's events, sent without ever blocking the worker for long: a client
+/// that has not taken an event for `timeout` is dropped (its generation ends).
+struct Outbox<'a> {
+    events: &'a Sender<Event>,
+    timeout: std::time::Duration,
+}
+
+impl Outbox<'_> {
+    fn send(&self, mut event: Event) -> Result<(), ()> {
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            match self.events.try_send(event) {
+                Ok(()) => return Ok(()),
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return Err(()),
+                Err(tokio::sync::mpsc::error::TrySendError::Full(e)) => {
+                    if std::time::Instant::now() >= deadline {
+                        tracing::warn!(
+                            timeout_secs = self.timeout.as_secs(),
+                            "a client stopped reading its stream; dropped"
+                        );
+                        return Err(());
+                    }
+                    event = e;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
         }
-        let first = usize::from(kept.first().is_some_and(|m| m.role == "system"));
-        if overflow == OverflowPolicy::Refuse || kept.len() <= first + 1 {
-            return Err(EngineError::TooLong {
-                tokens: ids.len(),
-                limit,
-            });
-        }
-        kept.remove(first);
-        dropped += 1;
     }
 }

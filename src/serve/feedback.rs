@@ -1,14 +1,20 @@
-//! `POST /v1/feedback`: a user rates an answer. A helpful answer (rating > 0)
-//! in a conversation whose user opted in (`"learn": true`, once is enough)
-//! becomes a raw item of the `conversations` source when
-//! `[server] learn_from_conversations` is on, and reaches the weights through
-//! the normal path (preprocessing, streams, training, the feedback loop).
+//! `POST /v1/feedback`: a caller rates an answer in one of its identity's
+//! conversations (an admin may name another identity). A helpful answer
+//! (rating > 0) in a conversation that opted in (`"learn": true`, once is
+//! enough) becomes a raw item of the `conversations` source when
+//! `[server] learn_from_conversations` is on and the operator lets the
+//! identity be learned from (`learn = true` on its key), and reaches the
+//! weights through the normal path (preprocessing, streams, training, the
+//! feedback loop).
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::api::ApiError;
+use super::auth::Caller;
+use super::forget::acting_as;
+use super::memory::check_conversation;
 use super::{State, json_body};
 
 #[derive(Debug, Deserialize)]
@@ -22,25 +28,36 @@ struct FeedbackRequest {
     /// The user agrees that this conversation may be learned from.
     #[serde(default)]
     learn: bool,
+    /// Admins only: the identity whose conversation it is.
+    #[serde(default)]
+    identity: Option<String>,
 }
 
 pub async fn feedback(
     state: web::Data<State>,
-    req: HttpRequest,
+    caller: Caller,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let f: FeedbackRequest = json_body(&state, &req, payload, "feedback").await?;
+    let f: FeedbackRequest = json_body(&state, payload, "feedback").await?;
+    let conversation = check_conversation(Some(&f.conversation_id))?
+        .ok_or_else(|| ApiError::invalid("conversation_id", "name the conversation"))?;
+    let identity = acting_as(&caller, f.identity.clone())?;
     let state = state.into_inner();
     let enabled = state.config.server.learn_from_conversations;
-    let conversation = f.conversation_id.clone();
-    let c = conversation.clone();
+    // The operator decides whose conversations may be learned: the caller's
+    // key when it acts for itself.
+    let allowed = caller.0.learn && identity == caller.0.name;
+    let (c, id) = (conversation.clone(), identity.clone());
     let (message_id, rating, learn) = (f.message_id, f.rating, f.learn);
     let (rated, learned) = state
         .with_store(move |store| {
-            let rated = store.rate_message(&c, message_id, rating, learn)?;
-            let learned = match (&rated.question, enabled && rated.learn && rating > 0) {
+            let rated = store.rate_message(&id, &c, message_id, rating, learn)?;
+            let learned = match (
+                &rated.question,
+                enabled && allowed && rated.learn && rating > 0,
+            ) {
                 (Some(q), true) => store
-                    .learn_exchange(&c, rated.user.as_deref(), q, &rated.answer)?
+                    .learn_exchange(&c, &rated.owner, q, &rated.answer)?
                     .is_new(),
                 _ => false,
             };
@@ -51,6 +68,8 @@ pub async fn feedback(
         "queued for training (source `conversations`)"
     } else if !enabled {
         "not learned: [server] learn_from_conversations is off"
+    } else if !allowed {
+        "not learned: this key's identity is not one the operator lets the daemon learn from"
     } else if !rated.learn {
         "not learned: the conversation did not opt in (send \"learn\": true)"
     } else if f.rating <= 0 {
@@ -58,7 +77,7 @@ pub async fn feedback(
     } else {
         "not learned: already queued, or no user message before it"
     };
-    tracing::info!(conversation = %conversation, rating = f.rating, learned, "chat feedback");
+    tracing::info!(identity = %identity, conversation = %conversation, rating = f.rating, learned, "chat feedback");
     Ok(HttpResponse::Ok()
         .json(json!({"conversation_id": conversation, "learned": learned, "detail": why})))
 }

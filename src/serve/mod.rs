@@ -5,26 +5,38 @@
 //!
 //! # Layout
 //!
-//! - this file: start-up, shared state, routes, API keys, body limit;
+//! - this file: start-up, shared state, routes, body limits;
+//! - [`guard`]: what every request passes (Host, content type, identity,
+//!   role, limits) and every response carries (request id, CSP, CORS, audit);
+//! - [`auth`]: API keys and the identities they open; [`limits`]: each
+//!   identity's requests per minute and in flight;
 //! - [`api`]: the wire format, request checks and OpenAI error objects;
 //! - [`chat`]: the completion handler (whole answers and streams);
 //! - [`engine`]: the generation worker thread and its bounded queue;
+//! - [`prompt`]: messages encoded and fitted into the context window;
 //! - [`versions`]: which versions exist and which one is served;
-//! - [`memory`]: recall and storage of a user's conversations;
+//! - [`memory`]: conversations owned by (identity, user): recall and storage;
 //! - [`feedback`]: ratings, and learning from conversations users opted in;
 //! - [`site`]: the status and chat page, its JSON, and `/metrics`;
 //! - [`status`]: the report behind `/api/status`, the page and `lorastream status`.
 
 pub mod api;
+pub mod auth;
 pub mod chat;
 pub mod engine;
 pub mod feedback;
+pub mod forget;
+pub mod guard;
+pub mod limits;
 pub mod memory;
+pub mod prompt;
 pub mod site;
 pub mod status;
+pub mod tls;
 pub mod versions;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -41,7 +53,7 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Secret(#[from] crate::util::http::SecretError),
+    Keys(#[from] auth::KeysError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -58,7 +70,10 @@ pub struct State {
     pub versions: versions::Shared,
     /// The server's store connection (memory); used from blocking threads.
     pub store: Mutex<Store>,
-    api_key: Option<String>,
+    /// Read-only connections for memory recall.
+    pub readers: memory::Readers,
+    pub keys: auth::Keys,
+    pub hosts: guard::Hosts,
 }
 
 impl State {
@@ -81,12 +96,15 @@ impl State {
     }
 }
 
+/// An internal error: logged with the request id; the client gets a generic
+/// message carrying that id (nothing of the store's own words).
 pub(crate) fn internal(msg: &str) -> ApiError {
-    tracing::warn!(error = msg, "chat server: store error");
+    let id = guard::request_id().unwrap_or_default();
+    tracing::warn!(error = msg, request_id = %id, "chat server: internal error");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "server_error",
-        format!("the store is unavailable: {msg}"),
+        format!("the server could not complete the request (request id {id}); retry, or ask the operator"),
     )
     .retry_after(1)
 }
@@ -95,22 +113,23 @@ pub(crate) fn internal(msg: &str) -> ApiError {
 /// stop on shutdown).
 pub fn start(config: Arc<Config>) -> Result<actix_web::dev::Server, ServerError> {
     let s = &config.server;
-    let api_key = crate::util::http::read_secret(
-        "[server] API key",
-        s.api_key_file.as_deref(),
-        s.api_key_env.as_deref(),
-    )?;
+    let keys = auth::Keys::load(s)?;
+    let store = config.open_store()?;
     let state = Arc::new(State {
         engine: Engine::start(Arc::clone(&config), s.queue).map_err(ServerError::Worker)?,
         versions: versions::watch(&config)?,
-        store: Mutex::new(config.open_store()?),
-        api_key,
+        readers: memory::Readers::new(store.path().to_owned()),
+        store: Mutex::new(store),
+        hosts: guard::Hosts::new(&s.allowed_hosts),
+        keys,
         config: Arc::clone(&config),
     });
+    let auth = state.keys.required();
     let data = web::Data::from(state);
     let http = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(guard::guard))
             .route("/", web::get().to(site::page))
             .route("/app.js", web::get().to(site::script))
             .route("/api/status", web::get().to(site::status))
@@ -118,58 +137,50 @@ pub fn start(config: Arc<Config>) -> Result<actix_web::dev::Server, ServerError>
             .route("/v1/models", web::get().to(models))
             .route("/v1/models/{id}", web::get().to(model))
             .route("/v1/chat/completions", web::post().to(chat::completions))
-            .route("/v1/memory/{user}", web::delete().to(forget))
+            .route("/v1/memory", web::delete().to(forget::all))
+            .route("/v1/memory/{user}", web::delete().to(forget::user))
             .route("/v1/feedback", web::post().to(feedback::feedback))
+            .route(
+                "/v1/conversations/{id}",
+                web::get().to(forget::conversation),
+            )
+            .route(
+                "/v1/conversations/{id}",
+                web::delete().to(forget::delete_conversation),
+            )
             .default_service(web::to(not_found))
     })
     .workers(2)
+    .client_request_timeout(Duration::from_secs(s.header_timeout_secs))
+    .client_disconnect_timeout(Duration::from_secs(1))
     .shutdown_timeout(5)
-    .disable_signals()
-    .bind(&s.listen)
-    .map_err(|source| ServerError::Bind {
+    .disable_signals();
+    let bind_err = |source| ServerError::Bind {
         addr: s.listen.clone(),
         source,
-    })?;
+    };
+    let http = match tls::config(s).map_err(bind_err)? {
+        Some(tls) => http.bind_rustls_0_23(&s.listen, tls),
+        None => http.bind(&s.listen),
+    }
+    .map_err(bind_err)?;
     let addrs: Vec<String> = http.addrs().iter().map(|a| a.to_string()).collect();
     tracing::info!(
         listen = %addrs.join(","),
-        auth = s.api_key_file.is_some() || s.api_key_env.is_some(),
+        auth,
+        identities = s.keys.len() + usize::from(s.api_key_file.is_some() || s.api_key_env.is_some()),
+        tls = s.tls_cert_file.is_some(),
         memory = s.memory,
         "chat server listening"
     );
     Ok(http.run())
 }
 
-/// Checks `Authorization: Bearer <key>` when a key is configured (constant time).
-pub fn authorize(state: &State, req: &HttpRequest) -> Result<(), ApiError> {
-    let Some(key) = &state.api_key else {
-        return Ok(());
-    };
-    let given = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
-}
-
-/// Equality whose time depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, &x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
-    }
-    diff == 0
-}
-
-/// Reads a request body of at most `[server] max_request_bytes` (413 beyond).
+/// Reads a request body of at most `[server] max_request_bytes` (413 beyond)
+/// within `[server] body_timeout_secs` (408 past it).
 pub async fn read_body(state: &State, mut payload: web::Payload) -> Result<web::Bytes, ApiError> {
     let limit = state.config.server.max_request_bytes;
+    let secs = state.config.server.body_timeout_secs;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -177,35 +188,47 @@ pub async fn read_body(state: &State, mut payload: web::Payload) -> Result<web::
             format!("the request body is over the {limit}-byte limit ([server] max_request_bytes)"),
         )
     };
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| match e {
-            actix_web::error::PayloadError::Overflow => too_large(),
-            other => ApiError::invalid("body", &format!("cannot read the request body: {other}")),
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| match e {
+                actix_web::error::PayloadError::Overflow => too_large(),
+                other => {
+                    ApiError::invalid("body", &format!("cannot read the request body: {other}"))
+                }
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(Duration::from_secs(secs), read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                format!(
+                    "the request body did not arrive within {secs} s ([server] body_timeout_secs)"
+                ),
+            ))
+        })
 }
 
-/// An authorized request's body parsed as `T` (400 naming what is wrong).
+/// A request's body parsed as `T` (400 naming what is wrong).
 pub async fn json_body<T: serde::de::DeserializeOwned>(
     state: &State,
-    req: &HttpRequest,
     payload: web::Payload,
     what: &str,
 ) -> Result<T, ApiError> {
-    authorize(state, req)?;
     let body = read_body(state, payload).await?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid("body", &format!("invalid {what}: {e}")))
 }
 
-async fn models(state: web::Data<State>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+async fn models(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     let v = versions::current(&state.versions);
     let name = &state.config.server.model_name;
     let data: Vec<_> = v
@@ -216,12 +239,7 @@ async fn models(state: web::Data<State>, req: HttpRequest) -> Result<HttpRespons
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
 }
 
-async fn model(
-    state: web::Data<State>,
-    req: HttpRequest,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+async fn model(state: web::Data<State>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let v = versions::current(&state.versions);
     let name = &state.config.server.model_name;
     // 404 for an id that names no version.
@@ -231,39 +249,10 @@ async fn model(
     ))
 }
 
-/// `DELETE /v1/memory/{user}`: forgets every conversation of the user.
-async fn forget(
-    state: web::Data<State>,
-    req: HttpRequest,
-    user: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let state = state.into_inner();
-    let who = user.into_inner();
-    let name = who.clone();
-    let deleted = state.with_store(move |s| s.forget_user(&name)).await?;
-    tracing::info!(user = %who, messages = deleted, "memory forgotten");
-    Ok(HttpResponse::Ok().json(json!({"user": who, "deleted_messages": deleted})))
-}
-
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found(format!(
-        "no route {} {}: the API has GET /v1/models, POST /v1/chat/completions, POST /v1/feedback, DELETE /v1/memory/{{user}}",
+        "no route {} {}: the API has GET /v1/models, POST /v1/chat/completions, POST /v1/feedback, DELETE /v1/memory[/{{user}}]",
         req.method(),
         req.path()
     )))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn constant_time_comparison_is_equality() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"secret"));
-        assert!(constant_time_eq(b"", b""));
-    }
 }

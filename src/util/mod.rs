@@ -4,6 +4,7 @@
 //!
 //! - [`http`]: the one HTTP client (retries, rate limits, size caps,
 //!   redaction) and secret reading, used by the sources and the summarizer.
+//! - [`ids`]: unguessable ids (conversations, requests).
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`logging`]: tracing-subscriber set-up (terminal, plain, JSON).
 //! - [`notify`]: systemd's notify protocol (READY, STATUS, WATCHDOG …).
@@ -12,6 +13,7 @@
 
 pub mod disk;
 pub mod http;
+pub mod ids;
 pub mod lock;
 pub mod logging;
 pub mod metrics;

@@ -220,15 +220,16 @@ fn next_token(
     Ok(pick(&mut row, seen, params, rng))
 }
 
-/// The answer's tokens and the text emitted so far.
+/// The answer's tokens, its text, and how much of the text was emitted.
 #[derive(Default)]
 struct Text {
     ids: Vec<u32>,
     text: String,
+    emitted: usize,
 }
 
 enum Emit {
-    /// New whole characters.
+    /// New whole characters, none of which may begin a stop string.
     Delta(String),
     /// A stop string appeared: the text is cut before it.
     Stop,
@@ -236,7 +237,9 @@ enum Emit {
 
 impl Text {
     /// Adds a token; text only once it decodes to whole characters (`None`
-    /// while a character is incomplete).
+    /// while a character is incomplete). Text that could be the start of a
+    /// stop string is held back until the next tokens show it is not (the
+    /// caller emits what is left of `text` when generation ends).
     fn push(&mut self, tok: &ChatTokenizer, id: u32, stop: &[String]) -> Option<Emit> {
         self.ids.push(id);
         let full = tok.decode(&self.ids);
@@ -246,19 +249,47 @@ impl Text {
         {
             return None;
         }
-        let delta = full[self.text.len()..].to_string();
         self.text = full;
         if let Some(cut) = stop.iter().filter_map(|s| self.text.find(s.as_str())).min() {
             self.text.truncate(cut);
             return Some(Emit::Stop);
         }
+        let safe = self.text.len() - held_back(&self.text, stop);
+        if safe <= self.emitted {
+            return None;
+        }
+        let delta = self.text[self.emitted..safe].to_string();
+        self.emitted = safe;
         Some(Emit::Delta(delta))
     }
+}
+
+/// Bytes at the end of `text` that begin some stop string (on a char boundary).
+fn held_back(text: &str, stop: &[String]) -> usize {
+    stop.iter()
+        .filter_map(|s| {
+            (1..s.len())
+                .rev()
+                .filter(|&k| s.is_char_boundary(k))
+                .find(|&k| text.ends_with(&s[..k]))
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_possible_stop_string_start_is_held_back() {
+        let stop = vec!["END".to_string(), "\n\n".to_string()];
+        assert_eq!(held_back("hello EN", &stop), 2);
+        assert_eq!(held_back("hello E", &stop), 1);
+        assert_eq!(held_back("hello\n", &stop), 1);
+        assert_eq!(held_back("hello", &stop), 0);
+        assert_eq!(held_back("hello END", &[]), 0);
+    }
 
     #[test]
     fn greedy_picks_the_max_and_penalty_applies() {

@@ -33,6 +33,11 @@ pub const PLAIN_TEMPLATE: &str = "{%- for m in messages %}{% if not loop.first %
 
 pub struct ChatTokenizer {
     pub tokenizer: tokenizers::Tokenizer,
+    /// The same tokenizer with special tokens' spellings read as text: what
+    /// message contents are encoded with (see [`ChatTokenizer::encode_chat`]).
+    text_tokenizer: tokenizers::Tokenizer,
+    /// Spellings of the special tokens, longest first.
+    specials: Vec<(String, u32)>,
     template: String,
     /// True when the model ships its own template (not [`PLAIN_TEMPLATE`]).
     pub has_template: bool,
@@ -88,8 +93,19 @@ impl ChatTokenizer {
                 _ => None,
             }
         };
+        let mut text_tokenizer = tokenizer.clone();
+        text_tokenizer.set_encode_special_tokens(true);
+        let mut specials: Vec<(String, u32)> = tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special && !t.content.is_empty())
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         let tok = ChatTokenizer {
             tokenizer,
+            text_tokenizer,
+            specials,
             has_template: template.is_some(),
             template: template.unwrap_or_else(|| PLAIN_TEMPLATE.to_string()),
             bos_token: token_str(cfg.get("bos_token")),
@@ -146,6 +162,127 @@ impl ChatTokenizer {
     /// Token ids of `text` without adding special tokens (as `apply_chat_template` does).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, MlError> {
         self.tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| MlError::Template(format!("tokenizing: {e}")))
+    }
+
+    /// Token ids of `messages` rendered by the chat template, with every
+    /// message's content encoded as text: a special token's spelling typed in
+    /// a message stays text, only the template's own markers are special
+    /// tokens. Equal to `encode(render(..))` whenever no content spells one.
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, MlError> {
+        let rendered = self.render(messages, add_generation_prompt)?;
+        let spans = match self.content_spans(messages, add_generation_prompt, &rendered) {
+            Some(spans) => spans,
+            None => {
+                // The template rewrites contents, so they cannot be found in
+                // its output: refuse the spellings it would turn into tokens.
+                if let Some((i, (tok, _))) = messages.iter().enumerate().find_map(|(i, m)| {
+                    self.specials
+                        .iter()
+                        .find(|(t, _)| m.content.contains(t.as_str()))
+                        .map(|t| (i, t))
+                }) {
+                    return Err(MlError::Template(format!(
+                        "message {i} contains the special token {tok:?}, which this chat \
+                         template cannot keep as text"
+                    )));
+                }
+                Vec::new()
+            }
+        };
+        let mut ids = Vec::new();
+        let mut start = 0;
+        for (at, len, id) in self.markers(&rendered, &spans) {
+            ids.extend(self.encode_text(&rendered[start..at])?);
+            ids.push(id);
+            start = at + len;
+        }
+        ids.extend(self.encode_text(&rendered[start..])?);
+        Ok(ids)
+    }
+
+    /// Where each message's content sits in `rendered`: found by rendering
+    /// the template with placeholders for the contents and putting them back
+    /// (as they are, or trimmed, as templates do); `None` when neither gives
+    /// `rendered` (the template changes contents).
+    fn content_spans(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        rendered: &str,
+    ) -> Option<Vec<std::ops::Range<usize>>> {
+        const OPEN: char = '\u{F8F0}';
+        const CLOSE: char = '\u{F8F1}';
+        let marked: Vec<Message> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Message::new(&m.role, &format!("{OPEN}{i}{CLOSE}")))
+            .collect();
+        let skeleton = self.render(&marked, add_generation_prompt).ok()?;
+        for trim in [false, true] {
+            let (mut out, mut spans, mut rest) = (String::new(), Vec::new(), skeleton.as_str());
+            while let Some((before, after)) = rest.split_once(OPEN) {
+                let (index, tail) = after.split_once(CLOSE)?;
+                let content = &messages.get(index.parse::<usize>().ok()?)?.content;
+                let content = if trim {
+                    content.trim()
+                } else {
+                    content.as_str()
+                };
+                out.push_str(before);
+                spans.push(out.len()..out.len() + content.len());
+                out.push_str(content);
+                rest = tail;
+            }
+            out.push_str(rest);
+            if out == rendered {
+                return Some(spans);
+            }
+        }
+        None
+    }
+
+    /// The template's special tokens in `rendered` (offset, length, id),
+    /// outside the message contents `spans`, in order.
+    fn markers(
+        &self,
+        rendered: &str,
+        spans: &[std::ops::Range<usize>],
+    ) -> Vec<(usize, usize, u32)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < rendered.len() {
+            if let Some(span) = spans.iter().find(|s| s.contains(&i)) {
+                i = span.end;
+                continue;
+            }
+            match self
+                .specials
+                .iter()
+                .find(|(t, _)| rendered[i..].starts_with(t.as_str()))
+            {
+                Some((t, id)) => {
+                    out.push((i, t.len(), *id));
+                    i += t.len();
+                }
+                None => i += rendered[i..].chars().next().map_or(1, char::len_utf8),
+            }
+        }
+        out
+    }
+
+    /// Token ids of `text` with special tokens' spellings read as text.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, MlError> {
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.text_tokenizer
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| MlError::Template(format!("tokenizing: {e}")))

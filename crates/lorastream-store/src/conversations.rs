@@ -1,19 +1,38 @@
-//! `conversations` and `messages`: chat history, with the FTS5 index
-//! (`messages_fts`, kept by triggers) that memory retrieval searches.
+//! `conversations` and `messages`: chat history. A conversation belongs to an
+//! [`Owner`] (an identity and the end user inside it); every call that reads
+//! or writes one names its owner, and a conversation of another owner is
+//! [`StoreError::NotFound`], exactly as one that does not exist.
 
 use rusqlite::{OptionalExtension, params};
 
 use crate::SourceKind;
 
-use super::{FromRow, Inserted, MessageRow, NewRawItem, Result, Role, Store, StoreError, now_ms};
+use super::{Inserted, MessageRow, NewRawItem, Result, Role, Store, StoreError, now_ms};
 
 /// The `raw_items.source` of what users taught through the chat API.
 pub const CONVERSATIONS_SOURCE: &str = "conversations";
 
+/// Who a conversation belongs to: the identity (an API key's name) and the
+/// end user inside it (OpenAI's `user` field; `None`: the identity itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub identity: String,
+    pub user: Option<String>,
+}
+
+impl Owner {
+    pub fn new(identity: &str, user: Option<&str>) -> Owner {
+        Owner {
+            identity: identity.to_string(),
+            user: user.map(str::to_string),
+        }
+    }
+}
+
 /// A rated exchange: what `rate_message` found.
 #[derive(Debug, Clone)]
 pub struct RatedExchange {
-    pub user: Option<String>,
+    pub owner: Owner,
     /// The user message the rated answer replied to, and the answer.
     pub question: Option<String>,
     pub answer: String,
@@ -21,14 +40,48 @@ pub struct RatedExchange {
     pub learn: bool,
 }
 
+fn not_found(id: &str) -> StoreError {
+    StoreError::NotFound {
+        what: "conversation",
+        id: id.into(),
+    }
+}
+
 impl Store {
-    pub fn create_conversation(&self, id: &str, title: Option<&str>, learn: bool) -> Result<()> {
+    /// Creates conversation `id` (an id the server made) for `owner`.
+    pub fn open_conversation(&self, id: &str, owner: &Owner) -> Result<()> {
         let now = now_ms();
         self.conn.execute(
-            "INSERT INTO conversations (id, title, learn, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![id, title, learn, now],
+            "INSERT INTO conversations (id, identity, user, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![id, owner.identity, owner.user, now],
         )?;
         Ok(())
+    }
+
+    /// The owner of conversation `id`, if it exists.
+    pub fn conversation_owner(&self, id: &str) -> Result<Option<Owner>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT identity, user FROM conversations WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(Owner {
+                        identity: r.get(0)?,
+                        user: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Conversation `id` of `identity` (any of its users): its owner, or
+    /// [`StoreError::NotFound`] when it is unknown or another identity's.
+    pub fn owned_conversation(&self, id: &str, identity: &str) -> Result<Owner> {
+        match self.conversation_owner(id)? {
+            Some(o) if o.identity == identity => Ok(o),
+            _ => Err(not_found(id)),
+        }
     }
 
     pub fn add_message(&self, conversation_id: &str, role: Role, content: &str) -> Result<i64> {
@@ -39,10 +92,7 @@ impl Store {
                 params![conversation_id, now],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound {
-                    what: "conversation",
-                    id: conversation_id.into(),
-                });
+                return Err(not_found(conversation_id));
             }
             tx.execute(
                 "INSERT INTO messages (conversation_id, role, content, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -56,71 +106,29 @@ impl Store {
         self.rows("WHERE conversation_id = ?1 ORDER BY id", [conversation_id])
     }
 
-    /// Full-text search over past messages, best match first. `query` is plain
-    /// text: each word is quoted, so FTS5 operators in user input are inert.
-    pub fn search_messages(&self, query: &str, limit: usize) -> Result<Vec<MessageRow>> {
-        let Some(terms) = fts_terms(query) else {
-            return Ok(Vec::new());
-        };
-        self.query_all(
-            "SELECT m.id, m.conversation_id, m.role, m.content, m.created_at
-             FROM messages_fts f JOIN messages m ON m.id = f.rowid
-             WHERE messages_fts MATCH ?1 ORDER BY bm25(messages_fts) LIMIT ?2",
-            params![terms, limit as i64],
-            MessageRow::from_row,
-        )
-    }
-
-    /// Creates the conversation unless it exists (a conversation keeps its user).
-    pub fn ensure_conversation(&self, id: &str, user: Option<&str>) -> Result<()> {
-        let now = now_ms();
-        self.conn.execute(
-            "INSERT INTO conversations (id, user, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
-             ON CONFLICT(id) DO NOTHING",
-            params![id, user, now],
-        )?;
-        Ok(())
-    }
-
-    /// Like [`search_messages`](Self::search_messages), over `user`'s conversations only.
-    pub fn search_user_messages(
-        &self,
-        user: &str,
-        query: &str,
-        limit: usize,
-    ) -> Result<Vec<MessageRow>> {
-        let Some(terms) = fts_terms(query) else {
-            return Ok(Vec::new());
-        };
-        self.query_all(
-            "SELECT m.id, m.conversation_id, m.role, m.content, m.created_at
-             FROM messages_fts f JOIN messages m ON m.id = f.rowid
-             JOIN conversations c ON c.id = m.conversation_id
-             WHERE messages_fts MATCH ?1 AND c.user = ?2 ORDER BY bm25(messages_fts) LIMIT ?3",
-            params![terms, user, limit as i64],
-            MessageRow::from_row,
-        )
-    }
-
-    /// Every message of `user`'s conversations, oldest first.
-    pub fn user_messages(&self, user: &str) -> Result<Vec<MessageRow>> {
+    /// Every message of `owner`'s conversations, oldest first.
+    pub fn owner_messages(&self, owner: &Owner) -> Result<Vec<MessageRow>> {
         self.rows(
-            "WHERE conversation_id IN (SELECT id FROM conversations WHERE user = ?1) ORDER BY id",
-            [user],
+            "WHERE conversation_id IN (SELECT id FROM conversations WHERE identity = ?1 AND user IS ?2)
+             ORDER BY id",
+            params![owner.identity, owner.user],
         )
     }
 
-    /// Records a rating of assistant message `message_id` of `conversation`
+    /// Records a rating of assistant message `message_id` (unset: the last
+    /// answer) of conversation `conversation`, which must be `identity`'s
     /// (and the conversation's opt-in to training, once given). Returns the
     /// exchange it rated.
     pub fn rate_message(
         &self,
+        identity: &str,
         conversation: &str,
         message_id: Option<i64>,
         rating: i64,
         learn: bool,
     ) -> Result<RatedExchange> {
         self.atomically(|tx| {
+            let owner = self.owned_conversation(conversation, identity)?;
             let not_found = || StoreError::NotFound {
                 what: "assistant message",
                 id: format!("{conversation}/{}", message_id.map_or("last".into(), |m| m.to_string())),
@@ -150,13 +158,13 @@ impl Store {
             if learn {
                 tx.execute("UPDATE conversations SET learn = 1 WHERE id = ?1", [conversation])?;
             }
-            let (user, learn): (Option<String>, bool) = tx.query_row(
-                "SELECT user, learn FROM conversations WHERE id = ?1",
+            let learn: bool = tx.query_row(
+                "SELECT learn FROM conversations WHERE id = ?1",
                 [conversation],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| r.get(0),
             )?;
             Ok(RatedExchange {
-                user,
+                owner,
                 question,
                 answer,
                 learn,
@@ -164,12 +172,12 @@ impl Store {
         })
     }
 
-    /// Stores a helpful exchange as a raw item of the `conversations` source,
-    /// for the normal preprocessing path.
+    /// Stores a helpful exchange of `owner`'s conversation as a raw item of
+    /// the `conversations` source, for the normal preprocessing path.
     pub fn learn_exchange(
         &self,
         conversation: &str,
-        user: Option<&str>,
+        owner: &Owner,
         question: &str,
         answer: &str,
     ) -> Result<Inserted> {
@@ -184,42 +192,12 @@ impl Store {
             url: None,
             question,
             answer: Some(answer),
-            meta: serde_json::json!({"label": CONVERSATIONS_SOURCE, "user": user, "conversation": conversation}),
+            meta: serde_json::json!({
+                "label": CONVERSATIONS_SOURCE,
+                "identity": owner.identity,
+                "user": owner.user,
+                "conversation": conversation,
+            }),
         })
     }
-
-    /// Deletes `user`'s conversations and their messages (the FTS rows go with
-    /// them, by trigger), and keeps what they taught out of future training:
-    /// their raw items not yet processed are deleted, their examples not yet
-    /// sealed into a stream are dropped. Returns how many messages were deleted.
-    pub fn forget_user(&self, user: &str) -> Result<usize> {
-        self.atomically(|tx| {
-            tx.execute(
-                "UPDATE examples SET state = 'dropped' WHERE state IN ('new', 'ready') AND raw_item_id IN
-                 (SELECT id FROM raw_items WHERE source = ?1 AND json_extract(meta, '$.user') = ?2)",
-                params![CONVERSATIONS_SOURCE, user],
-            )?;
-            tx.execute(
-                "DELETE FROM raw_items WHERE source = ?1 AND state = 'new' AND json_extract(meta, '$.user') = ?2",
-                params![CONVERSATIONS_SOURCE, user],
-            )?;
-            let n = tx.execute(
-                "DELETE FROM messages WHERE conversation_id IN (SELECT id FROM conversations WHERE user = ?1)",
-                [user],
-            )?;
-            tx.execute("DELETE FROM conversations WHERE user = ?1", [user])?;
-            Ok(n)
-        })
-    }
-}
-
-/// `query` as an FTS5 expression of quoted words joined by OR, so operators in
-/// user input are inert; `None` when it has no words.
-fn fts_terms(query: &str) -> Option<String> {
-    let terms: Vec<String> = query
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(|w| format!("\"{w}\""))
-        .collect();
-    (!terms.is_empty()).then(|| terms.join(" OR "))
 }

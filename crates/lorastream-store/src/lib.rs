@@ -10,14 +10,18 @@
 //! - one file per table's API: `sources` (with the crawl bookkeeping of
 //!   `seen_urls`), `raw_items`, `examples`, `streams`, `adapters`, `evals`,
 //!   `stages`, `failures` (poison items and spool file cursors),
-//!   `conversations` (with `messages` and their FTS5 index).
+//!   `conversations` (with `messages`; their owners), `recall` (bounded
+//!   search of one owner's messages in the FTS5 index), `forget` (deleting an
+//!   owner's memory and what was derived from it; retention).
 
 mod adapters;
 mod conversations;
 mod evals;
 mod examples;
 mod failures;
+mod forget;
 mod raw_items;
+mod recall;
 mod rows;
 mod sources;
 mod stages;
@@ -30,7 +34,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-pub use conversations::{CONVERSATIONS_SOURCE, RatedExchange};
+pub use conversations::{CONVERSATIONS_SOURCE, Owner, RatedExchange};
+pub use forget::{Forgotten, LearnedExample};
+pub use recall::RecallQuery;
 pub use rows::*;
 pub use states::*;
 
@@ -42,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_chat.sql"),
     include_str!("migrations/0005_versions.sql"),
     include_str!("migrations/0006_unattended.sql"),
+    include_str!("migrations/0007_identities.sql"),
 ];
 
 /// The schema version this build writes.
@@ -96,6 +103,8 @@ pub enum StoreError {
     },
     #[error("stored JSON is invalid: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("{what} was stopped after its {budget_ms} ms budget")]
+    OverBudget { what: &'static str, budget_ms: u64 },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }

@@ -432,36 +432,64 @@ fn evals_upsert_one_cell_per_pair() {
 }
 
 #[test]
-fn conversations_are_searchable_and_queries_are_inert() {
-    let (_d, store) = open();
-    store
-        .create_conversation("c1", Some("rust"), false)
-        .unwrap();
+fn recall_is_scoped_to_its_owner_and_queries_are_inert() {
+    let (_d, mut store) = open();
+    let ann = Owner::new("team", Some("ann"));
+    let bob = Owner::new("team", Some("bob"));
+    let other = Owner::new("other", Some("ann"));
+    store.open_conversation("c1", &ann).unwrap();
     store
         .add_message("c1", Role::User, "How do I learn Rust borrowing?")
         .unwrap();
     store
         .add_message("c1", Role::Assistant, "Read the book chapter on ownership.")
         .unwrap();
-    store.create_conversation("c2", None, true).unwrap();
+    store.open_conversation("c2", &bob).unwrap();
     store
-        .add_message("c2", Role::User, "Best pizza in Naples?")
+        .add_message(
+            "c2",
+            Role::User,
+            "Best pizza in Naples? Ownership of pizza.",
+        )
         .unwrap();
-
-    let hits = store.search_messages("ownership", 5).unwrap();
-    assert_eq!(hits.len(), 1);
+    store.open_conversation("c3", &other).unwrap();
+    store
+        .add_message("c3", Role::User, "ownership secrets")
+        .unwrap();
+    let recall = |s: &mut Store, owner: &Owner, text: &str| {
+        s.recall(&RecallQuery {
+            owner,
+            text,
+            max_terms: 4,
+            limit: 5,
+            budget: std::time::Duration::from_secs(5),
+        })
+    };
+    let hits = recall(&mut store, &ann, "OWNERSHIP").unwrap();
+    assert_eq!(hits.len(), 1, "{hits:?}");
     assert_eq!(hits[0].conversation_id, "c1");
     // FTS5 syntax in user text must not error or widen the match.
     for q in ["NEAR(\"pizza\" AND", "\"unterminated", "* OR -", ""] {
-        let r = store.search_messages(q, 5);
+        let r = recall(&mut store, &bob, q);
         assert!(r.is_ok(), "{q}: {r:?}");
     }
-    assert_eq!(store.search_messages("pizza AND", 5).unwrap().len(), 1);
+    assert_eq!(recall(&mut store, &bob, "pizza AND").unwrap().len(), 1);
     assert_eq!(store.messages("c1").unwrap().len(), 2);
+    assert_eq!(store.owned_conversation("c1", "team").unwrap(), ann);
+    assert!(matches!(
+        store.owned_conversation("c1", "other"),
+        Err(StoreError::NotFound { .. })
+    ));
     assert!(matches!(
         store.add_message("nope", Role::User, "hi"),
         Err(StoreError::NotFound { .. })
     ));
+    let gone = store.forget("team", Some(Some("ann"))).unwrap();
+    assert_eq!((gone.conversations, gone.messages), (1, 2));
+    assert!(recall(&mut store, &ann, "ownership").unwrap().is_empty());
+    assert_eq!(recall(&mut store, &bob, "ownership").unwrap().len(), 1);
+    assert_eq!(store.forget("team", None).unwrap().conversations, 1);
+    assert_eq!(recall(&mut store, &other, "ownership").unwrap().len(), 1);
 }
 
 #[test]

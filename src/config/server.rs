@@ -1,0 +1,244 @@
+//! `[server]`: the chat API — where it listens, who may call it
+//! (`[[server.keys]]`: each key an identity with a role and limits), what one
+//! request may cost, and memory of past conversations.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use lorastream_base::text_enum;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub enabled: bool,
+    pub listen: String,
+    /// One admin key, the identity `default` (file or env; unset with no
+    /// `keys`: no auth, and only a loopback `listen` is allowed).
+    pub api_key_file: Option<PathBuf>,
+    pub api_key_env: Option<String>,
+    /// API keys, each an identity.
+    pub keys: Vec<KeyConfig>,
+    /// Host names (with or without port) requests may name besides the listen
+    /// address and `localhost`; anything else gets 421 (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call the API (CORS); none by default.
+    pub cors_origins: Vec<String>,
+    /// TLS (PEM files) for deployments without a reverse proxy.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// The model id clients see in `/v1/models`.
+    pub model_name: String,
+    pub max_tokens: usize,
+    pub max_request_bytes: usize,
+    /// Messages in one request at most (400 beyond).
+    pub max_messages: usize,
+    /// Seconds a client has to send its request headers, and its body.
+    pub header_timeout_secs: u64,
+    pub body_timeout_secs: u64,
+    /// A streaming client that reads nothing for this long is dropped and its
+    /// generation cancelled.
+    pub send_timeout_secs: u64,
+    /// Retrieve relevant past messages into the prompt.
+    pub memory: bool,
+    pub memory_results: usize,
+    /// Tokens of recalled memories at most in one prompt.
+    pub memory_tokens: usize,
+    /// Distinct terms of a message a recall searches for at most (the rarest).
+    pub memory_query_terms: usize,
+    /// Milliseconds a recall may take; past it the answer goes without memories.
+    pub memory_recall_ms: u64,
+    /// Days a conversation is kept after its last message (unset: for ever);
+    /// applied on the retention schedule.
+    pub conversation_retention_days: Option<u64>,
+    /// Turn opted-in conversations into training examples.
+    pub learn_from_conversations: bool,
+    /// Requests waiting for the generation worker at most; more get 429.
+    pub queue: usize,
+    /// A prompt over the context window: drop the oldest turns, or answer 400.
+    pub overflow: OverflowPolicy,
+    /// On the CPU with f32 weights, decoding steps read bf16 copies of the
+    /// weights (half the bytes; +50% memory for the serving copy). Prompts
+    /// still run in f32.
+    pub decode_bf16: bool,
+}
+
+impl ServerConfig {
+    /// Whether any API key is configured.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty() || self.api_key_file.is_some() || self.api_key_env.is_some()
+    }
+}
+
+/// One `[[server.keys]]` entry: an API key and the identity it opens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The identity; memory, conversations and feedback belong to it.
+    pub name: String,
+    pub key_file: Option<PathBuf>,
+    pub key_env: Option<String>,
+    #[serde(default)]
+    pub role: KeyRole,
+    /// Requests per minute at most (429 with Retry-After past it).
+    pub rpm: Option<u32>,
+    /// Requests in flight at most.
+    pub max_concurrent: Option<u32>,
+    /// Whether this identity's opted-in conversations may be learned from.
+    #[serde(default)]
+    pub learn: bool,
+}
+
+text_enum! {
+    /// What a key may do.
+    #[derive(Default)]
+    pub enum KeyRole {
+        /// Chat, its own memory and feedback.
+        #[default]
+        User = "user",
+        /// Also `/metrics`, `/api/status` and any identity's memory.
+        Admin = "admin",
+    }
+}
+
+text_enum! {
+    /// What the server does with a prompt over the model's context window.
+    pub enum OverflowPolicy {
+        /// Drop the oldest turns (never the system prompt or the last message).
+        Truncate = "truncate",
+        /// Answer 400 `context_length_exceeded`.
+        Refuse = "refuse",
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            api_key_file: None,
+            api_key_env: None,
+            keys: Vec::new(),
+            allowed_hosts: Vec::new(),
+            cors_origins: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            model_name: "lorastream".into(),
+            max_tokens: 256,
+            max_request_bytes: 1 << 20,
+            max_messages: 256,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            send_timeout_secs: 30,
+            memory: true,
+            memory_results: 4,
+            memory_tokens: 256,
+            memory_query_terms: 32,
+            memory_recall_ms: 500,
+            conversation_retention_days: None,
+            learn_from_conversations: false,
+            queue: 8,
+            overflow: OverflowPolicy::Truncate,
+            decode_bf16: true,
+        }
+    }
+}
+
+/// `[server]`'s problems.
+pub(super) fn check(k: &mut super::validate::Checker, s: &ServerConfig) {
+    use super::KeyPath;
+    match s.listen.parse::<std::net::SocketAddr>() {
+        Err(_) => k.fail(
+            KeyPath::parse("server.listen"),
+            format!(
+                "must be an address:port such as \"127.0.0.1:8080\" (got {:?})",
+                s.listen
+            ),
+        ),
+        Ok(a) if !a.ip().is_loopback() && !s.has_keys() => k.fail(
+            KeyPath::parse("server.listen"),
+            format!(
+                "{} is reachable from other machines, and no API key is configured: add \
+                 [[server.keys]] (or api_key_file / api_key_env), or listen on 127.0.0.1",
+                s.listen
+            ),
+        ),
+        Ok(_) => {}
+    }
+    k.at_least("server.max_tokens", s.max_tokens, 1);
+    k.at_least("server.queue", s.queue, 1);
+    k.at_least("server.max_request_bytes", s.max_request_bytes, 1024);
+    k.at_least("server.max_messages", s.max_messages, 1);
+    k.at_least("server.header_timeout_secs", s.header_timeout_secs, 1);
+    k.at_least("server.body_timeout_secs", s.body_timeout_secs, 1);
+    k.at_least("server.send_timeout_secs", s.send_timeout_secs, 1);
+    k.at_least("server.memory_query_terms", s.memory_query_terms, 1);
+    k.at_least("server.memory_recall_ms", s.memory_recall_ms, 1);
+    if let Some(days) = s.conversation_retention_days {
+        k.at_least("server.conversation_retention_days", days, 1);
+    }
+    if let Some(f) = &s.api_key_file {
+        k.exists(KeyPath::parse("server.api_key_file"), f, "file");
+    }
+    for (i, key) in s.keys.iter().enumerate() {
+        check_key(k, s, i, key);
+    }
+    match (&s.tls_cert_file, &s.tls_key_file) {
+        (Some(c), Some(kf)) => {
+            k.exists(KeyPath::parse("server.tls_cert_file"), c, "file");
+            k.exists(KeyPath::parse("server.tls_key_file"), kf, "file");
+        }
+        (None, None) => {}
+        _ => k.fail(
+            KeyPath::parse("server.tls_cert_file"),
+            "tls_cert_file and tls_key_file go together",
+        ),
+    }
+    for (i, o) in s.cors_origins.iter().enumerate() {
+        let ok = reqwest::Url::parse(o).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.path() == "/" && !o.ends_with('/')
+        });
+        if !ok {
+            k.fail(
+                KeyPath::parse("server.cors_origins").index(i),
+                format!("must be an origin such as \"https://app.example.com\" (got {o:?})"),
+            );
+        }
+    }
+}
+
+/// One `[[server.keys]]` entry.
+fn check_key(k: &mut super::validate::Checker, s: &ServerConfig, i: usize, key: &KeyConfig) {
+    let at = super::KeyPath::parse("server.keys").index(i);
+    let valid_name = !key.name.is_empty()
+        && key.name.len() <= 64
+        && key
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if !valid_name {
+        k.fail(
+            at.key("name"),
+            format!("must be 1–64 letters, digits or -_.@ (got {:?})", key.name),
+        );
+    }
+    if s.keys[..i].iter().any(|o| o.name == key.name)
+        || (key.name == "default" && (s.api_key_file.is_some() || s.api_key_env.is_some()))
+    {
+        k.fail(
+            at.key("name"),
+            format!("identity {:?} is named twice", key.name),
+        );
+    }
+    match (&key.key_file, &key.key_env) {
+        (Some(f), None) => k.exists(at.key("key_file"), f, "file"),
+        (None, Some(_)) => {}
+        _ => k.fail(at.clone(), "needs exactly one of key_file and key_env"),
+    }
+    if key.rpm == Some(0) {
+        k.fail(at.key("rpm"), "must be at least 1 (or left out)");
+    }
+    if key.max_concurrent == Some(0) {
+        k.fail(at.key("max_concurrent"), "must be at least 1 (or left out)");
+    }
+}

@@ -1,0 +1,70 @@
+//! The prompt of a chat request: messages encoded by the chat template (their
+//! contents as text, see `ChatTokenizer::encode_chat`), fitted into the
+//! context window by dropping the oldest turns. Each message is tokenized
+//! once to find how many turns must go, whatever the number of messages.
+
+use lorastream_ml::{ChatTokenizer, Message};
+
+use super::engine::EngineError;
+use crate::config::OverflowPolicy;
+
+/// Token ids of the prompt, fitted into `limit` tokens: with `Truncate`, the
+/// oldest turns after the system prompt go first (the last message always
+/// stays). Returns the ids and how many turns were dropped.
+pub fn fit(
+    tok: &ChatTokenizer,
+    messages: &[Message],
+    limit: usize,
+    overflow: OverflowPolicy,
+) -> Result<(Vec<u32>, usize), EngineError> {
+    let encode = |m: &[Message]| {
+        tok.encode_chat(m, true)
+            .map_err(|e| EngineError::Prompt(e.to_string()))
+    };
+    let ids = encode(messages)?;
+    let first = usize::from(messages.first().is_some_and(|m| m.role == "system"));
+    if ids.len() <= limit || overflow == OverflowPolicy::Refuse || messages.len() <= first + 1 {
+        return if ids.len() <= limit {
+            Ok((ids, 0))
+        } else {
+            Err(EngineError::TooLong {
+                tokens: ids.len(),
+                limit,
+            })
+        };
+    }
+    // Each message's share of the prompt: its content's tokens plus an even
+    // share of the template's markers.
+    let counts: Vec<usize> = messages
+        .iter()
+        .map(|m| tok.encode_text(&m.content).map(|t| t.len()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| EngineError::Prompt(e.to_string()))?;
+    let overhead = ids.len().saturating_sub(counts.iter().sum()) / messages.len();
+    let mut estimate = ids.len();
+    let mut dropped = 0;
+    while estimate > limit && first + dropped + 1 < messages.len() {
+        estimate = estimate.saturating_sub(counts[first + dropped] + overhead);
+        dropped += 1;
+    }
+    // The estimate may be off by the template's few tokens: check, and drop
+    // one more turn while it does not fit.
+    loop {
+        let kept: Vec<Message> = messages[..first]
+            .iter()
+            .chain(&messages[first + dropped..])
+            .cloned()
+            .collect();
+        let ids = encode(&kept)?;
+        if ids.len() <= limit {
+            return Ok((ids, dropped));
+        }
+        if first + dropped + 1 >= messages.len() {
+            return Err(EngineError::TooLong {
+                tokens: ids.len(),
+                limit,
+            });
+        }
+        dropped += 1;
+    }
+}
