@@ -109,6 +109,15 @@ fn example_config_documents_every_key_and_section() {
     ] {
         c.sources.push(SourceConfig::new("x", kind));
     }
+    c.server.keys.push(crate::config::KeyConfig {
+        name: "alice".into(),
+        key_file: Some("k".into()),
+        key_env: Some("K".into()),
+        role: crate::config::KeyRole::User,
+        rpm: Some(1),
+        max_concurrent: Some(1),
+        learn: false,
+    });
     let v = serde_json::to_value(&c).unwrap();
     for section in v.as_object().unwrap().keys() {
         assert!(

@@ -3,6 +3,10 @@
 //! but the newest rejected versions, old files in the spools' `done/` — and
 //! the disk use `status` shows and the low-space warning watches.
 //!
+//! Conversations older than `[server] conversation_retention_days` (by
+//! their last message) go too, with what was derived from them and not yet
+//! learned.
+//!
 //! Kept on purpose: `raw_items` and `seen_urls` (deduplication needs them),
 //! `streams/` (replay reads them), `failed/` (an operator reads the reasons),
 //! merge snapshots and the files of promoted and rolled-back versions.
@@ -32,6 +36,7 @@ pub struct Sweep {
     pub checkpoints: usize,
     pub adapter_dirs: usize,
     pub done_files: usize,
+    pub conversations: usize,
     pub bytes: u64,
 }
 
@@ -99,11 +104,16 @@ pub fn sweep(config: &Config, store: &Store) -> Result<Sweep, RetentionError> {
             }
         }
     }
-    if out.checkpoints + out.adapter_dirs + out.done_files > 0 {
+    if let Some(days) = config.server.conversation_retention_days {
+        let cutoff = lorastream_store::now_ms() - (days as i64).saturating_mul(86_400_000);
+        out.conversations = store.forget_conversations_before(cutoff)?.conversations;
+    }
+    if out.checkpoints + out.adapter_dirs + out.done_files + out.conversations > 0 {
         tracing::info!(
             checkpoints = out.checkpoints,
             adapter_dirs = out.adapter_dirs,
             done_files = out.done_files,
+            conversations = out.conversations,
             freed_bytes = out.bytes,
             "retention sweep"
         );

@@ -152,7 +152,8 @@ async fn answer(
     if checked.stream {
         Ok(streamed(reply, rx, response, remember))
     } else {
-        whole(reply, rx, response, remember).await
+        let peer = super::peer::Peer::of(&req);
+        whole(reply, rx, response, remember, peer).await
     }
 }
 
@@ -265,10 +266,22 @@ async fn whole(
     mut rx: mpsc::Receiver<Event>,
     mut response: actix_web::HttpResponseBuilder,
     remember: Remember,
+    peer: Option<super::peer::Peer>,
 ) -> Result<HttpResponse, ApiError> {
     let mut text = String::new();
+    let mut watch = tokio::time::interval(std::time::Duration::from_millis(20));
     loop {
-        match rx.recv().await {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            _ = watch.tick() => {
+                if peer.as_ref().is_some_and(super::peer::Peer::gone) {
+                    // Dropping the receiver stops the generation at its next step.
+                    return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "the client went away"));
+                }
+                continue;
+            }
+        };
+        match event {
             Some(Event::Delta(d)) => {
                 reply.timing.token();
                 text.push_str(&d)

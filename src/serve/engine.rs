@@ -277,3 +277,28 @@ impl Outbox<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let out = Outbox {
+            events: &tx,
+            timeout: std::time::Duration::from_millis(200),
+        };
+        assert!(out.send(Event::Delta("a".into())).is_ok());
+        let started = std::time::Instant::now();
+        assert!(out.send(Event::Delta("b".into())).is_err(), "nobody reads");
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(200),
+            "{waited:?}"
+        );
+        assert!(matches!(rx.try_recv(), Ok(Event::Delta(d)) if d == "a"));
+        drop(rx);
+        assert!(out.send(Event::Delta("c".into())).is_err(), "gone");
+    }
+}

@@ -14,6 +14,7 @@
 //! - [`chat`]: the completion handler (whole answers and streams);
 //! - [`engine`]: the generation worker thread and its bounded queue;
 //! - [`prompt`]: messages encoded and fitted into the context window;
+//! - [`peer`]: whether a client is still connected (cancels its generation);
 //! - [`versions`]: which versions exist and which one is served;
 //! - [`memory`]: conversations owned by (identity, user): recall and storage;
 //! - [`feedback`]: ratings, and learning from conversations users opted in;
@@ -29,6 +30,7 @@ pub mod forget;
 pub mod guard;
 pub mod limits;
 pub mod memory;
+pub mod peer;
 pub mod prompt;
 pub mod site;
 pub mod status;
@@ -150,6 +152,7 @@ pub fn start(config: Arc<Config>) -> Result<actix_web::dev::Server, ServerError>
             )
             .default_service(web::to(not_found))
     })
+    .on_connect(peer::Peer::on_connect)
     .workers(2)
     .client_request_timeout(Duration::from_secs(s.header_timeout_secs))
     .client_disconnect_timeout(Duration::from_secs(1))

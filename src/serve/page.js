@@ -189,14 +189,29 @@ async function refresh() {
   try {
     const r = await fetch("/api/status", { headers: headers() });
     if (r.ok) render(await r.json());
-    else $("updated").textContent = "status: HTTP " + r.status + (r.status === 401 ? " (enter the API key)" : "");
+    else $("updated").textContent = "status: HTTP " + r.status +
+      (r.status === 401 ? " (enter the API key)" : r.status === 403 ? " (status needs an admin key; chat works)" : "");
   } catch (e) {
     $("updated").textContent = "daemon unreachable: " + e;
   }
 }
 
 // Chat: the conversation is kept here and sent whole; answers stream in.
+// Each browser is its own end user (a random id kept in local storage), and
+// continues the conversation the server named in X-Conversation-Id.
 let history = [];
+let conversation = null;
+
+function browserUser() {
+  let u = localStorage.getItem("lorastream-user");
+  if (!u) {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    u = "web-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    localStorage.setItem("lorastream-user", u);
+  }
+  return u;
+}
 
 function bubble(who, text) {
   const d = el("div", null, "msg");
@@ -221,16 +236,20 @@ async function send(ev) {
   out.classList.add("answer");
   let answer = "";
   try {
+    const extra = { "Content-Type": "application/json" };
+    if (conversation) extra["X-Conversation-Id"] = conversation;
     const r = await fetch("/v1/chat/completions", {
       method: "POST",
-      headers: headers({ "Content-Type": "application/json" }),
+      headers: headers(extra),
       body: JSON.stringify({ model: $("chat-model").value || "lorastream", messages: history,
-        stream: true, user: "web" }),
+        stream: true, user: browserUser() }),
     });
     if (!r.ok) {
       const e = await r.json().catch(() => ({}));
+      if (r.status === 404 && conversation) conversation = null;
       throw new Error((e.error && e.error.message) || "HTTP " + r.status);
     }
+    conversation = r.headers.get("X-Conversation-Id") || conversation;
     const reader = r.body.getReader();
     const dec = new TextDecoder();
     let buf = "";
@@ -269,6 +288,8 @@ $("chat-form").addEventListener("submit", send);
 $("chat-input").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("chat-form").requestSubmit(); }
 });
-$("chat-reset").addEventListener("click", () => { history = []; $("chat-log").replaceChildren(); });
+$("chat-reset").addEventListener("click", () => {
+  history = []; conversation = null; $("chat-log").replaceChildren();
+});
 refresh();
 setInterval(refresh, REFRESH_MS);

@@ -19,7 +19,8 @@ use lorastream_store::Store;
 const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("page.js");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
-                   connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'";
+                   connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                   frame-ancestors 'none'";
 
 pub async fn page() -> HttpResponse {
     HttpResponse::Ok()

@@ -319,10 +319,14 @@ fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
     rt().block_on(async {
         let tell = json!({"model": "lorastream", "user": "ann", "max_tokens": 4,
             "messages": [{"role": "user", "content": "Remember this: my cat is called Miso."}]});
-        let (status, h, _) = ask(&url, tell, &[("x-conversation-id", "first")]).await;
+        // A conversation id the server did not make is unknown: 404.
+        let (status, _, _) = ask(&url, tell.clone(), &[("x-conversation-id", "first")]).await;
+        assert_eq!(status, 404);
+        let (status, h, _) = ask(&url, tell, &[]).await;
         assert_eq!(status, 200);
         assert_eq!(h["x-lorastream-memories"], "0");
-        assert_eq!(h["x-conversation-id"], "first");
+        let first = h["x-conversation-id"].to_str().unwrap().to_string();
+        assert_eq!(first.len(), 32, "128 random bits: {first}");
         let message: i64 = h["x-lorastream-message-id"]
             .to_str()
             .unwrap()
@@ -331,10 +335,10 @@ fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
         // Rated helpful: learned only once the user opts in.
         let rate = |body: Value| call(reqwest::Method::POST, &url, "/v1/feedback", Some(body));
         let (_, r) =
-            rate(json!({"conversation_id": "first", "message_id": message, "rating": 1})).await;
+            rate(json!({"conversation_id": first, "message_id": message, "rating": 1})).await;
         assert_eq!(r["learned"], false, "not opted in: {r}");
         let (_, r) = rate(
-            json!({"conversation_id": "first", "message_id": message, "rating": 1, "learn": true}),
+            json!({"conversation_id": first, "message_id": message, "rating": 1, "learn": true}),
         )
         .await;
         assert_eq!(r["learned"], true, "{r}");
@@ -362,7 +366,7 @@ fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
     let system_prompt_with_memory = rt().block_on(async {
         let question = json!({"model": "lorastream", "user": "ann", "max_tokens": 4,
             "messages": [{"role": "user", "content": "What is my cat called?"}]});
-        let (status, h, _) = ask(&url, question.clone(), &[("x-conversation-id", "second")]).await;
+        let (status, h, _) = ask(&url, question.clone(), &[]).await;
         assert_eq!(status, 200);
         let used: u64 = h["x-lorastream-memories"]
             .to_str()
@@ -378,10 +382,11 @@ fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
         let (_, r) = call(reqwest::Method::DELETE, &url, "/v1/memory/ann", None).await;
         assert!(r["deleted_messages"].as_u64().unwrap() >= 2, "{r}");
         assert_eq!(taught(&store), 0, "forgotten: kept out of training");
-        let (_, h2, _) = ask(&url, question, &[("x-conversation-id", "third")]).await;
+        let (_, h2, _) = ask(&url, question, &[]).await;
         assert_eq!(h2["x-lorastream-memories"], "0");
-        used
+        (used, h2["x-conversation-id"].to_str().unwrap().to_string())
     });
+    let (system_prompt_with_memory, third) = system_prompt_with_memory;
     assert!(
         system_prompt_with_memory >= 1,
         "the fact told before the restart is recalled"
@@ -395,7 +400,7 @@ fn remembers_a_fact_across_a_restart_and_forgets_on_request() {
     common::assert_ok(&listed);
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(!listed.contains("Miso"), "forgotten: {listed}");
-    assert!(listed.contains("third"), "asked after forgetting: {listed}");
+    assert!(listed.contains(&third), "asked after forgetting: {listed}");
     let forgot = common::lorastream()
         .args(["--config"])
         .arg(&config)

@@ -16,6 +16,7 @@ mod kill;
 mod model;
 mod parity;
 mod pipeline;
+mod security;
 mod sources;
 mod systemd;
 mod train;
