@@ -17,6 +17,7 @@ mod model;
 mod parity;
 mod pipeline;
 mod security;
+mod security_slow;
 mod sources;
 mod systemd;
 mod train;
