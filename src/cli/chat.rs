@@ -40,7 +40,8 @@ async fn chat_loop(
 ) -> anyhow::Result<ExitCode> {
     let client = lorastream::util::http::client_builder().build()?;
     let interactive = std::io::stdin().is_terminal();
-    let mut conversation = new_conversation_id();
+    // The server names the conversation (X-Conversation-Id) on the first answer.
+    let mut conversation: Option<String> = None;
     let mut history: Vec<Value> = Vec::new();
     if interactive {
         eprintln!("chatting with {url} (/reset, /model NAME, /quit)");
@@ -61,7 +62,7 @@ async fn chat_loop(
             "/quit" | "/exit" => break,
             "/reset" => {
                 history.clear();
-                conversation = new_conversation_id();
+                conversation = None;
                 eprintln!("(new conversation)");
                 continue;
             }
@@ -82,8 +83,10 @@ async fn chat_loop(
         }
         let mut req = client
             .post(format!("{}/v1/chat/completions", url.trim_end_matches('/')))
-            .header("x-conversation-id", &conversation)
             .json(&body);
+        if let Some(c) = &conversation {
+            req = req.header("x-conversation-id", c);
+        }
         if let Some(k) = &key {
             req = req.bearer_auth(k);
         }
@@ -100,6 +103,11 @@ async fn chat_loop(
                 v["error"]["message"].as_str().unwrap_or("(no message)")
             );
             continue;
+        }
+        if let Some(c) = resp.headers().get("x-conversation-id")
+            && let Ok(c) = c.to_str()
+        {
+            conversation = Some(c.to_string());
         }
         let answer = print_stream(resp).await?;
         history.push(json!({"role": "assistant", "content": answer}));
@@ -125,12 +133,4 @@ async fn print_stream(resp: reqwest::Response) -> anyhow::Result<String> {
     .await?;
     writeln!(out)?;
     Ok(answer)
-}
-
-fn new_conversation_id() -> String {
-    format!(
-        "cli-{}-{:x}",
-        std::process::id(),
-        lorastream_store::now_ms()
-    )
 }

@@ -33,6 +33,9 @@ pub struct ChatRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub user: Option<String>,
+    /// Extension (as vLLM's): generate `max_tokens` even past end-of-sequence.
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
     /// Parameters this server does not implement: refused with a 400 naming
     /// them rather than silently ignored.
     #[serde(default)]
@@ -80,6 +83,7 @@ pub struct Checked {
     pub stop: Vec<String>,
     pub seed: u64,
     pub stream: bool,
+    pub ignore_eos: bool,
 }
 
 impl ChatRequest {
@@ -87,51 +91,7 @@ impl ChatRequest {
     pub fn check(self, limits: &crate::config::ServerConfig) -> Result<Checked, ApiError> {
         let max_tokens_cap = limits.max_tokens;
         self.refuse_unsupported()?;
-        if self.messages.is_empty() {
-            return Err(ApiError::invalid(
-                "messages",
-                "`messages` must not be empty",
-            ));
-        }
-        if self.messages.len() > limits.max_messages {
-            return Err(ApiError::invalid(
-                "messages",
-                &format!(
-                    "{} messages is over the {} a request may have ([server] max_messages)",
-                    self.messages.len(),
-                    limits.max_messages
-                ),
-            ));
-        }
-        let mut messages = Vec::with_capacity(self.messages.len());
-        for (i, m) in self.messages.into_iter().enumerate() {
-            let role = match m.role.as_str() {
-                "system" | "developer" => "system",
-                "user" => "user",
-                "assistant" => "assistant",
-                other => {
-                    return Err(ApiError::invalid(
-                        &format!("messages[{i}].role"),
-                        &format!(
-                            "unknown role {other:?}: expected system, developer, user or assistant"
-                        ),
-                    ));
-                }
-            };
-            let content = text_of(&m.content).ok_or_else(|| {
-                ApiError::invalid(
-                    &format!("messages[{i}].content"),
-                    "content must be a string or a list of text parts",
-                )
-            })?;
-            messages.push(Message::new(role, &content));
-        }
-        if messages.last().is_some_and(|m| m.role == "assistant") {
-            return Err(ApiError::invalid(
-                "messages",
-                "the last message must be from the user (or system), not the assistant",
-            ));
-        }
+        let messages = check_messages(self.messages, limits.max_messages)?;
         let temperature = self.temperature.unwrap_or(1.0);
         if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
             return Err(ApiError::invalid(
@@ -171,8 +131,60 @@ impl ChatRequest {
             stop,
             seed: self.seed.unwrap_or(0) as u64,
             stream: self.stream.unwrap_or(false),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
         })
     }
+}
+
+/// The request's messages as chat messages: roles known, contents text, at
+/// most `max_messages`, the last one not the assistant's.
+fn check_messages(raw: Vec<ChatMessage>, max_messages: usize) -> Result<Vec<Message>, ApiError> {
+    if raw.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    if raw.len() > max_messages {
+        return Err(ApiError::invalid(
+            "messages",
+            &format!(
+                "{} messages is over the {} a request may have ([server] max_messages)",
+                raw.len(),
+                max_messages
+            ),
+        ));
+    }
+    let mut messages = Vec::with_capacity(raw.len());
+    for (i, m) in raw.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            other => {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].role"),
+                    &format!(
+                        "unknown role {other:?}: expected system, developer, user or assistant"
+                    ),
+                ));
+            }
+        };
+        let content = text_of(&m.content).ok_or_else(|| {
+            ApiError::invalid(
+                &format!("messages[{i}].content"),
+                "content must be a string or a list of text parts",
+            )
+        })?;
+        messages.push(Message::new(role, &content));
+    }
+    if messages.last().is_some_and(|m| m.role == "assistant") {
+        return Err(ApiError::invalid(
+            "messages",
+            "the last message must be from the user (or system), not the assistant",
+        ));
+    }
+    Ok(messages)
 }
 
 impl ChatRequest {

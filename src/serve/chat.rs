@@ -89,16 +89,7 @@ async fn answer(
     let name = state.config.server.model_name.clone();
     let version = versions::current(&state.versions).resolve(requested_model.as_deref(), &name)?;
     let state = state.into_inner();
-    let memory = state.config.server.memory;
-    let speaker = if memory {
-        let identity = caller.0.name.clone();
-        let conv = conversation.clone();
-        state
-            .with_store(move |s| memory::speaker(s, &identity, user.as_deref(), conv.as_deref()))
-            .await?
-    } else {
-        None
-    };
+    let speaker = speaker(&state, &caller, user, conversation.clone()).await?;
     let started = Instant::now();
     let memories = recall(&state, speaker.as_ref(), &checked.messages).await;
     let recall_ms = started.elapsed().as_millis() as u64;
@@ -113,6 +104,7 @@ async fn answer(
             top_p: checked.top_p,
             seed: checked.seed,
             stop: checked.stop.clone(),
+            ignore_eos: checked.ignore_eos,
             ..SamplingParams::default()
         },
         overflow: state.config.server.overflow,
@@ -155,6 +147,25 @@ async fn answer(
         let peer = super::peer::Peer::of(&req);
         whole(reply, rx, response, remember, peer).await
     }
+}
+
+/// Who speaks, with `[server] memory` on: a conversation of the caller's
+/// (404 for any other id), or a new one for `user`.
+async fn speaker(
+    state: &Arc<State>,
+    caller: &Caller,
+    user: Option<String>,
+    conversation: Option<String>,
+) -> Result<Option<Speaker>, ApiError> {
+    if !state.config.server.memory {
+        return Ok(None);
+    }
+    let identity = caller.0.name.clone();
+    state
+        .with_store(move |s| {
+            memory::speaker(s, &identity, user.as_deref(), conversation.as_deref())
+        })
+        .await
 }
 
 /// The memories of `speaker`'s earlier conversations that match `messages`

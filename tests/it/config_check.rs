@@ -117,6 +117,20 @@ fn cases(dir: &Path) -> Vec<Case> {
             says: "-4",
         },
         Case {
+            name: "a listener other machines reach, without keys",
+            toml: format!("{base}\n[server]\nlisten = \"0.0.0.0:8080\"\n"),
+            key: "server.listen",
+            line: 10,
+            says: "[[server.keys]]",
+        },
+        Case {
+            name: "a key without its secret",
+            toml: format!("{base}\n[[server.keys]]\nname = \"alice\"\n"),
+            key: "server.keys[0]",
+            line: 9,
+            says: "key_file",
+        },
+        Case {
             name: "unknown source kind",
             toml: base.replace("kind = \"spool\"", "kind = \"ftp\""),
             key: "sources[0].kind",

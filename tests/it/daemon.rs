@@ -118,7 +118,7 @@ fn a_newer_store_stops_the_daemon_with_a_clear_error() {
     let db = dir.path().join("state/lorastream.db");
     rusqlite::Connection::open(&db)
         .unwrap()
-        .execute_batch("PRAGMA user_version = 7")
+        .execute_batch("PRAGMA user_version = 99")
         .unwrap();
     let out = common::lorastream()
         .args(["run", "--log-format", "json", "--config"])
@@ -128,7 +128,7 @@ fn a_newer_store_stops_the_daemon_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("schema version 7") && stderr.contains("refusing"),
+        stderr.contains("schema version 99") && stderr.contains("refusing"),
         "{stderr}"
     );
 }

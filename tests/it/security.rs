@@ -359,11 +359,11 @@ fn per_key_rate_and_concurrency_limits_hold_under_a_burst() {
 
         // Two streams held open: the pair key's third request waits its turn.
         let client = lorastream::util::http::client_builder().build().unwrap();
-        let stream = || {
+        let stream = |started: tokio::sync::oneshot::Sender<u16>| {
             let mut b = say(None, "count to a thousand");
             b["stream"] = json!(true);
             b["max_tokens"] = json!(1000);
-            b["temperature"] = json!(1.0);
+            b["ignore_eos"] = json!(true);
             let send = client
                 .post(format!("{url}/v1/chat/completions"))
                 .bearer_auth(PAIR)
@@ -371,12 +371,18 @@ fn per_key_rate_and_concurrency_limits_hold_under_a_burst() {
                 .send();
             async move {
                 let r = send.await.unwrap();
+                let _ = started.send(r.status().as_u16());
                 let _ = r.bytes().await;
             }
         };
-        // One generates, the other waits for the worker: both are in flight.
-        let (a, b) = (tokio::spawn(stream()), tokio::spawn(stream()));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // One generates (its headers came), the other waits for the worker:
+        // both are in flight.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let a = tokio::spawn(stream(tx));
+        assert_eq!(rx.await.unwrap(), 200, "the first stream runs");
+        let (tx, _rx_b) = tokio::sync::oneshot::channel();
+        let b = tokio::spawn(stream(tx));
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let burst = (0..50).map(|_| {
             call(
                 &url,
