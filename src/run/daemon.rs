@@ -94,6 +94,9 @@ pub async fn run(
                 Ok(new) => {
                     register_sources(&store, &new)?;
                     tracing::info!(config = %config_path.display(), summary = %new.summary(), "config reloaded");
+                    if let Some((_, chat)) = &server {
+                        chat.reload_keys(&new.server);
+                    }
                     let _ = supervisor.send(Reload(Arc::new(new))).await;
                 }
                 Err(e) => {
@@ -105,7 +108,7 @@ pub async fn run(
         }
     };
     tracing::info!(reason, "shutting down");
-    if let Some(server) = server {
+    if let Some((server, _)) = server {
         // Requests in flight finish (up to the server's shutdown timeout).
         server.stop(true).await;
     }
@@ -122,19 +125,21 @@ pub async fn run(
 
 /// Starts the chat server when `[server] enabled`; a failure (address in use,
 /// unreadable API key) is logged and the daemon goes on learning without it.
-fn start_server(config: &Arc<Config>) -> Option<actix_web::dev::ServerHandle> {
+fn start_server(
+    config: &Arc<Config>,
+) -> Option<(actix_web::dev::ServerHandle, Arc<crate::serve::State>)> {
     if !config.server.enabled {
         return None;
     }
     match crate::serve::start(Arc::clone(config)) {
-        Ok(server) => {
+        Ok((server, state)) => {
             let handle = server.handle();
             actix::spawn(async move {
                 if let Err(e) = server.await {
                     tracing::error!(error = %e, "chat server stopped");
                 }
             });
-            Some(handle)
+            Some((handle, state))
         }
         Err(e) => {
             tracing::error!(error = %e, "chat server not started; the daemon goes on without it");

@@ -34,6 +34,13 @@ impl Identity {
     pub fn is_admin(&self) -> bool {
         self.role == KeyRole::Admin
     }
+
+    fn is_configured_as(&self, k: &crate::config::KeyConfig) -> bool {
+        self.name == k.name
+            && self.role == k.role
+            && self.learn == k.learn
+            && self.limits.settings() == (k.rpm, k.max_concurrent)
+    }
 }
 
 /// The caller of a request, put in its extensions by the guard.
@@ -72,6 +79,12 @@ pub struct Keys {
 impl Keys {
     /// Reads every key (files and environment variables) named by `s`.
     pub fn load(s: &ServerConfig) -> Result<Keys, KeysError> {
+        Keys::reload(s, None)
+    }
+
+    /// As [`Keys::load`], keeping the identities (and their limits' counts)
+    /// of `previous` whose settings did not change.
+    pub fn reload(s: &ServerConfig, previous: Option<&Keys>) -> Result<Keys, KeysError> {
         let mut by_digest: Vec<([u8; 32], Arc<Identity>)> = Vec::new();
         let single = read_secret(
             "[server] API key",
@@ -90,16 +103,29 @@ impl Keys {
             if let Some((_, other)) = by_digest.iter().find(|(o, _)| *o == d) {
                 return Err(KeysError::SameKey(other.name.clone(), k.name.clone()));
             }
-            let identity = Identity {
-                name: k.name.clone(),
-                role: k.role,
-                learn: k.learn,
-                limits: Limiter::new(k.rpm, k.max_concurrent),
-            };
-            by_digest.push((d, Arc::new(identity)));
+            let kept = previous.and_then(|p| {
+                p.by_digest
+                    .iter()
+                    .find(|(pd, i)| *pd == d && i.is_configured_as(k))
+                    .map(|(_, i)| Arc::clone(i))
+            });
+            let identity = kept.unwrap_or_else(|| {
+                Arc::new(Identity {
+                    name: k.name.clone(),
+                    role: k.role,
+                    learn: k.learn,
+                    limits: Limiter::new(k.rpm, k.max_concurrent),
+                })
+            });
+            by_digest.push((d, identity));
         }
         let open = by_digest.is_empty().then(|| Arc::new(default_identity()));
         Ok(Keys { by_digest, open })
+    }
+
+    /// How many identities the keys open.
+    pub fn identities(&self) -> usize {
+        self.by_digest.len()
     }
 
     /// Whether requests must carry a key.

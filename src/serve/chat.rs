@@ -112,7 +112,8 @@ async fn answer(
     };
     let label = job.version.label.clone();
     submit(&state, job)?;
-    let prompt_tokens = match rx.recv().await {
+    let peer = super::peer::Peer::of(&req);
+    let prompt_tokens = match next_event(&mut rx, peer.as_ref()).await? {
         Some(Event::Started { prompt_tokens, .. }) => prompt_tokens,
         Some(Event::Failed(e)) => return Err(engine_error(e)),
         _ => return Err(engine_error(EngineError::Generation("no answer".into()))),
@@ -144,7 +145,6 @@ async fn answer(
     if checked.stream {
         Ok(streamed(reply, rx, response, remember))
     } else {
-        let peer = super::peer::Peer::of(&req);
         whole(reply, rx, response, remember, peer).await
     }
 }
@@ -280,19 +280,8 @@ async fn whole(
     peer: Option<super::peer::Peer>,
 ) -> Result<HttpResponse, ApiError> {
     let mut text = String::new();
-    let mut watch = tokio::time::interval(std::time::Duration::from_millis(20));
     loop {
-        let event = tokio::select! {
-            e = rx.recv() => e,
-            _ = watch.tick() => {
-                if peer.as_ref().is_some_and(super::peer::Peer::gone) {
-                    // Dropping the receiver stops the generation at its next step.
-                    return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "the client went away"));
-                }
-                continue;
-            }
-        };
-        match event {
+        match next_event(&mut rx, peer.as_ref()).await? {
             Some(Event::Delta(d)) => {
                 reply.timing.token();
                 text.push_str(&d)
@@ -317,6 +306,32 @@ async fn whole(
             Some(Event::Failed(e)) => return Err(engine_error(e)),
             Some(Event::Started { .. }) => {}
             None => return Err(engine_error(EngineError::Generation("worker gone".into()))),
+        }
+    }
+}
+
+/// The worker's next event, watching meanwhile (every 20 ms) whether the
+/// client is still there: if it hung up, an error, and the receiver is
+/// dropped with the handler, which stops the generation at its next step
+/// (or skips the job if it is still queued).
+async fn next_event(
+    rx: &mut mpsc::Receiver<Event>,
+    peer: Option<&super::peer::Peer>,
+) -> Result<Option<Event>, ApiError> {
+    let mut watch = tokio::time::interval(std::time::Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            e = rx.recv() => return Ok(e),
+            _ = watch.tick() => {
+                if peer.is_some_and(super::peer::Peer::gone) {
+                    rx.close();
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        "the client went away",
+                    ));
+                }
+            }
         }
     }
 }

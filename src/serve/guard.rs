@@ -108,7 +108,7 @@ fn admit(state: &State, req: &ServiceRequest) -> Result<Option<(Caller, Permit)>
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let identity = state.keys.authenticate(authorization)?;
+    let identity = state.keys().authenticate(authorization)?;
     if ADMIN.contains(&path) && !identity.is_admin() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -43,6 +43,11 @@ impl Limiter {
         }
     }
 
+    /// `(rpm, max_concurrent)`.
+    pub fn settings(&self) -> (Option<u32>, Option<u32>) {
+        (self.rpm, self.max_concurrent)
+    }
+
     /// Admits one request now, or says why not.
     pub fn admit(&self) -> Result<Permit, Refused> {
         let n = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;

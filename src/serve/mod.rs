@@ -74,7 +74,8 @@ pub struct State {
     pub store: Mutex<Store>,
     /// Read-only connections for memory recall.
     pub readers: memory::Readers,
-    pub keys: auth::Keys,
+    /// The API keys; replaced when a reload changes them.
+    keys: std::sync::RwLock<Arc<auth::Keys>>,
     pub hosts: guard::Hosts,
 }
 
@@ -111,9 +112,38 @@ pub(crate) fn internal(msg: &str) -> ApiError {
     .retry_after(1)
 }
 
+impl State {
+    /// The API keys in force.
+    pub fn keys(&self) -> Arc<auth::Keys> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Re-reads the API keys of a reloaded config (other `[server]` settings
+    /// take a restart). A key that cannot be read keeps the old set.
+    pub fn reload_keys(&self, s: &crate::config::ServerConfig) {
+        let old = self.keys();
+        if !old.required() && !s.has_keys() {
+            return;
+        }
+        if old.required() != s.has_keys() {
+            tracing::error!(
+                "adding the first API key or removing the last takes a restart; keys unchanged"
+            );
+            return;
+        }
+        match auth::Keys::reload(s, Some(&old)) {
+            Ok(new) => {
+                tracing::info!(identities = new.identities(), "API keys reloaded");
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+            }
+            Err(e) => tracing::error!(error = %e, "API keys not reloaded; the old ones stay"),
+        }
+    }
+}
+
 /// Binds `[server] listen` and returns the running server (to spawn and to
-/// stop on shutdown).
-pub fn start(config: Arc<Config>) -> Result<actix_web::dev::Server, ServerError> {
+/// stop on shutdown) and its state (to reload keys).
+pub fn start(config: Arc<Config>) -> Result<(actix_web::dev::Server, Arc<State>), ServerError> {
     let s = &config.server;
     let keys = auth::Keys::load(s)?;
     let store = config.open_store()?;
@@ -123,11 +153,11 @@ pub fn start(config: Arc<Config>) -> Result<actix_web::dev::Server, ServerError>
         readers: memory::Readers::new(store.path().to_owned()),
         store: Mutex::new(store),
         hosts: guard::Hosts::new(&s.allowed_hosts),
-        keys,
+        keys: std::sync::RwLock::new(Arc::new(keys)),
         config: Arc::clone(&config),
     });
-    let auth = state.keys.required();
-    let data = web::Data::from(state);
+    let auth = state.keys().required();
+    let data = web::Data::from(Arc::clone(&state));
     let http = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -176,7 +206,7 @@ pub fn start(config: Arc<Config>) -> Result<actix_web::dev::Server, ServerError>
         memory = s.memory,
         "chat server listening"
     );
-    Ok(http.run())
+    Ok((http.run(), state))
 }
 
 /// Reads a request body of at most `[server] max_request_bytes` (413 beyond)

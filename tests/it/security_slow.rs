@@ -247,3 +247,44 @@ fn special_token_spellings_in_messages_stay_text() {
     );
     assert!(tok.decode(&ids).contains("You obey the user."));
 }
+
+#[test]
+fn a_rotated_key_takes_effect_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("carol.key");
+    std::fs::write(&key_file, "carol-old-key-0123456789\n").unwrap();
+    let extra = format!(
+        "[[server.keys]]\nname = \"carol\"\nkey_file = \"{}\"\n",
+        key_file.display()
+    );
+    let config = setup(dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap() + &extra;
+    std::fs::write(&config, text).unwrap();
+    let (d, url) = start(&config);
+    let models = |key: &'static str| {
+        let url = url.clone();
+        async move {
+            call(
+                &url,
+                reqwest::Method::GET,
+                "/v1/models",
+                Some(key),
+                None,
+                &[],
+            )
+            .await
+            .0
+        }
+    };
+    rt().block_on(async {
+        assert_eq!(models("carol-old-key-0123456789").await, 200);
+        std::fs::write(&key_file, "carol-new-key-0123456789\n").unwrap();
+        d.signal(libc::SIGHUP);
+        d.wait_for("API keys reloaded");
+        assert_eq!(models("carol-old-key-0123456789").await, 401);
+        assert_eq!(models("carol-new-key-0123456789").await, 200);
+        assert_eq!(models(ALICE).await, 200, "the other keys stay");
+    });
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+}

@@ -518,3 +518,41 @@ fn a_durable_commit_is_synced_then_normal_again() {
     assert_eq!(sync(&store), 1);
     store.checkpoint().unwrap();
 }
+
+#[test]
+fn forgetting_takes_derived_examples_and_lists_learned_ones() {
+    let (_d, store) = open();
+    let ann = Owner::new("team", Some("ann"));
+    store.open_conversation("old", &ann).unwrap();
+    store.add_message("old", Role::User, "q").unwrap();
+    store.open_conversation("new", &ann).unwrap();
+    store
+        .add_message("new", Role::User, "What is LoRA?")
+        .unwrap();
+    store
+        .add_message("new", Role::Assistant, "Low-rank adapters.")
+        .unwrap();
+    assert!(
+        store
+            .learn_exchange("new", &ann, "What is LoRA?", "Low-rank adapters.")
+            .unwrap()
+            .is_new()
+    );
+    store
+        .conn
+        .execute(
+            "UPDATE conversations SET updated_at = 0 WHERE id = 'old'",
+            [],
+        )
+        .unwrap();
+    let gone = store.forget_conversations_before(1).unwrap();
+    assert_eq!((gone.conversations, gone.messages), (1, 1), "retention");
+    assert!(store.conversation_owner("new").unwrap().is_some());
+    let gone = store.forget("team", Some(Some("ann"))).unwrap();
+    assert_eq!(
+        (gone.conversations, gone.messages, gone.raw_items),
+        (1, 2, 1)
+    );
+    assert!(gone.learned.is_empty());
+    assert!(store.conversation_owner("new").unwrap().is_none());
+}
