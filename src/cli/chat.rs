@@ -58,20 +58,16 @@ async fn chat_loop(
         if line.is_empty() {
             continue;
         }
-        match line {
-            "/quit" | "/exit" => break,
-            "/reset" => {
+        match slash_command(line, &mut model) {
+            Some(Slash::Quit) => break,
+            Some(Slash::Reset) => {
                 history.clear();
                 conversation = None;
                 eprintln!("(new conversation)");
                 continue;
             }
-            _ => {}
-        }
-        if let Some(m) = line.strip_prefix("/model") {
-            model = Some(m.trim().to_string()).filter(|m| !m.is_empty());
-            eprintln!("(model: {})", model.as_deref().unwrap_or("the served one"));
-            continue;
+            Some(Slash::Model) => continue,
+            None => {}
         }
         history.push(json!({"role": "user", "content": line}));
         let mut body = json!({"messages": history, "stream": true});
@@ -113,6 +109,26 @@ async fn chat_loop(
         history.push(json!({"role": "assistant", "content": answer}));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+enum Slash {
+    Quit,
+    Reset,
+    /// `/model NAME` (already applied).
+    Model,
+}
+
+/// The command `line` is, if any (`/model` changes `model` here).
+fn slash_command(line: &str, model: &mut Option<String>) -> Option<Slash> {
+    match line {
+        "/quit" | "/exit" => return Some(Slash::Quit),
+        "/reset" => return Some(Slash::Reset),
+        _ => {}
+    }
+    let m = line.strip_prefix("/model")?;
+    *model = Some(m.trim().to_string()).filter(|m| !m.is_empty());
+    eprintln!("(model: {})", model.as_deref().unwrap_or("the served one"));
+    Some(Slash::Model)
 }
 
 /// Prints the streamed deltas as they come; returns the whole answer.

@@ -17,6 +17,7 @@ use super::api::{self, ApiError, ChatRequest, Usage};
 use super::auth::Caller;
 use super::engine::{EngineError, Event, Job};
 use super::memory::{self, Speaker};
+use super::prompt::PromptError;
 use super::{State, json_body, versions};
 use crate::util::metrics::METRICS;
 use lorastream_ml::generate::SamplingParams;
@@ -410,10 +411,12 @@ fn log_done(r: &Reply, usage: &Usage) {
 
 fn engine_error(e: EngineError) -> ApiError {
     match e {
-        EngineError::TooLong { .. } => {
+        EngineError::Prompt(PromptError::TooLong { .. }) => {
             ApiError::invalid("messages", &e.to_string()).with_code("context_length_exceeded")
         }
-        EngineError::Prompt(_) => ApiError::invalid("messages", &e.to_string()),
+        EngineError::Prompt(PromptError::Template(_)) => {
+            ApiError::invalid("messages", &e.to_string())
+        }
         EngineError::NoModel(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",

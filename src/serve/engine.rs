@@ -58,15 +58,10 @@ pub enum Event {
 pub enum EngineError {
     #[error("no model to serve: {0}")]
     NoModel(String),
-    #[error(
-        "the prompt is {tokens} tokens, over the {limit} the model's context window leaves after max_tokens; shorten the conversation or lower max_tokens"
-    )]
-    TooLong { tokens: usize, limit: usize },
+    #[error(transparent)]
+    Prompt(#[from] super::prompt::PromptError),
     #[error("generation failed: {0}")]
     Generation(String),
-    /// The messages cannot be made into a prompt (the chat template refused them).
-    #[error("{0}")]
-    Prompt(String),
 }
 
 /// The handle requests submit jobs through.
@@ -200,7 +195,8 @@ fn run(config: &Config, slot: &mut Option<Loaded>, job: &Job) -> Result<(), Engi
     let context = l.model.config.max_position_embeddings;
     let reserve = job.params.max_new_tokens.clamp(1, (context / 2).max(1));
     let (prompt, dropped_turns) =
-        super::prompt::fit(&l.tok, &job.messages, context - reserve, job.overflow)?;
+        super::prompt::fit(&l.tok, &job.messages, context - reserve, job.overflow)
+            .map_err(EngineError::Prompt)?;
     let out = Outbox {
         events: &job.events,
         timeout: std::time::Duration::from_secs(config.server.send_timeout_secs),

@@ -91,6 +91,14 @@ pub fn acting_as(caller: &Caller, named: Option<String>) -> Result<String, ApiEr
     }
 }
 
+/// The conversation a path names (checked, twice for the store closure) and
+/// the caller's identity.
+fn path_conversation(id: &str, caller: &Caller) -> Result<(String, String, String), ApiError> {
+    let id = super::memory::check_conversation(Some(id))?
+        .ok_or_else(|| ApiError::invalid("id", "name the conversation"))?;
+    Ok((id.clone(), id, caller.0.name.clone()))
+}
+
 /// `GET /v1/conversations/{id}`: the messages of a conversation the caller's
 /// identity owns (404 otherwise, as for an unknown id).
 pub async fn conversation(
@@ -98,10 +106,7 @@ pub async fn conversation(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = super::memory::check_conversation(Some(&id))?
-        .ok_or_else(|| ApiError::invalid("id", "name the conversation"))?;
-    let identity = caller.0.name.clone();
-    let c = id.clone();
+    let (id, c, identity) = path_conversation(&id, &caller)?;
     let (owner, messages) = state
         .into_inner()
         .with_store(move |s| Ok((s.owned_conversation(&c, &identity)?, s.messages(&c)?)))
@@ -119,10 +124,7 @@ pub async fn delete_conversation(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = super::memory::check_conversation(Some(&id))?
-        .ok_or_else(|| ApiError::invalid("id", "name the conversation"))?;
-    let identity = caller.0.name.clone();
-    let c = id.clone();
+    let (id, c, identity) = path_conversation(&id, &caller)?;
     let gone = state
         .into_inner()
         .with_store(move |s| s.forget_conversation(&c, &identity))

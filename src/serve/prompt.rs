@@ -5,8 +5,19 @@
 
 use lorastream_ml::{ChatTokenizer, Message};
 
-use super::engine::EngineError;
 use crate::config::OverflowPolicy;
+
+/// Why messages cannot become a prompt.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error(
+        "the prompt is {tokens} tokens, over the {limit} the model's context window leaves after max_tokens; shorten the conversation or lower max_tokens"
+    )]
+    TooLong { tokens: usize, limit: usize },
+    /// The chat template refused the messages.
+    #[error("{0}")]
+    Template(String),
+}
 
 /// Token ids of the prompt, fitted into `limit` tokens: with `Truncate`, the
 /// oldest turns after the system prompt go first (the last message always
@@ -16,10 +27,10 @@ pub fn fit(
     messages: &[Message],
     limit: usize,
     overflow: OverflowPolicy,
-) -> Result<(Vec<u32>, usize), EngineError> {
+) -> Result<(Vec<u32>, usize), PromptError> {
     let encode = |m: &[Message]| {
         tok.encode_chat(m, true)
-            .map_err(|e| EngineError::Prompt(e.to_string()))
+            .map_err(|e| PromptError::Template(e.to_string()))
     };
     let ids = encode(messages)?;
     let first = usize::from(messages.first().is_some_and(|m| m.role == "system"));
@@ -27,7 +38,7 @@ pub fn fit(
         return if ids.len() <= limit {
             Ok((ids, 0))
         } else {
-            Err(EngineError::TooLong {
+            Err(PromptError::TooLong {
                 tokens: ids.len(),
                 limit,
             })
@@ -39,7 +50,7 @@ pub fn fit(
         .iter()
         .map(|m| tok.encode_text(&m.content).map(|t| t.len()))
         .collect::<Result<_, _>>()
-        .map_err(|e| EngineError::Prompt(e.to_string()))?;
+        .map_err(|e| PromptError::Template(e.to_string()))?;
     let overhead = ids.len().saturating_sub(counts.iter().sum()) / messages.len();
     let mut estimate = ids.len();
     let mut dropped = 0;
@@ -60,7 +71,7 @@ pub fn fit(
             return Ok((ids, dropped));
         }
         if first + dropped + 1 >= messages.len() {
-            return Err(EngineError::TooLong {
+            return Err(PromptError::TooLong {
                 tokens: ids.len(),
                 limit,
             });

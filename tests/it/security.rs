@@ -317,6 +317,25 @@ fn browser_safety_and_request_checks() {
     assert!(d.wait_exit().success());
 }
 
+/// The statuses of 50 concurrent `GET /v1/models` with `key`.
+async fn burst(url: &str, key: &str) -> Vec<u16> {
+    let calls = (0..50).map(|_| {
+        call(
+            url,
+            reqwest::Method::GET,
+            "/v1/models",
+            Some(key),
+            None,
+            &[],
+        )
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect()
+}
+
 #[test]
 fn per_key_rate_and_concurrency_limits_hold_under_a_burst() {
     let dir = tempfile::tempdir().unwrap();
@@ -324,21 +343,7 @@ fn per_key_rate_and_concurrency_limits_hold_under_a_burst() {
     small_model(dir.path());
     let (d, url) = start(&config);
     rt().block_on(async {
-        let burst = (0..50).map(|_| {
-            call(
-                &url,
-                reqwest::Method::GET,
-                "/v1/models",
-                Some(RATED),
-                None,
-                &[],
-            )
-        });
-        let statuses: Vec<u16> = futures_util::future::join_all(burst)
-            .await
-            .into_iter()
-            .map(|r| r.0)
-            .collect();
+        let statuses = burst(&url, RATED).await;
         let ok = statuses.iter().filter(|&&s| s == 200).count();
         let limited = statuses.iter().filter(|&&s| s == 429).count();
         println!("BENCH rpm = 10, burst of 50: {ok} × 200, {limited} × 429");
@@ -383,21 +388,7 @@ fn per_key_rate_and_concurrency_limits_hold_under_a_burst() {
         let (tx, _rx_b) = tokio::sync::oneshot::channel();
         let b = tokio::spawn(stream(tx));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let burst = (0..50).map(|_| {
-            call(
-                &url,
-                reqwest::Method::GET,
-                "/v1/models",
-                Some(PAIR),
-                None,
-                &[],
-            )
-        });
-        let statuses: Vec<u16> = futures_util::future::join_all(burst)
-            .await
-            .into_iter()
-            .map(|r| r.0)
-            .collect();
+        let statuses = burst(&url, PAIR).await;
         let limited = statuses.iter().filter(|&&s| s == 429).count();
         println!(
             "BENCH max_concurrent = 2 with 2 streams open, burst of 50: {} × 200, {limited} × 429",

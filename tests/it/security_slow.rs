@@ -288,3 +288,63 @@ fn a_rotated_key_takes_effect_on_reload() {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit().success());
 }
+
+#[test]
+fn tls_when_a_certificate_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    // A CA, and a certificate for 127.0.0.1 signed by it.
+    let script = "set -e; cd \"$1\"; ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'
+        openssl req -x509 $ec -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem 2>/dev/null
+        openssl req $ec -subj /CN=localhost -keyout key.pem -out leaf.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' > ext
+        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
+          -extfile ext -out cert.pem 2>/dev/null";
+    let made = std::process::Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(dir.path())
+        .output();
+    if !made.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIP: cannot make certificates with openssl: {made:?}");
+        return;
+    }
+    let extra = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let config = setup(dir.path(), &extra);
+    let (d, url) = start(&config);
+    let https = url.replace("http://", "https://");
+    rt().block_on(async {
+        let pem = std::fs::read(&ca).unwrap();
+        let client = lorastream::util::http::client_builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .build()
+            .unwrap();
+        let r = client
+            .get(format!("{https}/v1/models"))
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let plain = lorastream::util::http::client_builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+            .get(format!("{url}/v1/models"))
+            .send()
+            .await;
+        assert!(
+            plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()),
+            "no plain HTTP on a TLS listener"
+        );
+    });
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+}

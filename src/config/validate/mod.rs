@@ -1,6 +1,8 @@
 //! Checks that serde cannot express: ranges, cron strings, per-kind source keys,
 //! paths that must exist. Every problem names the key it is about.
 
+mod server;
+
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -132,7 +134,7 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     check_train(&mut k, c);
     check_eval(&mut k, c);
     check_feedback(&mut k, c);
-    super::server::check(&mut k, &c.server);
+    server::check(&mut k, &c.server);
     check_schedule(&mut k, c);
     k.problems
 }
