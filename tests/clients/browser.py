@@ -79,6 +79,15 @@ try:
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chat-log .msg.done"))
     answer = d.find_elements(By.CSS_SELECTOR, "#chat-log .msg .answer")[-1].text
     check(len(answer) > 0, "streamed chat answer: %r" % answer)
+    # This browser is its own user, and the second message continues the
+    # conversation the server named (a 404 would show as an error bubble).
+    user = d.execute_script("return localStorage.getItem('lorastream-user')")
+    check(bool(user) and user.startswith("web-") and len(user) == 36, "per-browser user: %r" % user)
+    box.send_keys("and again")
+    d.find_element(By.ID, "chat-send").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chat-log .msg.done")) >= 2)
+    bad = d.find_elements(By.CSS_SELECTOR, "#chat-log .bad")
+    check(not bad, "second message answered: %r" % [b.text for b in bad])
     d.save_screenshot(shot)
     print("screenshot:", shot)
 finally:
