@@ -21,11 +21,16 @@ pub fn command(config: &Config, args: ChatArgs) -> anyhow::Result<ExitCode> {
     let url = args
         .url
         .unwrap_or_else(|| format!("http://{}", config.server.listen));
-    let key = lorastream::util::http::read_secret(
-        "[server] API key",
-        config.server.api_key_file.as_deref(),
-        config.server.api_key_env.as_deref(),
-    )?;
+    // A key of one's own ([[server.keys]]) from LORASTREAM_API_KEY, else the
+    // config's single admin key.
+    let key = match std::env::var("LORASTREAM_API_KEY") {
+        Ok(k) if !k.trim().is_empty() => Some(k.trim().to_string()),
+        _ => lorastream::util::http::read_secret(
+            "[server] API key",
+            config.server.api_key_file.as_deref(),
+            config.server.api_key_env.as_deref(),
+        )?,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
