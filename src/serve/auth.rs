@@ -61,6 +61,28 @@ impl FromRequest for Caller {
     }
 }
 
+impl Caller {
+    /// The identity a request acts within: the caller's own, or (admins only)
+    /// the one it names; 403 for a user key naming another.
+    pub fn acting_as(&self, named: Option<String>) -> Result<String, ApiError> {
+        match named {
+            Some(other) if other != self.0.name => {
+                if self.0.is_admin() {
+                    Ok(other)
+                } else {
+                    Err(ApiError::new(
+                        actix_web::http::StatusCode::FORBIDDEN,
+                        "invalid_request_error",
+                        "only an admin key may act for another identity",
+                    )
+                    .with_code("forbidden"))
+                }
+            }
+            _ => Ok(self.0.name.clone()),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
     #[error(transparent)]

@@ -13,7 +13,6 @@ use serde_json::json;
 
 use super::api::ApiError;
 use super::auth::Caller;
-use super::forget::acting_as;
 use super::memory::check_conversation;
 use super::{State, json_body};
 
@@ -41,7 +40,7 @@ pub async fn feedback(
     let f: FeedbackRequest = json_body(&state, payload, "feedback").await?;
     let conversation = check_conversation(Some(&f.conversation_id))?
         .ok_or_else(|| ApiError::invalid("conversation_id", "name the conversation"))?;
-    let identity = acting_as(&caller, f.identity.clone())?;
+    let identity = caller.acting_as(f.identity.clone())?;
     let state = state.into_inner();
     let enabled = state.config.server.learn_from_conversations;
     // The operator decides whose conversations may be learned: the caller's

@@ -5,7 +5,6 @@
 //! already in a stream are listed with the versions trained on them, so an
 //! operator can roll back.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -47,7 +46,7 @@ async fn forget(
     target: Target,
     user: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = acting_as(&caller, target.identity)?;
+    let identity = caller.acting_as(target.identity)?;
     let (who, id) = (user.clone(), identity.clone());
     let gone = state
         .into_inner()
@@ -71,32 +70,10 @@ async fn forget(
     })))
 }
 
-/// The identity a request acts within: the caller's own, or (admins only)
-/// the one it names.
-pub fn acting_as(caller: &Caller, named: Option<String>) -> Result<String, ApiError> {
-    match named {
-        Some(other) if other != caller.0.name => {
-            if caller.0.is_admin() {
-                Ok(other)
-            } else {
-                Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "invalid_request_error",
-                    "only an admin key may act for another identity",
-                )
-                .with_code("forbidden"))
-            }
-        }
-        _ => Ok(caller.0.name.clone()),
-    }
-}
-
-/// The conversation a path names (checked, twice for the store closure) and
-/// the caller's identity.
-fn path_conversation(id: &str, caller: &Caller) -> Result<(String, String, String), ApiError> {
-    let id = super::memory::check_conversation(Some(id))?
-        .ok_or_else(|| ApiError::invalid("id", "name the conversation"))?;
-    Ok((id.clone(), id, caller.0.name.clone()))
+/// The conversation a path names, checked.
+fn path_conversation(id: &str) -> Result<String, ApiError> {
+    super::memory::check_conversation(Some(id))?
+        .ok_or_else(|| ApiError::invalid("id", "name the conversation"))
 }
 
 /// `GET /v1/conversations/{id}`: the messages of a conversation the caller's
@@ -106,7 +83,8 @@ pub async fn conversation(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, c, identity) = path_conversation(&id, &caller)?;
+    let id = path_conversation(&id)?;
+    let (c, identity) = (id.clone(), caller.0.name.clone());
     let (owner, messages) = state
         .into_inner()
         .with_store(move |s| Ok((s.owned_conversation(&c, &identity)?, s.messages(&c)?)))
@@ -124,7 +102,8 @@ pub async fn delete_conversation(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, c, identity) = path_conversation(&id, &caller)?;
+    let id = path_conversation(&id)?;
+    let (c, identity) = (id.clone(), caller.0.name.clone());
     let gone = state
         .into_inner()
         .with_store(move |s| s.forget_conversation(&c, &identity))
