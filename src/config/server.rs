@@ -53,14 +53,52 @@ pub struct ServerConfig {
     pub conversation_retention_days: Option<u64>,
     /// Turn opted-in conversations into training examples.
     pub learn_from_conversations: bool,
-    /// Requests waiting for the generation worker at most; more get 429.
+    /// Requests waiting for a place in the batch at most; more get 429.
     pub queue: usize,
+    /// Sequences generated together in one batch at most.
+    pub max_batch: usize,
+    /// Prompt tokens read per batch step (a longer prompt is read over
+    /// several steps while the others keep streaming).
+    pub prefill_chunk: usize,
+    /// MiB the batch's KV caches may hold together; 0 = room for
+    /// `max_batch` sequences of 2048 tokens on the model served.
+    pub kv_cache_mb: usize,
+    /// CPU threads generation uses; 0 = every core.
+    pub threads: usize,
+    /// CPU threads generation uses while a stream trains or evaluates (the
+    /// learning work gets the other cores); 0 = half the cores.
+    pub threads_while_learning: usize,
+    /// Sampling defaults for requests that do not set them.
+    pub sampling: SamplingDefaults,
     /// A prompt over the context window: drop the oldest turns, or answer 400.
     pub overflow: OverflowPolicy,
     /// On the CPU with f32 weights, decoding steps read bf16 copies of the
     /// weights (half the bytes; +50% memory for the serving copy). Prompts
     /// still run in f32.
     pub decode_bf16: bool,
+}
+
+/// `[server.sampling]`: what a request gets when it does not say.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingDefaults {
+    /// OpenAI's: subtracted from a token's logit per time it is in the answer.
+    pub frequency_penalty: f64,
+    /// OpenAI's: subtracted once from every token already in the answer.
+    pub presence_penalty: f64,
+    /// transformers': > 1 discourages every token already in the prompt or
+    /// the answer (1 = off).
+    pub repetition_penalty: f64,
+}
+
+impl Default for SamplingDefaults {
+    fn default() -> Self {
+        SamplingDefaults {
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            repetition_penalty: 1.0,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -138,6 +176,12 @@ impl Default for ServerConfig {
             conversation_retention_days: None,
             learn_from_conversations: false,
             queue: 8,
+            max_batch: 16,
+            prefill_chunk: 256,
+            kv_cache_mb: 0,
+            threads: 0,
+            threads_while_learning: 0,
+            sampling: SamplingDefaults::default(),
             overflow: OverflowPolicy::Truncate,
             decode_bf16: true,
         }

@@ -48,6 +48,27 @@ pub struct ChatRequest {
     pub response_format: Option<Value>,
     #[serde(default)]
     pub logprobs: Option<bool>,
+    /// 0–20 alternatives per token (needs `logprobs`).
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+    /// OpenAI's, -2 to 2.
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    /// Extension (transformers' and vLLM's meaning): > 1 discourages tokens
+    /// already in the prompt or the answer.
+    #[serde(default)]
+    pub repetition_penalty: Option<f64>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    /// A last chunk with no choices carries the usage.
+    #[serde(default)]
+    pub include_usage: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,7 +104,29 @@ pub struct Checked {
     pub stop: Vec<String>,
     pub seed: u64,
     pub stream: bool,
+    pub include_usage: bool,
     pub ignore_eos: bool,
+    pub frequency_penalty: f64,
+    pub presence_penalty: f64,
+    pub repetition_penalty: f64,
+    /// `Some(n)`: log-probabilities with `n` alternatives.
+    pub logprobs: Option<usize>,
+}
+
+/// `v` if it is finite and within `range`, else a 400 naming `param`.
+fn within(param: &str, v: f64, range: std::ops::RangeInclusive<f64>) -> Result<f64, ApiError> {
+    if v.is_finite() && range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(ApiError::invalid(
+            param,
+            &format!(
+                "{param} must be between {} and {} (got {v})",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
 }
 
 impl ChatRequest {
@@ -91,14 +134,9 @@ impl ChatRequest {
     pub fn check(self, limits: &crate::config::ServerConfig) -> Result<Checked, ApiError> {
         let max_tokens_cap = limits.max_tokens;
         self.refuse_unsupported()?;
+        let logprobs = self.logprobs()?;
         let messages = check_messages(self.messages, limits.max_messages)?;
-        let temperature = self.temperature.unwrap_or(1.0);
-        if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
-            return Err(ApiError::invalid(
-                "temperature",
-                &format!("temperature must be between 0 and 2 (got {temperature})"),
-            ));
-        }
+        let temperature = within("temperature", self.temperature.unwrap_or(1.0), 0.0..=2.0)?;
         let top_p = self.top_p.unwrap_or(1.0);
         if !(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0) {
             return Err(ApiError::invalid(
@@ -123,6 +161,7 @@ impl ChatRequest {
                 "stop takes up to 4 non-empty strings",
             ));
         }
+        let d = &limits.sampling;
         Ok(Checked {
             messages,
             temperature,
@@ -131,8 +170,41 @@ impl ChatRequest {
             stop,
             seed: self.seed.unwrap_or(0) as u64,
             stream: self.stream.unwrap_or(false),
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            frequency_penalty: within(
+                "frequency_penalty",
+                self.frequency_penalty.unwrap_or(d.frequency_penalty),
+                -2.0..=2.0,
+            )?,
+            presence_penalty: within(
+                "presence_penalty",
+                self.presence_penalty.unwrap_or(d.presence_penalty),
+                -2.0..=2.0,
+            )?,
+            repetition_penalty: within(
+                "repetition_penalty",
+                self.repetition_penalty.unwrap_or(d.repetition_penalty),
+                0.01..=10.0,
+            )?,
+            logprobs,
         })
+    }
+
+    /// `logprobs` and `top_logprobs` as the number of alternatives to report.
+    fn logprobs(&self) -> Result<Option<usize>, ApiError> {
+        match (self.logprobs.unwrap_or(false), self.top_logprobs) {
+            (_, Some(n)) if !(0..=20).contains(&n) => Err(ApiError::invalid(
+                "top_logprobs",
+                &format!("top_logprobs must be between 0 and 20 (got {n})"),
+            )),
+            (false, Some(n)) if n > 0 => Err(ApiError::invalid(
+                "top_logprobs",
+                "top_logprobs needs `logprobs: true`",
+            )),
+            (true, n) => Ok(Some(n.unwrap_or(0) as usize)),
+            (false, _) => Ok(None),
+        }
     }
 }
 
@@ -217,12 +289,6 @@ impl ChatRequest {
                 "only `{\"type\": \"text\"}` is supported as response_format",
             ));
         }
-        if self.logprobs == Some(true) {
-            return Err(ApiError::invalid(
-                "logprobs",
-                "`logprobs` is not supported by this server",
-            ));
-        }
         Ok(())
     }
 }
@@ -270,6 +336,7 @@ pub fn completion(
     text: &str,
     finish: &str,
     usage: &Usage,
+    logprobs: Value,
 ) -> Value {
     json!({
         "id": id,
@@ -280,7 +347,7 @@ pub fn completion(
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": text},
-            "logprobs": null,
+            "logprobs": logprobs,
             "finish_reason": finish,
         }],
         "usage": usage,
@@ -288,14 +355,21 @@ pub fn completion(
 }
 
 /// One `chat.completion.chunk` of a stream.
-pub fn chunk(id: &str, created: i64, model: &str, delta: Value, finish: Option<&str>) -> Value {
+pub fn chunk(
+    id: &str,
+    created: i64,
+    model: &str,
+    delta: Value,
+    logprobs: Value,
+    finish: Option<&str>,
+) -> Value {
     json!({
         "id": id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
         "system_fingerprint": null,
-        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
     })
 }
 
@@ -425,4 +499,21 @@ mod tests {
             assert_eq!(e.body()["error"]["type"], "invalid_request_error");
         }
     }
+}
+
+/// OpenAI's `logprobs` object for `tokens` (`null` when none were asked for).
+pub fn logprobs_json(tok: &lorastream_ml::ChatTokenizer, tokens: &[lorastream_ml::generate::Logprob]) -> Value {
+    let entry = |id: u32, lp: f32| {
+        let text = tok.decode(&[id]);
+        json!({"token": text, "logprob": lp, "bytes": text.as_bytes()})
+    };
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(t.id, t.logprob);
+            e["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+            e
+        })
+        .collect();
+    json!({"content": content})
 }

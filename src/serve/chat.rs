@@ -9,13 +9,12 @@ use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
-use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::api::{self, ApiError, ChatRequest, Usage};
+use super::api::{self, ApiError, ChatRequest};
 use super::auth::Caller;
 use super::engine::{EngineError, Event, Job};
+use super::reply::{Reply, Timing, next_event, streamed, whole};
 use super::memory::{self, Speaker};
 use super::prompt::PromptError;
 use super::{State, json_body, versions};
@@ -48,30 +47,6 @@ pub async fn completions(
     result
 }
 
-/// Time to first token and total time of one request, for the metrics.
-struct Timing {
-    started: Instant,
-    first: bool,
-}
-
-impl Timing {
-    fn token(&mut self) {
-        if !self.first {
-            self.first = true;
-            METRICS
-                .chat_ttft
-                .observe(self.started.elapsed().as_secs_f64());
-        }
-    }
-
-    fn done(&self, stream: bool) {
-        METRICS
-            .chat_duration
-            .with_label_values(&[if stream { "true" } else { "false" }])
-            .observe(self.started.elapsed().as_secs_f64());
-    }
-}
-
 async fn answer(
     state: web::Data<State>,
     req: HttpRequest,
@@ -95,30 +70,28 @@ async fn answer(
     let memories = recall(&state, speaker.as_ref(), &checked.messages).await;
     let recall_ms = started.elapsed().as_millis() as u64;
     let n_memories = memories.len();
+    let info = state
+        .engine
+        .model(MODEL_WAIT)
+        .await
+        .map_err(engine_error)?;
+    let prompt = fit_prompt(&state, &info, &checked, &memories).await?;
+    let prompt_tokens = prompt.len();
     let (tx, mut rx) = mpsc::channel(64);
     let job = Job {
         version,
-        messages: memory::with_memories(checked.messages.clone(), &memories),
-        params: SamplingParams {
-            max_new_tokens: checked.max_tokens,
-            temperature: checked.temperature,
-            top_p: checked.top_p,
-            seed: checked.seed,
-            stop: checked.stop.clone(),
-            ignore_eos: checked.ignore_eos,
-            ..SamplingParams::default()
-        },
-        overflow: state.config.server.overflow,
+        prompt,
+        params: params(&checked),
         events: tx,
     };
     let label = job.version.label.clone();
     submit(&state, job)?;
     let peer = super::peer::Peer::of(&req);
-    let prompt_tokens = match next_event(&mut rx, peer.as_ref()).await? {
-        Some(Event::Started { prompt_tokens, .. }) => prompt_tokens,
+    match next_event(&mut rx, peer.as_ref()).await? {
+        Some(Event::Started) => {}
         Some(Event::Failed(e)) => return Err(engine_error(e)),
         _ => return Err(engine_error(EngineError::Generation("no answer".into()))),
-    };
+    }
     let reply = Reply {
         id: format!("chatcmpl-{}", crate::util::ids::random_hex(12)),
         created: lorastream_store::now_ms() / 1000,
@@ -126,10 +99,9 @@ async fn answer(
         prompt_tokens,
         n_memories,
         recall_ms,
-        timing: Timing {
-            started,
-            first: false,
-        },
+        timing: Timing::new(started),
+        tok: Arc::clone(&info.tok),
+        include_usage: checked.include_usage,
     };
     let mut response = HttpResponse::Ok();
     response.insert_header((MEMORIES_HEADER, n_memories.to_string()));
@@ -148,6 +120,50 @@ async fn answer(
     } else {
         whole(reply, rx, response, remember, peer).await
     }
+}
+
+/// How long a request waits for the model to finish loading.
+const MODEL_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The sampling a checked request asks for.
+fn params(c: &api::Checked) -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: c.max_tokens,
+        temperature: c.temperature,
+        top_p: c.top_p,
+        seed: c.seed,
+        stop: c.stop.clone(),
+        ignore_eos: c.ignore_eos,
+        frequency_penalty: c.frequency_penalty,
+        presence_penalty: c.presence_penalty,
+        repetition_penalty: c.repetition_penalty,
+        logprobs: c.logprobs,
+        ..SamplingParams::default()
+    }
+}
+
+/// The prompt's token ids: the messages (with memories) through the chat
+/// template, fitted to the context window less `max_tokens` (on a blocking
+/// thread: the worker never tokenizes).
+async fn fit_prompt(
+    state: &Arc<State>,
+    info: &Arc<super::engine::ModelInfo>,
+    checked: &api::Checked,
+    memories: &[lorastream_store::MessageRow],
+) -> Result<Vec<u32>, ApiError> {
+    let messages = memory::with_memories(checked.messages.clone(), memories);
+    let context = info.config.max_position_embeddings;
+    let reserve = checked.max_tokens.clamp(1, (context / 2).max(1));
+    let overflow = state.config.server.overflow;
+    let info = Arc::clone(info);
+    let fitted = web::block(move || super::prompt::fit(&info.tok, &messages, context - reserve, overflow))
+        .await
+        .map_err(|e| engine_error(EngineError::Generation(e.to_string())))?;
+    let (prompt, dropped) = fitted.map_err(|e| engine_error(EngineError::Prompt(e)))?;
+    if dropped > 0 {
+        tracing::info!(dropped_turns = dropped, "oldest turns dropped to fit the context window");
+    }
+    Ok(prompt)
 }
 
 /// Who speaks, with `[server] memory` on: a conversation of the caller's
@@ -223,34 +239,9 @@ fn submit(state: &State, job: Job) -> Result<(), ApiError> {
     })
 }
 
-/// What every response of one request names.
-struct Reply {
-    id: String,
-    created: i64,
-    label: String,
-    prompt_tokens: usize,
-    n_memories: usize,
-    recall_ms: u64,
-    timing: Timing,
-}
-
-impl Reply {
-    /// Logs and counts the finished request; its usage.
-    fn finish(&self, stream: bool, completion_tokens: usize) -> Usage {
-        let usage = Usage::new(self.prompt_tokens, completion_tokens);
-        log_done(self, &usage);
-        self.timing.done(stream);
-        usage
-    }
-
-    fn chunk(&self, delta: serde_json::Value, finish: Option<&str>) -> serde_json::Value {
-        api::chunk(&self.id, self.created, &self.label, delta, finish)
-    }
-}
-
 /// Stores an exchange of a remembered conversation (a whole answer: before
 /// responding, so the next request sees it; a stream: when it ends).
-struct Remember {
+pub(super) struct Remember {
     state: Arc<State>,
     speaker: Option<Speaker>,
     messages: Vec<lorastream_ml::Message>,
@@ -258,7 +249,7 @@ struct Remember {
 
 impl Remember {
     /// The stored answer's message id.
-    async fn store(self, answer: String) -> Option<i64> {
+    pub(super) async fn store(self, answer: String) -> Option<i64> {
         let sp = self.speaker?;
         let messages = self.messages;
         let r = self
@@ -272,144 +263,7 @@ impl Remember {
     }
 }
 
-/// One `chat.completion` once the worker is done.
-async fn whole(
-    mut reply: Reply,
-    mut rx: mpsc::Receiver<Event>,
-    mut response: actix_web::HttpResponseBuilder,
-    remember: Remember,
-    peer: Option<super::peer::Peer>,
-) -> Result<HttpResponse, ApiError> {
-    let mut text = String::new();
-    loop {
-        match next_event(&mut rx, peer.as_ref()).await? {
-            Some(Event::Delta(d)) => {
-                reply.timing.token();
-                text.push_str(&d)
-            }
-            Some(Event::Done {
-                finish,
-                completion_tokens,
-            }) => {
-                let usage = reply.finish(false, completion_tokens);
-                if let Some(id) = remember.store(text.clone()).await {
-                    response.insert_header((MESSAGE_HEADER, id.to_string()));
-                }
-                return Ok(response.json(api::completion(
-                    &reply.id,
-                    reply.created,
-                    &reply.label,
-                    &text,
-                    finish_reason(finish),
-                    &usage,
-                )));
-            }
-            Some(Event::Failed(e)) => return Err(engine_error(e)),
-            Some(Event::Started { .. }) => {}
-            None => return Err(engine_error(EngineError::Generation("worker gone".into()))),
-        }
-    }
-}
-
-/// The worker's next event, watching meanwhile (every 20 ms) whether the
-/// client is still there: if it hung up, an error, and the receiver is
-/// dropped with the handler, which stops the generation at its next step
-/// (or skips the job if it is still queued).
-async fn next_event(
-    rx: &mut mpsc::Receiver<Event>,
-    peer: Option<&super::peer::Peer>,
-) -> Result<Option<Event>, ApiError> {
-    let mut watch = tokio::time::interval(std::time::Duration::from_millis(20));
-    loop {
-        tokio::select! {
-            e = rx.recv() => return Ok(e),
-            _ = watch.tick() => {
-                if peer.is_some_and(super::peer::Peer::gone) {
-                    rx.close();
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request_error",
-                        "the client went away",
-                    ));
-                }
-            }
-        }
-    }
-}
-
-/// Server-Sent Events: the role first, then the deltas, then the finish
-/// reason and usage, then `data: [DONE]`.
-fn streamed(
-    mut reply: Reply,
-    rx: mpsc::Receiver<Event>,
-    mut response: actix_web::HttpResponseBuilder,
-    remember: Remember,
-) -> HttpResponse {
-    let first = sse(&reply.chunk(json!({"role": "assistant", "content": ""}), None));
-    let mut text = String::new();
-    let mut remember = Some(remember);
-    let stream = async_stream(rx, move |event| match event {
-        Event::Delta(d) => {
-            reply.timing.token();
-            text.push_str(&d);
-            Some(vec![sse(&reply.chunk(json!({"content": d}), None))])
-        }
-        Event::Done {
-            finish,
-            completion_tokens,
-        } => {
-            let usage = reply.finish(true, completion_tokens);
-            if let Some(r) = remember.take() {
-                let stored = r.store(std::mem::take(&mut text));
-                actix_web::rt::spawn(async move {
-                    stored.await;
-                });
-            }
-            let mut last = reply.chunk(json!({}), Some(finish_reason(finish)));
-            last["usage"] = json!(usage);
-            Some(vec![
-                sse(&last),
-                web::Bytes::from_static(b"data: [DONE]\n\n"),
-            ])
-        }
-        Event::Failed(e) => {
-            let e = engine_error(e);
-            Some(vec![
-                sse(&e.body()),
-                web::Bytes::from_static(b"data: [DONE]\n\n"),
-            ])
-        }
-        Event::Started { .. } => Some(Vec::new()),
-    });
-    response
-        .content_type("text/event-stream")
-        .insert_header(("cache-control", "no-cache"))
-        .streaming(
-            futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(first) })
-                .chain(stream),
-        )
-}
-
-fn finish_reason(f: lorastream_ml::generate::FinishReason) -> &'static str {
-    match f {
-        lorastream_ml::generate::FinishReason::Length => "length",
-        _ => "stop",
-    }
-}
-
-fn log_done(r: &Reply, usage: &Usage) {
-    tracing::info!(
-        model = %r.label,
-        prompt_tokens = usage.prompt_tokens,
-        completion_tokens = usage.completion_tokens,
-        memories = r.n_memories,
-        recall_ms = r.recall_ms,
-        duration_ms = r.timing.started.elapsed().as_millis() as u64,
-        "chat completion"
-    );
-}
-
-fn engine_error(e: EngineError) -> ApiError {
+pub(super) fn engine_error(e: EngineError) -> ApiError {
     match e {
         EngineError::Prompt(PromptError::TooLong { .. }) => {
             ApiError::invalid("messages", &e.to_string()).with_code("context_length_exceeded")
@@ -432,24 +286,3 @@ fn engine_error(e: EngineError) -> ApiError {
     }
 }
 
-/// One Server-Sent Event carrying `v` as JSON.
-fn sse(v: &serde_json::Value) -> web::Bytes {
-    web::Bytes::from(format!("data: {v}\n\n"))
-}
-
-/// The events of `rx` mapped to body chunks by `f`, ending when the worker
-/// drops its sender.
-fn async_stream(
-    rx: mpsc::Receiver<Event>,
-    f: impl FnMut(Event) -> Option<Vec<web::Bytes>> + 'static,
-) -> impl futures_util::Stream<Item = Result<web::Bytes, std::convert::Infallible>> {
-    futures_util::stream::unfold((rx, f), |(mut rx, mut f)| async move {
-        let event = rx.recv().await?;
-        let chunks = f(event)?;
-        Some((
-            futures_util::stream::iter(chunks.into_iter().map(Ok)),
-            (rx, f),
-        ))
-    })
-    .flatten()
-}

@@ -31,8 +31,9 @@ pub fn request_id() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
-/// Routes anyone may fetch: the page and its script (they hold no data).
-const PUBLIC: &[&str] = &["/", "/app.js"];
+/// Routes anyone may fetch: the page and its script, and the probes load
+/// balancers call (they hold no data).
+const PUBLIC: &[&str] = &["/", "/app.js", "/health", "/ready"];
 /// Routes for admin keys only.
 const ADMIN: &[&str] = &["/api/status", "/metrics"];
 

@@ -11,8 +11,11 @@
 //! - [`auth`]: API keys and the identities they open; [`limits`]: each
 //!   identity's requests per minute and in flight;
 //! - [`api`]: the wire format, request checks and OpenAI error objects;
-//! - [`chat`]: the completion handler (whole answers and streams);
-//! - [`engine`]: the generation worker thread and its bounded queue;
+//! - [`chat`]: the completion handler; [`reply`]: whole answers and streams;
+//! - [`engine`]: the generation engine's handle, jobs and events;
+//!   [`worker`]: its thread (model loaded at start-up, queue, admission);
+//!   [`batch`]: continuous batching; [`served`]: the base weights and the
+//!   adapters applied per row;
 //! - [`prompt`]: messages encoded and fitted into the context window;
 //! - [`peer`]: whether a client is still connected (cancels its generation);
 //! - [`versions`]: which versions exist and which one is served;
@@ -23,6 +26,7 @@
 
 pub mod api;
 pub mod auth;
+mod batch;
 pub mod chat;
 pub mod engine;
 pub mod feedback;
@@ -32,10 +36,13 @@ pub mod limits;
 pub mod memory;
 pub mod peer;
 pub mod prompt;
+pub mod reply;
+mod served;
 pub mod site;
 pub mod status;
 pub mod tls;
 pub mod versions;
+mod worker;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -147,6 +154,13 @@ pub fn start(config: Arc<Config>) -> Result<(actix_web::dev::Server, Arc<State>)
     let s = &config.server;
     let keys = auth::Keys::load(s)?;
     let store = config.open_store()?;
+    lorastream_ml::threads::configure(
+        lorastream_ml::threads::Budget {
+            alone: s.threads,
+            shared: s.threads_while_learning,
+        },
+        config.model.threads,
+    );
     let state = Arc::new(State {
         engine: Engine::start(Arc::clone(&config), s.queue).map_err(ServerError::Worker)?,
         versions: versions::watch(&config)?,
@@ -164,6 +178,8 @@ pub fn start(config: Arc<Config>) -> Result<(actix_web::dev::Server, Arc<State>)
             .wrap(actix_web::middleware::from_fn(guard::guard))
             .route("/", web::get().to(site::page))
             .route("/app.js", web::get().to(site::script))
+            .route("/health", web::get().to(health))
+            .route("/ready", web::get().to(ready))
             .route("/api/status", web::get().to(site::status))
             .route("/metrics", web::get().to(site::metrics))
             .route("/v1/models", web::get().to(models))
@@ -259,6 +275,28 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(
     let body = read_body(state, payload).await?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid("body", &format!("invalid {what}: {e}")))
+}
+
+/// `GET /health`: the process answers.
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// `GET /ready`: 200 once the model is loaded and the worker runs; 503
+/// while it loads or when there is no model.
+async fn ready(state: web::Data<State>) -> HttpResponse {
+    match state.engine.readiness() {
+        engine::Readiness::Ready(m) => HttpResponse::Ok().json(json!({
+            "status": "ready", "model": m.config.arch.to_string(),
+            "context": m.config.max_position_embeddings,
+        })),
+        engine::Readiness::Loading => HttpResponse::ServiceUnavailable()
+            .insert_header(("retry-after", "2"))
+            .json(json!({"status": "loading"})),
+        engine::Readiness::Failed(e) => HttpResponse::ServiceUnavailable()
+            .insert_header(("retry-after", "30"))
+            .json(json!({"status": "no_model", "error": e})),
+    }
 }
 
 async fn models(state: web::Data<State>) -> Result<HttpResponse, ApiError> {

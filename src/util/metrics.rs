@@ -35,6 +35,8 @@ pub struct Metrics {
     pub chat_ttft: Histogram,
     pub chat_tokens: IntCounter,
     pub queue_depth: IntGauge,
+    /// Sequences in the generation batch.
+    pub batch_size: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -80,6 +82,7 @@ struct ChatMetrics {
     ttft: Histogram,
     tokens: IntCounter,
     queue_depth: IntGauge,
+    batch_size: IntGauge,
 }
 
 impl ChatMetrics {
@@ -114,6 +117,14 @@ impl ChatMetrics {
                 IntGauge::new(
                     "chat_queue_depth",
                     "Chat requests waiting for the generation worker.",
+                )
+                .expect("valid metric"),
+            ),
+            batch_size: register(
+                r,
+                IntGauge::new(
+                    "chat_batch_size",
+                    "Sequences generated together in the batch now.",
                 )
                 .expect("valid metric"),
             ),
@@ -179,6 +190,7 @@ impl Metrics {
             chat_ttft: chat.ttft,
             chat_tokens: chat.tokens,
             queue_depth: chat.queue_depth,
+            batch_size: chat.batch_size,
             registry: r,
         }
     }

@@ -343,8 +343,6 @@ fn decode_copies_follow_the_weights_and_match_f32() {
     let tol = 2e-2 * scale;
     m.set_decode_kind(Some(Kind::BFloat16));
     let bf16_unmerged = step(&m);
-    m.merge_lora();
-    let bf16_merged = step(&m);
     m.clear_lora();
     let bf16_base = step(&m);
     m.set_decode_kind(None);
@@ -353,11 +351,6 @@ fn decode_copies_follow_the_weights_and_match_f32() {
         diff(&bf16_unmerged, &f32_lora) < tol,
         "unmerged: {}",
         diff(&bf16_unmerged, &f32_lora)
-    );
-    assert!(
-        diff(&bf16_merged, &f32_lora) < tol,
-        "merged: {}",
-        diff(&bf16_merged, &f32_lora)
     );
     assert!(
         diff(&bf16_base, &f32_base) < tol,

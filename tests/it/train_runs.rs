@@ -184,7 +184,9 @@ fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
     let tok = ChatTokenizer::load(&base, None).unwrap();
     let mut model = CausalLm::load(&base, Device::Cpu, Kind::Float).unwrap();
     model.load_adapter(&a[0].path).unwrap();
-    model.bake_lora();
+    let folded = tempfile::tempdir().unwrap();
+    model.export_merged(folded.path()).unwrap();
+    let mut model = CausalLm::load(folded.path(), Device::Cpu, Kind::Float).unwrap();
     model.load_adapter(&a[2].path).unwrap();
     let s2 = store.streams().unwrap()[1].clone();
     let eval =

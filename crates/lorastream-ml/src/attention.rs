@@ -9,12 +9,30 @@ use tch::Tensor;
 pub struct LayerCache {
     buffers: Option<(Tensor, Tensor)>,
     len: i64,
+    /// Positions the first allocation holds (0: grow as needed).
+    reserve: i64,
 }
 
 /// Positions a cache grows by at least (amortises regrowth while decoding).
 const GROW: i64 = 256;
 
 impl LayerCache {
+    /// Positions filled.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes its buffers hold.
+    pub fn bytes(&self) -> i64 {
+        self.buffers.as_ref().map_or(0, |(k, v)| {
+            crate::fused::tensor_bytes(k) + crate::fused::tensor_bytes(v)
+        })
+    }
+
     /// Appends `k`, `v` `[b, kv_heads, t, head_dim]` and returns views of all
     /// cached keys and values. Full buffers grow to twice what is needed.
     fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
@@ -26,7 +44,11 @@ impl LayerCache {
             .is_none_or(|(bk, _)| bk.size()[2] < need);
         if full {
             let mut shape = k.size();
-            shape[2] = (need * 2).max(GROW);
+            shape[2] = if self.buffers.is_none() && self.reserve >= need {
+                self.reserve
+            } else {
+                (need * 2).max(GROW)
+            };
             let grow = |old: Option<&Tensor>, new: &Tensor| {
                 let buf = Tensor::empty(shape.as_slice(), (new.kind(), new.device()));
                 if let Some(o) = old {
@@ -57,10 +79,26 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(num_layers: usize) -> KvCache {
+        Self::with_capacity(num_layers, 0)
+    }
+
+    /// A cache whose buffers are allocated once for `positions` tokens (a
+    /// served sequence knows its prompt and its token budget).
+    pub fn with_capacity(num_layers: usize, positions: i64) -> KvCache {
         KvCache {
-            layers: (0..num_layers).map(|_| LayerCache::default()).collect(),
+            layers: (0..num_layers)
+                .map(|_| LayerCache {
+                    reserve: positions,
+                    ..LayerCache::default()
+                })
+                .collect(),
             len: 0,
         }
+    }
+
+    /// Bytes its buffers hold.
+    pub fn bytes(&self) -> i64 {
+        self.layers.iter().map(LayerCache::bytes).sum()
     }
 }
 

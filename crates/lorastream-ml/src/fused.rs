@@ -5,6 +5,10 @@
 use tch::{Kind, Tensor};
 
 use crate::lora::Linear;
+use crate::pass::Pass;
+
+/// Rows up to which a decoding step reads the low-precision decode copies.
+pub(crate) const DECODE_ROWS: i64 = 16;
 
 /// Projections of one input as one matrix: the checkpoint's linears keep
 /// their names, but their weights are views into `weight` (a LoRA merge into
@@ -50,16 +54,17 @@ impl Fused {
         }
     }
 
-    /// The parts' outputs for `x`, each with its LoRA.
+    /// The parts' outputs for `x`, each with the LoRA its rows use.
     pub(crate) fn forward<const N: usize>(
         &self,
         x: &Tensor,
         parts: [&Linear; N],
-        train: bool,
+        pass: &Pass,
     ) -> [Tensor; N] {
-        let single = !train && x.numel() as i64 == *x.size().last().unwrap_or(&0);
+        let rows = x.numel() as i64 / x.size().last().copied().unwrap_or(1).max(1);
+        let decoding = !pass.train && rows <= DECODE_ROWS && pass.decoding(x);
         let y = match &self.decode {
-            Some(d) if single => {
+            Some(d) if decoding => {
                 let y = decode_linear(x, d);
                 match &self.bias {
                     Some(b) => y + b,
@@ -76,7 +81,7 @@ impl Fused {
         let mut it = ys
             .into_iter()
             .zip(parts)
-            .map(|(y, l)| l.with_lora(y, x, train));
+            .map(|(y, l)| pass.lora(l, y, x));
         std::array::from_fn(|_| it.next().expect("one output per part"))
     }
 

@@ -100,6 +100,23 @@ pub struct LoraWeights {
     pub dropout: f64,
 }
 
+impl LoraWeights {
+    /// `y + scale · B(A(x))` as PEFT computes it: `x` in the adapter's dtype
+    /// (f32), the sum in f32, one rounding back to `y`'s dtype.
+    pub fn add_to(&self, y: &Tensor, x: &Tensor) -> Tensor {
+        let delta = x
+            .to_kind(self.a.kind())
+            .linear::<Tensor>(&self.a, None)
+            .linear::<Tensor>(&self.b, None)
+            * self.scale;
+        if y.kind() == delta.kind() {
+            y + delta
+        } else {
+            (y.to_kind(delta.kind()) + delta).to_kind(y.kind())
+        }
+    }
+}
+
 /// A linear layer as stored in the checkpoint: `[out, in]` for `nn.Linear`,
 /// `[in, out]` for GPT-2's `Conv1D` (`fan_in_fan_out`).
 pub struct Linear {
@@ -109,8 +126,6 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     pub fan_in_fan_out: bool,
     pub lora: Option<LoraWeights>,
-    /// True while the LoRA update is folded into `weight`.
-    pub merged: bool,
 }
 
 impl Linear {
@@ -137,61 +152,44 @@ impl Linear {
         self.path.rsplit('.').next().unwrap_or(&self.path)
     }
 
-    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+    /// The layer's output for `x`, with the LoRA `pass` gives its rows.
+    pub fn forward(&self, x: &Tensor, pass: &crate::pass::Pass) -> Tensor {
         let y = if self.fan_in_fan_out {
             x.linear(&self.weight.tr(), self.bias.as_ref())
         } else {
             x.linear(&self.weight, self.bias.as_ref())
         };
-        self.with_lora(y, x, train)
+        pass.lora(self, y, x)
     }
 
-    /// `y + scale · B(A(dropout(x)))` while a LoRA is attached and not merged;
-    /// `y` (the base layer's output for `x`) otherwise.
+    /// `y + scale · B(A(dropout(x)))` while a LoRA is attached; `y` (the
+    /// base layer's output for `x`) otherwise.
     pub fn with_lora(&self, y: Tensor, x: &Tensor, train: bool) -> Tensor {
         match &self.lora {
-            Some(l) if !self.merged => {
+            Some(l) => {
                 let xd = if train && l.dropout > 0.0 {
                     x.dropout(l.dropout, true)
                 } else {
                     x.shallow_clone()
                 };
-                let xd = xd.to_kind(l.a.kind());
-                let delta = xd.linear::<Tensor>(&l.a, None).linear::<Tensor>(&l.b, None) * l.scale;
-                y + delta.to_kind(x.kind())
+                l.add_to(&y, &xd)
             }
-            _ => y,
+            None => y,
         }
     }
 
-    /// `scale · B·A` in the weight's own layout.
-    fn delta(&self) -> Option<Tensor> {
-        let l = self.lora.as_ref()?;
-        let d = l.b.matmul(&l.a) * l.scale;
-        let d = if self.fan_in_fan_out { d.tr() } else { d };
-        Some(d.to_kind(self.weight.kind()))
-    }
-
-    /// Folds the LoRA update into the weight (no-op without LoRA or when merged).
-    pub fn merge(&mut self) {
-        if !self.merged
-            && let Some(d) = self.delta()
-        {
-            tch::no_grad(|| {
-                let _ = self.weight.g_add_(&d);
-            });
-            self.merged = true;
-        }
-    }
-
-    pub fn unmerge(&mut self) {
-        if self.merged
-            && let Some(d) = self.delta()
-        {
-            tch::no_grad(|| {
-                let _ = self.weight.g_sub_(&d);
-            });
-            self.merged = false;
+    /// The weight with the LoRA folded in, as a new f32 tensor (merged
+    /// exports): the weight itself is never changed, so its bits stay the
+    /// checkpoint's whatever its dtype (a delta added into bf16 weights
+    /// loses its low bits, and subtracting it again does not give them back).
+    pub fn merged_weight(&self) -> Tensor {
+        let w = self.weight.detach().to_kind(Kind::Float);
+        match &self.lora {
+            Some(l) => {
+                let d = l.b.detach().to_kind(Kind::Float).matmul(&l.a.detach().to_kind(Kind::Float)) * l.scale;
+                w + if self.fan_in_fan_out { d.tr() } else { d }
+            }
+            None => w,
         }
     }
 
@@ -210,7 +208,6 @@ impl Linear {
             scale: spec.scale(),
             dropout: spec.dropout,
         });
-        self.merged = false;
     }
 }
 

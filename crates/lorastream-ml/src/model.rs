@@ -1,6 +1,7 @@
 //! A causal language model of either architecture, with LoRA, a KV cache, and
 //! Hugging Face / PEFT file formats.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
@@ -11,6 +12,7 @@ use super::fused::decode_linear;
 use super::hf_config::HfConfig;
 use super::lora::{self, Linear, LoraSpec, LoraWeights, PeftConfig};
 use super::models::Backbone;
+use super::pass::{Adapter, Pass, Segment};
 use super::weights::Weights;
 
 pub struct CausalLm {
@@ -104,10 +106,7 @@ impl CausalLm {
     /// n tokens costs one row of the LM head, not n).
     pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
         let h = self.forward_hidden(ids, None, cache, false).select(1, -1);
-        match self.inner.head_decode() {
-            Some(w) if h.size()[0] == 1 => decode_linear(&h, w),
-            _ => self.logits(&h),
-        }
+        self.head_rows(&h)
     }
 
     /// Keeps copies of the weights in `kind` (bf16) for single-token decoding
@@ -156,8 +155,29 @@ impl CausalLm {
         train: bool,
     ) -> Tensor {
         let layers = cache.map(|c| &mut c.layers);
-        self.inner
-            .forward_hidden(ids, positions, mask, layers, train)
+        let mut pass = Pass::whole(mask, layers, train);
+        self.inner.forward_hidden(ids, positions, &mut pass)
+    }
+
+    /// The tokens of several sequences laid end to end, `ids` and `positions`
+    /// `[1, N]`, each segment continuing its own cache with its own adapter
+    /// (see [`crate::pass`]): the final hidden states of each segment's last
+    /// token, `[segments, hidden]`. Never tracks gradients.
+    pub fn forward_segments(&self, ids: &Tensor, positions: &Tensor, segments: Vec<Segment>) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let mut pass = Pass::segments(segments);
+        let h = self.inner.forward_hidden(ids, positions, &mut pass);
+        pass.advance();
+        pass.last_rows(&h)
+    }
+
+    /// Logits `[rows, vocab]` of the hidden states of a few last tokens
+    /// (decoding: the head's decode copy where kept).
+    pub fn head_rows(&self, h: &Tensor) -> Tensor {
+        match self.inner.head_decode() {
+            Some(w) if h.size()[0] <= super::fused::DECODE_ROWS => decode_linear(h, w),
+            _ => self.logits(h),
+        }
     }
 
     /// The LM head: logits `[…, vocab]` of hidden states `[…, hidden]`.
@@ -196,6 +216,12 @@ impl CausalLm {
             .masked_fill(&allowed.logical_not(), min)
     }
 
+    /// Bytes of KV cache one token takes (keys and values of every layer).
+    pub fn kv_bytes_per_token(&self) -> i64 {
+        let c = &self.config;
+        2 * (c.num_layers * c.num_kv_heads * c.head_dim) as i64 * self.kind.elt_size_in_bytes() as i64
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.config.num_layers)
     }
@@ -214,20 +240,8 @@ impl CausalLm {
         Ok(())
     }
 
-    /// Folds the attached LoRA into the base weights for good and drops it: the
-    /// model becomes "base + adapter" with no adapter attached.
-    pub fn bake_lora(&mut self) {
-        self.merge_lora();
-        for l in self.linears_mut() {
-            l.lora = None;
-            l.merged = false;
-        }
-        self.lora = None;
-    }
-
-    /// Removes any LoRA (unmerging first), leaving the base model.
+    /// Removes any LoRA, leaving the base model.
     pub fn clear_lora(&mut self) {
-        self.unmerge_lora();
         for l in self.linears_mut() {
             l.lora = None;
         }
@@ -249,7 +263,25 @@ impl CausalLm {
     /// Loads a PEFT adapter directory onto this model (replacing any LoRA).
     /// Every targeted module must have both tensors with the right shapes.
     pub fn load_adapter(&mut self, dir: &Path) -> Result<(), MlError> {
-        self.unmerge_lora();
+        let (spec, mut by_path) = self.read_lora(dir)?;
+        for l in self.linears_mut() {
+            l.lora = by_path.remove(&l.path);
+        }
+        self.lora = Some(spec);
+        Ok(())
+    }
+
+    /// A PEFT adapter directory as an [`Adapter`] for this model, apart from
+    /// it: the model's weights and attached LoRA stay as they are.
+    pub fn read_adapter(&self, dir: &Path) -> Result<Adapter, MlError> {
+        Ok(Adapter {
+            by_path: self.read_lora(dir)?.1,
+        })
+    }
+
+    /// The adapter's spec and its LoRA weights by module path, checked
+    /// against this model's linear layers.
+    fn read_lora(&self, dir: &Path) -> Result<(LoraSpec, HashMap<String, LoraWeights>), MlError> {
         let (cfg, mut tensors) = lora::read_adapter(dir)?;
         let spec = cfg
             .to_spec(dir)?
@@ -262,10 +294,9 @@ impl CausalLm {
                 other => other,
             })?;
         let (device, r) = (self.device, spec.r as i64);
-        let mut attached = 0;
-        for l in self.linears_mut() {
-            l.lora = None;
-            l.merged = false;
+        let file = dir.join("adapter_model.safetensors");
+        let mut by_path = HashMap::new();
+        for l in self.linears() {
             if !spec.target_modules.iter().any(|m| m == l.module_name()) {
                 continue;
             }
@@ -274,29 +305,29 @@ impl CausalLm {
                 let key = lora::peft_key(&l.path, which);
                 let t = tensors.remove(&key).ok_or_else(|| MlError::MissingTensor {
                     name: key.clone(),
-                    path: dir.join("adapter_model.safetensors"),
+                    path: file.clone(),
                 })?;
                 if t.size() != shape {
                     return Err(MlError::ShapeMismatch {
                         name: key,
                         expected: shape.to_vec(),
                         found: t.size(),
-                        path: dir.join("adapter_model.safetensors"),
+                        path: file.clone(),
                     });
                 }
                 Ok(t.to_kind(Kind::Float).to_device(device))
             };
             let a = take('A', [r, fan_in])?;
             let b = take('B', [fan_out, r])?;
-            l.lora = Some(LoraWeights {
+            let w = LoraWeights {
                 a,
                 b,
                 scale: spec.scale(),
                 dropout: spec.dropout,
-            });
-            attached += 1;
+            };
+            by_path.insert(l.path.clone(), w);
         }
-        if attached == 0 {
+        if by_path.is_empty() {
             return Err(MlError::Adapter {
                 path: dir.to_owned(),
                 msg: "the adapter targets no module of this model".into(),
@@ -308,8 +339,7 @@ impl CausalLm {
                 msg: format!("tensor {extra} matches no targeted module of this model"),
             });
         }
-        self.lora = Some(spec);
-        Ok(())
+        Ok((spec, by_path))
     }
 
     /// Saves the attached LoRA in PEFT's format.
@@ -322,43 +352,28 @@ impl CausalLm {
         lora::save_adapter(dir, &cfg, &self.linears())
     }
 
-    pub fn merge_lora(&mut self) {
-        if self.linears().iter().any(|l| l.lora.is_some() && !l.merged) {
-            self.linears_mut().into_iter().for_each(Linear::merge);
-            self.refresh_decode();
-        }
-    }
-
-    pub fn unmerge_lora(&mut self) {
-        if self.linears().iter().any(|l| l.merged) {
-            self.linears_mut().into_iter().for_each(Linear::unmerge);
-            self.refresh_decode();
-        }
-    }
-
     /// Writes the model (LoRA merged in) in Hugging Face layout: `config.json`
     /// and `model.safetensors`. Tokenizer files are the caller's to copy.
-    pub fn export_merged(&mut self, dir: &Path) -> Result<(), MlError> {
-        let was_merged = self.linears().iter().all(|l| l.merged || l.lora.is_none());
-        self.merge_lora();
-        let named: Vec<(String, Tensor)> = self
-            .inner
-            .named_tensors()
+    pub fn export_merged(&self, dir: &Path) -> Result<(), MlError> {
+        let merged: HashMap<String, Tensor> = self
+            .linears()
             .into_iter()
-            // A deep copy: the unmerge below must not reach the tensors being written.
-            .map(|(n, t)| {
-                (
-                    n,
-                    t.detach()
-                        .to_kind(Kind::Float)
-                        .to_device(Device::Cpu)
-                        .copy(),
-                )
-            })
+            .filter(|l| l.lora.is_some())
+            .map(|l| (format!("{}.weight", l.path), l.merged_weight()))
             .collect();
-        if !was_merged {
-            self.unmerge_lora();
-        }
+        let named: Vec<(String, Tensor)> = tch::no_grad(|| {
+            self.inner
+                .named_tensors()
+                .into_iter()
+                .map(|(n, t)| {
+                    let t = match merged.get(&n) {
+                        Some(m) => m.shallow_clone(),
+                        None => t.detach().to_kind(Kind::Float),
+                    };
+                    (n, t.to_device(Device::Cpu).contiguous())
+                })
+                .collect()
+        });
         lorastream_base::fsutil::create_dir_all_durable(dir).map_err(|e| MlError::io(dir, e))?;
         super::weights::write_safetensors_atomic(&dir.join("model.safetensors"), &named)?;
         let cfg = dir.join("config.json");

@@ -52,7 +52,9 @@ pub fn perplexity_encoded(
     // the order, and short examples no longer pay for a long one's padding.
     let mut by_length: Vec<&Encoded> = enc.iter().collect();
     by_length.sort_by_key(|e| e.ids.len());
+    let _busy = crate::threads::busy(crate::threads::Work::Learn);
     for refs in by_length.chunks(batch_size.max(1)) {
+        crate::threads::apply(crate::threads::Work::Learn);
         let b = data::pad(refs, pad_id, model.device);
         let hidden = model.hidden(&b.ids, &b.positions, b.mask.as_ref(), None, false);
         nll += crate::loss::nll_sum(model, &hidden, &b.labels);

@@ -5,7 +5,7 @@ use tch::Tensor;
 
 use super::{Arch, Backbone, Family, Fill, Init, TensorSpec};
 use crate::MlError;
-use crate::attention::{LayerCache, attention};
+use crate::pass::Pass;
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds, uint};
 use crate::lora::{Linear, LoraTargets};
 use crate::weights::Weights;
@@ -50,7 +50,6 @@ fn conv1d(ws: &mut Weights, prefix: &str, fan_in: i64, fan_out: i64) -> Result<L
         bias: Some(ws.take_any(&names(prefix, "bias"), &[fan_out])?),
         fan_in_fan_out: true,
         lora: None,
-        merged: false,
     })
 }
 
@@ -155,18 +154,11 @@ impl Backbone for Gpt2 {
         v
     }
 
-    /// `ids`, `positions`: `[b, t]`; `mask`: additive `[b, 1, t, past + t]` or `None` (causal).
+    /// `ids`, `positions`: `[b, t]`; `pass`: attention and LoRA of the rows.
     // `x = x + f(x)`, not `x += f(x)`: an in-place add on `x` would clobber
     // what autograd saved for the backward pass.
     #[allow(clippy::assign_op_pattern)]
-    fn forward_hidden(
-        &self,
-        ids: &Tensor,
-        positions: &Tensor,
-        mask: Option<&Tensor>,
-        mut cache: Option<&mut Vec<LayerCache>>,
-        train: bool,
-    ) -> Tensor {
+    fn forward_hidden(&self, ids: &Tensor, positions: &Tensor, pass: &mut Pass) -> Tensor {
         let (b, t) = ids.size2().expect("ids are [batch, time]");
         let nh = self.cfg.num_heads as i64;
         let hd = self.cfg.head_dim as i64;
@@ -175,17 +167,16 @@ impl Backbone for Gpt2 {
             + Tensor::embedding(&self.wpe, positions, -1, false, false);
         for (i, blk) in self.blocks.iter().enumerate() {
             let h = blk.ln_1.forward(&x);
-            let qkv = blk.c_attn.forward(&h, train);
+            let qkv = blk.c_attn.forward(&h, pass);
             let parts = qkv.split(d, -1);
             let heads = |t_: &Tensor| t_.view([b, t, nh, hd]).transpose(1, 2);
             let (q, k, v) = (heads(&parts[0]), heads(&parts[1]), heads(&parts[2]));
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
-            let a = attention(&q, k, v, mask, layer_cache, false);
+            let a = pass.attention(i, &q, k, v, false);
             let a = a.transpose(1, 2).contiguous().view([b, t, d]);
-            x = x + blk.attn_proj.forward(&a, train);
+            x = x + blk.attn_proj.forward(&a, pass);
             let h = blk.ln_2.forward(&x);
-            let m = blk.c_fc.forward(&h, train).gelu("tanh");
-            x = x + blk.mlp_proj.forward(&m, train);
+            let m = blk.c_fc.forward(&h, pass).gelu("tanh");
+            x = x + blk.mlp_proj.forward(&m, pass);
         }
         self.ln_f.forward(&x)
     }

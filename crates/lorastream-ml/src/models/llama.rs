@@ -6,10 +6,10 @@ use tch::{Kind, Tensor};
 
 use super::{Arch, Backbone, Family, Fill, Init, TensorSpec};
 use crate::MlError;
-use crate::attention::{LayerCache, attention};
 use crate::fused::{Fused, decode_copy, tensor_bytes};
 use crate::hf_config::{ConfigProblem, HfConfig, RopeScaling, SpecialIds, uint};
 use crate::lora::{Linear, LoraTargets};
+use crate::pass::Pass;
 use crate::rope::{rope_inv_freq, rotate_half};
 use crate::weights::Weights;
 
@@ -57,7 +57,6 @@ fn linear(
         },
         fan_in_fan_out: false,
         lora: None,
-        merged: false,
     })
 }
 
@@ -216,14 +215,9 @@ impl Backbone for Llama {
     // `x = x + f(x)`, not `x += f(x)`: an in-place add on `x` would clobber
     // what autograd saved for the backward pass.
     #[allow(clippy::assign_op_pattern)]
-    fn forward_hidden(
-        &self,
-        ids: &Tensor,
-        positions: &Tensor,
-        mask: Option<&Tensor>,
-        mut cache: Option<&mut Vec<LayerCache>>,
-        train: bool,
+    fn forward_hidden(&self, ids: &Tensor, positions: &Tensor, pass: &mut Pass,
     ) -> Tensor {
+        let train = pass.train;
         let (b, t) = ids.size2().expect("ids are [batch, time]");
         let nh = self.cfg.num_heads as i64;
         let nkv = self.cfg.num_kv_heads as i64;
@@ -238,7 +232,7 @@ impl Backbone for Llama {
         let rope = |x: &Tensor| x * &cos + rotate_half(x) * &sin;
         for (i, l) in self.layers.iter().enumerate() {
             let h = l.input_norm.forward(&x);
-            let [q, k, v] = l.qkv.forward(&h, [&l.q, &l.k, &l.v], train);
+            let [q, k, v] = l.qkv.forward(&h, [&l.q, &l.k, &l.v], pass);
             let q = q.view([b, t, nh, hd]).transpose(1, 2);
             let k = k.view([b, t, nkv, hd]).transpose(1, 2);
             // A copy of v alone: attention keeps v for the backward pass, and a
@@ -246,14 +240,13 @@ impl Backbone for Llama {
             let v = if train { v.contiguous() } else { v };
             let v = v.view([b, t, nkv, hd]).transpose(1, 2);
             let (q, k) = (rope(&q), rope(&k));
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
-            let a = attention(&q, k, v, mask, layer_cache, nkv != nh);
+            let a = pass.attention(i, &q, k, v, nkv != nh);
             let a = a.transpose(1, 2).contiguous().view([b, t, nh * hd]);
-            let [o] = l.o_only.forward(&a, [&l.o], train);
+            let [o] = l.o_only.forward(&a, [&l.o], pass);
             x = x + o;
             let h = l.post_norm.forward(&x);
-            let [gate, up] = l.gate_up.forward(&h, [&l.gate, &l.up], train);
-            let [down] = l.down_only.forward(&(gate.silu() * up), [&l.down], train);
+            let [gate, up] = l.gate_up.forward(&h, [&l.gate, &l.up], pass);
+            let [down] = l.down_only.forward(&(gate.silu() * up), [&l.down], pass);
             x = x + down;
         }
         self.norm.forward(&x)

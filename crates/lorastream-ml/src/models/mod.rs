@@ -16,7 +16,7 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use crate::MlError;
-use crate::attention::LayerCache;
+use crate::pass::Pass;
 use crate::fused::tensor_bytes;
 pub use crate::hf_config::Arch;
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds, ids};
@@ -165,15 +165,8 @@ pub trait Backbone: Send {
     /// Base tensors in checkpoint names (for merged exports).
     fn named_tensors(&self) -> Vec<(String, &Tensor)>;
     /// Final hidden states `[b, t, hidden]` for `ids`, `positions` `[b, t]`;
-    /// `mask`: additive `[b, 1, t, past + t]` or `None` (causal).
-    fn forward_hidden(
-        &self,
-        ids: &Tensor,
-        positions: &Tensor,
-        mask: Option<&Tensor>,
-        cache: Option<&mut Vec<LayerCache>>,
-        train: bool,
-    ) -> Tensor;
+    /// `pass` says which rows attend to what and which LoRA each uses.
+    fn forward_hidden(&self, ids: &Tensor, positions: &Tensor, pass: &mut Pass) -> Tensor;
     /// The `[vocab, hidden]` LM head weight (the embedding when tied).
     fn head_weight(&self) -> &Tensor;
     /// The head's decode copy, where kept (see [`Backbone::set_decode_kind`]).

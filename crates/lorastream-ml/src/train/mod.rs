@@ -212,7 +212,9 @@ pub fn train(
         checkpoint::save_best(job.out_dir, &opt)?;
     }
     let mut run_tokens = 0i64;
+    let _busy = crate::threads::busy(crate::threads::Work::Learn);
     while state.step < plan.total_steps && !state.stopped_early {
+        crate::threads::apply(crate::threads::Work::Learn);
         let step = state.step;
         let batches = plan.micro_batches(spec, step, &examples, &replay);
         let (loss, tokens) = forward_backward(job.model, job.tok, spec, step, &batches);

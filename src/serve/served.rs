@@ -1,0 +1,123 @@
+//! The weights the worker serves from: one copy of the base model (or of the
+//! merge snapshot the running versions share), never modified, and the LoRA
+//! adapters of recent versions beside it, applied per row at run time.
+//!
+//! A LoRA delta is never added into the base weights: in bf16 (the base's
+//! dtype on CUDA and on CPUs with native bf16) the sum loses the delta's low
+//! bits and subtracting it at the next swap does not give the base back.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::engine::{EngineError, ModelInfo, VersionRef};
+use crate::config::Config;
+use crate::learn::lineage;
+use crate::learn::spec::model_spec;
+use lorastream_ml::load::{LoadError, ModelSpec, load_base, load_weights};
+use lorastream_ml::{Adapter, CausalLm, ChatTokenizer};
+
+/// Adapters kept loaded beside the base (the least recently used go first).
+const ADAPTERS_KEPT: usize = 8;
+
+pub(super) struct Served {
+    pub model: CausalLm,
+    pub tok: Arc<ChatTokenizer>,
+    spec: ModelSpec,
+    decode_bf16: bool,
+    /// The model directory the weights came from (base or snapshot).
+    pub base: PathBuf,
+    /// Loaded adapters by version id, with when each was last asked for.
+    adapters: HashMap<i64, (Arc<Adapter>, u64)>,
+    clock: u64,
+}
+
+fn no_model(e: LoadError) -> EngineError {
+    EngineError::NoModel(e.to_string())
+}
+
+impl Served {
+    /// The base model as `[model]` names it.
+    pub fn load(config: &Config) -> Result<Served, EngineError> {
+        let spec = model_spec(config);
+        let base = lorastream_ml::source::model_dir(&spec.base)
+            .map_err(|e| no_model(LoadError::Source(e)))?;
+        let (model, tok) = load_base(&spec).map_err(no_model)?;
+        let mut s = Served {
+            model,
+            tok: Arc::new(tok),
+            spec,
+            decode_bf16: config.server.decode_bf16,
+            base,
+            adapters: HashMap::new(),
+            clock: 0,
+        };
+        s.set_decode_kind();
+        Ok(s)
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        ModelInfo {
+            tok: Arc::clone(&self.tok),
+            config: self.model.config.clone(),
+        }
+    }
+
+    /// The model directory `v` runs on.
+    pub fn base_of(&self, v: &VersionRef) -> Result<PathBuf, EngineError> {
+        match &v.base {
+            Some(b) => Ok(b.clone()),
+            None => lorastream_ml::source::model_dir(&self.spec.base)
+                .map_err(|e| no_model(LoadError::Source(e))),
+        }
+    }
+
+    /// Loads the weights of another base (only while nothing runs on these).
+    pub fn switch_base(&mut self, base: PathBuf) -> Result<(), EngineError> {
+        self.model = load_weights(&self.spec, &base).map_err(no_model)?;
+        self.base = base;
+        self.adapters.clear();
+        self.set_decode_kind();
+        tracing::info!(base = %self.base.display(), "serving base loaded");
+        Ok(())
+    }
+
+    /// The adapter `v` adds to the base (None: the base itself).
+    pub fn adapter(&mut self, v: &VersionRef) -> Result<Option<Arc<Adapter>>, EngineError> {
+        let Some(row) = &v.adapter else {
+            return Ok(None);
+        };
+        let Some(dir) = lineage::adapter_path(row) else {
+            return Ok(None); // a merge snapshot: its weights are the base
+        };
+        self.clock += 1;
+        if let Some((a, used)) = self.adapters.get_mut(&row.id) {
+            *used = self.clock;
+            return Ok(Some(Arc::clone(a)));
+        }
+        let a = Arc::new(
+            self.model
+                .read_adapter(dir)
+                .map_err(|e| EngineError::NoModel(format!("{}: {e}", v.label)))?,
+        );
+        if self.adapters.len() >= ADAPTERS_KEPT {
+            // Sequences running on an evicted adapter keep their own reference.
+            if let Some(old) = self.adapters.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                self.adapters.remove(&old);
+            }
+        }
+        self.adapters.insert(row.id, (Arc::clone(&a), self.clock));
+        tracing::info!(version = %v.label, "serving version loaded");
+        Ok(Some(a))
+    }
+
+    /// bf16 copies for decoding steps where `[server] decode_bf16` asks and they help.
+    fn set_decode_kind(&mut self) {
+        let m = &mut self.model;
+        m.set_decode_kind(lorastream_ml::device::decode_kind(
+            m.device,
+            m.kind,
+            self.decode_bf16,
+        ));
+    }
+}
