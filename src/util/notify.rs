@@ -1,4 +1,5 @@
-//! systemd's notify protocol (sd_notify(3)) through the `sd-notify` crate:
+//! systemd's notify protocol (sd_notify(3)), the states spelled by the
+//! `sd-notify` crate and sent without ever blocking:
 //! READY, STATUS, RELOADING (with MONOTONIC_USEC), STOPPING and WATCHDOG, to
 //! the socket path in `$NOTIFY_SOCKET` (the crate does not take abstract
 //! `@name` sockets, which systemd does not hand to services). Everything is a
@@ -29,7 +30,18 @@ impl Notifier {
         if !self.enabled {
             return;
         }
-        if let Err(e) = sd_notify::notify(states) {
+        // Never blocks: a full socket queue (systemd not reading, a test
+        // that stopped reading) drops the message rather than stalling the
+        // caller, which is the supervisor whose watchdog must keep deciding.
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
+        let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
+            sock.set_nonblocking(true)?;
+            sock.send_to(msg.as_bytes(), &path)
+        });
+        if let Err(e) = sent {
             tracing::debug!(error = %e, ?states, "notify failed");
         }
     }
