@@ -32,7 +32,10 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 BenchCommand::Generate(args) => cli::bench::bench_generate(args)?,
                 BenchCommand::Train(args) => cli::bench::bench_train(args)?,
                 BenchCommand::Eval(args) => cli::bench::bench_eval(args)?,
-                BenchCommand::Chat(args) => cli::bench_chat::bench_chat(args)?,
+                BenchCommand::Chat(args) => {
+                    cli::bench_chat::bench_chat(args)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
             };
             println!("{line}");
             Ok(ExitCode::SUCCESS)

@@ -206,8 +206,9 @@ pub enum BenchCommand {
     Train(TrainArgs),
     /// Perplexity over a data set, and tokens per second.
     Eval(EvalArgs),
-    /// A running chat server as its clients see it: time to first token,
-    /// decode tokens/s, and total tokens/s of concurrent clients.
+    /// A running OpenAI-compatible server as its clients see it: per client
+    /// count, aggregate tokens/s and p50/p95 time to first token and between
+    /// tokens (one JSON line each).
     Chat(ChatBenchArgs),
 }
 

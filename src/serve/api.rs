@@ -502,7 +502,10 @@ mod tests {
 }
 
 /// OpenAI's `logprobs` object for `tokens` (`null` when none were asked for).
-pub fn logprobs_json(tok: &lorastream_ml::ChatTokenizer, tokens: &[lorastream_ml::generate::Logprob]) -> Value {
+pub fn logprobs_json(
+    tok: &lorastream_ml::ChatTokenizer,
+    tokens: &[lorastream_ml::generate::Logprob],
+) -> Value {
     let entry = |id: u32, lp: f32| {
         let text = tok.decode(&[id]);
         json!({"token": text, "logprob": lp, "bytes": text.as_bytes()})

@@ -223,13 +223,21 @@ impl Batch {
         want: &[(usize, i64)],
         logits: &Tensor,
     ) -> Result<Vec<(u32, Option<Logprob>)>, tch::TchError> {
-        if want.iter().all(|(i, _)| self.seqs[*i].decoder.params().plain_greedy()) {
-            let ids: Vec<i64> = Vec::try_from(logits.argmax(-1, false).to_device(tch::Device::Cpu))?;
+        if want
+            .iter()
+            .all(|(i, _)| self.seqs[*i].decoder.params().plain_greedy())
+        {
+            let ids: Vec<i64> =
+                Vec::try_from(logits.argmax(-1, false).to_device(tch::Device::Cpu))?;
             return Ok(ids.into_iter().map(|t| (t as u32, None)).collect());
         }
         let vocab = logits.size()[1] as usize;
-        let all: Vec<f32> =
-            Vec::try_from(logits.to_kind(Kind::Float).to_device(tch::Device::Cpu).view([-1]))?;
+        let all: Vec<f32> = Vec::try_from(
+            logits
+                .to_kind(Kind::Float)
+                .to_device(tch::Device::Cpu)
+                .view([-1]),
+        )?;
         Ok(want
             .iter()
             .zip(all.chunks_exact(vocab))
@@ -238,7 +246,13 @@ impl Batch {
     }
 
     /// Hands sequence `i` its token; `Some` when its answer ends.
-    fn deliver(&mut self, i: usize, served: &Served, id: u32, lp: Option<Logprob>) -> Option<FinishReason> {
+    fn deliver(
+        &mut self,
+        i: usize,
+        served: &Served,
+        id: u32,
+        lp: Option<Logprob>,
+    ) -> Option<FinishReason> {
         METRICS.chat_tokens.inc();
         let s = &mut self.seqs[i];
         let step = s.decoder.accept(&served.tok, id);
@@ -249,7 +263,9 @@ impl Batch {
             text.push_str(&s.decoder.rest(&served.tok));
         }
         if (!text.is_empty() || !logprobs.is_empty())
-            && s.out.send(&s.job.events, Event::Delta { text, logprobs }).is_err()
+            && s.out
+                .send(&s.job.events, Event::Delta { text, logprobs })
+                .is_err()
         {
             return Some(FinishReason::Cancelled);
         }
@@ -348,7 +364,10 @@ mod tests {
         assert!(out.send(&tx, Event::Started).is_ok());
         let started = Instant::now();
         assert!(out.send(&tx, Event::Started).is_ok(), "kept, not blocking");
-        assert!(started.elapsed() < Duration::from_millis(100), "never waits");
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "never waits"
+        );
         std::thread::sleep(Duration::from_millis(210));
         assert!(out.flush(&tx).is_err(), "nobody read for the timeout");
         assert!(matches!(rx.try_recv(), Ok(Event::Started)));

@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 use super::api::{self, ApiError, ChatRequest};
 use super::auth::Caller;
 use super::engine::{EngineError, Event, Job};
-use super::reply::{Reply, Timing, next_event, streamed, whole};
 use super::memory::{self, Speaker};
 use super::prompt::PromptError;
+use super::reply::{Reply, Timing, next_event, streamed, whole};
 use super::{State, json_body, versions};
 use crate::util::metrics::METRICS;
 use lorastream_ml::generate::SamplingParams;
@@ -70,11 +70,7 @@ async fn answer(
     let memories = recall(&state, speaker.as_ref(), &checked.messages).await;
     let recall_ms = started.elapsed().as_millis() as u64;
     let n_memories = memories.len();
-    let info = state
-        .engine
-        .model(MODEL_WAIT)
-        .await
-        .map_err(engine_error)?;
+    let info = state.engine.model(MODEL_WAIT).await.map_err(engine_error)?;
     let prompt = fit_prompt(&state, &info, &checked, &memories).await?;
     let prompt_tokens = prompt.len();
     let (tx, mut rx) = mpsc::channel(64);
@@ -156,12 +152,16 @@ async fn fit_prompt(
     let reserve = checked.max_tokens.clamp(1, (context / 2).max(1));
     let overflow = state.config.server.overflow;
     let info = Arc::clone(info);
-    let fitted = web::block(move || super::prompt::fit(&info.tok, &messages, context - reserve, overflow))
-        .await
-        .map_err(|e| engine_error(EngineError::Generation(e.to_string())))?;
+    let fitted =
+        web::block(move || super::prompt::fit(&info.tok, &messages, context - reserve, overflow))
+            .await
+            .map_err(|e| engine_error(EngineError::Generation(e.to_string())))?;
     let (prompt, dropped) = fitted.map_err(|e| engine_error(EngineError::Prompt(e)))?;
     if dropped > 0 {
-        tracing::info!(dropped_turns = dropped, "oldest turns dropped to fit the context window");
+        tracing::info!(
+            dropped_turns = dropped,
+            "oldest turns dropped to fit the context window"
+        );
     }
     Ok(prompt)
 }
@@ -285,4 +285,3 @@ pub(super) fn engine_error(e: EngineError) -> ApiError {
         .retry_after(1),
     }
 }
-

@@ -120,18 +120,17 @@ impl Engine {
     /// The loaded model, waiting while it loads (at most `wait`).
     pub async fn model(&self, wait: Duration) -> Result<Arc<ModelInfo>, EngineError> {
         let mut rx = self.ready.clone();
-        let settled = tokio::time::timeout(
-            wait,
-            rx.wait_for(|r| !matches!(r, Readiness::Loading)),
-        )
-        .await;
+        let settled =
+            tokio::time::timeout(wait, rx.wait_for(|r| !matches!(r, Readiness::Loading))).await;
         match settled {
             Ok(Ok(r)) => match &*r {
                 Readiness::Ready(info) => Ok(Arc::clone(info)),
                 Readiness::Failed(e) => Err(EngineError::NoModel(e.clone())),
                 Readiness::Loading => unreachable!("waited for a settled state"),
             },
-            Ok(Err(_)) => Err(EngineError::Generation("the generation worker is gone".into())),
+            Ok(Err(_)) => Err(EngineError::Generation(
+                "the generation worker is gone".into(),
+            )),
             Err(_) => Err(EngineError::NoModel("the model is still loading".into())),
         }
     }

@@ -50,7 +50,6 @@ impl Timing {
     }
 }
 
-
 /// What every response of one request names.
 pub(super) struct Reply {
     pub id: String,
@@ -76,7 +75,14 @@ impl Reply {
     }
 
     fn chunk(&self, delta: serde_json::Value, finish: Option<&str>) -> serde_json::Value {
-        api::chunk(&self.id, self.created, &self.label, delta, serde_json::Value::Null, finish)
+        api::chunk(
+            &self.id,
+            self.created,
+            &self.label,
+            delta,
+            serde_json::Value::Null,
+            finish,
+        )
     }
 
     /// A delta chunk; its `logprobs` when the tokens behind it carry them.
@@ -86,10 +92,16 @@ impl Reply {
         } else {
             api::logprobs_json(&self.tok, logprobs)
         };
-        api::chunk(&self.id, self.created, &self.label, json!({"content": text}), lp, None)
+        api::chunk(
+            &self.id,
+            self.created,
+            &self.label,
+            json!({"content": text}),
+            lp,
+            None,
+        )
     }
 }
-
 
 /// One `chat.completion` once the worker is done.
 pub(super) async fn whole(
@@ -103,7 +115,10 @@ pub(super) async fn whole(
     let mut logprobs: Option<Vec<Logprob>> = None;
     loop {
         match next_event(&mut rx, peer.as_ref()).await? {
-            Some(Event::Delta { text: d, logprobs: lp }) => {
+            Some(Event::Delta {
+                text: d,
+                logprobs: lp,
+            }) => {
                 reply.timing.token();
                 text.push_str(&d);
                 if !lp.is_empty() {
@@ -125,7 +140,9 @@ pub(super) async fn whole(
                     &text,
                     finish_reason(finish),
                     &usage,
-                    logprobs.map_or(serde_json::Value::Null, |l| api::logprobs_json(&reply.tok, &l)),
+                    logprobs.map_or(serde_json::Value::Null, |l| {
+                        api::logprobs_json(&reply.tok, &l)
+                    }),
                 )));
             }
             Some(Event::Failed(e)) => return Err(engine_error(e)),
@@ -240,7 +257,6 @@ fn log_done(r: &Reply, usage: &Usage) {
         "chat completion"
     );
 }
-
 
 /// One Server-Sent Event carrying `v` as JSON.
 fn sse(v: &serde_json::Value) -> web::Bytes {

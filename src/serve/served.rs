@@ -102,7 +102,12 @@ impl Served {
         );
         if self.adapters.len() >= ADAPTERS_KEPT {
             // Sequences running on an evicted adapter keep their own reference.
-            if let Some(old) = self.adapters.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+            if let Some(old) = self
+                .adapters
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| *k)
+            {
                 self.adapters.remove(&old);
             }
         }

@@ -55,8 +55,15 @@ pub(super) fn run(config: Arc<Config>, rx: Receiver<Job>, ready: watch::Sender<R
                 Readiness::Failed(e) => e.clone(),
                 _ => "the model is not loaded".into(),
             };
-            for job in waiting.drain(..).chain(rx.try_iter().inspect(|_| METRICS.queue_depth.dec())) {
-                let _ = job.events.try_send(Event::Failed(super::engine::EngineError::NoModel(why.clone())));
+            for job in waiting
+                .drain(..)
+                .chain(rx.try_iter().inspect(|_| METRICS.queue_depth.dec()))
+            {
+                let _ = job
+                    .events
+                    .try_send(Event::Failed(super::engine::EngineError::NoModel(
+                        why.clone(),
+                    )));
             }
             continue;
         };

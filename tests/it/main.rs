@@ -18,6 +18,7 @@ mod parity;
 mod pipeline;
 mod security;
 mod security_slow;
+mod serving;
 mod sources;
 mod systemd;
 mod train;

@@ -27,7 +27,7 @@ fn python() -> PathBuf {
     py
 }
 
-fn run_python(args: &[&Path]) {
+pub(crate) fn run_python(args: &[&Path]) {
     let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity");
     let mut cmd = Command::new(python());
     cmd.env("HF_HUB_OFFLINE", "1")
@@ -167,7 +167,11 @@ fn a_merged_export_equals_the_unmerged_adapter() {
         // and leaves the model's own weights as they were.
         let out = tempfile::tempdir().unwrap();
         m.export_merged(out.path()).unwrap();
-        assert_close(&format!("{name} after export"), &ref_logits(&m, &r), &unmerged);
+        assert_close(
+            &format!("{name} after export"),
+            &ref_logits(&m, &r),
+            &unmerged,
+        );
         let exported = CausalLm::load(out.path(), Device::Cpu, Kind::Float).unwrap();
         let logits = ref_logits(&exported, &r);
         assert_close(&format!("{name} exported merged"), &logits, &unmerged);

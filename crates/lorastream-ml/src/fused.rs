@@ -78,10 +78,7 @@ impl Fused {
         } else {
             y.split_with_sizes(&self.sizes, -1)
         };
-        let mut it = ys
-            .into_iter()
-            .zip(parts)
-            .map(|(y, l)| pass.lora(l, y, x));
+        let mut it = ys.into_iter().zip(parts).map(|(y, l)| pass.lora(l, y, x));
         std::array::from_fn(|_| it.next().expect("one output per part"))
     }
 

@@ -82,7 +82,12 @@ impl Decoder {
             params: params.clone(),
             rng: Rng::new(params.seed),
             seen: Seen::with_prompt(prompt),
-            eos: config.eos_token_ids.iter().map(|&i| i as u32).chain(eos).collect(),
+            eos: config
+                .eos_token_ids
+                .iter()
+                .map(|&i| i as u32)
+                .chain(eos)
+                .collect(),
             text: Text::default(),
             budget: params.max_new_tokens.min(max_pos - prompt.len()),
             prompt_tokens: prompt.len(),
@@ -133,7 +138,12 @@ impl Decoder {
         if self.text.text.is_empty() && !self.text.ids.is_empty() {
             self.text.text = tok.decode(&self.text.ids);
         }
-        let rest = self.text.text.get(self.text.emitted..).unwrap_or("").to_string();
+        let rest = self
+            .text
+            .text
+            .get(self.text.emitted..)
+            .unwrap_or("")
+            .to_string();
         self.text.emitted = self.text.text.len();
         rest
     }
@@ -170,7 +180,9 @@ pub fn generate(
     let mut input: Vec<i64> = prompt.iter().map(|&i| i as i64).collect();
     let mut finish = FinishReason::Length;
     for _ in 0..d.budget() {
-        let ids = Tensor::from_slice(&input).unsqueeze(0).to_device(model.device);
+        let ids = Tensor::from_slice(&input)
+            .unsqueeze(0)
+            .to_device(model.device);
         let last = model.forward_last(&ids, Some(&mut cache)).squeeze_dim(0);
         let next = if d.params().plain_greedy() {
             last.argmax(-1, false).int64_value(&[]) as u32

@@ -34,8 +34,8 @@ pub use device::DType;
 pub use hf_config::HfConfig;
 pub use lora::LoraSpec;
 pub use model::{CausalLm, KvCache};
-pub use pass::{Adapter, Segment};
 pub use models::Arch;
+pub use pass::{Adapter, Segment};
 pub use tokenizer::{ChatTokenizer, Message};
 
 #[derive(Debug, thiserror::Error)]

@@ -186,7 +186,11 @@ impl Linear {
         let w = self.weight.detach().to_kind(Kind::Float);
         match &self.lora {
             Some(l) => {
-                let d = l.b.detach().to_kind(Kind::Float).matmul(&l.a.detach().to_kind(Kind::Float)) * l.scale;
+                let d =
+                    l.b.detach()
+                        .to_kind(Kind::Float)
+                        .matmul(&l.a.detach().to_kind(Kind::Float))
+                        * l.scale;
                 w + if self.fan_in_fan_out { d.tr() } else { d }
             }
             None => w,

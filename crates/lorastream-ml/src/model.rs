@@ -163,7 +163,12 @@ impl CausalLm {
     /// `[1, N]`, each segment continuing its own cache with its own adapter
     /// (see [`crate::pass`]): the final hidden states of each segment's last
     /// token, `[segments, hidden]`. Never tracks gradients.
-    pub fn forward_segments(&self, ids: &Tensor, positions: &Tensor, segments: Vec<Segment>) -> Tensor {
+    pub fn forward_segments(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        segments: Vec<Segment>,
+    ) -> Tensor {
         let _guard = tch::no_grad_guard();
         let mut pass = Pass::segments(segments);
         let h = self.inner.forward_hidden(ids, positions, &mut pass);
@@ -219,7 +224,8 @@ impl CausalLm {
     /// Bytes of KV cache one token takes (keys and values of every layer).
     pub fn kv_bytes_per_token(&self) -> i64 {
         let c = &self.config;
-        2 * (c.num_layers * c.num_kv_heads * c.head_dim) as i64 * self.kind.elt_size_in_bytes() as i64
+        2 * (c.num_layers * c.num_kv_heads * c.head_dim) as i64
+            * self.kind.elt_size_in_bytes() as i64
     }
 
     pub fn new_cache(&self) -> KvCache {

@@ -93,7 +93,14 @@ impl<'a> Pass<'a> {
 
     /// Attention of layer `layer`: `q` `[b, heads, t, hd]`, `k`, `v`
     /// `[b, kv_heads, t, hd]` (new tokens; cached ones are appended to).
-    pub fn attention(&mut self, layer: usize, q: &Tensor, k: Tensor, v: Tensor, gqa: bool) -> Tensor {
+    pub fn attention(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        gqa: bool,
+    ) -> Tensor {
         match &mut self.rows {
             Rows::Whole { mask, cache } => {
                 let c = cache.as_deref_mut().map(|c| &mut c[layer]);

@@ -191,11 +191,16 @@ pub fn logprob(logits: &[f32], id: u32, top: usize) -> Logprob {
         });
         idx.truncate(k);
         idx.sort_unstable_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
-        best = idx.into_iter().map(|i| (i, lp(logits[i as usize]))).collect();
+        best = idx
+            .into_iter()
+            .map(|i| (i, lp(logits[i as usize])))
+            .collect();
     }
     Logprob {
         id,
-        logprob: logits.get(id as usize).map_or(f32::NEG_INFINITY, |&l| lp(l)),
+        logprob: logits
+            .get(id as usize)
+            .map_or(f32::NEG_INFINITY, |&l| lp(l)),
         top: best,
     }
 }
@@ -224,9 +229,17 @@ mod tests {
         assert_eq!(pick(&mut [0.1, 2.0, 1.0], &prompt, &p, &mut rng), 1);
         let mut answer = Seen::default();
         answer.push(1);
-        assert_eq!(pick(&mut [0.1, 2.0, 1.0], &answer, &p, &mut rng), 1, "2.0 - 0.6 > 1.0");
+        assert_eq!(
+            pick(&mut [0.1, 2.0, 1.0], &answer, &p, &mut rng),
+            1,
+            "2.0 - 0.6 > 1.0"
+        );
         answer.push(1);
-        assert_eq!(pick(&mut [0.1, 2.0, 1.0], &answer, &p, &mut rng), 2, "2.0 - 1.2 < 1.0");
+        assert_eq!(
+            pick(&mut [0.1, 2.0, 1.0], &answer, &p, &mut rng),
+            2,
+            "2.0 - 1.2 < 1.0"
+        );
         let p = SamplingParams {
             presence_penalty: 1.5,
             ..SamplingParams::default()
@@ -242,7 +255,9 @@ mod tests {
         let z: f64 = [0.0f64, 1.0, 2.0, 3.0].iter().map(|x| x.exp()).sum();
         assert!((l.logprob as f64 - (2.0 - z.ln())).abs() < 1e-5);
         assert_eq!(l.top.iter().map(|t| t.0).collect::<Vec<_>>(), [3, 2]);
-        let total: f64 = (0..4).map(|i| logprob(&[0.0, 1.0, 2.0, 3.0], i, 0).logprob.exp() as f64).sum();
+        let total: f64 = (0..4)
+            .map(|i| logprob(&[0.0, 1.0, 2.0, 3.0], i, 0).logprob.exp() as f64)
+            .sum();
         assert!((total - 1.0).abs() < 1e-5);
     }
 
@@ -257,7 +272,14 @@ mod tests {
         let draw = |seed| {
             let mut rng = Rng::new(seed);
             (0..200)
-                .map(|_| pick(&mut [1.0, 4.0, 0.9, 5.0, -1.0], &Seen::default(), &p, &mut rng))
+                .map(|_| {
+                    pick(
+                        &mut [1.0, 4.0, 0.9, 5.0, -1.0],
+                        &Seen::default(),
+                        &p,
+                        &mut rng,
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         let a = draw(7);
@@ -279,7 +301,10 @@ mod tests {
         };
         let mut rng = Rng::new(3);
         for _ in 0..100 {
-            assert_eq!(pick(&mut [0.0, 3.0, 0.0, 0.0], &Seen::default(), &p, &mut rng), 1);
+            assert_eq!(
+                pick(&mut [0.0, 3.0, 0.0, 0.0], &Seen::default(), &p, &mut rng),
+                1
+            );
         }
     }
 }

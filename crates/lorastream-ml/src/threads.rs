@@ -76,7 +76,11 @@ pub fn configure(serve: Budget, learn_alone: usize) {
         slot(w).shared.store(shared, Ordering::Relaxed);
     };
     set(Work::Serve, or(serve.alone, n), serve_shared);
-    set(Work::Learn, or(learn_alone, n), n.saturating_sub(serve_shared).max(1));
+    set(
+        Work::Learn,
+        or(learn_alone, n),
+        n.saturating_sub(serve_shared).max(1),
+    );
 }
 
 /// The threads `w` should use now.
@@ -121,7 +125,13 @@ mod tests {
 
     #[test]
     fn each_kind_shrinks_to_its_share_while_the_other_is_busy() {
-        configure(Budget { alone: 4, shared: 1 }, 4);
+        configure(
+            Budget {
+                alone: 4,
+                shared: 1,
+            },
+            4,
+        );
         let learn_shared = cores().saturating_sub(1).max(1);
         assert_eq!(threads_for(Work::Serve), 4);
         let learning = busy(Work::Learn);

@@ -60,7 +60,9 @@ impl Daemon {
             let line = self.lines.recv_timeout(left).ok()?;
             let v: serde_json::Value = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
-            if std::env::var_os("DEBUG_LINES").is_some() { eprintln!("{}", &line[..line.len().min(300)]); }
+            if std::env::var_os("DEBUG_LINES").is_some() {
+                eprintln!("{}", &line[..line.len().min(300)]);
+            }
             if pred(&v) {
                 return Some(v);
             }

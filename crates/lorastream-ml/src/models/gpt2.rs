@@ -5,9 +5,9 @@ use tch::Tensor;
 
 use super::{Arch, Backbone, Family, Fill, Init, TensorSpec};
 use crate::MlError;
-use crate::pass::Pass;
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds, uint};
 use crate::lora::{Linear, LoraTargets};
+use crate::pass::Pass;
 use crate::weights::Weights;
 
 struct LayerNorm {

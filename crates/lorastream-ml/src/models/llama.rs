@@ -215,8 +215,7 @@ impl Backbone for Llama {
     // `x = x + f(x)`, not `x += f(x)`: an in-place add on `x` would clobber
     // what autograd saved for the backward pass.
     #[allow(clippy::assign_op_pattern)]
-    fn forward_hidden(&self, ids: &Tensor, positions: &Tensor, pass: &mut Pass,
-    ) -> Tensor {
+    fn forward_hidden(&self, ids: &Tensor, positions: &Tensor, pass: &mut Pass) -> Tensor {
         let train = pass.train;
         let (b, t) = ids.size2().expect("ids are [batch, time]");
         let nh = self.cfg.num_heads as i64;

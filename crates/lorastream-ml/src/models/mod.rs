@@ -16,11 +16,11 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use crate::MlError;
-use crate::pass::Pass;
 use crate::fused::tensor_bytes;
 pub use crate::hf_config::Arch;
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds, ids};
 use crate::lora::{Linear, LoraTargets};
+use crate::pass::Pass;
 use crate::weights::Weights;
 
 impl Arch {
