@@ -95,6 +95,9 @@ max_forgetting = 0.10
 listen = "127.0.0.1:{port}"
 memory = false
 
+[server.sampling]
+repetition_penalty = 1.1
+
 [schedule]
 crawl = "*/2 * * * * *"
 seal = "*/2 * * * * *"
@@ -147,10 +150,10 @@ struct Demo {
 impl Demo {
     /// Asks before, drops each stream into the spool and waits for its
     /// decision, asks after.
-    async fn run(&mut self, dir: &Path) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    async fn run(&mut self, dir: &Path) -> anyhow::Result<Answers> {
         self.wait_for("the daemon's server", |_| true).await?;
         self.say("loading the model (first start: import of the GGUF fallback when offline)");
-        let before = self.ask_all("base", "before").await?;
+        let before = self.ask_all("base", "before", json!({})).await?;
         for (i, (name, text)) in STREAMS.iter().enumerate() {
             std::fs::write(dir.join("spool").join(name), text)?;
             self.say(&format!(
@@ -163,8 +166,16 @@ impl Demo {
             )
             .await?;
         }
-        let after = self.ask_all("lorastream", "after").await?;
-        Ok((before, after))
+        let after = self.ask_all("lorastream", "after", json!({})).await?;
+        // The same questions without the default repetition penalty: how
+        // the answers read before it (distinct-2 beside each other).
+        let plain = json!({"repetition_penalty": 1.0});
+        let unpenalised = self.ask_all("lorastream", "after, no penalty", plain).await?;
+        Ok(Answers {
+            before,
+            after,
+            unpenalised,
+        })
     }
 
     fn say(&self, line: &str) {
@@ -229,9 +240,12 @@ impl Demo {
         }
     }
 
-    async fn ask(&self, model: &str, question: &str) -> anyhow::Result<String> {
-        let body = json!({"model": model, "messages": [{"role": "user", "content": question}],
+    async fn ask(&self, model: &str, question: &str, extra: &Value) -> anyhow::Result<String> {
+        let mut body = json!({"model": model, "messages": [{"role": "user", "content": question}],
                           "max_tokens": 80, "temperature": 0});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
         let v: Value = self
             .client
             .post(format!("{}/v1/chat/completions", self.base))
@@ -248,10 +262,10 @@ impl Demo {
             .to_string())
     }
 
-    async fn ask_all(&self, model: &str, when: &str) -> anyhow::Result<Vec<String>> {
+    async fn ask_all(&self, model: &str, when: &str, extra: Value) -> anyhow::Result<Vec<String>> {
         let mut out = Vec::new();
         for q in QUESTIONS {
-            let a = self.ask(model, q).await?;
+            let a = self.ask(model, q, &extra).await?;
             self.say(&format!("{when} ({model}) Q: {q}\n         A: {a}"));
             out.push(a);
         }
@@ -313,8 +327,8 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let result = rt.block_on(d.run(&dir));
     d.progress.finish_and_clear();
-    let (before, after) = result.with_context(|| format!("see {}", log.display()))?;
-    report(&dir, &before, &after, started)?;
+    let answers = result.with_context(|| format!("see {}", log.display()))?;
+    report(&dir, &answers, started)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -337,6 +351,35 @@ fn start_daemon(dir: &Path, model: &str, port: u16, log: &Path) -> anyhow::Resul
     Ok(Daemon(child))
 }
 
+/// The answers to [`QUESTIONS`]: from the base, from the served version,
+/// and from it again without the default repetition penalty.
+struct Answers {
+    before: Vec<String>,
+    after: Vec<String>,
+    unpenalised: Vec<String>,
+}
+
+/// Distinct-2 (distinct word pairs over all pairs: 1 = no pair repeats) and
+/// how many sentences repeat an earlier one of the same text.
+fn repetition(text: &str) -> (f64, usize) {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let pairs: Vec<(&str, &str)> = words.windows(2).map(|w| (w[0], w[1])).collect();
+    let distinct: std::collections::HashSet<_> = pairs.iter().collect();
+    let d2 = if pairs.is_empty() {
+        1.0
+    } else {
+        distinct.len() as f64 / pairs.len() as f64
+    };
+    let mut seen = std::collections::HashSet::new();
+    let repeated = text
+        .split(['.', '!', '?', '\n'])
+        .map(str::trim)
+        .filter(|s| s.split_whitespace().count() >= 3)
+        .filter(|s| !seen.insert(s.to_lowercase()))
+        .count();
+    (d2, repeated)
+}
+
 /// A spinner on a terminal, nothing elsewhere.
 fn spinner() -> indicatif::ProgressBar {
     if std::io::stderr().is_terminal() {
@@ -349,7 +392,7 @@ fn spinner() -> indicatif::ProgressBar {
 }
 
 /// The matrix, the decisions, the served version and the answers before and after.
-fn report(dir: &Path, before: &[String], after: &[String], started: Instant) -> anyhow::Result<()> {
+fn report(dir: &Path, a: &Answers, started: Instant) -> anyhow::Result<()> {
     let store = Store::open(&dir.join("state/lorastream.db"))?;
     let matrix = lorastream::learn::pipeline::stored_matrix(&store)?;
     println!("\nperplexity matrix (rows: versions, columns: streams; lower is better)\n{matrix}");
@@ -372,7 +415,12 @@ fn report(dir: &Path, before: &[String], after: &[String], started: Instant) -> 
         ))
     );
     for (i, q) in QUESTIONS.iter().enumerate() {
-        println!("\nQ: {q}\n  before: {}\n  after:  {}", before[i], after[i]);
+        println!("\nQ: {q}\n  before: {}\n  after:  {}", a.before[i], a.after[i]);
+        let (d, r) = repetition(&a.after[i]);
+        let (d0, r0) = repetition(&a.unpenalised[i]);
+        println!(
+            "  after: distinct-2 {d:.2}, {r} repeated sentence(s); without the repetition penalty: distinct-2 {d0:.2}, {r0} repeated"
+        );
     }
     let promoted = adapters
         .iter()

@@ -185,7 +185,20 @@ function renderLoss(adapters) {
   });
 }
 
+// The model's state from the public readiness probe: "loading" until the
+// generation worker has it in memory.
+async function readiness() {
+  try {
+    const r = await fetch("/ready");
+    const j = await r.json();
+    $("ready").textContent = j.status === "ready" ? "" :
+      j.status === "loading" ? "model loading…" : "no model: " + (j.error || "");
+    $("chat-send").disabled = j.status !== "ready";
+  } catch (e) { /* the status line says the daemon is unreachable */ }
+}
+
 async function refresh() {
+  await readiness();
   try {
     const r = await fetch("/api/status", { headers: headers() });
     if (r.ok) render(await r.json());
