@@ -170,7 +170,9 @@ impl Demo {
         // The same questions without the default repetition penalty: how
         // the answers read before it (distinct-2 beside each other).
         let plain = json!({"repetition_penalty": 1.0});
-        let unpenalised = self.ask_all("lorastream", "after, no penalty", plain).await?;
+        let unpenalised = self
+            .ask_all("lorastream", "after, no penalty", plain)
+            .await?;
         Ok(Answers {
             before,
             after,
@@ -415,7 +417,10 @@ fn report(dir: &Path, a: &Answers, started: Instant) -> anyhow::Result<()> {
         ))
     );
     for (i, q) in QUESTIONS.iter().enumerate() {
-        println!("\nQ: {q}\n  before: {}\n  after:  {}", a.before[i], a.after[i]);
+        println!(
+            "\nQ: {q}\n  before: {}\n  after:  {}",
+            a.before[i], a.after[i]
+        );
         let (d, r) = repetition(&a.after[i]);
         let (d0, r0) = repetition(&a.unpenalised[i]);
         println!(

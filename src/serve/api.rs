@@ -455,6 +455,26 @@ impl ResponseError for ApiError {
     }
 }
 
+/// OpenAI's `logprobs` object for `tokens` (`null` when none were asked for).
+pub fn logprobs_json(
+    tok: &lorastream_ml::ChatTokenizer,
+    tokens: &[lorastream_ml::generate::Logprob],
+) -> Value {
+    let entry = |id: u32, lp: f32| {
+        let text = tok.decode(&[id]);
+        json!({"token": text, "logprob": lp, "bytes": text.as_bytes()})
+    };
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(t.id, t.logprob);
+            e["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+            e
+        })
+        .collect();
+    json!({"content": content})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,24 +519,4 @@ mod tests {
             assert_eq!(e.body()["error"]["type"], "invalid_request_error");
         }
     }
-}
-
-/// OpenAI's `logprobs` object for `tokens` (`null` when none were asked for).
-pub fn logprobs_json(
-    tok: &lorastream_ml::ChatTokenizer,
-    tokens: &[lorastream_ml::generate::Logprob],
-) -> Value {
-    let entry = |id: u32, lp: f32| {
-        let text = tok.decode(&[id]);
-        json!({"token": text, "logprob": lp, "bytes": text.as_bytes()})
-    };
-    let content: Vec<Value> = tokens
-        .iter()
-        .map(|t| {
-            let mut e = entry(t.id, t.logprob);
-            e["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
-            e
-        })
-        .collect();
-    json!({"content": content})
 }

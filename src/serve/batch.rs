@@ -7,12 +7,12 @@
 //! or when the caches would pass the KV budget. Sequences on the same version
 //! sit side by side, so each LoRA is applied once per run of rows.
 
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tch::{Kind, Tensor};
 
-use super::engine::{EngineError, Event, Job};
+use super::jobs::{EngineError, Event, Job};
 use super::served::Served;
 use crate::util::metrics::METRICS;
 use lorastream_ml::generate::{Decoder, FinishReason, Logprob};
@@ -32,7 +32,7 @@ pub(super) struct Limits {
 
 struct Seq {
     job: Job,
-    adapter: Option<Arc<Adapter>>,
+    adapter: Option<Rc<Adapter>>,
     cache: KvCache,
     /// Tokens the next pass feeds: the prompt not read yet, or the last token.
     pending: Vec<i64>,
@@ -73,7 +73,11 @@ impl Batch {
 
     /// Adds `job` to the batch if it fits (a job too large for the whole
     /// budget runs alone); the caller has put its base in place.
-    pub fn admit(&mut self, served: &mut Served, job: Job) -> Result<Admit, (Job, EngineError)> {
+    pub fn admit(
+        &mut self,
+        served: &mut Served,
+        job: Job,
+    ) -> Result<Admit, Box<(Job, EngineError)>> {
         let decoder = match Decoder::new(
             &served.model.config,
             served.tok.eos_id(),
@@ -81,7 +85,7 @@ impl Batch {
             &job.params,
         ) {
             Ok(d) => d,
-            Err(e) => return Err((job, EngineError::Generation(e.to_string()))),
+            Err(e) => return Err(Box::new((job, EngineError::Generation(e.to_string())))),
         };
         let positions = (job.prompt.len() + decoder.budget()) as i64;
         let need = positions * served.model.kv_bytes_per_token();
@@ -92,7 +96,7 @@ impl Batch {
         }
         let adapter = match served.adapter(&job.version) {
             Ok(a) => a,
-            Err(e) => return Err((job, e)),
+            Err(e) => return Err(Box::new((job, e))),
         };
         let out = Outbox::new(self.limits.send_timeout);
         let seq = Seq {
@@ -302,8 +306,8 @@ impl Batch {
     }
 }
 
-fn adapter_key(a: Option<&Arc<Adapter>>) -> usize {
-    a.map_or(0, |a| Arc::as_ptr(a) as usize)
+fn adapter_key(a: Option<&Rc<Adapter>>) -> usize {
+    a.map_or(0, |a| Rc::as_ptr(a) as usize)
 }
 
 /// A sequence's events, sent without ever blocking the worker: what the

@@ -13,18 +13,16 @@ use tokio::sync::mpsc;
 
 use super::api::{self, ApiError, ChatRequest};
 use super::auth::Caller;
-use super::engine::{EngineError, Event, Job};
+use super::jobs::{EngineError, Event, Job};
 use super::memory::{self, Speaker};
-use super::prompt::PromptError;
-use super::reply::{Reply, Timing, next_event, streamed, whole};
+pub use super::reply::MESSAGE_HEADER;
+use super::reply::{Remember, Reply, Timing, engine_error, next_event, streamed, whole};
 use super::{State, json_body, versions};
 use crate::util::metrics::METRICS;
 use lorastream_ml::generate::SamplingParams;
 
 /// Header naming the conversation a request continues.
 pub const CONVERSATION_HEADER: &str = "x-conversation-id";
-/// Header naming the stored answer (whole answers of a remembered conversation).
-pub const MESSAGE_HEADER: &str = "x-lorastream-message-id";
 /// Header saying how many memories went into the prompt.
 pub const MEMORIES_HEADER: &str = "x-lorastream-memories";
 
@@ -143,7 +141,7 @@ fn params(c: &api::Checked) -> SamplingParams {
 /// thread: the worker never tokenizes).
 async fn fit_prompt(
     state: &Arc<State>,
-    info: &Arc<super::engine::ModelInfo>,
+    info: &Arc<super::jobs::ModelInfo>,
     checked: &api::Checked,
     memories: &[lorastream_store::MessageRow],
 ) -> Result<Vec<u32>, ApiError> {
@@ -237,51 +235,4 @@ fn submit(state: &State, job: Job) -> Result<(), ApiError> {
         .with_code("queue_full")
         .retry_after(1)
     })
-}
-
-/// Stores an exchange of a remembered conversation (a whole answer: before
-/// responding, so the next request sees it; a stream: when it ends).
-pub(super) struct Remember {
-    state: Arc<State>,
-    speaker: Option<Speaker>,
-    messages: Vec<lorastream_ml::Message>,
-}
-
-impl Remember {
-    /// The stored answer's message id.
-    pub(super) async fn store(self, answer: String) -> Option<i64> {
-        let sp = self.speaker?;
-        let messages = self.messages;
-        let r = self
-            .state
-            .with_store(move |s| memory::remember(s, &sp, &messages, &answer))
-            .await;
-        r.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot store the conversation");
-            None
-        })
-    }
-}
-
-pub(super) fn engine_error(e: EngineError) -> ApiError {
-    match e {
-        EngineError::Prompt(PromptError::TooLong { .. }) => {
-            ApiError::invalid("messages", &e.to_string()).with_code("context_length_exceeded")
-        }
-        EngineError::Prompt(PromptError::Template(_)) => {
-            ApiError::invalid("messages", &e.to_string())
-        }
-        EngineError::NoModel(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            e.to_string(),
-        )
-        .retry_after(5),
-        EngineError::Generation(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            e.to_string(),
-        )
-        .retry_after(1),
-    }
 }

@@ -1,6 +1,6 @@
 //! The generation engine's handle: requests submit [`Job`]s (a prompt already
-//! fitted, its sampling, the version that answers) through a bounded queue
-//! and read [`Event`]s back over their own channel. The worker thread
+//! fitted, its sampling, the version that answers; see [`super::jobs`])
+//! through a bounded queue and read [`Event`]s back over their own channel. The worker thread
 //! ([`super::worker`]) loads the model at start-up and runs every admitted
 //! job in one continuous batch ([`super::batch`]).
 
@@ -8,72 +8,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc::Sender, watch};
+use tokio::sync::watch;
 
+use super::jobs::{EngineError, Job, ModelInfo, Readiness};
 use crate::config::Config;
-use lorastream_ml::generate::{FinishReason, Logprob, SamplingParams};
-use lorastream_ml::{ChatTokenizer, HfConfig};
-use lorastream_store::AdapterRow;
-
-/// Which weights answer: the base model, or a version (an adapter on the base
-/// or merge snapshot its lineage names, or a snapshot itself).
-#[derive(Debug, Clone)]
-pub struct VersionRef {
-    /// What responses name: `lorastream@v3`, or `base`.
-    pub label: String,
-    pub adapter: Option<AdapterRow>,
-    /// The merge snapshot it runs on (None: `[model]`'s base).
-    pub base: Option<std::path::PathBuf>,
-}
-
-pub struct Job {
-    pub version: VersionRef,
-    /// The prompt's token ids (see [`super::prompt::fit`]).
-    pub prompt: Vec<u32>,
-    pub params: SamplingParams,
-    pub events: Sender<Event>,
-}
-
-#[derive(Debug)]
-pub enum Event {
-    /// The job joined the batch.
-    Started,
-    /// New text, and the tokens behind it when log-probabilities were asked for.
-    Delta {
-        text: String,
-        logprobs: Vec<Logprob>,
-    },
-    Done {
-        finish: FinishReason,
-        completion_tokens: usize,
-    },
-    Failed(EngineError),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("no model to serve: {0}")]
-    NoModel(String),
-    #[error(transparent)]
-    Prompt(#[from] super::prompt::PromptError),
-    #[error("generation failed: {0}")]
-    Generation(String),
-}
-
-/// What requests need of the loaded model before they queue.
-pub struct ModelInfo {
-    pub tok: Arc<ChatTokenizer>,
-    pub config: HfConfig,
-}
-
-/// The worker's state as `/ready` and requests see it.
-#[derive(Clone)]
-pub enum Readiness {
-    Loading,
-    Ready(Arc<ModelInfo>),
-    /// Loading failed; the worker tries again on its own.
-    Failed(String),
-}
 
 /// The handle requests submit jobs through.
 #[derive(Clone)]
@@ -85,9 +23,10 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the worker thread, which loads the model at once; at most
-    /// `queue` jobs wait for a place in the batch.
+    /// `queue` jobs wait for a place in the batch (beside the `max_batch`
+    /// on their way into it).
     pub fn start(config: Arc<Config>, queue: usize) -> std::io::Result<Engine> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(queue);
+        let (tx, rx) = std::sync::mpsc::sync_channel(queue + config.server.max_batch.max(1));
         let (ready_tx, ready) = watch::channel(Readiness::Loading);
         std::thread::Builder::new()
             .name("generation".into())

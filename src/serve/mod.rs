@@ -12,7 +12,7 @@
 //!   identity's requests per minute and in flight;
 //! - [`api`]: the wire format, request checks and OpenAI error objects;
 //! - [`chat`]: the completion handler; [`reply`]: whole answers and streams;
-//! - [`engine`]: the generation engine's handle, jobs and events;
+//! - [`engine`]: the generation engine's handle; [`jobs`]: its messages;
 //!   [`worker`]: its thread (model loaded at start-up, queue, admission);
 //!   [`batch`]: continuous batching; [`served`]: the base weights and the
 //!   adapters applied per row;
@@ -32,6 +32,7 @@ pub mod engine;
 pub mod feedback;
 pub mod forget;
 pub mod guard;
+pub mod jobs;
 pub mod limits;
 pub mod memory;
 pub mod peer;
@@ -286,14 +287,14 @@ async fn health() -> HttpResponse {
 /// while it loads or when there is no model.
 async fn ready(state: web::Data<State>) -> HttpResponse {
     match state.engine.readiness() {
-        engine::Readiness::Ready(m) => HttpResponse::Ok().json(json!({
+        jobs::Readiness::Ready(m) => HttpResponse::Ok().json(json!({
             "status": "ready", "model": m.config.arch.to_string(),
             "context": m.config.max_position_embeddings,
         })),
-        engine::Readiness::Loading => HttpResponse::ServiceUnavailable()
+        jobs::Readiness::Loading => HttpResponse::ServiceUnavailable()
             .insert_header(("retry-after", "2"))
             .json(json!({"status": "loading"})),
-        engine::Readiness::Failed(e) => HttpResponse::ServiceUnavailable()
+        jobs::Readiness::Failed(e) => HttpResponse::ServiceUnavailable()
             .insert_header(("retry-after", "30"))
             .json(json!({"status": "no_model", "error": e})),
     }

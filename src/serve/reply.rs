@@ -12,14 +12,19 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::State;
 use super::api::{self, ApiError, Usage};
-use super::chat::{MESSAGE_HEADER, Remember, engine_error};
-use super::engine::{EngineError, Event};
+use super::jobs::{EngineError, Event};
+use super::memory::{self, Speaker};
+use super::prompt::PromptError;
 use crate::util::metrics::METRICS;
 use lorastream_ml::ChatTokenizer;
 use lorastream_ml::generate::Logprob;
 
 /// Time to first token and total time of one request, for the metrics.
+/// Header naming the stored answer (whole answers of a remembered conversation).
+pub const MESSAGE_HEADER: &str = "x-lorastream-message-id";
+
 pub(super) struct Timing {
     started: Instant,
     first: bool,
@@ -278,4 +283,51 @@ fn async_stream(
         ))
     })
     .flatten()
+}
+
+/// Stores an exchange of a remembered conversation (a whole answer: before
+/// responding, so the next request sees it; a stream: when it ends).
+pub(super) struct Remember {
+    pub state: Arc<State>,
+    pub speaker: Option<Speaker>,
+    pub messages: Vec<lorastream_ml::Message>,
+}
+
+impl Remember {
+    /// The stored answer's message id.
+    pub(super) async fn store(self, answer: String) -> Option<i64> {
+        let sp = self.speaker?;
+        let messages = self.messages;
+        let r = self
+            .state
+            .with_store(move |s| memory::remember(s, &sp, &messages, &answer))
+            .await;
+        r.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot store the conversation");
+            None
+        })
+    }
+}
+
+pub(super) fn engine_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::Prompt(PromptError::TooLong { .. }) => {
+            ApiError::invalid("messages", &e.to_string()).with_code("context_length_exceeded")
+        }
+        EngineError::Prompt(PromptError::Template(_)) => {
+            ApiError::invalid("messages", &e.to_string())
+        }
+        EngineError::NoModel(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            e.to_string(),
+        )
+        .retry_after(5),
+        EngineError::Generation(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            e.to_string(),
+        )
+        .retry_after(1),
+    }
 }

@@ -8,13 +8,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use super::engine::{EngineError, ModelInfo, VersionRef};
+use super::jobs::{EngineError, ModelInfo, VersionRef};
 use crate::config::Config;
 use crate::learn::lineage;
 use crate::learn::spec::model_spec;
-use lorastream_ml::load::{LoadError, ModelSpec, load_base, load_weights};
+use lorastream_ml::load::{LoadError, ModelSpec, load_tokenizer, load_weights};
 use lorastream_ml::{Adapter, CausalLm, ChatTokenizer};
 
 /// Adapters kept loaded beside the base (the least recently used go first).
@@ -23,12 +24,15 @@ const ADAPTERS_KEPT: usize = 8;
 pub(super) struct Served {
     pub model: CausalLm,
     pub tok: Arc<ChatTokenizer>,
+    /// How the weights load (the serving dtype).
     spec: ModelSpec,
+    /// The model directory `[model]` resolves to.
+    source_base: PathBuf,
     decode_bf16: bool,
     /// The model directory the weights came from (base or snapshot).
     pub base: PathBuf,
     /// Loaded adapters by version id, with when each was last asked for.
-    adapters: HashMap<i64, (Arc<Adapter>, u64)>,
+    adapters: HashMap<i64, (Rc<Adapter>, u64)>,
     clock: u64,
 }
 
@@ -39,13 +43,25 @@ fn no_model(e: LoadError) -> EngineError {
 impl Served {
     /// The base model as `[model]` names it.
     pub fn load(config: &Config) -> Result<Served, EngineError> {
-        let spec = model_spec(config);
-        let base = lorastream_ml::source::model_dir(&spec.base)
+        let configured = model_spec(config);
+        let base = lorastream_ml::source::model_dir(&configured.base)
             .map_err(|e| no_model(LoadError::Source(e)))?;
-        let (model, tok) = load_base(&spec).map_err(no_model)?;
+        // The weights in the serving dtype, from the directory the configured
+        // source resolved to (a GGUF source is imported once, as configured).
+        let mut spec = configured.clone();
+        let device = lorastream_ml::device::resolve(&spec.base.device)
+            .map_err(|e| EngineError::NoModel(e.to_string()))?;
+        spec.base.dtype = lorastream_ml::device::serving_dtype(
+            device,
+            spec.base.dtype,
+            config.server.decode_bf16,
+        );
+        let tok = load_tokenizer(&configured).map_err(no_model)?;
+        let model = load_weights(&spec, &base).map_err(no_model)?;
         let mut s = Served {
             model,
             tok: Arc::new(tok),
+            source_base: base.clone(),
             spec,
             decode_bf16: config.server.decode_bf16,
             base,
@@ -64,12 +80,8 @@ impl Served {
     }
 
     /// The model directory `v` runs on.
-    pub fn base_of(&self, v: &VersionRef) -> Result<PathBuf, EngineError> {
-        match &v.base {
-            Some(b) => Ok(b.clone()),
-            None => lorastream_ml::source::model_dir(&self.spec.base)
-                .map_err(|e| no_model(LoadError::Source(e))),
-        }
+    pub fn base_of(&self, v: &VersionRef) -> PathBuf {
+        v.base.clone().unwrap_or_else(|| self.source_base.clone())
     }
 
     /// Loads the weights of another base (only while nothing runs on these).
@@ -83,7 +95,7 @@ impl Served {
     }
 
     /// The adapter `v` adds to the base (None: the base itself).
-    pub fn adapter(&mut self, v: &VersionRef) -> Result<Option<Arc<Adapter>>, EngineError> {
+    pub fn adapter(&mut self, v: &VersionRef) -> Result<Option<Rc<Adapter>>, EngineError> {
         let Some(row) = &v.adapter else {
             return Ok(None);
         };
@@ -93,9 +105,9 @@ impl Served {
         self.clock += 1;
         if let Some((a, used)) = self.adapters.get_mut(&row.id) {
             *used = self.clock;
-            return Ok(Some(Arc::clone(a)));
+            return Ok(Some(Rc::clone(a)));
         }
-        let a = Arc::new(
+        let a = Rc::new(
             self.model
                 .read_adapter(dir)
                 .map_err(|e| EngineError::NoModel(format!("{}: {e}", v.label)))?,
@@ -111,7 +123,7 @@ impl Served {
                 self.adapters.remove(&old);
             }
         }
-        self.adapters.insert(row.id, (Arc::clone(&a), self.clock));
+        self.adapters.insert(row.id, (Rc::clone(&a), self.clock));
         tracing::info!(version = %v.label, "serving version loaded");
         Ok(Some(a))
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use super::api::ApiError;
-use super::engine::VersionRef;
+use super::jobs::VersionRef;
 use crate::config::Config;
 use lorastream_store::{AdapterRow, AdapterState, Store, StoreError};
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::batch::{Admit, Batch, Limits};
-use super::engine::{Event, Job, Readiness};
+use super::jobs::{Event, Job, Readiness};
 use super::served::Served;
 use crate::config::Config;
 use crate::util::metrics::METRICS;
@@ -61,7 +61,7 @@ pub(super) fn run(config: Arc<Config>, rx: Receiver<Job>, ready: watch::Sender<R
             {
                 let _ = job
                     .events
-                    .try_send(Event::Failed(super::engine::EngineError::NoModel(
+                    .try_send(Event::Failed(super::jobs::EngineError::NoModel(
                         why.clone(),
                     )));
             }
@@ -114,13 +114,7 @@ fn admit(s: &mut Served, batch: &mut Batch, waiting: &mut VecDeque<Job>, rx: &Re
         if job.events.is_closed() {
             continue;
         }
-        let base = match s.base_of(&job.version) {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = job.events.try_send(Event::Failed(e));
-                continue;
-            }
-        };
+        let base = s.base_of(&job.version);
         if base != s.base {
             if !batch.is_empty() {
                 waiting.push_front(job);
@@ -137,7 +131,8 @@ fn admit(s: &mut Served, batch: &mut Batch, waiting: &mut VecDeque<Job>, rx: &Re
                 waiting.push_front(*job);
                 return;
             }
-            Err((job, e)) => {
+            Err(rejected) => {
+                let (job, e) = *rejected;
                 tracing::warn!(error = %e, version = %job.version.label, "chat request failed");
                 let _ = job.events.try_send(Event::Failed(e));
             }

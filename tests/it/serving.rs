@@ -358,3 +358,54 @@ fn health_and_ready_answer_without_a_key_and_the_first_request_finds_the_model_l
     });
     drop(d);
 }
+
+/// 100 swaps between two versions in a bf16 model, each running a batch:
+/// every base weight keeps the bits of a fresh load (adapters are applied
+/// beside the weights, never added into them).
+#[test]
+fn a_hundred_swaps_leave_bf16_base_weights_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    common::tiny_llama(&model);
+    for seed in [1, 2] {
+        random_adapter(&model, &dir.path().join(format!("a{seed}")), seed);
+    }
+    let m = CausalLm::load(&model, Device::Cpu, Kind::BFloat16).unwrap();
+    let adapters = [1, 2].map(|s| m.read_adapter(&dir.path().join(format!("a{s}"))).unwrap());
+    let ids = tch::Tensor::from_slice(&[5i64, 9, 13]).unsqueeze(0);
+    let positions = tch::Tensor::from_slice(&[0i64, 1, 2]).unsqueeze(0);
+    let mut outputs = Vec::new();
+    for i in 0..100 {
+        let mut cache = m.new_cache();
+        let seg = lorastream_ml::Segment {
+            len: 3,
+            cache: &mut cache,
+            adapter: Some(&adapters[i % 2]),
+        };
+        outputs.push(m.forward_segments(&ids, &positions, vec![seg]));
+    }
+    assert!(!outputs[0].equal(&outputs[1]), "the two versions differ");
+    assert!(
+        outputs[0].equal(&outputs[98]),
+        "a version answers the same after 98 swaps"
+    );
+    let fresh = CausalLm::load(&model, Device::Cpu, Kind::BFloat16).unwrap();
+    let weights = |m: &CausalLm| {
+        let mut w: Vec<tch::Tensor> = m
+            .linears()
+            .iter()
+            .map(|l| l.weight.shallow_clone())
+            .collect();
+        w.push(m.head_weight().shallow_clone());
+        w
+    };
+    let (now, then) = (weights(&m), weights(&fresh));
+    assert_eq!(now.len(), then.len());
+    for (a, b) in now.iter().zip(&then) {
+        assert!(a.equal(b), "a base weight changed");
+    }
+    println!(
+        "BENCH 100 swaps: {} base matrices bit-identical to a fresh load",
+        now.len()
+    );
+}

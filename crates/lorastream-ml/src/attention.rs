@@ -29,7 +29,7 @@ impl LayerCache {
     /// Bytes its buffers hold.
     pub fn bytes(&self) -> i64 {
         self.buffers.as_ref().map_or(0, |(k, v)| {
-            crate::fused::tensor_bytes(k) + crate::fused::tensor_bytes(v)
+            crate::weights::tensor_bytes(k) + crate::weights::tensor_bytes(v)
         })
     }
 

@@ -6,9 +6,21 @@ use tch::{Kind, Tensor};
 
 use crate::lora::Linear;
 use crate::pass::Pass;
+pub(crate) use crate::weights::tensor_bytes;
 
 /// Rows up to which a decoding step reads the low-precision decode copies.
 pub(crate) const DECODE_ROWS: i64 = 16;
+
+/// Whether a pass over `rows` rows of `x` (not training) reads the decode
+/// copies: decoding steps of up to [`DECODE_ROWS`] rows always (they are
+/// bound by reading the weights); any rows on a CPU with native bf16, where
+/// bf16 matmuls over many rows are fast too (on other CPUs they are slower
+/// than f32).
+pub(crate) fn reads_copies(rows: i64, decoding: bool) -> bool {
+    static NATIVE: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| crate::device::cpu_bf16().is_some());
+    (decoding && rows <= DECODE_ROWS) || *NATIVE
+}
 
 /// Projections of one input as one matrix: the checkpoint's linears keep
 /// their names, but their weights are views into `weight` (a LoRA merge into
@@ -62,9 +74,9 @@ impl Fused {
         pass: &Pass,
     ) -> [Tensor; N] {
         let rows = x.numel() as i64 / x.size().last().copied().unwrap_or(1).max(1);
-        let decoding = !pass.train && rows <= DECODE_ROWS && pass.decoding(x);
+        let copies = !pass.train && reads_copies(rows, pass.decoding(x));
         let y = match &self.decode {
-            Some(d) if decoding => {
+            Some(d) if copies => {
                 let y = decode_linear(x, d);
                 match &self.bias {
                     Some(b) => y + b,
@@ -98,9 +110,4 @@ pub(crate) fn decode_linear(x: &Tensor, d: &Tensor) -> Tensor {
     x.to_kind(d.kind())
         .linear::<Tensor>(d, None)
         .to_kind(x.kind())
-}
-
-/// Bytes of a tensor's elements.
-pub(crate) fn tensor_bytes(t: &Tensor) -> i64 {
-    t.numel() as i64 * t.kind().elt_size_in_bytes() as i64
 }

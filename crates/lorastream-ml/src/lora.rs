@@ -152,14 +152,13 @@ impl Linear {
         self.path.rsplit('.').next().unwrap_or(&self.path)
     }
 
-    /// The layer's output for `x`, with the LoRA `pass` gives its rows.
-    pub fn forward(&self, x: &Tensor, pass: &crate::pass::Pass) -> Tensor {
-        let y = if self.fan_in_fan_out {
+    /// The base layer's output for `x` (no LoRA).
+    pub fn base_forward(&self, x: &Tensor) -> Tensor {
+        if self.fan_in_fan_out {
             x.linear(&self.weight.tr(), self.bias.as_ref())
         } else {
             x.linear(&self.weight, self.bias.as_ref())
-        };
-        pass.lora(self, y, x)
+        }
     }
 
     /// `y + scale · B(A(dropout(x)))` while a LoRA is attached; `y` (the

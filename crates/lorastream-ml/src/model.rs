@@ -180,7 +180,7 @@ impl CausalLm {
     /// (decoding: the head's decode copy where kept).
     pub fn head_rows(&self, h: &Tensor) -> Tensor {
         match self.inner.head_decode() {
-            Some(w) if h.size()[0] <= super::fused::DECODE_ROWS => decode_linear(h, w),
+            Some(w) if super::fused::reads_copies(h.size()[0], true) => decode_linear(h, w),
             _ => self.logits(h),
         }
     }

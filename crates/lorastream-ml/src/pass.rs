@@ -13,9 +13,8 @@ use std::collections::HashMap;
 
 use tch::{Kind, Tensor};
 
-use crate::attention::{LayerCache, attention};
+use crate::attention::{KvCache, LayerCache, attention};
 use crate::lora::{Linear, LoraWeights};
-use crate::model::KvCache;
 
 /// The LoRA of one version, apart from any model: `scale · B·A` per linear
 /// layer, by the layer's checkpoint path. Shared by every sequence that runs
@@ -34,7 +33,7 @@ impl Adapter {
     pub fn bytes(&self) -> i64 {
         self.by_path
             .values()
-            .map(|l| crate::fused::tensor_bytes(&l.a) + crate::fused::tensor_bytes(&l.b))
+            .map(|l| crate::weights::tensor_bytes(&l.a) + crate::weights::tensor_bytes(&l.b))
             .sum()
     }
 }
@@ -124,6 +123,11 @@ impl<'a> Pass<'a> {
                 Tensor::cat(&out, 2)
             }
         }
+    }
+
+    /// The output of linear layer `l` for `x`, with the LoRA its rows use.
+    pub fn linear(&self, l: &Linear, x: &Tensor) -> Tensor {
+        self.lora(l, l.base_forward(x), x)
     }
 
     /// `y` (the base layer's output for `x`) plus the LoRA of `l` its rows use:

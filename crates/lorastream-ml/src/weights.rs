@@ -223,3 +223,8 @@ pub fn write_safetensors_atomic<S: AsRef<str>, T: AsRef<Tensor>>(
         None => MlError::io(path, e),
     })
 }
+
+/// Bytes of a tensor's elements.
+pub(crate) fn tensor_bytes(t: &Tensor) -> i64 {
+    t.numel() as i64 * t.kind().elt_size_in_bytes() as i64
+}

@@ -167,16 +167,16 @@ impl Backbone for Gpt2 {
             + Tensor::embedding(&self.wpe, positions, -1, false, false);
         for (i, blk) in self.blocks.iter().enumerate() {
             let h = blk.ln_1.forward(&x);
-            let qkv = blk.c_attn.forward(&h, pass);
+            let qkv = pass.linear(&blk.c_attn, &h);
             let parts = qkv.split(d, -1);
             let heads = |t_: &Tensor| t_.view([b, t, nh, hd]).transpose(1, 2);
             let (q, k, v) = (heads(&parts[0]), heads(&parts[1]), heads(&parts[2]));
             let a = pass.attention(i, &q, k, v, false);
             let a = a.transpose(1, 2).contiguous().view([b, t, d]);
-            x = x + blk.attn_proj.forward(&a, pass);
+            x = x + pass.linear(&blk.attn_proj, &a);
             let h = blk.ln_2.forward(&x);
-            let m = blk.c_fc.forward(&h, pass).gelu("tanh");
-            x = x + blk.mlp_proj.forward(&m, pass);
+            let m = pass.linear(&blk.c_fc, &h).gelu("tanh");
+            x = x + pass.linear(&blk.mlp_proj, &m);
         }
         self.ln_f.forward(&x)
     }

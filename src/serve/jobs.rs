@@ -1,0 +1,70 @@
+//! The messages between requests and the generation worker: a [`Job`] in,
+//! [`Event`]s out, and what the worker says of its model ([`Readiness`]).
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc::Sender;
+
+use lorastream_ml::generate::{FinishReason, Logprob, SamplingParams};
+use lorastream_ml::{ChatTokenizer, HfConfig};
+use lorastream_store::AdapterRow;
+
+/// Which weights answer: the base model, or a version (an adapter on the base
+/// or merge snapshot its lineage names, or a snapshot itself).
+#[derive(Debug, Clone)]
+pub struct VersionRef {
+    /// What responses name: `lorastream@v3`, or `base`.
+    pub label: String,
+    pub adapter: Option<AdapterRow>,
+    /// The merge snapshot it runs on (None: `[model]`'s base).
+    pub base: Option<std::path::PathBuf>,
+}
+
+pub struct Job {
+    pub version: VersionRef,
+    /// The prompt's token ids (see [`super::prompt::fit`]).
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub events: Sender<Event>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// The job joined the batch.
+    Started,
+    /// New text, and the tokens behind it when log-probabilities were asked for.
+    Delta {
+        text: String,
+        logprobs: Vec<Logprob>,
+    },
+    Done {
+        finish: FinishReason,
+        completion_tokens: usize,
+    },
+    Failed(EngineError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no model to serve: {0}")]
+    NoModel(String),
+    #[error(transparent)]
+    Prompt(#[from] super::prompt::PromptError),
+    #[error("generation failed: {0}")]
+    Generation(String),
+}
+
+/// What requests need of the loaded model before they queue.
+pub struct ModelInfo {
+    pub tok: Arc<ChatTokenizer>,
+    pub config: HfConfig,
+}
+
+/// The worker's state as `/ready` and requests see it.
+#[derive(Clone)]
+pub enum Readiness {
+    Loading,
+    Ready(Arc<ModelInfo>),
+    /// Loading failed; the worker tries again on its own.
+    Failed(String),
+}
