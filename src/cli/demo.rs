@@ -95,9 +95,6 @@ max_forgetting = 0.10
 listen = "127.0.0.1:{port}"
 memory = false
 
-[server.sampling]
-repetition_penalty = 1.1
-
 [schedule]
 crawl = "*/2 * * * * *"
 seal = "*/2 * * * * *"

@@ -87,7 +87,7 @@ pub struct SamplingDefaults {
     /// OpenAI's: subtracted once from every token already in the answer.
     pub presence_penalty: f64,
     /// transformers': > 1 discourages every token already in the prompt or
-    /// the answer (1 = off).
+    /// the answer (1 = off; 1.1 keeps small models from repeating sentences).
     pub repetition_penalty: f64,
 }
 
@@ -96,7 +96,7 @@ impl Default for SamplingDefaults {
         SamplingDefaults {
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
-            repetition_penalty: 1.0,
+            repetition_penalty: 1.1,
         }
     }
 }

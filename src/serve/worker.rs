@@ -18,8 +18,10 @@ use crate::config::Config;
 use crate::util::metrics::METRICS;
 use lorastream_ml::threads::{self, Work};
 
-/// How long an idle worker without a model waits before loading again.
-const RETRY_LOAD: Duration = Duration::from_secs(30);
+/// How long an idle worker without a model first waits before loading
+/// again; the wait doubles after each failure, up to [`RETRY_MAX`].
+const RETRY_LOAD: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 pub(super) fn run(config: Arc<Config>, rx: Receiver<Job>, ready: watch::Sender<Readiness>) {
     threads::apply(Work::Serve);
@@ -28,17 +30,23 @@ pub(super) fn run(config: Arc<Config>, rx: Receiver<Job>, ready: watch::Sender<R
     let mut waiting: VecDeque<Job> = VecDeque::new();
     // Held while sequences run: learning work shrinks to its share meanwhile.
     let mut busy: Option<threads::Busy> = None;
+    let mut retry = RETRY_LOAD;
     loop {
         if batch.is_empty() {
             busy = None;
         }
         if batch.is_empty() && waiting.is_empty() {
-            match rx.recv_timeout(RETRY_LOAD) {
+            match rx.recv_timeout(retry) {
                 Ok(job) => take(&mut waiting, job),
                 Err(RecvTimeoutError::Timeout) => {
                     if served.is_none() {
                         served = load(&config, &ready);
                         batch = Batch::new(limits(&config, served.as_ref()));
+                        retry = if served.is_some() {
+                            RETRY_LOAD
+                        } else {
+                            (retry * 2).min(RETRY_MAX)
+                        };
                     }
                     continue;
                 }
@@ -144,7 +152,13 @@ fn admit(s: &mut Served, batch: &mut Batch, waiting: &mut VecDeque<Job>, rx: &Re
 fn load(config: &Config, ready: &watch::Sender<Readiness>) -> Option<Served> {
     ready.send_replace(Readiness::Loading);
     let t0 = std::time::Instant::now();
-    match Served::load(config) {
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Served::load(config)))
+        .unwrap_or_else(|_| {
+            Err(super::jobs::EngineError::NoModel(
+                "libtorch failed while loading the model (see the log); trying again".into(),
+            ))
+        });
+    match loaded {
         Ok(s) => {
             tracing::info!(
                 seconds = t0.elapsed().as_secs_f64(),

@@ -81,7 +81,8 @@ pub(crate) fn with_versions(dir: &Path, dtype: &str, extra: &str) -> (PathBuf, P
 /// A whole greedy answer: its text and the log-probability of each token.
 async fn greedy(url: &str, model: &str, prompt: &str, extra: Value) -> (String, Vec<f64>) {
     let mut body = json!({"model": model, "messages": [{"role": "user", "content": prompt}],
-                          "max_tokens": 16, "temperature": 0, "logprobs": true});
+                          "max_tokens": 16, "temperature": 0, "logprobs": true,
+                          "repetition_penalty": 1.0});
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
     }
