@@ -308,26 +308,13 @@ fn cli_model_init_and_bench_generate() {
 }
 
 /// Decoding steps on bf16 copies of the weights give the f32 logits to
-/// bf16's precision, with a LoRA unmerged, merged, and after it is removed
-/// (copies that did not follow the weights would show the old adapter).
+/// bf16's precision, with a LoRA and after it is removed.
 #[test]
 fn decode_copies_follow_the_weights_and_match_f32() {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path(), Arch::Llama, Preset::Tiny);
     let mut m = load(dir.path()).unwrap();
-    m.attach_lora(LoraSpec {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        target_modules: vec!["all-linear".into()],
-        rslora: false,
-    })
-    .unwrap();
-    tch::no_grad(|| {
-        for (_, t) in m.lora_params() {
-            let _ = t.shallow_clone().normal_(0.0, 0.5);
-        }
-    });
+    crate::common::random_lora(&mut m, 0.5);
     let prompt = Tensor::from_slice(&[5i64, 17, 42, 99, 7, 3]).unsqueeze(0);
     let next = Tensor::from_slice(&[11i64]).unsqueeze(0);
     let step = |m: &CausalLm| -> Tensor {

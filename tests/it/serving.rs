@@ -10,7 +10,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lorastream_ml::{CausalLm, LoraSpec};
+use lorastream_ml::CausalLm;
 use lorastream_store::{Actor, AdapterKind, AdapterState, NewAdapter, Store};
 use serde_json::{Value, json};
 use tch::{Device, Kind};
@@ -18,20 +18,8 @@ use tch::{Device, Kind};
 /// A random LoRA on every linear layer of the model at `model`, written to `out`.
 fn random_adapter(model: &Path, out: &Path, seed: i64) {
     let mut m = CausalLm::load(model, Device::Cpu, Kind::Float).unwrap();
-    m.attach_lora(LoraSpec {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        target_modules: vec!["all-linear".into()],
-        rslora: false,
-    })
-    .unwrap();
     tch::manual_seed(seed);
-    tch::no_grad(|| {
-        for (_, t) in m.lora_params() {
-            let _ = t.shallow_clone().normal_(0.0, 0.08);
-        }
-    });
+    common::random_lora(&mut m, 0.08);
     m.save_adapter(out, Some(model)).unwrap();
 }
 

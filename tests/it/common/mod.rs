@@ -19,6 +19,24 @@ pub fn assert_ok(out: &Output) {
     );
 }
 /// Writes a tiny random Llama model (`model init`) to `out`.
+/// Attaches a LoRA on every linear layer (r 4, alpha 8) with random A and B
+/// of standard deviation `std`, so that it changes the outputs.
+pub fn random_lora(m: &mut lorastream_ml::CausalLm, std: f64) {
+    m.attach_lora(lorastream_ml::LoraSpec {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["all-linear".into()],
+        rslora: false,
+    })
+    .unwrap();
+    tch::no_grad(|| {
+        for (_, t) in m.lora_params() {
+            let _ = t.shallow_clone().normal_(0.0, std);
+        }
+    });
+}
+
 pub fn tiny_llama(out: &std::path::Path) {
     let run = lorastream()
         .args(["model", "init", "--arch", "llama", "--out"])
