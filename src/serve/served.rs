@@ -69,7 +69,23 @@ impl Served {
             clock: 0,
         };
         s.set_decode_kind();
+        s.warm_up();
         Ok(s)
+    }
+
+    /// One token through the model, so that the first request does not pay
+    /// for libtorch's first calls (kernel selection, thread pools).
+    fn warm_up(&self) {
+        let dev = self.model.device;
+        let ids = tch::Tensor::from_slice(&[0i64]).unsqueeze(0).to_device(dev);
+        let mut cache = self.model.new_cache();
+        let seg = lorastream_ml::Segment {
+            len: 1,
+            cache: &mut cache,
+            adapter: None,
+        };
+        let h = self.model.forward_segments(&ids, &ids, vec![seg]);
+        let _ = self.model.head_rows(&h).argmax(-1, false);
     }
 
     pub fn info(&self) -> ModelInfo {

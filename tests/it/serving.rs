@@ -279,6 +279,14 @@ fn a_long_prompt_is_read_in_chunks_while_others_stream_and_a_cancelled_request_f
         let (text, _) = greedy(&url, "base", "hello", json!({"max_tokens": 3})).await;
         println!("BENCH a third request with two slots, one cancelled: answered in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
         assert!(!text.is_empty());
+        // It did not wait for `a`, which still holds the other slot.
+        let metrics = client.get(format!("{url}/metrics")).bearer_auth(KEY).send().await.unwrap();
+        let metrics = metrics.text().await.unwrap();
+        assert!(
+            metrics.contains("lorastream_chat_batch_size 1"),
+            "one sequence (a) still running: {}",
+            metrics.lines().find(|l| l.starts_with("lorastream_chat_batch_size")).unwrap_or("")
+        );
         drop(a);
     });
     drop(d);

@@ -105,6 +105,13 @@ impl<'a> Pass<'a> {
                 let c = cache.as_deref_mut().map(|c| &mut c[layer]);
                 attention(q, k, v, *mask, c, gqa)
             }
+            Rows::Segments(segs) if segs.len() == 1 => {
+                let s = &mut segs[0];
+                let c = &mut s.cache.layers[layer];
+                let past = c.len();
+                let mask = (past > 0 && s.len > 1).then(|| offset_causal(q, past));
+                attention(q, k, v, mask.as_ref(), Some(c), gqa)
+            }
             Rows::Segments(segs) => {
                 let mut out = Vec::with_capacity(segs.len());
                 let mut start = 0;
