@@ -1,7 +1,9 @@
 //! The model layer on libtorch (tch): Hugging Face checkpoints of GPT-2 and
-//! Llama-family models, LoRA with PEFT's file format, tokenizers with chat
-//! templates, generation with a KV cache, GGUF import, and tiny random models
-//! for tests.
+//! Llama-family models, LoRA with PEFT's file format (applied unmerged, as
+//! PEFT does), tokenizers with chat templates, generation with a KV cache
+//! ([`generate`], [`sampling`]), ragged batches of sequences with their own
+//! caches and adapters ([`pass`]), CPU thread budgets shared by serving and
+//! learning ([`threads`]), GGUF import, and tiny random models for tests.
 
 pub mod attention;
 pub mod data;
