@@ -147,7 +147,8 @@ pub enum Command {
         #[command(subcommand)]
         command: MemoryCommand,
     },
-    /// Benchmarks printing one JSON line, comparable with ../shared/bench/peer_hf.py.
+    /// Benchmarks printing JSON lines: train/eval/generate as the transformers + PEFT
+    /// peer script prints them, and chat against any OpenAI-compatible server.
     Bench {
         #[command(subcommand)]
         command: BenchCommand,

@@ -1,4 +1,4 @@
-//! `lorastream bench …` (binary only): the same measurements as `../shared/bench/peer_hf.py`,
+//! `lorastream bench …` (binary only): the same measurements as the transformers + PEFT peer script (`peer_hf.py`),
 //! with the same flags and one JSON line of the same keys, so both can be run
 //! side by side and compared as a ratio.
 
