@@ -2,9 +2,12 @@
 //! per step. A decoding sequence adds its last token; sequences still reading
 //! their prompt share a budget of `prefill_chunk` prompt tokens per step (the
 //! oldest first), so a long prompt is read over several steps while the
-//! others keep streaming. Each sequence has its own KV cache, allocated once
-//! for its prompt and token budget; admission stops at `max_batch` sequences
-//! or when the caches would pass the KV budget. Sequences on the same version
+//! others keep streaming. Each sequence has its own KV cache: a slot of the
+//! batch's pool (`[max_batch, kv_heads, kv budget / max_batch positions,
+//! head_dim]` per layer; pooled sequences decode in one attention call), or
+//! for a longer one a cache of its own, allocated once for its prompt and
+//! token budget. Admission stops at `max_batch` sequences or when the caches
+//! would pass the KV budget. Sequences on the same version
 //! sit side by side, so each LoRA is applied once per run of rows.
 
 use std::rc::Rc;
@@ -16,6 +19,7 @@ use super::jobs::{EngineError, Event, Job};
 use super::served::Served;
 use crate::util::metrics::METRICS;
 use lorastream_ml::generate::{Decoder, FinishReason, Logprob};
+use lorastream_ml::kv_pool::KvPool;
 use lorastream_ml::{Adapter, KvCache, Segment};
 
 /// How the batch is bounded.
@@ -39,6 +43,8 @@ struct Seq {
     decoder: Decoder,
     /// Cache bytes reserved for it.
     reserved: i64,
+    /// Its slot in the batch's pool (None: a cache of its own).
+    slot: Option<i64>,
     arrived: u64,
     out: Outbox,
 }
@@ -48,6 +54,9 @@ pub(super) struct Batch {
     reserved: i64,
     limits: Limits,
     arrivals: u64,
+    /// The caches of sequences that fit a slot (made with the first one).
+    pool: Option<KvPool>,
+    free_slots: Vec<i64>,
 }
 
 /// What admission says of a job.
@@ -64,7 +73,41 @@ impl Batch {
             reserved: 0,
             limits,
             arrivals: 0,
+            pool: None,
+            free_slots: Vec::new(),
         }
+    }
+
+    /// Forgets the pool (the model changed); only while the batch is empty.
+    pub fn drop_pool(&mut self) {
+        debug_assert!(self.seqs.is_empty());
+        self.pool = None;
+        self.free_slots.clear();
+    }
+
+    /// A cache for `positions` positions: a slot of the pool when one is
+    /// free and long enough, else a cache of its own.
+    fn cache_for(&mut self, served: &Served, positions: i64) -> (KvCache, Option<i64>) {
+        let m = &served.model;
+        let pool = self.pool.get_or_insert_with(|| {
+            let per_slot = self.limits.kv_bytes
+                / (self.limits.max_batch as i64 * m.kv_bytes_per_token()).max(1);
+            let capacity = per_slot.clamp(1, m.config.max_position_embeddings as i64);
+            self.free_slots = (0..self.limits.max_batch as i64).rev().collect();
+            KvPool::new(
+                &m.config,
+                m.kind,
+                m.device,
+                self.limits.max_batch as i64,
+                capacity,
+            )
+        });
+        if positions <= pool.capacity()
+            && let Some(slot) = self.free_slots.pop()
+        {
+            return (pool.cache(slot), Some(slot));
+        }
+        (KvCache::with_capacity(m.config.num_layers, positions), None)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -99,8 +142,10 @@ impl Batch {
             Err(e) => return Err(Box::new((job, e))),
         };
         let out = Outbox::new(self.limits.send_timeout);
+        let (cache, slot) = self.cache_for(served, positions);
         let seq = Seq {
-            cache: KvCache::with_capacity(served.model.config.num_layers, positions),
+            cache,
+            slot,
             pending: job.prompt.iter().map(|&t| t as i64).collect(),
             decoder,
             reserved: need,
@@ -132,6 +177,7 @@ impl Batch {
         for mut s in std::mem::take(&mut self.seqs) {
             let e = EngineError::Generation(why.to_string());
             let _ = s.out.send(&s.job.events, Event::Failed(e));
+            self.free_slots.extend(s.slot);
         }
         self.reserved = 0;
         METRICS.batch_size.set(0);
@@ -188,7 +234,9 @@ impl Batch {
                 adapter: s.adapter.as_deref(),
             })
             .collect();
-        let last = served.model.forward_segments(&ids, &positions, segments);
+        let last = served
+            .model
+            .forward_segments(&ids, &positions, segments, self.pool.as_ref());
         // Rows of the sequences that now need a token (their prompt is read).
         let mut want = Vec::new();
         let mut row = 0;
@@ -280,6 +328,7 @@ impl Batch {
     fn finish(&mut self, i: usize, why: Option<FinishReason>) {
         let mut s = self.seqs.remove(i);
         self.reserved -= s.reserved;
+        self.free_slots.extend(s.slot);
         METRICS.batch_size.set(self.seqs.len() as i64);
         match why {
             Some(FinishReason::Cancelled) | None => {

@@ -84,7 +84,7 @@ impl Served {
             cache: &mut cache,
             adapter: None,
         };
-        let h = self.model.forward_segments(&ids, &ids, vec![seg]);
+        let h = self.model.forward_segments(&ids, &ids, vec![seg], None);
         let _ = self.model.head_rows(&h).argmax(-1, false);
     }
 

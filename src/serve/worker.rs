@@ -128,6 +128,7 @@ fn admit(s: &mut Served, batch: &mut Batch, waiting: &mut VecDeque<Job>, rx: &Re
                 waiting.push_front(job);
                 return;
             }
+            batch.drop_pool();
             if let Err(e) = s.switch_base(base) {
                 let _ = job.events.try_send(Event::Failed(e));
                 continue;

@@ -379,7 +379,7 @@ fn a_hundred_swaps_leave_bf16_base_weights_bit_identical() {
             cache: &mut cache,
             adapter: Some(&adapters[i % 2]),
         };
-        outputs.push(m.forward_segments(&ids, &positions, vec![seg]));
+        outputs.push(m.forward_segments(&ids, &positions, vec![seg], None));
     }
     assert!(!outputs[0].equal(&outputs[1]), "the two versions differ");
     assert!(

@@ -17,6 +17,21 @@ pub struct LayerCache {
 const GROW: i64 = 256;
 
 impl LayerCache {
+    /// A cache over buffers owned elsewhere (a slot of a [`crate::kv_pool::KvPool`]).
+    pub(crate) fn over(k: Tensor, v: Tensor) -> LayerCache {
+        let reserve = k.size()[2];
+        LayerCache {
+            buffers: Some((k, v)),
+            len: 0,
+            reserve,
+        }
+    }
+
+    /// Counts `n` positions written into the buffers by someone else.
+    pub(crate) fn filled(&mut self, n: i64) {
+        self.len += n;
+    }
+
     /// Positions filled.
     pub fn len(&self) -> i64 {
         self.len
@@ -70,11 +85,31 @@ impl LayerCache {
     }
 }
 
+/// Queries, keys and values of new tokens, `[b, heads or kv_heads, t, hd]`.
+pub(crate) struct Qkv {
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+impl Qkv {
+    /// Each of the three through `f` (a slice of rows, a reordering).
+    pub(crate) fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Qkv {
+        Qkv {
+            q: f(&self.q),
+            k: f(&self.k),
+            v: f(&self.v),
+        }
+    }
+}
+
 /// The KV cache of a whole model for incremental decoding.
 pub struct KvCache {
     pub layers: Vec<LayerCache>,
     /// Tokens already in the cache.
     pub len: i64,
+    /// Its slot, when its buffers are a slot of a [`crate::kv_pool::KvPool`].
+    pub slot: Option<i64>,
 }
 
 impl KvCache {
@@ -93,6 +128,7 @@ impl KvCache {
                 })
                 .collect(),
             len: 0,
+            slot: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod hf_config;
 pub mod hub;
 pub mod init;
+pub mod kv_pool;
 pub mod load;
 pub mod lora;
 pub mod loss;

@@ -162,15 +162,17 @@ impl CausalLm {
     /// The tokens of several sequences laid end to end, `ids` and `positions`
     /// `[1, N]`, each segment continuing its own cache with its own adapter
     /// (see [`crate::pass`]): the final hidden states of each segment's last
-    /// token, `[segments, hidden]`. Never tracks gradients.
+    /// token, `[segments, hidden]`; sequences whose caches are slots of
+    /// `pool` decode together. Never tracks gradients.
     pub fn forward_segments(
         &self,
         ids: &Tensor,
         positions: &Tensor,
         segments: Vec<Segment>,
+        pool: Option<&super::kv_pool::KvPool>,
     ) -> Tensor {
         let _guard = tch::no_grad_guard();
-        let mut pass = Pass::segments(segments);
+        let mut pass = Pass::segments(segments, pool);
         let h = self.inner.forward_hidden(ids, positions, &mut pass);
         pass.advance();
         pass.last_rows(&h)

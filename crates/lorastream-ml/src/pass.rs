@@ -13,7 +13,8 @@ use std::collections::HashMap;
 
 use tch::{Kind, Tensor};
 
-use crate::attention::{KvCache, LayerCache, attention};
+use crate::attention::{KvCache, LayerCache, Qkv, attention};
+use crate::kv_pool::KvPool;
 use crate::lora::{Linear, LoraWeights};
 
 /// The LoRA of one version, apart from any model: `scale · B·A` per linear
@@ -52,7 +53,7 @@ enum Rows<'a> {
         mask: Option<&'a Tensor>,
         cache: Option<&'a mut Vec<LayerCache>>,
     },
-    Segments(Vec<Segment<'a>>),
+    Segments(Vec<Segment<'a>>, Option<&'a KvPool>),
 }
 
 /// One forward pass's rows, attention and LoRA (see the module docs).
@@ -74,11 +75,12 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// Sequences end to end in one row (never training).
-    pub fn segments(segments: Vec<Segment<'a>>) -> Pass<'a> {
+    /// Sequences end to end in one row (never training); those whose
+    /// caches are slots of `pool` decode together.
+    pub fn segments(segments: Vec<Segment<'a>>, pool: Option<&'a KvPool>) -> Pass<'a> {
         Pass {
             train: false,
-            rows: Rows::Segments(segments),
+            rows: Rows::Segments(segments, pool),
         }
     }
 
@@ -86,7 +88,7 @@ impl<'a> Pass<'a> {
     pub fn decoding(&self, x: &Tensor) -> bool {
         match &self.rows {
             Rows::Whole { .. } => x.numel() as i64 == *x.size().last().unwrap_or(&0),
-            Rows::Segments(s) => s.iter().all(|s| s.len == 1),
+            Rows::Segments(s, _) => s.iter().all(|s| s.len == 1),
         }
     }
 
@@ -105,29 +107,13 @@ impl<'a> Pass<'a> {
                 let c = cache.as_deref_mut().map(|c| &mut c[layer]);
                 attention(q, k, v, *mask, c, gqa)
             }
-            Rows::Segments(segs) if segs.len() == 1 => {
-                let s = &mut segs[0];
-                let c = &mut s.cache.layers[layer];
-                let past = c.len();
-                let mask = (past > 0 && s.len > 1).then(|| offset_causal(q, past));
-                attention(q, k, v, mask.as_ref(), Some(c), gqa)
-            }
-            Rows::Segments(segs) => {
-                let mut out = Vec::with_capacity(segs.len());
-                let mut start = 0;
-                for s in segs.iter_mut() {
-                    let (q, k, v) = (
-                        q.narrow(2, start, s.len),
-                        k.narrow(2, start, s.len),
-                        v.narrow(2, start, s.len),
-                    );
-                    let c = &mut s.cache.layers[layer];
-                    let past = c.len();
-                    let mask = (past > 0 && s.len > 1).then(|| offset_causal(&q, past));
-                    out.push(attention(&q, k, v, mask.as_ref(), Some(c), gqa));
-                    start += s.len;
-                }
-                Tensor::cat(&out, 2)
+            Rows::Segments(segs, pool) => {
+                let x = Qkv {
+                    q: q.shallow_clone(),
+                    k,
+                    v,
+                };
+                attend_segments(segs, *pool, layer, &x, gqa)
             }
         }
     }
@@ -142,7 +128,7 @@ impl<'a> Pass<'a> {
     pub fn lora(&self, l: &Linear, y: Tensor, x: &Tensor) -> Tensor {
         let segs = match &self.rows {
             Rows::Whole { .. } => return l.with_lora(y, x, self.train),
-            Rows::Segments(s) => s,
+            Rows::Segments(s, _) => s,
         };
         let mut start = 0;
         let mut i = 0;
@@ -168,7 +154,7 @@ impl<'a> Pass<'a> {
     pub fn last_rows(&self, h: &Tensor) -> Tensor {
         match &self.rows {
             Rows::Whole { .. } => h.select(1, -1),
-            Rows::Segments(segs) => {
+            Rows::Segments(segs, _) => {
                 let mut end = 0;
                 let idx: Vec<i64> = segs
                     .iter()
@@ -185,10 +171,59 @@ impl<'a> Pass<'a> {
 
     /// Counts each segment's tokens into its cache (whole rows: the caller's).
     pub(crate) fn advance(&mut self) {
-        if let Rows::Segments(segs) = &mut self.rows {
+        if let Rows::Segments(segs, _) = &mut self.rows {
             segs.iter_mut().for_each(|s| s.cache.len += s.len);
         }
     }
+}
+
+/// One segment's attention against its own cache (`x`: its rows).
+fn attend_one(s: &mut Segment, layer: usize, x: Qkv, gqa: bool) -> Tensor {
+    let c = &mut s.cache.layers[layer];
+    let past = c.len();
+    let mask = (past > 0 && s.len > 1).then(|| offset_causal(&x.q, past));
+    attention(&x.q, x.k, x.v, mask.as_ref(), Some(c), gqa)
+}
+
+/// Attention of a ragged pass: sequences decoding in slots of `pool` in
+/// one call, every other segment against its own cache.
+fn attend_segments(
+    segs: &mut [Segment],
+    pool: Option<&KvPool>,
+    layer: usize,
+    x: &Qkv,
+    gqa: bool,
+) -> Tensor {
+    if let [s] = segs {
+        return attend_one(s, layer, x.map(Tensor::shallow_clone), gqa);
+    }
+    let pooled = |s: &Segment| pool.is_some() && s.len == 1 && s.cache.slot.is_some();
+    let together = segs.iter().filter(|s| pooled(s)).count() >= 2;
+    let out = x.q.zeros_like();
+    let (mut idx, mut rows) = (Vec::new(), Vec::new());
+    let mut start = 0;
+    for s in segs.iter_mut() {
+        if together && pooled(s) {
+            idx.push(start);
+            rows.push((
+                s.cache.slot.unwrap_or_default(),
+                s.cache.layers[layer].len(),
+            ));
+            s.cache.layers[layer].filled(1);
+        } else {
+            let r = attend_one(s, layer, x.map(|t| t.narrow(2, start, s.len)), gqa);
+            out.narrow(2, start, s.len).copy_(&r);
+        }
+        start += s.len;
+    }
+    if let (Some(pool), false) = (pool, idx.is_empty()) {
+        let at = Tensor::from_slice(&idx).to_device(x.q.device());
+        let mine = x.map(|t| t.index_select(2, &at).permute([2, 1, 0, 3]));
+        let o = pool.decode(layer, &mine, &rows, gqa);
+        let mut out = out.shallow_clone();
+        let _ = out.index_copy_(2, &at, &o.permute([2, 1, 0, 3]));
+    }
+    out
 }
 
 fn same(a: Option<&Adapter>, b: Option<&Adapter>) -> bool {
