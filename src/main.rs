@@ -71,6 +71,9 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 AdaptersCommand::Promote { version } => cli::adapters::promote(&config, *version),
                 AdaptersCommand::Rollback => cli::adapters::rollback(&config),
                 AdaptersCommand::Merge => cli::adapters::merge(&config),
+                AdaptersCommand::Publish { version, to } => {
+                    cli::adapters::publish(&config, *version, to.as_deref())
+                }
             }
         }),
         Command::Run => with_config(cli, |config| {

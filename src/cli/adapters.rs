@@ -1,4 +1,4 @@
-//! `lorastream learn` and `lorastream adapters {list,promote,rollback,merge}`:
+//! `lorastream learn` and `lorastream adapters {list,promote,rollback,merge,publish}`:
 //! the feedback loop by hand, and the versions it leaves. Every change is
 //! recorded in the store as done by `cli`; a running daemon serves the new
 //! version within a second or two (the server re-reads the store every second).
@@ -52,6 +52,7 @@ pub fn learn(config: &Config, stream: Option<i64>, json: bool) -> anyhow::Result
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    lorastream::learn::publish::after_change(config, &store);
     let m = pipeline::stored_matrix(&store)?;
     if json {
         println!(
@@ -164,6 +165,7 @@ pub fn promote(config: &Config, version: i64) -> anyhow::Result<ExitCode> {
     )?;
     tracing::info!(version, by = "cli", "version promoted");
     println!("v{version} is served now");
+    lorastream::learn::publish::after_change(config, &store);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -176,6 +178,7 @@ pub fn rollback(config: &Config) -> anyhow::Result<ExitCode> {
         Some(v) => println!("v{from} rolled back; v{v} is served now"),
         None => println!("v{from} rolled back; the base model is served now"),
     }
+    lorastream::learn::publish::after_change(config, &store);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -189,5 +192,34 @@ pub fn merge(config: &Config) -> anyhow::Result<ExitCode> {
         "merged by the operator",
     )?;
     println!("v{id}: the served adapter merged into a new base snapshot, served now");
+    lorastream::learn::publish::after_change(config, &store);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `adapters publish [VERSION] [--to NAME]`: one line per target.
+pub fn publish(
+    config: &Config,
+    version: Option<i64>,
+    to: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !config.publish.is_empty(),
+        "no [[publish]] target in the config: add one (kind = \"dir\", dir = ...)"
+    );
+    let store = config.open_store()?;
+    for t in lorastream::learn::publish::publish(config, &store, version, to)? {
+        let written: Vec<String> = t.written.iter().map(|v| format!("v{v}")).collect();
+        println!(
+            "{}: wrote {}; current: {}",
+            t.target,
+            if written.is_empty() {
+                "nothing new".into()
+            } else {
+                written.join(", ")
+            },
+            t.current
+                .map_or("none (the base is served)".into(), |v| format!("v{v}"))
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -258,6 +258,13 @@ pub enum AdaptersCommand {
     /// Merge the served adapter into a new base snapshot, served as a version
     /// (`[feedback] merge = "after_final_stream"`: once the last stream is in).
     Merge,
+    /// Bring the `[[publish]]` targets in line with the promoted versions
+    /// (and publish VERSION too, promoted or not); `--to NAME`: one target.
+    Publish {
+        version: Option<i64>,
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]

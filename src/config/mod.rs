@@ -21,6 +21,7 @@ mod daemon;
 mod data;
 mod learning;
 mod locate;
+mod publish;
 mod server;
 mod source;
 pub mod validate;
@@ -37,6 +38,7 @@ pub use learning::{EvalConfig, FeedbackConfig, LossOn, MergePolicy, ModelConfig,
 pub use locate::{KeyPath, LineCol, SpanIndex};
 /// The dtype setting is the model layer's own type.
 pub use lorastream_ml::DType;
+pub use publish::{PublishConfig, PublishKind};
 pub use server::{KeyConfig, KeyRole, OverflowPolicy, ServerConfig};
 pub use source::{CrawlMode, FieldMap, SourceConfig, SourceKind, SpoolFormat};
 
@@ -58,6 +60,8 @@ pub struct Config {
     pub eval: EvalConfig,
     pub feedback: FeedbackConfig,
     pub server: ServerConfig,
+    /// `[[publish]]` targets.
+    pub publish: Vec<PublishConfig>,
     pub schedule: ScheduleConfig,
     pub retention: RetentionConfig,
 }
@@ -169,6 +173,9 @@ impl Config {
         abs_opt(&mut self.model.chat_template);
         abs_opt(&mut self.eval.probe_set);
         abs_opt(&mut self.server.api_key_file);
+        for t in &mut self.publish {
+            abs_opt(&mut t.dir);
+        }
         for s in &mut self.sources {
             abs_opt(&mut s.token_file);
             abs_opt(&mut s.dir);

@@ -118,6 +118,13 @@ fn example_config_documents_every_key_and_section() {
         max_concurrent: Some(1),
         learn: false,
     });
+    c.publish.push(crate::config::PublishConfig {
+        name: "shared".into(),
+        kind: crate::config::PublishKind::Dir,
+        dir: Some("d".into()),
+        base_model: Some("m".into()),
+        keep: 2,
+    });
     let v = serde_json::to_value(&c).unwrap();
     for section in v.as_object().unwrap().keys() {
         assert!(

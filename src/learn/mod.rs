@@ -15,11 +15,13 @@
 //!   keeps them as JSON).
 //! - [`lineage`]: the chain of versions, base snapshots and merges, and the
 //!   version to serve.
+//! - [`publish`]: promoted versions written to the `[[publish]]` targets.
 
 pub mod eval;
 pub mod lineage;
 pub mod pipeline;
 pub mod policy;
+pub mod publish;
 pub mod records;
 pub mod replay;
 pub mod spec;

@@ -16,6 +16,7 @@ mod kill;
 mod model;
 mod parity;
 mod pipeline;
+mod publish;
 mod security;
 mod security_slow;
 mod serving;

@@ -135,6 +135,7 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     check_eval(&mut k, c);
     check_feedback(&mut k, c);
     server::check(&mut k, &c.server);
+    check_publish(&mut k, c);
     check_schedule(&mut k, c);
     k.problems
 }
@@ -151,6 +152,32 @@ fn check_sources(k: &mut Checker, c: &Config) {
             );
         }
         s.check(k, &at);
+    }
+}
+
+/// `[[publish]]`: names unique; a `dir` target names its directory.
+fn check_publish(k: &mut Checker, c: &Config) {
+    let mut names = HashSet::new();
+    for (i, t) in c.publish.iter().enumerate() {
+        let at = KeyPath::root().key("publish").index(i);
+        if !names.insert(t.name.as_str()) {
+            k.fail(
+                at.key("name"),
+                format!("duplicate publish target name {:?}", t.name),
+            );
+        }
+        if t.name.is_empty() || t.name.contains(['/', '\\']) {
+            k.fail(
+                at.key("name"),
+                "must be a non-empty name without slashes".to_string(),
+            );
+        }
+        if t.kind == crate::config::PublishKind::Dir && t.dir.is_none() {
+            k.fail(
+                at.key("dir"),
+                "a `dir` target needs `dir`, the directory it writes".to_string(),
+            );
+        }
     }
 }
 

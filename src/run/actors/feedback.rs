@@ -50,6 +50,9 @@ impl Handler<EvalReport> for Feedback {
             Ok(None) => None,
             Err(e) => self.count_failure(msg.adapter_id, e).then_some(false),
         };
+        if decided == Some(true) {
+            crate::learn::publish::after_change(&self.config, &self.store);
+        }
         if let Some(promoted) = decided {
             self.supervisor.do_send(Decided {
                 adapter_id: msg.adapter_id,
