@@ -227,11 +227,32 @@ pub fn memory_forget(config: &Config, identity: &str, user: &str) -> anyhow::Res
 /// `run`: the daemon in the foreground.
 pub fn run(cli: &Cli, config: Config) -> anyhow::Result<ExitCode> {
     let system = actix::System::new();
-    system.block_on(async {
+    let result = system.block_on(async {
         let control = daemon::signals()?;
         daemon::run(cli.config.clone(), config, control).await
-    })?;
-    Ok(ExitCode::SUCCESS)
+    });
+    let code = match &result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    leave(code)
+}
+
+/// Ends the daemon's process at once. Threads may still be inside libtorch
+/// (the generation worker loading the model when a stop came): returning
+/// from `main` would run libtorch's static destructors under them, a crash
+/// and a failed exit status. By now the store is checkpointed and the logs
+/// are written (synchronously, to stdout), so nothing needs those handlers.
+fn leave(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit(2) only ends the process; std has no call that skips
+    // the C++ static destructors (`std::process::exit` runs them).
+    unsafe { libc::_exit(code) }
 }
 
 /// A flag SIGINT and SIGTERM raise: training checkpoints and stops.
