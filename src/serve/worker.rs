@@ -21,7 +21,7 @@ use lorastream_ml::threads::{self, Work};
 /// How long an idle worker without a model first waits before loading
 /// again; the wait doubles after each failure, up to [`RETRY_MAX`].
 const RETRY_LOAD: Duration = Duration::from_secs(5);
-const RETRY_MAX: Duration = Duration::from_secs(300);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub(super) fn run(config: Arc<Config>, rx: Receiver<Job>, ready: watch::Sender<Readiness>) {
     threads::apply(Work::Serve);
