@@ -10,14 +10,19 @@ use std::path::Path;
 use lorastream_ml::CausalLm;
 use tch::{Device, Kind, Tensor};
 
-fn publish(config: &Path, args: &[&str]) -> String {
-    let out = common::lorastream()
+/// `lorastream --config CONFIG ARGS…`, run to its end.
+fn cli(config: &Path, args: &[&str]) -> std::process::Output {
+    common::lorastream()
         .arg("--config")
         .arg(config)
-        .args(["adapters", "publish"])
         .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `adapters publish ARGS…`, which must succeed: what it printed.
+fn publish(config: &Path, args: &[&str]) -> String {
+    let out = cli(config, &[&["adapters", "publish"], args].concat());
     common::assert_ok(&out);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -86,12 +91,7 @@ fn a_dir_target_holds_peft_adapters_that_peft_loads_with_our_logits() {
     std::fs::write(&config, text + &target(dir.path(), 1)).unwrap();
     publish(&config, &["--to", "shared"]);
     assert!(!out.join("lorastream-v1").exists() && v2.is_dir());
-    let rb = common::lorastream()
-        .arg("--config")
-        .arg(&config)
-        .args(["adapters", "rollback"])
-        .output()
-        .unwrap();
+    let rb = cli(&config, &["adapters", "rollback"]);
     common::assert_ok(&rb);
     // The rollback published by itself: v1 written and current, v2 dropped.
     assert!(
@@ -116,12 +116,7 @@ fn publish_names_a_missing_target_and_a_bad_config() {
     let (config, _) = with_versions(dir.path(), "f32", "");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.clone() + &target(dir.path(), 0)).unwrap();
-    let out = common::lorastream()
-        .arg("--config")
-        .arg(&config)
-        .args(["adapters", "publish", "--to", "nope"])
-        .output()
-        .unwrap();
+    let out = cli(&config, &["adapters", "publish", "--to", "nope"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no publish target is named \"nope\""));
     std::fs::write(
@@ -129,12 +124,7 @@ fn publish_names_a_missing_target_and_a_bad_config() {
         text + "\n[[publish]]\nname = \"x\"\nkind = \"dir\"\n",
     )
     .unwrap();
-    let out = common::lorastream()
-        .arg("--config")
-        .arg(&config)
-        .args(["config", "check"])
-        .output()
-        .unwrap();
+    let out = cli(&config, &["config", "check"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -41,13 +41,6 @@ impl LayerCache {
         self.len == 0
     }
 
-    /// Bytes its buffers hold.
-    pub fn bytes(&self) -> i64 {
-        self.buffers.as_ref().map_or(0, |(k, v)| {
-            crate::weights::tensor_bytes(k) + crate::weights::tensor_bytes(v)
-        })
-    }
-
     /// Appends `k`, `v` `[b, kv_heads, t, head_dim]` and returns views of all
     /// cached keys and values. Full buffers grow to twice what is needed.
     fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
@@ -130,11 +123,6 @@ impl KvCache {
             len: 0,
             slot: None,
         }
-    }
-
-    /// Bytes its buffers hold.
-    pub fn bytes(&self) -> i64 {
-        self.layers.iter().map(LayerCache::bytes).sum()
     }
 }
 

@@ -29,14 +29,6 @@ impl Adapter {
     fn get(&self, path: &str) -> Option<&LoraWeights> {
         self.by_path.get(path)
     }
-
-    /// Bytes of its tensors.
-    pub fn bytes(&self) -> i64 {
-        self.by_path
-            .values()
-            .map(|l| crate::weights::tensor_bytes(&l.a) + crate::weights::tensor_bytes(&l.b))
-            .sum()
-    }
 }
 
 /// One sequence's tokens in a ragged pass.

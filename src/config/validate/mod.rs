@@ -140,32 +140,45 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     k.problems
 }
 
-/// `[[sources]]`: names unique, each source checked by its own rules.
-fn check_sources(k: &mut Checker, c: &Config) {
-    let mut names = HashSet::new();
-    for (i, s) in c.sources.iter().enumerate() {
-        let at = KeyPath::root().key("sources").index(i);
-        if !names.insert(s.name.as_str()) {
-            k.fail(
-                at.key("name"),
-                format!("duplicate source name {:?}", s.name),
-            );
+/// Fails each `[[table]]` entry whose name an earlier one has.
+fn unique_names<'a>(
+    k: &mut Checker,
+    table: &str,
+    what: &str,
+    names: impl Iterator<Item = &'a str>,
+) {
+    let mut seen = HashSet::new();
+    for (i, name) in names.enumerate() {
+        if !seen.insert(name) {
+            let at = KeyPath::root().key(table).index(i).key("name");
+            k.fail(at, format!("duplicate {what} name {name:?}"));
         }
-        s.check(k, &at);
     }
 }
 
-/// `[[publish]]`: names unique; a `dir` target names its directory.
+/// `[[sources]]`: names unique, each source checked by its own rules.
+fn check_sources(k: &mut Checker, c: &Config) {
+    unique_names(
+        k,
+        "sources",
+        "source",
+        c.sources.iter().map(|s| s.name.as_str()),
+    );
+    for (i, s) in c.sources.iter().enumerate() {
+        s.check(k, &KeyPath::root().key("sources").index(i));
+    }
+}
+
+/// `[[publish]]`: names unique and plain; a `dir` target names its directory.
 fn check_publish(k: &mut Checker, c: &Config) {
-    let mut names = HashSet::new();
+    unique_names(
+        k,
+        "publish",
+        "publish target",
+        c.publish.iter().map(|t| t.name.as_str()),
+    );
     for (i, t) in c.publish.iter().enumerate() {
         let at = KeyPath::root().key("publish").index(i);
-        if !names.insert(t.name.as_str()) {
-            k.fail(
-                at.key("name"),
-                format!("duplicate publish target name {:?}", t.name),
-            );
-        }
         if t.name.is_empty() || t.name.contains(['/', '\\']) {
             k.fail(
                 at.key("name"),
