@@ -121,6 +121,15 @@ impl Batch {
         served: &mut Served,
         job: Job,
     ) -> Result<Admit, Box<(Job, EngineError)>> {
+        // Room first: a job that waits is looked at again every step.
+        let max_pos = served.model.config.max_position_embeddings;
+        let positions = (job.prompt.len() + job.params.budget(job.prompt.len(), max_pos)) as i64;
+        let need = positions * served.model.kv_bytes_per_token();
+        let full = self.seqs.len() >= self.limits.max_batch
+            || (!self.seqs.is_empty() && self.reserved + need > self.limits.kv_bytes);
+        if full {
+            return Ok(Admit::Wait(Box::new(job)));
+        }
         let decoder = match Decoder::new(
             &served.model.config,
             served.tok.eos_id(),
@@ -130,13 +139,6 @@ impl Batch {
             Ok(d) => d,
             Err(e) => return Err(Box::new((job, EngineError::Generation(e.to_string())))),
         };
-        let positions = (job.prompt.len() + decoder.budget()) as i64;
-        let need = positions * served.model.kv_bytes_per_token();
-        let full = self.seqs.len() >= self.limits.max_batch
-            || (!self.seqs.is_empty() && self.reserved + need > self.limits.kv_bytes);
-        if full {
-            return Ok(Admit::Wait(Box::new(job)));
-        }
         let adapter = match served.adapter(&job.version) {
             Ok(a) => a,
             Err(e) => return Err(Box::new((job, e))),

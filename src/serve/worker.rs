@@ -25,8 +25,7 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub(super) fn run(config: Arc<Config>, rx: Receiver<Job>, ready: watch::Sender<Readiness>) {
     threads::apply(Work::Serve);
-    let mut served = load(&config, &ready);
-    let mut batch = Batch::new(limits(&config, served.as_ref()));
+    let (mut served, mut batch) = load(&config, &ready);
     let mut waiting: VecDeque<Job> = VecDeque::new();
     // Held while sequences run: learning work shrinks to its share meanwhile.
     let mut busy: Option<threads::Busy> = None;
@@ -40,8 +39,7 @@ pub(super) fn run(config: Arc<Config>, rx: Receiver<Job>, ready: watch::Sender<R
                 Ok(job) => take(&mut waiting, job),
                 Err(RecvTimeoutError::Timeout) => {
                     if served.is_none() {
-                        served = load(&config, &ready);
-                        batch = Batch::new(limits(&config, served.as_ref()));
+                        (served, batch) = load(&config, &ready);
                         retry = if served.is_some() {
                             RETRY_LOAD
                         } else {
@@ -54,8 +52,7 @@ pub(super) fn run(config: Arc<Config>, rx: Receiver<Job>, ready: watch::Sender<R
             }
         }
         if served.is_none() {
-            served = load(&config, &ready);
-            batch = Batch::new(limits(&config, served.as_ref()));
+            (served, batch) = load(&config, &ready);
         }
         let Some(s) = served.as_mut() else {
             // No model: every waiting job hears why at once.
@@ -149,8 +146,15 @@ fn admit(s: &mut Served, batch: &mut Batch, waiting: &mut VecDeque<Job>, rx: &Re
     }
 }
 
-/// Loads the base model, saying so on `ready`.
-fn load(config: &Config, ready: &watch::Sender<Readiness>) -> Option<Served> {
+/// Loads the base model, saying so on `ready`, and an empty batch bounded
+/// for it.
+fn load(config: &Config, ready: &watch::Sender<Readiness>) -> (Option<Served>, Batch) {
+    let served = load_model(config, ready);
+    let batch = Batch::new(limits(config, served.as_ref()));
+    (served, batch)
+}
+
+fn load_model(config: &Config, ready: &watch::Sender<Readiness>) -> Option<Served> {
     ready.send_replace(Readiness::Loading);
     let t0 = std::time::Instant::now();
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Served::load(config)))

@@ -207,7 +207,13 @@ fn a_batch_answers_each_request_as_it_would_alone() {
 }
 
 /// Streams `prompt`: the arrival time of each content chunk.
-async fn stream_times(url: &str, prompt: &str, max_tokens: usize) -> Vec<Instant> {
+/// `started` hears of the first one.
+async fn stream_times(
+    url: &str,
+    prompt: &str,
+    max_tokens: usize,
+    started: tokio::sync::oneshot::Sender<()>,
+) -> Vec<Instant> {
     let body = json!({"model": "base", "messages": [{"role": "user", "content": prompt}],
                       "max_tokens": max_tokens, "temperature": 0, "stream": true, "ignore_eos": true});
     let resp = lorastream::util::http::client_builder()
@@ -222,9 +228,13 @@ async fn stream_times(url: &str, prompt: &str, max_tokens: usize) -> Vec<Instant
     assert_eq!(resp.status(), 200);
     let mut times = Vec::new();
     let mut resp = resp;
+    let mut started = Some(started);
     while let Some(chunk) = resp.chunk().await.unwrap() {
         if String::from_utf8_lossy(&chunk).contains("\"content\":\"") {
             times.push(Instant::now());
+            if let Some(s) = started.take() {
+                let _ = s.send(());
+            }
         }
     }
     times
@@ -241,11 +251,12 @@ fn a_long_prompt_is_read_in_chunks_while_others_stream_and_a_cancelled_request_f
     let (d, url) = start(&config);
     rt().block_on(async {
         // One stream runs; a prompt of many chunks joins it.
+        let (tx, started) = tokio::sync::oneshot::channel();
         let streaming = tokio::spawn({
             let url = url.clone();
-            async move { stream_times(&url, "hello", 300).await }
+            async move { stream_times(&url, "hello", 400, tx).await }
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        started.await.unwrap();
         let long = "tell me about the weather and the sea and the mountains ".repeat(12);
         let joined = Instant::now();
         let (text, _) = greedy(&url, "base", &long, json!({"max_tokens": 2})).await;
@@ -265,7 +276,14 @@ fn a_long_prompt_is_read_in_chunks_while_others_stream_and_a_cancelled_request_f
             (answered - joined).as_secs_f64() * 1e3,
             during.len()
         );
-        assert!(during.len() >= 2, "the running stream kept streaming while the prompt was read");
+        // The prompt is over 100 tokens, 8 a step: read over 12+ steps, each
+        // giving the stream a token. Read at once, the stream would get only
+        // the 2-3 tokens of the long request's own answer meanwhile.
+        assert!(
+            during.len() >= 8,
+            "the running stream got {} tokens while the prompt was read",
+            during.len()
+        );
 
         // Two slots: a cancelled stream frees its slot for the next request.
         let body = json!({"model": "base", "messages": [{"role": "user", "content": "hi"}],

@@ -89,7 +89,7 @@ impl Decoder {
                 .chain(eos)
                 .collect(),
             text: Text::default(),
-            budget: params.max_new_tokens.min(max_pos - prompt.len()),
+            budget: params.budget(prompt.len(), max_pos),
             prompt_tokens: prompt.len(),
         })
     }

@@ -62,6 +62,13 @@ impl SamplingParams {
             && self.presence_penalty == 0.0
             && self.logprobs.is_none()
     }
+
+    /// New tokens an answer to a prompt of `prompt` tokens may take on a
+    /// model of `max_positions` positions.
+    pub fn budget(&self, prompt: usize, max_positions: usize) -> usize {
+        self.max_new_tokens
+            .min(max_positions.saturating_sub(prompt))
+    }
 }
 
 /// What the tokens so far are, for the penalties.
