@@ -74,6 +74,11 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 AdaptersCommand::Publish { version, to } => {
                     cli::adapters::publish(&config, *version, to.as_deref())
                 }
+                AdaptersCommand::Export {
+                    version,
+                    format,
+                    out,
+                } => cli::adapters::export(&config, *version, format, out),
             }
         }),
         Command::Run => with_config(cli, |config| {

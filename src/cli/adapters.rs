@@ -3,6 +3,7 @@
 //! recorded in the store as done by `cli`; a running daemon serves the new
 //! version within a second or two (the server re-reads the store every second).
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use lorastream::config::Config;
@@ -196,7 +197,8 @@ pub fn merge(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `adapters publish [VERSION] [--to NAME]`: one line per target.
+/// `adapters publish [VERSION] [--to NAME]`: one line per target; exit 1
+/// when any failed (the others are published all the same).
 pub fn publish(
     config: &Config,
     version: Option<i64>,
@@ -207,18 +209,61 @@ pub fn publish(
         "no [[publish]] target in the config: add one (kind = \"dir\", dir = ...)"
     );
     let store = config.open_store()?;
-    for t in lorastream::learn::publish::publish(config, &store, version, to)? {
-        let written: Vec<String> = t.written.iter().map(|v| format!("v{v}")).collect();
+    let list = |v: &[i64]| -> String {
+        let s: Vec<String> = v.iter().map(|v| format!("v{v}")).collect();
+        if s.is_empty() {
+            "nothing".into()
+        } else {
+            s.join(", ")
+        }
+    };
+    let mut failed = false;
+    for (name, r) in lorastream::learn::publish::publish(config, &store, version, to)? {
+        match r {
+            Ok(t) => println!(
+                "{name}: published {}; removed {}; holds {}; current: {}",
+                list(&t.written),
+                list(&t.removed),
+                list(&t.held),
+                t.current
+                    .map_or("none (the base is served)".into(), |v| format!("v{v}"))
+            ),
+            Err(e) => {
+                failed = true;
+                println!("{name}: FAILED: {e}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `adapters export VERSION --format peft|gguf --out PATH`.
+pub fn export(config: &Config, version: i64, format: &str, out: &Path) -> anyhow::Result<ExitCode> {
+    use lorastream::learn::publish::{Plan, files, gguf, plan};
+    anyhow::ensure!(!out.exists(), "{} exists already", out.display());
+    let store = config.open_store()?;
+    let p = Plan::read(&store, Some(version))?;
+    let v = p
+        .wanted
+        .iter()
+        .find(|a| a.id == version)
+        .expect("Plan::read includes the version asked for");
+    if format == "gguf" {
+        let n = gguf::export(v, &gguf::base_config(config)?, out)?;
+        println!("v{version}: {n} tensors written to {}", out.display());
+    } else {
+        let base = plan::base_model(config, None);
+        std::fs::create_dir_all(out)?;
+        for (name, bytes) in files::peft_files(&store, &p.all, v, &base)? {
+            lorastream_base::fsutil::write_atomic(&out.join(name), &bytes)?;
+        }
         println!(
-            "{}: wrote {}; current: {}",
-            t.target,
-            if written.is_empty() {
-                "nothing new".into()
-            } else {
-                written.join(", ")
-            },
-            t.current
-                .map_or("none (the base is served)".into(), |v| format!("v{v}"))
+            "v{version}: PEFT adapter (base {base}) written to {}",
+            out.display()
         );
     }
     Ok(ExitCode::SUCCESS)

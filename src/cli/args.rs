@@ -265,6 +265,16 @@ pub enum AdaptersCommand {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Write version V for another engine: `peft` (a directory PEFT, vLLM
+    /// and LoRAX load) or `gguf` (a llama.cpp / Ollama LoRA file).
+    Export {
+        version: i64,
+        #[arg(long, value_parser = ["peft", "gguf"], default_value = "peft")]
+        format: String,
+        /// The directory (peft) or file (gguf) to write; must not exist.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

@@ -39,7 +39,7 @@ pub use locate::{KeyPath, LineCol, SpanIndex};
 /// The dtype setting is the model layer's own type.
 pub use lorastream_ml::DType;
 pub use publish::{PublishConfig, PublishKind};
-pub use server::{KeyConfig, KeyRole, OverflowPolicy, ServerConfig};
+pub use server::{Backend, KeyConfig, KeyRole, OverflowPolicy, ServerConfig};
 pub use source::{CrawlMode, FieldMap, SourceConfig, SourceKind, SpoolFormat};
 
 /// Where the daemon keeps its state when neither the config nor systemd says.
@@ -173,8 +173,11 @@ impl Config {
         abs_opt(&mut self.model.chat_template);
         abs_opt(&mut self.eval.probe_set);
         abs_opt(&mut self.server.api_key_file);
+        abs_opt(&mut self.server.backend_key_file);
         for t in &mut self.publish {
             abs_opt(&mut t.dir);
+            abs_opt(&mut t.key_file);
+            abs_opt(&mut t.token_file);
         }
         for s in &mut self.sources {
             abs_opt(&mut s.token_file);

@@ -76,6 +76,34 @@ pub struct ServerConfig {
     /// weights (half the bytes; +50% memory for the serving copy). Prompts
     /// still run in f32.
     pub decode_bf16: bool,
+    /// Who generates: the built-in engine, or a vLLM fleet the chat API
+    /// fronts (identities, memory, feedback and model names stay here).
+    pub backend: Backend,
+    /// `backend = "vllm"`: the fleet's OpenAI-compatible base URL (a server
+    /// or the load balancer in front of the servers).
+    pub backend_url: Option<String>,
+    /// `backend = "vllm"`: the fleet's API key, from a file or a variable.
+    pub backend_key_file: Option<PathBuf>,
+    pub backend_key_env: Option<String>,
+    /// `backend = "vllm"`: the name the fleet serves the base under (for
+    /// requests while no version is served; default: the `[model] source`'s
+    /// hub id, else its directory, as publish targets name it).
+    pub backend_base_model: Option<String>,
+    /// `backend = "vllm"`: seconds to wait for the fleet's first byte.
+    pub backend_timeout_secs: u64,
+}
+
+text_enum! {
+    /// Who generates the answers.
+    #[derive(Default)]
+    pub enum Backend {
+        /// This process (continuous batching on the CPU or GPU).
+        #[default]
+        Builtin = "builtin",
+        /// A vLLM fleet, sent each request under the published name of the
+        /// version that answers (`lorastream-vN`, see `[[publish]]`).
+        Vllm = "vllm",
+    }
 }
 
 /// `[server.sampling]`: what a request gets when it does not say.
@@ -184,6 +212,12 @@ impl Default for ServerConfig {
             sampling: SamplingDefaults::default(),
             overflow: OverflowPolicy::Truncate,
             decode_bf16: true,
+            backend: Backend::Builtin,
+            backend_url: None,
+            backend_key_file: None,
+            backend_key_env: None,
+            backend_base_model: None,
+            backend_timeout_secs: 60,
         }
     }
 }

@@ -118,13 +118,20 @@ fn example_config_documents_every_key_and_section() {
         max_concurrent: Some(1),
         learn: false,
     });
-    c.publish.push(crate::config::PublishConfig {
-        name: "shared".into(),
-        kind: crate::config::PublishKind::Dir,
-        dir: Some("d".into()),
-        base_model: Some("m".into()),
-        keep: 2,
-    });
+    let mut t = crate::config::PublishConfig::new("shared", crate::config::PublishKind::Dir);
+    t.dir = Some("d".into());
+    t.base_model = Some("m".into());
+    t.keep = Some(2);
+    t.urls = vec!["u".into()];
+    t.lora_path_prefix = Some("p".into());
+    t.key_file = Some("k".into());
+    t.key_env = Some("K".into());
+    t.repo = Some("r".into());
+    t.private = Some(true);
+    t.token_file = Some("t".into());
+    t.token_env = Some("T".into());
+    t.endpoint = Some("e".into());
+    c.publish.push(t);
     let v = serde_json::to_value(&c).unwrap();
     for section in v.as_object().unwrap().keys() {
         assert!(

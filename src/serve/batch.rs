@@ -340,6 +340,7 @@ impl Batch {
                 let done = Event::Done {
                     finish,
                     completion_tokens: s.decoder.tokens(),
+                    prompt_tokens: None,
                 };
                 let _ = s.out.send(&s.job.events, done);
             }

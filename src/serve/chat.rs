@@ -1,5 +1,6 @@
 //! `POST /v1/chat/completions`: checks the request, recalls memories, queues
-//! the job on the generation worker (429 when the queue is full), and answers
+//! the job on the generation worker (429 when the queue is full) or sends it
+//! to the vLLM fleet in gateway mode ([`super::gateway`]), and answers
 //! with one `chat.completion`, or with a stream of `chat.completion.chunk`
 //! events ending `data: [DONE]`. A client that disconnects mid-stream drops
 //! the channel, which stops its generation at the next token.
@@ -17,7 +18,7 @@ use super::jobs::{EngineError, Event, Job};
 use super::memory::{self, Speaker};
 pub use super::reply::MESSAGE_HEADER;
 use super::reply::{Remember, Reply, Timing, engine_error, next_event, streamed, whole};
-use super::{State, json_body, versions};
+use super::{Backend, State, json_body, versions};
 use crate::util::metrics::METRICS;
 use lorastream_ml::generate::SamplingParams;
 
@@ -68,18 +69,37 @@ async fn answer(
     let memories = recall(&state, speaker.as_ref(), &checked.messages).await;
     let recall_ms = started.elapsed().as_millis() as u64;
     let n_memories = memories.len();
-    let info = state.engine.model(MODEL_WAIT).await.map_err(engine_error)?;
-    let prompt = fit_prompt(&state, &info, &checked, &memories).await?;
-    let prompt_tokens = prompt.len();
     let (tx, mut rx) = mpsc::channel(64);
-    let job = Job {
-        version,
-        prompt,
-        params: params(&checked),
-        events: tx,
+    let label = version.label.clone();
+    let (prompt_tokens, tok) = match &state.backend {
+        Backend::Fleet(gw) => {
+            if checked.logprobs.is_some() {
+                return Err(ApiError::invalid(
+                    "logprobs",
+                    "logprobs are not passed through in gateway mode ([server] backend = \"vllm\")",
+                ));
+            }
+            let model = gw
+                .model_name(&version)
+                .map_err(|e| engine_error(e.into()))?;
+            let messages = memory::with_memories(checked.messages.clone(), &memories);
+            gw.submit(model, messages, &checked, tx);
+            (0, None)
+        }
+        Backend::Local(engine) => {
+            let info = engine.model(MODEL_WAIT).await.map_err(engine_error)?;
+            let prompt = fit_prompt(&state, &info, &checked, &memories).await?;
+            let prompt_tokens = prompt.len();
+            let job = Job {
+                version,
+                prompt,
+                params: params(&checked),
+                events: tx,
+            };
+            submit(engine, job)?;
+            (prompt_tokens, Some(Arc::clone(&info.tok)))
+        }
     };
-    let label = job.version.label.clone();
-    submit(&state, job)?;
     let peer = super::peer::Peer::of(&req);
     match next_event(&mut rx, peer.as_ref()).await? {
         Some(Event::Started) => {}
@@ -94,7 +114,7 @@ async fn answer(
         n_memories,
         recall_ms,
         timing: Timing::new(started),
-        tok: Arc::clone(&info.tok),
+        tok,
         include_usage: checked.include_usage,
     };
     let mut response = HttpResponse::Ok();
@@ -222,14 +242,14 @@ async fn recall(
 }
 
 /// Queues `job` on the generation worker; 429 when its queue is full.
-fn submit(state: &State, job: Job) -> Result<(), ApiError> {
-    state.engine.submit(job).map_err(|_| {
+fn submit(engine: &super::engine::Engine, job: Job) -> Result<(), ApiError> {
+    engine.submit(job).map_err(|_| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             format!(
                 "{} requests are queued already; retry shortly",
-                state.engine.capacity()
+                engine.capacity()
             ),
         )
         .with_code("queue_full")

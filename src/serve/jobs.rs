@@ -40,6 +40,9 @@ pub enum Event {
     Done {
         finish: FinishReason,
         completion_tokens: usize,
+        /// The prompt's tokens as a remote backend counted them (the
+        /// built-in engine's count is known before it starts).
+        prompt_tokens: Option<usize>,
     },
     Failed(EngineError),
 }
@@ -52,6 +55,8 @@ pub enum EngineError {
     Prompt(#[from] super::prompt::PromptError),
     #[error("generation failed: {0}")]
     Generation(String),
+    #[error(transparent)]
+    Fleet(#[from] super::gateway::FleetError),
 }
 
 /// What requests need of the loaded model before they queue.

@@ -12,6 +12,7 @@
 //!   identity's requests per minute and in flight;
 //! - [`api`]: the wire format, request checks and OpenAI error objects;
 //! - [`chat`]: the completion handler; [`reply`]: whole answers and streams;
+//! - [`gateway`]: gateway mode, generation sent to a vLLM fleet;
 //! - [`engine`]: the generation engine's handle; [`jobs`]: its messages;
 //!   [`worker`]: its thread (model loaded at start-up, queue, admission);
 //!   [`batch`]: continuous batching; [`served`]: the base weights and the
@@ -31,6 +32,7 @@ pub mod chat;
 pub mod engine;
 pub mod feedback;
 pub mod forget;
+pub mod gateway;
 pub mod guard;
 pub mod jobs;
 pub mod limits;
@@ -71,12 +73,22 @@ pub enum ServerError {
     },
     #[error("cannot start the generation worker: {0}")]
     Worker(std::io::Error),
+    #[error(transparent)]
+    Fleet(#[from] crate::util::http::SecretError),
+}
+
+/// Who generates the answers (`[server] backend`).
+pub enum Backend {
+    /// The built-in engine (this process).
+    Local(Engine),
+    /// A vLLM fleet (gateway mode).
+    Fleet(gateway::Gateway),
 }
 
 /// What every request handler shares.
 pub struct State {
     pub config: Arc<Config>,
-    pub engine: Engine,
+    pub backend: Backend,
     pub versions: versions::Shared,
     /// The server's store connection (memory); used from blocking threads.
     pub store: Mutex<Store>,
@@ -163,7 +175,12 @@ pub fn start(config: Arc<Config>) -> Result<(actix_web::dev::Server, Arc<State>)
         config.model.threads,
     );
     let state = Arc::new(State {
-        engine: Engine::start(Arc::clone(&config), s.queue).map_err(ServerError::Worker)?,
+        backend: match s.backend {
+            crate::config::Backend::Builtin => Backend::Local(
+                Engine::start(Arc::clone(&config), s.queue).map_err(ServerError::Worker)?,
+            ),
+            crate::config::Backend::Vllm => Backend::Fleet(gateway::Gateway::new(&config)?),
+        },
         versions: versions::watch(&config)?,
         readers: memory::Readers::new(store.path().to_owned()),
         store: Mutex::new(store),
@@ -286,7 +303,14 @@ async fn health() -> HttpResponse {
 /// `GET /ready`: 200 once the model is loaded and the worker runs; 503
 /// while it loads or when there is no model.
 async fn ready(state: web::Data<State>) -> HttpResponse {
-    match state.engine.readiness() {
+    let engine = match &state.backend {
+        Backend::Local(engine) => engine,
+        Backend::Fleet(gw) => {
+            return HttpResponse::Ok()
+                .json(json!({"status": "ready", "backend": "vllm", "url": gw.url()}));
+        }
+    };
+    match engine.readiness() {
         jobs::Readiness::Ready(m) => HttpResponse::Ok().json(json!({
             "status": "ready", "model": m.config.arch.to_string(),
             "context": m.config.max_position_embeddings,

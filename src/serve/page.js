@@ -106,6 +106,18 @@ function render(data) {
       num(a.stream_id), state, el("td", reasons)]);
   }));
 
+  // Where each promoted version went: ok, or degraded with the last error.
+  fill("publish", (st.publish || []).map((t) => {
+    const r = t.store;
+    const td = el("td");
+    td.appendChild(!r ? el("span", "not run yet", "badge")
+      : r.ok ? el("span", "ok", "badge ok") : el("span", "DEGRADED", "badge bad"));
+    if (r && !r.ok && r.last_error) td.appendChild(el("div", r.failures + " failed: " + r.last_error, "dim"));
+    return row([el("td", t.name), el("td", t.kind), el("td", t.to),
+      el("td", r ? r.published.map((v) => "v" + v).join(", ") : ""),
+      el("td", r ? (r.version ? "v" + r.version : "base") : ""), td]);
+  }));
+
   renderMatrix(data.matrix);
   renderLoss(st.adapters);
   fill("recent", data.recent_examples.map((e) => row([num(e.id), el("td", e.question),

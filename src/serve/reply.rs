@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::State;
 use super::api::{self, ApiError, Usage};
+use super::gateway::FleetError;
 use super::jobs::{EngineError, Event};
 use super::memory::{self, Speaker};
 use super::prompt::PromptError;
@@ -64,16 +65,17 @@ pub(super) struct Reply {
     pub n_memories: usize,
     pub recall_ms: u64,
     pub timing: Timing,
-    /// Spells the tokens of log-probabilities.
-    pub tok: Arc<ChatTokenizer>,
+    /// Spells the tokens of log-probabilities (None: a remote backend,
+    /// which is not asked for them).
+    pub tok: Option<Arc<ChatTokenizer>>,
     /// A stream ends with a chunk of no choices carrying the usage.
     pub include_usage: bool,
 }
 
 impl Reply {
     /// Logs and counts the finished request; its usage.
-    fn finish(&self, stream: bool, completion_tokens: usize) -> Usage {
-        let usage = Usage::new(self.prompt_tokens, completion_tokens);
+    fn finish(&self, stream: bool, completion_tokens: usize, prompt: Option<usize>) -> Usage {
+        let usage = Usage::new(prompt.unwrap_or(self.prompt_tokens), completion_tokens);
         log_done(self, &usage);
         self.timing.done(stream);
         usage
@@ -92,10 +94,9 @@ impl Reply {
 
     /// A delta chunk; its `logprobs` when the tokens behind it carry them.
     fn delta(&self, text: &str, logprobs: &[Logprob]) -> serde_json::Value {
-        let lp = if logprobs.is_empty() {
-            serde_json::Value::Null
-        } else {
-            api::logprobs_json(&self.tok, logprobs)
+        let lp = match &self.tok {
+            Some(tok) if !logprobs.is_empty() => api::logprobs_json(tok, logprobs),
+            _ => serde_json::Value::Null,
         };
         api::chunk(
             &self.id,
@@ -133,8 +134,9 @@ pub(super) async fn whole(
             Some(Event::Done {
                 finish,
                 completion_tokens,
+                prompt_tokens,
             }) => {
-                let usage = reply.finish(false, completion_tokens);
+                let usage = reply.finish(false, completion_tokens, prompt_tokens);
                 if let Some(id) = remember.store(text.clone()).await {
                     response.insert_header((MESSAGE_HEADER, id.to_string()));
                 }
@@ -145,9 +147,10 @@ pub(super) async fn whole(
                     &text,
                     finish_reason(finish),
                     &usage,
-                    logprobs.map_or(serde_json::Value::Null, |l| {
-                        api::logprobs_json(&reply.tok, &l)
-                    }),
+                    match (logprobs, &reply.tok) {
+                        (Some(l), Some(tok)) => api::logprobs_json(tok, &l),
+                        _ => serde_json::Value::Null,
+                    },
                 )));
             }
             Some(Event::Failed(e)) => return Err(engine_error(e)),
@@ -203,8 +206,9 @@ pub(super) fn streamed(
         Event::Done {
             finish,
             completion_tokens,
+            prompt_tokens,
         } => {
-            let usage = reply.finish(true, completion_tokens);
+            let usage = reply.finish(true, completion_tokens, prompt_tokens);
             if let Some(r) = remember.take() {
                 let stored = r.store(std::mem::take(&mut text));
                 actix_web::rt::spawn(async move {
@@ -329,5 +333,32 @@ pub(super) fn engine_error(e: EngineError) -> ApiError {
             e.to_string(),
         )
         .retry_after(1),
+        EngineError::Fleet(f) => fleet_error(f),
+    }
+}
+
+/// A fleet failure as the client hears it: 503 while the fleet cannot be
+/// reached or lacks the version (retry), 502 when it failed, 400 when it
+/// refused the request itself.
+fn fleet_error(f: FleetError) -> ApiError {
+    let msg = f.to_string();
+    match f {
+        FleetError::Unreachable { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", msg)
+                .with_code("fleet_unavailable")
+                .retry_after(5)
+        }
+        FleetError::NotLoaded { .. } | FleetError::OnSnapshot(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", msg)
+                .with_code("version_not_on_fleet")
+                .retry_after(5)
+        }
+        FleetError::Refused { .. } => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", msg)
+                .with_code("fleet_refused")
+        }
+        FleetError::Failed { .. } | FleetError::Broken(_) => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "server_error", msg).with_code("fleet_error")
+        }
     }
 }

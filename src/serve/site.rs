@@ -105,6 +105,21 @@ pub async fn metrics(state: web::Data<State>) -> Result<HttpResponse, ApiError> 
                     e.perplexity,
                 );
             }
+            m.publish_up.reset();
+            for t in s.publish_targets()? {
+                let up = if t.ok { 1.0 } else { 0.0 };
+                m.publish_up
+                    .with_label_values(&[t.name.as_str(), t.kind.as_str()])
+                    .set(up);
+                let v = t.version.unwrap_or(0) as f64;
+                m.publish_version
+                    .with_label_values(&[t.name.as_str()])
+                    .set(v);
+                let f = t.failures as f64;
+                m.publish_failures
+                    .with_label_values(&[t.name.as_str()])
+                    .set(f);
+            }
             Ok(())
         })
         .await?;

@@ -10,8 +10,8 @@ use crate::config::Config;
 use crate::util::disk::DiskUse;
 use lorastream_ml::device::{RuntimeInfo, runtime_info};
 use lorastream_store::{
-    AdapterRow, ExampleState, ItemFailure, RawState, SourceRow, StageRow, Store, StoreError,
-    StreamRow,
+    AdapterRow, ExampleState, ItemFailure, PublishRow, RawState, SourceRow, StageRow, Store,
+    StoreError, StreamRow,
 };
 
 #[derive(Debug, Serialize)]
@@ -38,6 +38,18 @@ pub struct StatusReport {
     pub max_item_failures: u32,
     /// The state dir's size by part and its file system's free space.
     pub disk: Option<DiskUse>,
+    /// Each `[[publish]]` target and where it stands.
+    pub publish: Vec<PublishStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PublishStatus {
+    pub name: String,
+    pub kind: String,
+    /// Where it publishes: a directory, servers, a repository.
+    pub to: String,
+    /// None when it has never run.
+    pub store: Option<PublishRow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,6 +90,7 @@ pub fn report(config: &Config, store: Option<&Store>) -> Result<StatusReport, St
         item_failures: Vec::new(),
         max_item_failures: config.daemon.max_item_failures,
         disk: None,
+        publish: Vec::new(),
     };
     let rows = match store {
         Some(s) => s.sources()?,
@@ -106,6 +119,28 @@ pub fn report(config: &Config, store: Option<&Store>) -> Result<StatusReport, St
         report.stages = store.stages()?;
         report.item_failures = store.item_failures()?;
         report.disk = Some(crate::util::disk::disk_use(config));
+        // A store of an older schema (opened read-only, never migrated) has
+        // no publish records yet.
+        let rows = store.publish_targets().unwrap_or_default();
+        report.publish = config
+            .publish
+            .iter()
+            .map(|t| PublishStatus {
+                name: t.name.clone(),
+                kind: t.kind.to_string(),
+                to: match (&t.dir, &t.repo) {
+                    (Some(d), _) => d.display().to_string(),
+                    (None, Some(r)) => r.clone(),
+                    (None, None) => t
+                        .urls
+                        .iter()
+                        .map(|u| crate::learn::publish::vllm::shown(u))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
+                store: rows.iter().find(|r| r.name == t.name).cloned(),
+            })
+            .collect();
     }
     Ok(report)
 }
@@ -144,7 +179,8 @@ impl fmt::Display for StatusReport {
         self.fmt_stages(o)?;
         self.fmt_sources(o)?;
         self.fmt_data(o)?;
-        self.fmt_adapters(o)
+        self.fmt_adapters(o)?;
+        self.fmt_publish(o)
     }
 }
 
@@ -334,6 +370,38 @@ impl StatusReport {
                 a.attempt,
                 a.state.to_string()
             )?;
+        }
+        Ok(())
+    }
+}
+
+impl StatusReport {
+    /// `publish`: per target, ok or degraded, what it holds, the last error.
+    fn fmt_publish(&self, o: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.publish.is_empty() {
+            return Ok(());
+        }
+        writeln!(o, "\npublish")?;
+        for t in &self.publish {
+            let Some(r) = &t.store else {
+                writeln!(o, "  {:<14} {:<7} {}  not run yet", t.name, t.kind, t.to)?;
+                continue;
+            };
+            let held: Vec<String> = r.published.iter().map(|v| format!("v{v}")).collect();
+            writeln!(
+                o,
+                "  {:<14} {:<7} {}  {}  holds [{}], current {}, last ok {}",
+                t.name,
+                t.kind,
+                t.to,
+                if r.ok { "ok" } else { "DEGRADED" },
+                held.join(", "),
+                r.version.map_or("base".into(), |v| format!("v{v}")),
+                ago(r.last_ok_at),
+            )?;
+            if let Some(e) = r.last_error.as_deref().filter(|_| !r.ok) {
+                writeln!(o, "      {} failed run(s) in a row: {e}", r.failures)?;
+            }
         }
         Ok(())
     }

@@ -28,6 +28,12 @@ pub struct Metrics {
     pub served_perplexity: GaugeVec,
     /// `decision` = promote | retrain | give_up.
     pub decisions: IntCounterVec,
+    /// Per `[[publish]]` target: 1 when its last run succeeded.
+    pub publish_up: GaugeVec,
+    /// Per target: the served version it holds (0: the base).
+    pub publish_version: GaugeVec,
+    /// Per target: failed runs in a row.
+    pub publish_failures: GaugeVec,
     /// `status` (HTTP code).
     pub chat_requests: IntCounterVec,
     /// `stream` = true | false.
@@ -184,6 +190,24 @@ impl Metrics {
                 "feedback_decisions_total",
                 "Feedback decisions on candidates, by outcome.",
                 &["decision"],
+            ),
+            publish_up: gauge_vec(
+                &r,
+                "publish_target_up",
+                "1 when the publish target's last run succeeded, 0 while it is degraded.",
+                &["target", "kind"],
+            ),
+            publish_version: gauge_vec(
+                &r,
+                "publish_target_version",
+                "The served version the publish target holds (0: the base).",
+                &["target"],
+            ),
+            publish_failures: gauge_vec(
+                &r,
+                "publish_target_failures",
+                "Failed runs of the publish target in a row.",
+                &["target"],
             ),
             chat_requests: chat.requests,
             chat_duration: chat.duration,

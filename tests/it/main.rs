@@ -10,6 +10,7 @@ mod config_check;
 mod crawl;
 mod daemon;
 mod feedback;
+mod fleet;
 mod fuzz;
 mod gguf;
 mod kill;

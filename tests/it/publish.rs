@@ -1,6 +1,8 @@
-//! Publishing: promoted versions written to a `dir` target in PEFT's layout
-//! load in PEFT with the logits lorastream computes for them; `keep` and a
-//! rollback move `current` and the published set.
+//! Publishing to local targets: promoted versions written to a `dir` target
+//! in PEFT's layout load in PEFT with the logits lorastream computes for
+//! them; `keep` and a rollback move `current` and the published set; a
+//! `gguf` target's files are what llama.cpp's `gguf` reader expects, tensor
+//! for tensor. (Remote targets and gateway mode: `fleet`.)
 
 use crate::common;
 use crate::serving::with_versions;
@@ -11,7 +13,7 @@ use lorastream_ml::CausalLm;
 use tch::{Device, Kind, Tensor};
 
 /// `lorastream --config CONFIG ARGS…`, run to its end.
-fn cli(config: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn cli(config: &Path, args: &[&str]) -> std::process::Output {
     common::lorastream()
         .arg("--config")
         .arg(config)
@@ -41,10 +43,7 @@ fn a_dir_target_holds_peft_adapters_that_peft_loads_with_our_logits() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.clone() + &target(dir.path(), 0)).unwrap();
     let said = publish(&config, &[]);
-    assert!(
-        said.contains("shared: wrote v1, v2") || said.contains("shared: wrote v2, v1"),
-        "{said}"
-    );
+    assert!(said.contains("shared: published v2, v1;"), "{said}");
     assert!(said.contains("current: v2"), "{said}");
     let out = dir.path().join("published");
     assert_eq!(
@@ -62,7 +61,7 @@ fn a_dir_target_holds_peft_adapters_that_peft_loads_with_our_logits() {
         "{card}"
     );
     assert!(
-        publish(&config, &[]).contains("wrote nothing new"),
+        publish(&config, &[]).contains("published nothing;"),
         "a second run writes nothing"
     );
 
@@ -100,7 +99,7 @@ fn a_dir_target_holds_peft_adapters_that_peft_loads_with_our_logits() {
     );
     let said = publish(&config, &[]);
     assert!(
-        said.contains("wrote nothing new") && said.contains("current: v1"),
+        said.contains("published nothing;") && said.contains("current: v1"),
         "{said}"
     );
     assert!(!v2.exists(), "keep = 1 drops v2 once it is not served");
@@ -131,4 +130,49 @@ fn publish_names_a_missing_target_and_a_bad_config() {
         err.contains("publish[0].dir") || err.contains("publish.0.dir") || err.contains("dir"),
         "{err}"
     );
+}
+
+#[test]
+fn a_gguf_target_holds_llama_cpp_lora_files_equal_to_the_peft_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, model) = with_versions(dir.path(), "f32", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let out = dir.path().join("gguf");
+    let target = format!(
+        "\n[[publish]]\nname = \"laptops\"\nkind = \"gguf\"\ndir = \"{}\"\n",
+        out.display()
+    );
+    std::fs::write(&config, text + &target).unwrap();
+    let said = publish(&config, &[]);
+    assert!(said.contains("laptops: published v2, v1;"), "{said}");
+    assert_eq!(
+        std::fs::read_link(out.join("current.gguf")).unwrap(),
+        Path::new("lorastream-v2.gguf")
+    );
+    // By hand too: `adapters export` writes the same file, and the PEFT layout.
+    let by_hand = dir.path().join("v2.gguf");
+    let peft = dir.path().join("v2-peft");
+    for (format, path) in [("gguf", &by_hand), ("peft", &peft)] {
+        let args = ["adapters", "export", "2", "--format", format, "--out"];
+        let run = cli(&config, &[&args[..], &[path.to_str().unwrap()]].concat());
+        common::assert_ok(&run);
+    }
+    assert_eq!(
+        std::fs::read(&by_hand).unwrap(),
+        std::fs::read(out.join("lorastream-v2.gguf")).unwrap()
+    );
+    let report = dir.path().join("gguf.json");
+    crate::parity::run_python(&[
+        Path::new("gguf_lora.py"),
+        &out.join("lorastream-v2.gguf"),
+        &peft,
+        &model,
+        &report,
+    ]);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    println!("BENCH GGUF LoRA read by gguf-py: {r}");
+    assert_eq!(r["arch"], "llama");
+    assert!(r["tensors"].as_u64().unwrap() >= 14, "{r}");
+    assert_eq!(r["max_abs_diff"].as_f64().unwrap(), 0.0, "{r}");
 }

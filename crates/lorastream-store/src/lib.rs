@@ -20,6 +20,7 @@ mod evals;
 mod examples;
 mod failures;
 mod forget;
+mod publish;
 mod raw_items;
 mod recall;
 mod rows;
@@ -36,6 +37,7 @@ use sha2::{Digest, Sha256};
 
 pub use conversations::{CONVERSATIONS_SOURCE, Owner, RatedExchange};
 pub use forget::{Forgotten, LearnedExample};
+pub use publish::PublishRow;
 pub use recall::RecallQuery;
 pub use rows::*;
 pub use states::*;
@@ -49,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_versions.sql"),
     include_str!("migrations/0006_unattended.sql"),
     include_str!("migrations/0007_identities.sql"),
+    include_str!("migrations/0008_publish.sql"),
 ];
 
 /// The schema version this build writes.

@@ -1,6 +1,7 @@
 //! Checks that serde cannot express: ranges, cron strings, per-kind source keys,
 //! paths that must exist. Every problem names the key it is about.
 
+mod publish;
 mod server;
 
 use std::collections::HashSet;
@@ -63,11 +64,17 @@ impl Checker {
         v: T,
         min: T,
     ) {
+        self.at_least_at(KeyPath::parse(key), v, min);
+    }
+
+    pub(super) fn at_least_at<T: PartialOrd + std::fmt::Display + Copy>(
+        &mut self,
+        key: KeyPath,
+        v: T,
+        min: T,
+    ) {
         if v < min {
-            self.fail(
-                KeyPath::parse(key),
-                format!("must be at least {min} (got {v})"),
-            );
+            self.fail(key, format!("must be at least {min} (got {v})"));
         }
     }
 
@@ -135,7 +142,7 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
     check_eval(&mut k, c);
     check_feedback(&mut k, c);
     server::check(&mut k, &c.server);
-    check_publish(&mut k, c);
+    publish::check(&mut k, c);
     check_schedule(&mut k, c);
     k.problems
 }
@@ -166,31 +173,6 @@ fn check_sources(k: &mut Checker, c: &Config) {
     );
     for (i, s) in c.sources.iter().enumerate() {
         s.check(k, &KeyPath::root().key("sources").index(i));
-    }
-}
-
-/// `[[publish]]`: names unique and plain; a `dir` target names its directory.
-fn check_publish(k: &mut Checker, c: &Config) {
-    unique_names(
-        k,
-        "publish",
-        "publish target",
-        c.publish.iter().map(|t| t.name.as_str()),
-    );
-    for (i, t) in c.publish.iter().enumerate() {
-        let at = KeyPath::root().key("publish").index(i);
-        if t.name.is_empty() || t.name.contains(['/', '\\']) {
-            k.fail(
-                at.key("name"),
-                "must be a non-empty name without slashes".to_string(),
-            );
-        }
-        if t.kind == crate::config::PublishKind::Dir && t.dir.is_none() {
-            k.fail(
-                at.key("dir"),
-                "a `dir` target needs `dir`, the directory it writes".to_string(),
-            );
-        }
     }
 }
 

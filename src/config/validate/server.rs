@@ -2,7 +2,7 @@
 //! key), limits, keys, TLS files and CORS origins.
 
 use super::Checker;
-use crate::config::{KeyConfig, KeyPath, ServerConfig};
+use crate::config::{Backend, KeyConfig, KeyPath, ServerConfig};
 
 /// `[server]`'s problems.
 pub(super) fn check(k: &mut Checker, s: &ServerConfig) {
@@ -53,6 +53,7 @@ pub(super) fn check(k: &mut Checker, s: &ServerConfig) {
             "tls_cert_file and tls_key_file go together",
         ),
     }
+    check_backend(k, s);
     for (i, o) in s.cors_origins.iter().enumerate() {
         let ok = reqwest::Url::parse(o).is_ok_and(|u| {
             matches!(u.scheme(), "http" | "https") && u.path() == "/" && !o.ends_with('/')
@@ -99,5 +100,28 @@ fn check_key(k: &mut Checker, s: &ServerConfig, i: usize, key: &KeyConfig) {
     }
     if key.max_concurrent == Some(0) {
         k.fail(at.key("max_concurrent"), "must be at least 1 (or left out)");
+    }
+}
+
+/// `backend = "vllm"` needs the fleet's URL; its other keys are for it only.
+fn check_backend(k: &mut Checker, s: &ServerConfig) {
+    k.at_least("server.backend_timeout_secs", s.backend_timeout_secs, 1);
+    match (s.backend, &s.backend_url) {
+        (Backend::Vllm, None) => k.fail(
+            KeyPath::parse("server.backend_url"),
+            "backend = \"vllm\" needs backend_url, the fleet's base URL (http://vllm:8000)",
+        ),
+        (Backend::Vllm, Some(u)) => super::check_url(k, KeyPath::parse("server.backend_url"), u),
+        (Backend::Builtin, Some(_)) => k.fail(
+            KeyPath::parse("server.backend_url"),
+            "is for backend = \"vllm\" (the backend is builtin)",
+        ),
+        (Backend::Builtin, None) => {}
+    }
+    if s.backend_key_file.is_some() && s.backend_key_env.is_some() {
+        k.fail(
+            KeyPath::parse("server.backend_key_env"),
+            "set backend_key_file or backend_key_env, not both",
+        );
     }
 }

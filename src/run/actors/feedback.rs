@@ -20,6 +20,8 @@ pub struct Feedback {
     pub store: Store,
     pub supervisor: Recipient<Decided>,
     pub done: Recipient<StageDone>,
+    /// Told after each promotion (it publishes in the background).
+    pub publisher: Recipient<super::publisher::Publish>,
 }
 
 impl Actor for Feedback {
@@ -51,7 +53,7 @@ impl Handler<EvalReport> for Feedback {
             Err(e) => self.count_failure(msg.adapter_id, e).then_some(false),
         };
         if decided == Some(true) {
-            crate::learn::publish::after_change(&self.config, &self.store);
+            self.publisher.do_send(super::publisher::Publish);
         }
         if let Some(promoted) = decided {
             self.supervisor.do_send(Decided {

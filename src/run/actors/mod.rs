@@ -4,12 +4,15 @@
 //! cron ──Crawl──▶ Crawler ──RawBatch──▶ Preprocessor ──Examples──▶ Summarizer
 //!                                                                    │ StreamSealed
 //!        Supervisor ◀──Decided── Feedback ◀──EvalReport── Evaluator ◀──Candidate── Trainer
+//!                                  │ Publish
+//!                                  ▼
+//!                              Publisher ──▶ [[publish]] targets (dir, gguf, vLLM fleet, Hub)
 //! ```
 //!
 //! Crawler, Preprocessor and Summarizer share one arbiter thread (async I/O and
 //! short SQLite work); Trainer and Evaluator each run on a `SyncArbiter`
-//! thread, because tensor work must not block an async executor; Feedback and
-//! the Supervisor run on the system arbiter, which also answers signals and
+//! thread, because tensor work must not block an async executor; Feedback, the
+//! Publisher and the Supervisor run on the system arbiter, which also answers signals and
 //! pings the watchdog. Each actor opens its own store connection (WAL).
 //!
 //! The async stages hand work on with `send().await` into bounded mailboxes,
@@ -29,6 +32,7 @@ pub mod evaluator;
 pub mod feedback;
 pub mod messages;
 pub mod preprocessor;
+pub mod publisher;
 pub mod schedule;
 mod stages;
 pub mod summarizer;

@@ -12,6 +12,7 @@ use super::evaluator::Evaluator;
 use super::feedback::Feedback;
 use super::messages::{Decided, StageDone};
 use super::preprocessor::Preprocessor;
+use super::publisher::Publisher;
 use super::summarizer::Summarizer;
 use super::trainer::Trainer;
 use super::{Bell, Busy};
@@ -26,6 +27,7 @@ pub(super) struct Stages {
     pub(super) trainer: Bell<Trainer>,
     pub(super) evaluator: Bell<Evaluator>,
     pub(super) feedback: Addr<Feedback>,
+    pub(super) publisher: Addr<Publisher>,
 }
 
 /// Store connections of the async stages, opened by `start` (so a failure is
@@ -35,6 +37,7 @@ pub(super) struct PendingStores {
     pub(super) preprocessor: Store,
     pub(super) summarizer: Store,
     pub(super) feedback: Store,
+    pub(super) publisher: Store,
 }
 
 /// Where the stages report to: the supervisor, as plain recipients.
@@ -52,7 +55,7 @@ struct Shared<'a> {
 }
 
 impl Stages {
-    /// Starts every stage: Feedback on the system arbiter, Trainer and
+    /// Starts every stage: Feedback and the Publisher on the system arbiter, Trainer and
     /// Evaluator on a `SyncArbiter` thread each (behind a [`Bell`]), Crawler,
     /// Preprocessor and Summarizer on one arbiter thread of their own.
     pub(super) fn spawn(
@@ -67,11 +70,13 @@ impl Stages {
             busy,
             reports: &reports,
         };
+        let publisher = Publisher::new(Arc::clone(config), p.publisher).start();
         let feedback = Feedback {
             config: Arc::clone(config),
             store: p.feedback,
             supervisor: reports.decided.clone(),
             done: reports.done.clone(),
+            publisher: publisher.clone().recipient(),
         }
         .start();
         let evaluator = spawn_evaluator(&shared, feedback.clone());
@@ -110,6 +115,7 @@ impl Stages {
             trainer,
             evaluator,
             feedback,
+            publisher,
         }
     }
 }

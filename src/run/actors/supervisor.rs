@@ -68,6 +68,7 @@ impl Supervisor {
             preprocessor: config.open_store()?,
             summarizer: config.open_store()?,
             feedback: config.open_store()?,
+            publisher: config.open_store()?,
         };
         for s in Stage::ALL {
             store.set_stage(*s, StageState::Idle, None)?;
@@ -363,6 +364,7 @@ impl Handler<Reload> for Supervisor {
             st.summarizer.do_send(m.clone());
             st.trainer.addr().do_send(m.clone());
             st.evaluator.addr().do_send(m.clone());
+            st.publisher.do_send(m.clone());
             // The policy's [feedback] keys change on reload too.
             st.feedback.do_send(m);
         }

@@ -16,6 +16,8 @@ pub struct Req {
     pub path: String,
     pub query: HashMap<String, String>,
     pub body: Vec<u8>,
+    /// Header names in lower case.
+    pub headers: HashMap<String, String>,
     /// 0-based count of requests the server has seen.
     pub n: usize,
 }
@@ -60,7 +62,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Server::start_on("127.0.0.1:0", handler)
+    }
+
+    /// A server on `addr` (a port another server had: one that comes back).
+    pub fn start_on(addr: &str, handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind(addr).unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let handler: Arc<Handler> = Arc::new(handler);
         let requests: Arc<Mutex<Vec<Req>>> = Arc::default();
@@ -97,15 +104,17 @@ fn serve(
     let method = parts.next().unwrap_or("").to_string();
     let target = parts.next().unwrap_or("/").to_string();
     let mut len = 0usize;
+    let mut headers = HashMap::new();
     loop {
         let mut h = String::new();
         if rd.read_line(&mut h)? == 0 || h == "\r\n" {
             break;
         }
-        if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse().unwrap_or(0);
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            headers.insert(k.trim().to_lowercase(), v.trim().to_string());
         }
     }
     let mut body = vec![0; len];
@@ -119,6 +128,7 @@ fn serve(
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect(),
         body,
+        headers,
         n: count.fetch_add(1, Ordering::SeqCst),
     };
     log.lock().unwrap().push(req.clone());

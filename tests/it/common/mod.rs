@@ -85,4 +85,6 @@ pub fn big_csv(path: &std::path::Path, rows: usize, what: &str) {
 }
 
 pub mod daemon;
+pub mod fake_hub;
+pub mod fake_vllm;
 pub mod loopback;

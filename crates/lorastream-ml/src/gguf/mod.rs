@@ -8,6 +8,7 @@
 //! offset), padding to `general.alignment` (32 by default), tensor data.
 
 pub mod import;
+pub mod lora;
 pub mod quant;
 mod vocab;
 

@@ -1,0 +1,77 @@
+//! A `gguf` target: `DIR/lorastream-vN.gguf` for each published version, the
+//! llama.cpp LoRA file its server (`--lora`) and Ollama (`ADAPTER`) load,
+//! written atomically, and `DIR/current.gguf`, a link to the served one.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use super::{Plan, PublishError, TargetState, dir, published_name};
+use crate::config::{Config, PublishConfig};
+use crate::learn::lineage;
+use lorastream_ml::HfConfig;
+use lorastream_store::AdapterRow;
+
+/// The file name of a version's GGUF LoRA.
+pub fn file_name(id: i64) -> String {
+    format!("{}.gguf", published_name(id))
+}
+
+/// Writes the versions `t` keeps that it lacks, removes the others, points
+/// `current.gguf` at the served one.
+pub fn reconcile(
+    config: &Config,
+    t: &PublishConfig,
+    plan: &Plan,
+) -> Result<TargetState, PublishError> {
+    let out = t
+        .dir
+        .as_deref()
+        .expect("config check: a gguf target has dir");
+    lorastream_base::fsutil::create_dir_all_durable(out).map_err(super::io_err(out))?;
+    let keep = plan.kept(t.keep());
+    let mut base: Option<HfConfig> = None;
+    let mut written = Vec::new();
+    for v in &keep {
+        let path = out.join(file_name(v.id));
+        if path.is_file() {
+            continue;
+        }
+        let base = match &base {
+            Some(b) => b,
+            None => base.insert(base_config(config)?),
+        };
+        export(v, base, &path)?;
+        tracing::info!(target = %t.name, version = v.id, file = %path.display(), "version published as GGUF");
+        written.push(v.id);
+    }
+    let names: HashSet<String> = keep.iter().map(|a| file_name(a.id)).collect();
+    let removed = dir::prune(out, &names, |k| k.is_file())?;
+    let current = plan.served_id();
+    dir::set_current(out, "current.gguf", current.map(file_name).as_deref())?;
+    Ok(TargetState {
+        target: t.name.clone(),
+        written,
+        removed,
+        held: keep.iter().map(|a| a.id).collect(),
+        current,
+    })
+}
+
+/// The base model's `config.json` (its family, heads), which the file's
+/// tensor names and layout depend on.
+pub fn base_config(config: &Config) -> Result<HfConfig, PublishError> {
+    let dir = lorastream_ml::source::model_dir(&config.base_model())
+        .map_err(|e| PublishError::Aborted(format!("the base model: {e}")))?;
+    Ok(HfConfig::load(&dir)?)
+}
+
+/// Writes version `v` as a GGUF LoRA file at `path`.
+pub fn export(v: &AdapterRow, base: &HfConfig, path: &Path) -> Result<usize, PublishError> {
+    let src = lineage::adapter_path(v).ok_or(PublishError::NotLora(v.id))?;
+    Ok(lorastream_ml::gguf::lora::export_lora(
+        src,
+        base,
+        path,
+        &published_name(v.id),
+    )?)
+}

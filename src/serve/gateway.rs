@@ -1,0 +1,259 @@
+//! Gateway mode (`[server] backend = "vllm"`): generation goes to a vLLM
+//! fleet; everything else — identities, memory, feedback, model names —
+//! stays here. A request becomes one streamed `POST /v1/chat/completions`
+//! to `backend_url` under the published name of the version that answers
+//! (`lorastream-vN`, loaded by a `vllm` publish target; the base under
+//! `backend_base_model`), with the recalled memories in its messages. The
+//! fleet's chunks come back as the engine's [`Event`]s, so whole answers,
+//! streams, usage and remembered conversations work as with the built-in
+//! engine. A client that leaves drops the channel, which closes the fleet
+//! request (vLLM aborts the generation).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc::Sender;
+
+use super::api::Checked;
+use super::jobs::{EngineError, Event, VersionRef};
+use crate::config::Config;
+use crate::learn::publish::{plan, published_name, vllm::shown};
+use lorastream_ml::Message;
+use lorastream_ml::generate::FinishReason;
+
+/// The fleet and how to reach it.
+pub struct Gateway {
+    client: reqwest::Client,
+    url: String,
+    key: Option<String>,
+    base_model: String,
+}
+
+/// Why a fleet request failed, as the client will hear it.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("the vLLM fleet at {url} cannot be reached: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the vLLM fleet does not have {model} loaded yet (HTTP 404); retry shortly")]
+    NotLoaded { model: String },
+    #[error("the vLLM fleet refused the request (HTTP {status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("the vLLM fleet failed (HTTP {status}): {message}")]
+    Failed { status: u16, message: String },
+    #[error("the vLLM fleet's stream broke off: {0}")]
+    Broken(String),
+    #[error(
+        "{0} runs on a merge snapshot, which the fleet does not serve; serve it with the built-in backend"
+    )]
+    OnSnapshot(String),
+}
+
+impl Gateway {
+    /// The gateway of `config`'s `[server]` (which must name a backend URL).
+    pub fn new(config: &Config) -> Result<Gateway, crate::util::http::SecretError> {
+        let s = &config.server;
+        let key = crate::util::http::read_secret(
+            "vLLM fleet API key",
+            s.backend_key_file.as_deref(),
+            s.backend_key_env.as_deref(),
+        )?;
+        let client = crate::util::http::client_builder()
+            .user_agent(concat!("lorastream/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(s.backend_timeout_secs))
+            .read_timeout(Duration::from_secs(s.backend_timeout_secs))
+            .build()
+            .unwrap_or_default();
+        Ok(Gateway {
+            client,
+            url: s.backend_url.clone().unwrap_or_default(),
+            key,
+            base_model: s
+                .backend_base_model
+                .clone()
+                .unwrap_or_else(|| plan::base_model(config, None)),
+        })
+    }
+
+    /// The fleet's URL, for `/ready` and logs.
+    pub fn url(&self) -> String {
+        shown(&self.url)
+    }
+
+    /// The fleet's name of `version`.
+    pub fn model_name(&self, version: &VersionRef) -> Result<String, FleetError> {
+        if version.base.is_some() {
+            return Err(FleetError::OnSnapshot(version.label.clone()));
+        }
+        Ok(version
+            .adapter
+            .as_ref()
+            .map_or_else(|| self.base_model.clone(), |a| published_name(a.id)))
+    }
+
+    /// Sends the request to the fleet; its answer arrives on `events` as
+    /// `Started`, `Delta`s, then `Done` (or `Failed`).
+    pub fn submit(
+        &self,
+        model: String,
+        messages: Vec<Message>,
+        c: &Checked,
+        events: Sender<Event>,
+    ) {
+        let mut body = json!({
+            "model": model, "messages": messages, "stream": true,
+            "stream_options": {"include_usage": true},
+            "max_tokens": c.max_tokens, "temperature": c.temperature, "top_p": c.top_p,
+            "seed": c.seed, "frequency_penalty": c.frequency_penalty,
+            "presence_penalty": c.presence_penalty,
+            // vLLM's extra sampling parameters.
+            "repetition_penalty": c.repetition_penalty, "ignore_eos": c.ignore_eos,
+        });
+        if !c.stop.is_empty() {
+            body["stop"] = json!(c.stop);
+        }
+        let url = format!("{}/v1/chat/completions", self.url.trim_end_matches('/'));
+        let mut req = self.client.post(&url).json(&body);
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        actix_web::rt::spawn(async move {
+            if let Err(e) = forward(req, &url, &model, &events).await {
+                tracing::warn!(error = %e, model = %model, "fleet request failed");
+                let _ = events.send(Event::Failed(EngineError::Fleet(e))).await;
+            }
+        });
+    }
+}
+
+/// Sends `req`, then turns the fleet's Server-Sent Events into `Event`s
+/// until `[DONE]`; stops when the client has gone (`events` closed).
+async fn forward(
+    req: reqwest::RequestBuilder,
+    url: &str,
+    model: &str,
+    events: &Sender<Event>,
+) -> Result<(), FleetError> {
+    let unreachable = |e: reqwest::Error| FleetError::Unreachable {
+        url: shown(url),
+        reason: e.without_url().to_string(),
+    };
+    let mut resp = req.send().await.map_err(unreachable)?;
+    let status = resp.status().as_u16();
+    if !resp.status().is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| {
+                v["error"]["message"]
+                    .as_str()
+                    .or(v["message"].as_str())
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| text.chars().take(300).collect());
+        return Err(match status {
+            404 => FleetError::NotLoaded {
+                model: model.into(),
+            },
+            400..=499 => FleetError::Refused { status, message },
+            _ => FleetError::Failed { status, message },
+        });
+    }
+    if events.send(Event::Started).await.is_err() {
+        return Ok(());
+    }
+    let mut chunks = Chunks::default();
+    while let Some(bytes) = resp
+        .chunk()
+        .await
+        .map_err(|e| FleetError::Broken(e.without_url().to_string()))?
+    {
+        chunks.buf.extend_from_slice(&bytes);
+        while let Some(event) = chunks.next_event() {
+            let done = matches!(event, Event::Done { .. });
+            if events.send(event).await.is_err() || done {
+                return Ok(());
+            }
+        }
+    }
+    Err(FleetError::Broken("the stream ended before [DONE]".into()))
+}
+
+/// The fleet's SSE body as it arrives, and what its chunks said so far.
+#[derive(Default)]
+struct Chunks {
+    buf: Vec<u8>,
+    finish: Option<FinishReason>,
+    completion_tokens: usize,
+    prompt_tokens: Option<usize>,
+}
+
+impl Chunks {
+    /// The next `Event` its complete lines give, if any.
+    fn next_event(&mut self) -> Option<Event> {
+        loop {
+            let end = self.buf.iter().position(|&b| b == b'\n')?;
+            let line: Vec<u8> = self.buf.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim().strip_prefix("data:").map(str::trim) else {
+                continue;
+            };
+            if data == "[DONE]" {
+                return Some(Event::Done {
+                    finish: self.finish.unwrap_or(FinishReason::Stop),
+                    completion_tokens: self.completion_tokens,
+                    prompt_tokens: self.prompt_tokens,
+                });
+            }
+            let Ok(v) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                self.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
+                self.prompt_tokens = u["prompt_tokens"].as_u64().map(|n| n as usize);
+            }
+            let choice = &v["choices"][0];
+            match choice["finish_reason"].as_str() {
+                Some("length") => self.finish = Some(FinishReason::Length),
+                Some(_) => self.finish = Some(FinishReason::Stop),
+                None => {}
+            }
+            if let Some(text) = choice["delta"]["content"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+            {
+                return Some(Event::Delta {
+                    text: text.to_string(),
+                    logprobs: Vec::new(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_become_events() {
+        let mut c = Chunks::default();
+        c.buf.extend_from_slice(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hel");
+        assert!(c.next_event().is_none());
+        c.buf.extend_from_slice(
+            b"lo\"}}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+        );
+        c.buf.extend_from_slice(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
+        assert!(matches!(c.next_event(), Some(Event::Delta { text, .. }) if text == "Hello"));
+        match c.next_event() {
+            Some(Event::Done {
+                finish,
+                completion_tokens,
+                prompt_tokens,
+            }) => {
+                assert_eq!(finish, FinishReason::Length);
+                assert_eq!((completion_tokens, prompt_tokens), (2, Some(7)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
