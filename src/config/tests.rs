@@ -201,3 +201,48 @@ fn systemd_unit_waits_longer_than_the_shutdown_deadline() {
         "the unit's comment names another default grace"
     );
 }
+
+#[test]
+fn publish_targets_and_the_gateway_are_checked_by_kind() {
+    let problems = |text: &str| -> Vec<String> {
+        match Config::from_toml(text, Path::new("/etc/lorastream")) {
+            Ok(_) => Vec::new(),
+            Err(p) => p
+                .iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect(),
+        }
+    };
+    let p = problems("[[publish]]\nname = \"f\"\nkind = \"vllm\"\nrepo = \"a/b\"\n");
+    let all = p.join("\n");
+    assert!(
+        all.contains("publish[0].urls: a `vllm` target needs `urls`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("publish[0].kind: a `vllm` target loads the files a `dir` target writes"),
+        "{all}"
+    );
+    assert!(
+        all.contains("publish[0].repo: is for kind hf_hub (this target is vllm)"),
+        "{all}"
+    );
+    let p =
+        problems("[[publish]]\nname = \"h\"\nkind = \"hf_hub\"\nrepo = \"no-owner\"\n").join("\n");
+    assert!(
+        p.contains("\"owner/name\"") && p.contains("write token"),
+        "{p}"
+    );
+    let p = problems("[[publish]]\nname = \"g\"\nkind = \"gguf\"\n").join("\n");
+    assert!(p.contains("a `gguf` target needs `dir`"), "{p}");
+    let ok = "[[publish]]\nname = \"d\"\nkind = \"dir\"\ndir = \"out\"\n\
+              [[publish]]\nname = \"f\"\nkind = \"vllm\"\nurls = [\"http://v:8000\"]\n";
+    assert_eq!(problems(ok), Vec::<String>::new());
+    let p = problems("[server]\nbackend = \"vllm\"\n").join("\n");
+    assert!(
+        p.contains("server.backend_url: backend = \"vllm\" needs backend_url"),
+        "{p}"
+    );
+    let p = problems("[server]\nbackend_url = \"http://v:8000\"\n").join("\n");
+    assert!(p.contains("is for backend = \"vllm\""), "{p}");
+}

@@ -71,35 +71,7 @@ async fn answer(
     let n_memories = memories.len();
     let (tx, mut rx) = mpsc::channel(64);
     let label = version.label.clone();
-    let (prompt_tokens, tok) = match &state.backend {
-        Backend::Fleet(gw) => {
-            if checked.logprobs.is_some() {
-                return Err(ApiError::invalid(
-                    "logprobs",
-                    "logprobs are not passed through in gateway mode ([server] backend = \"vllm\")",
-                ));
-            }
-            let model = gw
-                .model_name(&version)
-                .map_err(|e| engine_error(e.into()))?;
-            let messages = memory::with_memories(checked.messages.clone(), &memories);
-            gw.submit(model, messages, &checked, tx);
-            (0, None)
-        }
-        Backend::Local(engine) => {
-            let info = engine.model(MODEL_WAIT).await.map_err(engine_error)?;
-            let prompt = fit_prompt(&state, &info, &checked, &memories).await?;
-            let prompt_tokens = prompt.len();
-            let job = Job {
-                version,
-                prompt,
-                params: params(&checked),
-                events: tx,
-            };
-            submit(engine, job)?;
-            (prompt_tokens, Some(Arc::clone(&info.tok)))
-        }
-    };
+    let (prompt_tokens, tok) = generate(&state, version, &checked, &memories, tx).await?;
     let peer = super::peer::Peer::of(&req);
     match next_event(&mut rx, peer.as_ref()).await? {
         Some(Event::Started) => {}
@@ -133,6 +105,47 @@ async fn answer(
         Ok(streamed(reply, rx, response, remember))
     } else {
         whole(reply, rx, response, remember, peer).await
+    }
+}
+
+/// Starts generating the answer to `checked` on the backend, events on
+/// `tx`: the prompt's length (0 when the fleet counts it) and the tokenizer
+/// that spells log-probabilities (None for the fleet).
+async fn generate(
+    state: &Arc<State>,
+    version: super::jobs::VersionRef,
+    checked: &api::Checked,
+    memories: &[lorastream_store::MessageRow],
+    tx: mpsc::Sender<Event>,
+) -> Result<(usize, Option<Arc<lorastream_ml::ChatTokenizer>>), ApiError> {
+    match &state.backend {
+        Backend::Fleet(gw) => {
+            if checked.logprobs.is_some() {
+                return Err(ApiError::invalid(
+                    "logprobs",
+                    "logprobs are not passed through in gateway mode ([server] backend = \"vllm\")",
+                ));
+            }
+            let model = gw
+                .model_name(&version)
+                .map_err(|e| engine_error(e.into()))?;
+            let messages = memory::with_memories(checked.messages.clone(), memories);
+            gw.submit(model, messages, checked, tx);
+            Ok((0, None))
+        }
+        Backend::Local(engine) => {
+            let info = engine.model(MODEL_WAIT).await.map_err(engine_error)?;
+            let prompt = fit_prompt(state, &info, checked, memories).await?;
+            let prompt_tokens = prompt.len();
+            let job = Job {
+                version,
+                prompt,
+                params: params(checked),
+                events: tx,
+            };
+            submit(engine, job)?;
+            Ok((prompt_tokens, Some(Arc::clone(&info.tok))))
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::Sender;
 
 use super::api::Checked;
-use super::jobs::{EngineError, Event, VersionRef};
+use super::jobs::{EngineError, Event, FleetError, VersionRef};
 use crate::config::Config;
 use crate::learn::publish::{plan, published_name, vllm::shown};
 use lorastream_ml::Message;
@@ -27,25 +27,6 @@ pub struct Gateway {
     url: String,
     key: Option<String>,
     base_model: String,
-}
-
-/// Why a fleet request failed, as the client will hear it.
-#[derive(Debug, thiserror::Error)]
-pub enum FleetError {
-    #[error("the vLLM fleet at {url} cannot be reached: {reason}")]
-    Unreachable { url: String, reason: String },
-    #[error("the vLLM fleet does not have {model} loaded yet (HTTP 404); retry shortly")]
-    NotLoaded { model: String },
-    #[error("the vLLM fleet refused the request (HTTP {status}): {message}")]
-    Refused { status: u16, message: String },
-    #[error("the vLLM fleet failed (HTTP {status}): {message}")]
-    Failed { status: u16, message: String },
-    #[error("the vLLM fleet's stream broke off: {0}")]
-    Broken(String),
-    #[error(
-        "{0} runs on a merge snapshot, which the fleet does not serve; serve it with the built-in backend"
-    )]
-    OnSnapshot(String),
 }
 
 impl Gateway {
@@ -135,7 +116,7 @@ async fn forward(
 ) -> Result<(), FleetError> {
     let unreachable = |e: reqwest::Error| FleetError::Unreachable {
         url: shown(url),
-        reason: e.without_url().to_string(),
+        reason: crate::util::http::describe(e),
     };
     let mut resp = req.send().await.map_err(unreachable)?;
     let status = resp.status().as_u16();
@@ -165,7 +146,7 @@ async fn forward(
     while let Some(bytes) = resp
         .chunk()
         .await
-        .map_err(|e| FleetError::Broken(e.without_url().to_string()))?
+        .map_err(|e| FleetError::Broken(crate::util::http::describe(e)))?
     {
         chunks.buf.extend_from_slice(&bytes);
         while let Some(event) = chunks.next_event() {

@@ -56,7 +56,26 @@ pub enum EngineError {
     #[error("generation failed: {0}")]
     Generation(String),
     #[error(transparent)]
-    Fleet(#[from] super::gateway::FleetError),
+    Fleet(#[from] FleetError),
+}
+
+/// Why a fleet request failed, as the client will hear it.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("the vLLM fleet at {url} cannot be reached: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the vLLM fleet does not have {model} loaded yet (HTTP 404); retry shortly")]
+    NotLoaded { model: String },
+    #[error("the vLLM fleet refused the request (HTTP {status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("the vLLM fleet failed (HTTP {status}): {message}")]
+    Failed { status: u16, message: String },
+    #[error("the vLLM fleet's stream broke off: {0}")]
+    Broken(String),
+    #[error(
+        "{0} runs on a merge snapshot, which the fleet does not serve; serve it with the built-in backend"
+    )]
+    OnSnapshot(String),
 }
 
 /// What requests need of the loaded model before they queue.

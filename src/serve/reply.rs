@@ -14,8 +14,7 @@ use tokio::sync::mpsc;
 
 use super::State;
 use super::api::{self, ApiError, Usage};
-use super::gateway::FleetError;
-use super::jobs::{EngineError, Event};
+use super::jobs::{EngineError, Event, FleetError};
 use super::memory::{self, Speaker};
 use super::prompt::PromptError;
 use crate::util::metrics::METRICS;

@@ -334,6 +334,23 @@ pub fn redact(url: &Url) -> String {
     shown.to_string()
 }
 
+/// A request error in words, its causes included ("error sending request:
+/// … Connection refused"), without the URL (the caller names it, redacted).
+pub fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// A secret (API token, key) that cannot be read; never holds the secret itself.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {

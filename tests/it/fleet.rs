@@ -83,7 +83,9 @@ fn add_candidate(config: &Path) -> i64 {
         })
         .unwrap();
     for to in [AdapterState::Candidate, AdapterState::Rejected] {
-        store.set_adapter_state(id, to, None, Actor::Cli, "test").unwrap();
+        store
+            .set_adapter_state(id, to, None, Actor::Cli, "test")
+            .unwrap();
     }
     id
 }
@@ -268,7 +270,7 @@ fn the_gateway_fronts_a_fleet_the_publisher_keeps_in_line() {
     let config = setup(
         dir.path(),
         &server,
-        &vllm_target(&[fleet.server.base.clone()]),
+        &vllm_target(std::slice::from_ref(&fleet.server.base)),
     );
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("memory = false", "memory = true")).unwrap();

@@ -50,14 +50,15 @@ impl Hub<'_> {
         url: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<String, RemoteError> {
-        let resp = authed(req, Some(self.token))
-            .send()
-            .await
-            .map_err(|source| RemoteError::Unreachable {
-                what,
-                url: shown(url),
-                source,
-            })?;
+        let resp =
+            authed(req, Some(self.token))
+                .send()
+                .await
+                .map_err(|e| RemoteError::Unreachable {
+                    what,
+                    url: shown(url),
+                    reason: crate::util::http::describe(e),
+                })?;
         checked(resp, what, url).await
     }
 
@@ -243,14 +244,11 @@ impl Hub<'_> {
             put = put.header(k.as_str(), v.as_str().unwrap_or_default());
         }
         // The upload URL is pre-signed: it carries its own credentials.
-        let resp = put
-            .send()
-            .await
-            .map_err(|source| RemoteError::Unreachable {
-                what,
-                url: shown(href),
-                source,
-            })?;
+        let resp = put.send().await.map_err(|e| RemoteError::Unreachable {
+            what,
+            url: shown(href),
+            reason: crate::util::http::describe(e),
+        })?;
         checked(resp, what, href).await?;
         if let Some(verify) = obj["actions"].get("verify") {
             let vurl = verify["href"].as_str().unwrap_or_default();
@@ -265,14 +263,11 @@ impl Hub<'_> {
             if vurl.starts_with(self.endpoint.trim_end_matches('/')) {
                 req = authed(req, Some(self.token));
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|source| RemoteError::Unreachable {
-                    what,
-                    url: shown(vurl),
-                    source,
-                })?;
+            let resp = req.send().await.map_err(|e| RemoteError::Unreachable {
+                what,
+                url: shown(vurl),
+                reason: crate::util::http::describe(e),
+            })?;
             checked(resp, what, vurl).await?;
         }
         Ok(())

@@ -68,11 +68,11 @@ pub enum PublishError {
 /// A request to a remote target that failed (the URL without credentials).
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    #[error("{what} {url}: {source}")]
+    #[error("{what} {url}: {reason}")]
     Unreachable {
         what: &'static str,
         url: String,
-        source: reqwest::Error,
+        reason: String,
     },
     #[error("{what} {url}: HTTP {status}: {body}")]
     Status {

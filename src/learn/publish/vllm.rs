@@ -100,10 +100,10 @@ pub async fn loaded(base: &str, fleet: &Fleet<'_>) -> Result<BTreeSet<i64>, Remo
     let resp = authed(fleet.client.get(&url), fleet.key)
         .send()
         .await
-        .map_err(|source| RemoteError::Unreachable {
+        .map_err(|e| RemoteError::Unreachable {
             what,
             url: shown(&url),
-            source,
+            reason: crate::util::http::describe(e),
         })?;
     let body = checked(resp, what, &url).await?;
     let answer = |problem: String| RemoteError::Answer {
@@ -141,10 +141,10 @@ async fn post(
         .json(body)
         .send()
         .await
-        .map_err(|source| RemoteError::Unreachable {
+        .map_err(|e| RemoteError::Unreachable {
             what,
             url: shown(&url),
-            source,
+            reason: crate::util::http::describe(e),
         })?;
     match checked(resp, what, &url).await {
         Err(RemoteError::Status { status, body, .. })
