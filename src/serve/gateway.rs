@@ -17,7 +17,7 @@ use tokio::sync::mpsc::Sender;
 use super::api::Checked;
 use super::jobs::{EngineError, Event, FleetError, VersionRef};
 use crate::config::Config;
-use crate::learn::publish::{plan, published_name, vllm::shown};
+use crate::learn::publish::{plan, published_name, remote::shown};
 use lorastream_ml::Message;
 use lorastream_ml::generate::FinishReason;
 

@@ -134,7 +134,7 @@ pub fn report(config: &Config, store: Option<&Store>) -> Result<StatusReport, St
                     (None, None) => t
                         .urls
                         .iter()
-                        .map(|u| crate::learn::publish::vllm::shown(u))
+                        .map(|u| crate::learn::publish::remote::shown(u))
                         .collect::<Vec<_>>()
                         .join(", "),
                 },

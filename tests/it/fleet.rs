@@ -235,6 +235,14 @@ fn a_hub_target_commits_and_tags_each_version_and_main_follows_the_served_one() 
     );
 }
 
+/// A daemon on `config` with the chat and fleet keys: it and its URL.
+fn start(config: &Path) -> (Daemon, String) {
+    let env = [("LS_CHAT_KEY", KEY), ("LS_FLEET_KEY", FLEET_KEY)];
+    let d = Daemon::start_with_env(config, &env);
+    let listen = d.wait_for("chat server listening")["listen"].clone();
+    (d, format!("http://{}", listen.as_str().unwrap()))
+}
+
 /// Polls `f` every 200 ms for up to `secs`.
 fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let until = Instant::now() + Duration::from_secs(secs);
@@ -274,16 +282,7 @@ fn the_gateway_fronts_a_fleet_the_publisher_keeps_in_line() {
     );
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("memory = false", "memory = true")).unwrap();
-    let d = Daemon::start_with_env(
-        &config,
-        &[("LS_CHAT_KEY", KEY), ("LS_FLEET_KEY", FLEET_KEY)],
-    );
-    let url = format!(
-        "http://{}",
-        d.wait_for("chat server listening")["listen"]
-            .as_str()
-            .unwrap()
-    );
+    let (d, url) = start(&config);
 
     // The fleet fails: degraded in /metrics; it recovers: the Publisher converges.
     eventually(20, "degraded", || {
@@ -347,16 +346,7 @@ fn the_gateway_fronts_a_fleet_the_publisher_keeps_in_line() {
         text.replace(&fleet.server.base, &format!("http://{}", dead_addr())),
     )
     .unwrap();
-    let d = Daemon::start_with_env(
-        &config,
-        &[("LS_CHAT_KEY", KEY), ("LS_FLEET_KEY", FLEET_KEY)],
-    );
-    let url = format!(
-        "http://{}",
-        d.wait_for("chat server listening")["listen"]
-            .as_str()
-            .unwrap()
-    );
+    let (d, url) = start(&config);
     rt().block_on(async {
         let (status, h, e) = ask(&url, crate::chat::hello(json!({})), &[]).await;
         assert_eq!(

@@ -20,11 +20,7 @@ pub fn reconcile(
     plan: &Plan,
     base_model: &str,
 ) -> Result<TargetState, PublishError> {
-    let dir = t
-        .dir
-        .as_deref()
-        .expect("config check: a dir target has dir");
-    fsutil::create_dir_all_durable(dir).map_err(io_err(dir))?;
+    let dir = target_dir(t)?;
     let keep = plan.kept(t.keep());
     let mut written = Vec::new();
     for v in &keep {
@@ -44,6 +40,17 @@ pub fn reconcile(
         held: keep.iter().map(|a| a.id).collect(),
         current,
     })
+}
+
+/// The directory a local target writes (`dir`, which the config check
+/// requires), created if missing.
+pub(super) fn target_dir(t: &PublishConfig) -> Result<&Path, PublishError> {
+    let dir = t
+        .dir
+        .as_deref()
+        .expect("config check: dir and gguf targets have dir");
+    fsutil::create_dir_all_durable(dir).map_err(io_err(dir))?;
+    Ok(dir)
 }
 
 /// `DIR/lorastream-vN/`, unless it is there already; true when written.

@@ -23,11 +23,7 @@ pub fn reconcile(
     t: &PublishConfig,
     plan: &Plan,
 ) -> Result<TargetState, PublishError> {
-    let out = t
-        .dir
-        .as_deref()
-        .expect("config check: a gguf target has dir");
-    lorastream_base::fsutil::create_dir_all_durable(out).map_err(super::io_err(out))?;
+    let out = dir::target_dir(t)?;
     let keep = plan.kept(t.keep());
     let mut base: Option<HfConfig> = None;
     let mut written = Vec::new();

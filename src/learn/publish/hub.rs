@@ -16,7 +16,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::vllm::{authed, checked, shown};
+use super::remote::{authed, send, shown};
 use super::{RemoteError, published_name};
 
 /// How to reach the repository.
@@ -50,16 +50,7 @@ impl Hub<'_> {
         url: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<String, RemoteError> {
-        let resp =
-            authed(req, Some(self.token))
-                .send()
-                .await
-                .map_err(|e| RemoteError::Unreachable {
-                    what,
-                    url: shown(url),
-                    reason: crate::util::http::describe(e),
-                })?;
-        checked(resp, what, url).await
+        send(authed(req, Some(self.token)), what, url).await
     }
 
     fn answer(&self, what: &'static str, url: &str, problem: impl Into<String>) -> RemoteError {
@@ -244,12 +235,7 @@ impl Hub<'_> {
             put = put.header(k.as_str(), v.as_str().unwrap_or_default());
         }
         // The upload URL is pre-signed: it carries its own credentials.
-        let resp = put.send().await.map_err(|e| RemoteError::Unreachable {
-            what,
-            url: shown(href),
-            reason: crate::util::http::describe(e),
-        })?;
-        checked(resp, what, href).await?;
+        send(put, what, href).await?;
         if let Some(verify) = obj["actions"].get("verify") {
             let vurl = verify["href"].as_str().unwrap_or_default();
             let mut req = self
@@ -263,12 +249,7 @@ impl Hub<'_> {
             if vurl.starts_with(self.endpoint.trim_end_matches('/')) {
                 req = authed(req, Some(self.token));
             }
-            let resp = req.send().await.map_err(|e| RemoteError::Unreachable {
-                what,
-                url: shown(vurl),
-                reason: crate::util::http::describe(e),
-            })?;
-            checked(resp, what, vurl).await?;
+            send(req, what, vurl).await?;
         }
         Ok(())
     }

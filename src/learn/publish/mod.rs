@@ -12,6 +12,7 @@
 //!   and [`gguf`] (llama.cpp LoRA files);
 //! - remote kinds, over HTTP: [`vllm`] (load/unload on every server) and
 //!   [`hub`] (a commit per version on the Hugging Face Hub, tagged);
+//! - [`remote`]: the HTTP both remote kinds use;
 //! - [`run`]: one target's run, recorded for `status`; [`publish`] runs
 //!   them all from the CLI (the daemon's `Publisher` actor runs them in the
 //!   background, with retries).
@@ -22,6 +23,7 @@ pub mod files;
 pub mod gguf;
 pub mod hub;
 pub mod plan;
+pub mod remote;
 pub mod run;
 pub mod vllm;
 

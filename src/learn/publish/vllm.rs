@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
+use super::remote::{authed, send, shown};
 use super::{Plan, PublishError, RemoteError, TargetState, published_name, version_of};
 use crate::config::PublishConfig;
 
@@ -97,15 +98,7 @@ async fn server(url: &str, kept: &[i64], fleet: &Fleet<'_>) -> Result<Changes, R
 pub async fn loaded(base: &str, fleet: &Fleet<'_>) -> Result<BTreeSet<i64>, RemoteError> {
     let url = format!("{base}/v1/models");
     let what = "listing the models of";
-    let resp = authed(fleet.client.get(&url), fleet.key)
-        .send()
-        .await
-        .map_err(|e| RemoteError::Unreachable {
-            what,
-            url: shown(&url),
-            reason: crate::util::http::describe(e),
-        })?;
-    let body = checked(resp, what, &url).await?;
+    let body = send(authed(fleet.client.get(&url), fleet.key), what, &url).await?;
     let answer = |problem: String| RemoteError::Answer {
         what,
         url: shown(&url),
@@ -137,16 +130,8 @@ async fn post(
     } else {
         "loading an adapter on"
     };
-    let resp = authed(fleet.client.post(&url), fleet.key)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| RemoteError::Unreachable {
-            what,
-            url: shown(&url),
-            reason: crate::util::http::describe(e),
-        })?;
-    match checked(resp, what, &url).await {
+    let req = authed(fleet.client.post(&url), fleet.key).json(body);
+    match send(req, what, &url).await {
         Err(RemoteError::Status { status, body, .. })
             if (400..500).contains(&status) && body.to_lowercase().contains(benign) =>
         {
@@ -154,47 +139,4 @@ async fn post(
         }
         r => r.map(|_| ()),
     }
-}
-
-pub(super) fn authed(req: reqwest::RequestBuilder, key: Option<&str>) -> reqwest::RequestBuilder {
-    match key {
-        Some(k) => req.bearer_auth(k),
-        None => req,
-    }
-}
-
-/// The body of a 2xx answer; any other status is an error carrying the
-/// start of the body (what the server said).
-pub(super) async fn checked(
-    resp: reqwest::Response,
-    what: &'static str,
-    url: &str,
-) -> Result<String, RemoteError> {
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if status.is_success() {
-        return Ok(body);
-    }
-    let mut body = body.trim().to_string();
-    if body.len() > 300 {
-        let cut = (0..=300)
-            .rev()
-            .find(|&i| body.is_char_boundary(i))
-            .unwrap_or(0);
-        body.truncate(cut);
-        body.push('…');
-    }
-    Err(RemoteError::Status {
-        what,
-        url: shown(url),
-        status: status.as_u16(),
-        body,
-    })
-}
-
-/// `url` without credentials or query secrets, for errors and logs.
-pub fn shown(url: &str) -> String {
-    reqwest::Url::parse(url)
-        .map(|u| crate::util::http::redact(&u))
-        .unwrap_or_else(|_| url.to_string())
 }

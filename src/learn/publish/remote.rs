@@ -1,0 +1,62 @@
+//! The HTTP the remote targets share: a request sent with its failure
+//! named (what was being done, the URL without credentials, the cause), a
+//! non-2xx answer as an error carrying the start of its body.
+
+use super::RemoteError;
+
+/// Sends `req`; the body of a 2xx answer, else an error.
+pub(super) async fn send(
+    req: reqwest::RequestBuilder,
+    what: &'static str,
+    url: &str,
+) -> Result<String, RemoteError> {
+    let resp = req.send().await.map_err(|e| RemoteError::Unreachable {
+        what,
+        url: shown(url),
+        reason: crate::util::http::describe(e),
+    })?;
+    checked(resp, what, url).await
+}
+
+pub(super) fn authed(req: reqwest::RequestBuilder, key: Option<&str>) -> reqwest::RequestBuilder {
+    match key {
+        Some(k) => req.bearer_auth(k),
+        None => req,
+    }
+}
+
+/// The body of a 2xx answer; any other status is an error carrying the
+/// start of the body (what the server said).
+pub(super) async fn checked(
+    resp: reqwest::Response,
+    what: &'static str,
+    url: &str,
+) -> Result<String, RemoteError> {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok(body);
+    }
+    let mut body = body.trim().to_string();
+    if body.len() > 300 {
+        let cut = (0..=300)
+            .rev()
+            .find(|&i| body.is_char_boundary(i))
+            .unwrap_or(0);
+        body.truncate(cut);
+        body.push('…');
+    }
+    Err(RemoteError::Status {
+        what,
+        url: shown(url),
+        status: status.as_u16(),
+        body,
+    })
+}
+
+/// `url` without credentials or query secrets, for errors and logs.
+pub fn shown(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .map(|u| crate::util::http::redact(&u))
+        .unwrap_or_else(|_| url.to_string())
+}
