@@ -9,6 +9,8 @@ Writes, for each tiny random model (fixed seed):
   OUT_DIR/<name>/reference.safetensors
       input_ids [2, T], attention_mask [2, T] (row 1 right-padded),
       logits (base model), logits_lora (base + adapter)
+  OUT_DIR/<name>/grads.safetensors: the adapter's gradients of the mean
+      next-token cross-entropy on the reference inputs, by PEFT key
 and OUT_DIR/tok/: a byte-level BPE tokenizer with SmolLM2's chat template, plus
 reference.json with apply_chat_template texts and ids for several conversations.
 Test-only: needs torch, transformers, peft, tokenizers.
@@ -21,7 +23,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedTokenizerFast)
+                          MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
+                          PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 SMOLLM2_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -50,6 +54,45 @@ def models():
         rope_scaling={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 16})), \
         ["q_proj", "v_proj"]
+    small = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    every = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # Qwen2: biases on q, k, v (random here, as trained ones are), none on o.
+    yield "qwen2", randomized(Qwen2ForCausalLM(Qwen2Config(**small, rope_theta=1e6))), every
+    # Qwen3: per-head q/k RMSNorm, head_dim apart from hidden/heads, tied head.
+    yield "qwen3", randomized(Qwen3ForCausalLM(Qwen3Config(
+        **small, head_dim=16, tie_word_embeddings=True))), ["q_proj", "k_proj", "o_proj", "down_proj"]
+    # Mistral: a sliding window longer than the sequences (lorastream's context).
+    yield "mistral", randomized(MistralForCausalLM(MistralConfig(**small, sliding_window=32))), every
+    # Phi-3: q/k/v and gate/up fused in the checkpoint, one LoRA each.
+    yield "phi3", randomized(Phi3ForCausalLM(Phi3Config(
+        **small, pad_token_id=0, bos_token_id=1, eos_token_id=2, resid_pdrop=0.0,
+        embd_pdrop=0.0, attention_dropout=0.0, original_max_position_embeddings=64))), \
+        ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+def randomized(model):
+    """Biases and norm weights away from their 0 / 1 init, so a family's
+    use of them is tested, not hidden by the identity."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def lora_grads(peft_model, ids, mask, vocab):
+    """The gradient of every LoRA tensor (by PEFT key) of the mean next-token
+    cross-entropy over the unmasked positions."""
+    peft_model.train()
+    logits = peft_model(input_ids=ids, attention_mask=mask).logits
+    labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, vocab), labels.reshape(-1), ignore_index=-100)
+    loss.backward()
+    peft_model.eval()
+    return {n.replace(".default.weight", ".weight"): p.grad.contiguous()
+            for n, p in peft_model.named_parameters() if "lora_" in n}
 
 
 def reference_models(out):
@@ -70,6 +113,8 @@ def reference_models(out):
         with torch.no_grad():
             logits_lora = peft_model(input_ids=ids, attention_mask=mask).logits
         peft_model.save_pretrained(os.path.join(d, "adapter"))
+        save_file(lora_grads(peft_model, ids, mask, logits_lora.shape[-1]),
+                  os.path.join(d, "grads.safetensors"))
         save_file({"input_ids": ids.contiguous(), "attention_mask": mask.contiguous(),
                    "logits": logits.contiguous(), "logits_lora": logits_lora.contiguous()},
                   os.path.join(d, "reference.safetensors"))

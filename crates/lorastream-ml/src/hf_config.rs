@@ -11,6 +11,10 @@ text_enum! {
     pub enum Arch {
         Gpt2 = "gpt2",
         Llama = "llama",
+        Qwen2 = "qwen2",
+        Qwen3 = "qwen3",
+        Mistral = "mistral",
+        Phi3 = "phi3",
     }
 }
 
@@ -121,5 +125,35 @@ mod tests {
             ),
             Err(ConfigProblem::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn llama_style_families_read_their_own_keys() {
+        let base = json!({"vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+            "max_position_embeddings": 32768});
+        let with = |extra: serde_json::Value| {
+            let mut v = base.clone();
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            HfConfig::from_json(&v)
+        };
+        // Mistral v0.1 and Phi-3-mini: the context stays within the window.
+        let m = with(json!({"model_type": "mistral", "sliding_window": 4096})).unwrap();
+        assert_eq!((m.arch, m.max_position_embeddings), (Arch::Mistral, 4096));
+        let m = with(json!({"model_type": "mistral", "sliding_window": null})).unwrap();
+        assert_eq!(m.max_position_embeddings, 32768);
+        let p = with(json!({"model_type": "phi3", "sliding_window": 2047})).unwrap();
+        assert_eq!(p.max_position_embeddings, 2047);
+        let q = with(json!({"model_type": "qwen3", "head_dim": 128})).unwrap();
+        assert_eq!((q.arch, q.head_dim), (Arch::Qwen3, 128));
+        // What lorastream does not do is refused by name.
+        let e = with(json!({"model_type": "qwen2", "use_sliding_window": true})).unwrap_err();
+        assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("use_sliding_window")));
+        let e = with(json!({"model_type": "phi3", "partial_rotary_factor": 0.75})).unwrap_err();
+        assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("partial_rotary_factor")));
+        let e = with(json!({"model_type": "phi3", "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}})).unwrap_err();
+        assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("longrope")));
     }
 }

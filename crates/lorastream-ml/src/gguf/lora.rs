@@ -17,18 +17,35 @@ use crate::MlError;
 use crate::hf_config::{Arch, HfConfig};
 use crate::lora::read_adapter;
 
+/// llama.cpp's architecture name of a family (Mistral is llama.cpp's `llama`).
+pub fn llama_cpp_arch(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Mistral => "llama",
+        other => other.as_str(),
+    }
+}
+
+/// The Llama-style projections and llama.cpp's names for them.
+const LLAMA_NAMES: &[(&str, &str)] = &[
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
 /// llama.cpp's name of a linear layer, from its checkpoint (PEFT) path.
 pub fn gguf_module(arch: Arch, path: &str) -> Option<String> {
     let (prefix, table): (&str, &[(&str, &str)]) = match arch {
-        Arch::Llama => (
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Mistral => ("model.layers.", LLAMA_NAMES),
+        Arch::Phi3 => (
             "model.layers.",
             &[
-                ("self_attn.q_proj", "attn_q"),
-                ("self_attn.k_proj", "attn_k"),
-                ("self_attn.v_proj", "attn_v"),
+                ("self_attn.qkv_proj", "attn_qkv"),
                 ("self_attn.o_proj", "attn_output"),
-                ("mlp.gate_proj", "ffn_gate"),
-                ("mlp.up_proj", "ffn_up"),
+                ("mlp.gate_up_proj", "ffn_up"),
                 ("mlp.down_proj", "ffn_down"),
             ],
         ),
@@ -89,7 +106,9 @@ pub fn export_lora(
         let module = gguf_module(base.arch, path)
             .ok_or_else(|| bad(format!("{path}: llama.cpp has no LoRA target of that name")))?;
         let mut t = tensors[key].to_kind(Kind::Float);
-        if which == "B" && base.arch == Arch::Llama {
+        // llama.cpp's converter permutes q and k for the `llama` architecture
+        // only (its rotary layout); Qwen and Phi-3 keep the checkpoint's rows.
+        if which == "B" && llama_cpp_arch(base.arch) == "llama" {
             if path.ends_with("self_attn.q_proj") {
                 t = permute(&t, base.num_heads as i64);
             } else if path.ends_with("self_attn.k_proj") {
@@ -100,7 +119,10 @@ pub fn export_lora(
         out_tensors.push((format!("{module}.weight.{suffix}"), t.contiguous()));
     }
     let meta = [
-        ("general.architecture", Meta::Str(base.arch.as_str().into())),
+        (
+            "general.architecture",
+            Meta::Str(llama_cpp_arch(base.arch).into()),
+        ),
         ("general.type", Meta::Str("adapter".into())),
         ("general.name", Meta::Str(name.into())),
         ("adapter.type", Meta::Str("lora".into())),

@@ -5,10 +5,17 @@
 //! `config.json` reads and writes, its LoRA target names as PEFT spells
 //! them, and how `model init` makes a tiny random one. This file lists the
 //! families: adding one is its model file, one variant and one arm here,
-//! and its parity test (`tests/it/parity.rs`).
+//! and its parity test (`tests/it/parity.rs`). The Llama-architecture
+//! families (Llama, Qwen2, Qwen3, Mistral, Phi-3) share [`decoder`] and
+//! differ by its [`decoder::Layout`] and their `config.json`.
 
+pub mod decoder;
 pub mod gpt2;
 pub mod llama;
+pub mod mistral;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,6 +36,10 @@ impl Arch {
         match self {
             Arch::Gpt2 => &gpt2::FAMILY,
             Arch::Llama => &llama::FAMILY,
+            Arch::Qwen2 => &qwen2::FAMILY,
+            Arch::Qwen3 => &qwen3::FAMILY,
+            Arch::Mistral => &mistral::FAMILY,
+            Arch::Phi3 => &phi3::FAMILY,
         }
     }
 

@@ -1,0 +1,57 @@
+//! Phi-3 and Phi-3.5 (Phi3ForCausalLM): the Llama decoder with q, k and v
+//! fused in the checkpoint (`self_attn.qkv_proj`) and so gate and up
+//! (`mlp.gate_up_proj`, gate first): one linear, and one LoRA, each, as
+//! PEFT targets them. Like Mistral, sequences stay within `sliding_window`.
+//! Partial rotary embeddings (Phi-4-mini) and LongRoPE (the 128k variants)
+//! are refused by name.
+
+use super::decoder::{self, Decoder, Layout};
+use super::{Arch, Family, Init, llama, mistral};
+use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds};
+use crate::lora::LoraTargets;
+
+const LAYOUT: Layout = Layout {
+    qkv_bias: false,
+    qk_norm: false,
+    fused: true,
+};
+
+fn read_config(v: &serde_json::Value, ids: SpecialIds) -> Result<HfConfig, ConfigProblem> {
+    let partial = v
+        .get("partial_rotary_factor")
+        .and_then(|x| x.as_f64())
+        .unwrap_or(1.0);
+    if partial != 1.0 {
+        return Err(ConfigProblem::Invalid(format!(
+            "partial_rotary_factor {partial} is not supported (only 1.0)"
+        )));
+    }
+    let mut c = llama::read_as(v, ids, Arch::Phi3)?;
+    mistral::within_window(&mut c, v);
+    Ok(c)
+}
+
+fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
+    let mut v = llama::write_as(c, eos, "Phi3ForCausalLM");
+    v["sliding_window"] = serde_json::json!(c.max_position_embeddings);
+    v["original_max_position_embeddings"] = serde_json::json!(c.max_position_embeddings);
+    v
+}
+
+/// Phi-3 as lorastream registers it (see [`super::Arch::family`]).
+pub(crate) const FAMILY: Family = Family {
+    lora: LoraTargets {
+        all: &["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+        default: &["qkv_proj"],
+        fan_in_fan_out: false,
+    },
+    read_config,
+    write_config,
+    load: |cfg, ws| Ok(Box::new(Decoder::load(cfg, ws, LAYOUT)?)),
+    init: Init {
+        special_tokens: llama::SPECIAL_TOKENS,
+        config: |v, w, l, id| llama::tiny_as(Arch::Phi3, v, w, l, id),
+        tokenizer_config: llama::tokenizer_config,
+        tensors: |cfg| decoder::tensors(cfg, LAYOUT),
+    },
+};

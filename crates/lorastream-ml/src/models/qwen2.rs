@@ -1,0 +1,36 @@
+//! Qwen2 and Qwen2.5 (Qwen2ForCausalLM): the Llama decoder with biases on
+//! the query, key and value projections (not the output one); the ChatML
+//! template comes with the checkpoint.
+
+use super::decoder::{self, Decoder, Layout};
+use super::{Arch, Family, Init, llama};
+use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds};
+
+const LAYOUT: Layout = Layout {
+    qkv_bias: true,
+    qk_norm: false,
+    fused: false,
+};
+
+fn read_config(v: &serde_json::Value, ids: SpecialIds) -> Result<HfConfig, ConfigProblem> {
+    llama::refuse_sliding_window(v)?;
+    llama::read_as(v, ids, Arch::Qwen2)
+}
+
+fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
+    llama::write_as(c, eos, "Qwen2ForCausalLM")
+}
+
+/// Qwen2 as lorastream registers it (see [`super::Arch::family`]).
+pub(crate) const FAMILY: Family = Family {
+    lora: llama::TARGETS,
+    read_config,
+    write_config,
+    load: |cfg, ws| Ok(Box::new(Decoder::load(cfg, ws, LAYOUT)?)),
+    init: Init {
+        special_tokens: llama::SPECIAL_TOKENS,
+        config: |v, w, l, id| llama::tiny_as(Arch::Qwen2, v, w, l, id),
+        tokenizer_config: llama::tokenizer_config,
+        tensors: |cfg| decoder::tensors(cfg, LAYOUT),
+    },
+};

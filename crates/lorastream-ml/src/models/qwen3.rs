@@ -1,0 +1,37 @@
+//! Qwen3 (Qwen3ForCausalLM): the Llama decoder with an RMSNorm over each
+//! head's queries and keys before the rotary embedding
+//! (`self_attn.q_norm`, `self_attn.k_norm`), an explicit `head_dim`, and
+//! biases only where `attention_bias` says.
+
+use super::decoder::{self, Decoder, Layout};
+use super::{Arch, Family, Init, llama};
+use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds};
+
+const LAYOUT: Layout = Layout {
+    qkv_bias: false,
+    qk_norm: true,
+    fused: false,
+};
+
+fn read_config(v: &serde_json::Value, ids: SpecialIds) -> Result<HfConfig, ConfigProblem> {
+    llama::refuse_sliding_window(v)?;
+    llama::read_as(v, ids, Arch::Qwen3)
+}
+
+fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
+    llama::write_as(c, eos, "Qwen3ForCausalLM")
+}
+
+/// Qwen3 as lorastream registers it (see [`super::Arch::family`]).
+pub(crate) const FAMILY: Family = Family {
+    lora: llama::TARGETS,
+    read_config,
+    write_config,
+    load: |cfg, ws| Ok(Box::new(Decoder::load(cfg, ws, LAYOUT)?)),
+    init: Init {
+        special_tokens: llama::SPECIAL_TOKENS,
+        config: |v, w, l, id| llama::tiny_as(Arch::Qwen3, v, w, l, id),
+        tokenizer_config: llama::tokenizer_config,
+        tensors: |cfg| decoder::tensors(cfg, LAYOUT),
+    },
+};
