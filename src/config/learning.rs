@@ -202,8 +202,24 @@ pub struct FeedbackConfig {
     pub replay_step: f64,
     /// … up to this.
     pub replay_max: f64,
-    /// The learning rate is multiplied by this on each retry.
+    /// The learning rate is multiplied by this on each retry for forgetting.
     pub lr_decay: f64,
+    /// A retry for learning too little: this many more epochs …
+    pub more_epochs: usize,
+    /// … and the learning rate multiplied by this.
+    pub lr_raise: f64,
+    /// A stream already this much (relative) below the base before training,
+    /// which a candidate does not improve by `min_gain`, is `already_known`:
+    /// nothing to retrain for.
+    pub known_gain: f64,
+    /// Coverage of the intervals decisions carry (paired bootstrap over the
+    /// evaluation examples).
+    pub confidence: f64,
+    /// Bootstrap resamples per figure (0: point estimates only).
+    pub resamples: usize,
+    /// What a figure whose interval straddles its limit counts as: `point`
+    /// (its point estimate decides), `pass`, or `fail`.
+    pub inconclusive: Inconclusive,
     pub merge: MergePolicy,
     /// `every_n_streams`: merge after this many promoted streams.
     pub merge_every: usize,
@@ -220,8 +236,29 @@ impl Default for FeedbackConfig {
             replay_step: 0.25,
             replay_max: 0.5,
             lr_decay: 0.5,
+            more_epochs: 1,
+            lr_raise: 1.5,
+            known_gain: 0.10,
+            confidence: 0.95,
+            resamples: 1000,
+            inconclusive: Inconclusive::Point,
             merge: MergePolicy::Never,
             merge_every: 1,
         }
+    }
+}
+
+text_enum! {
+    /// What a figure counts as when the evaluation set is too small to tell
+    /// (its interval straddles the limit).
+    #[derive(Default)]
+    pub enum Inconclusive {
+        /// The point estimate decides (and the decision says it was inconclusive).
+        #[default]
+        Point = "point",
+        /// Within the limit (promote unless something is clearly wrong).
+        Pass = "pass",
+        /// Over the limit (retrain unless everything is clearly right).
+        Fail = "fail",
     }
 }

@@ -34,7 +34,9 @@ pub use daemon::{
     DaemonConfig, LogFormat, ON_NEW_STREAM, RetentionConfig, ScheduleConfig, StoreConfig,
 };
 pub use data::{PreprocessConfig, StreamsConfig, SummarizerBackend, SummarizerConfig};
-pub use learning::{EvalConfig, FeedbackConfig, LossOn, MergePolicy, ModelConfig, TrainConfig};
+pub use learning::{
+    EvalConfig, FeedbackConfig, Inconclusive, LossOn, MergePolicy, ModelConfig, TrainConfig,
+};
 pub use locate::{KeyPath, LineCol, SpanIndex};
 /// The dtype setting is the model layer's own type.
 pub use lorastream_ml::DType;

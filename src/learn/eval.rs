@@ -41,7 +41,16 @@ pub type RowKey = (i64, Option<i64>);
 /// about it is incidental, what the base knew is what must not be lost.
 /// `None` when the last version learned `s` itself, or a cell is missing.
 pub fn forgetting(cells: &[EvalRow], chain: &[RowKey], s: i64) -> Option<f64> {
-    let (&(last, _), earlier) = chain.split_last()?;
+    let (&(last, _), _) = chain.split_last()?;
+    let now = cell(cells, last, s)?;
+    let best = cell(cells, best_before(cells, chain, s)?, s)?;
+    best.is_finite().then(|| now / best - 1.0)
+}
+
+/// The version [`forgetting`] of `s` compares the chain's last one with:
+/// the best on `s` from the version that learned it (or the base alone).
+pub fn best_before(cells: &[EvalRow], chain: &[RowKey], s: i64) -> Option<i64> {
+    let (_, earlier) = chain.split_last()?;
     // The versions whose figures count: from the one that learned s on; for a
     // stream the lineage never learned, the base model alone.
     let reference = match earlier.iter().position(|(_, t)| *t == Some(s)) {
@@ -49,12 +58,19 @@ pub fn forgetting(cells: &[EvalRow], chain: &[RowKey], s: i64) -> Option<f64> {
         None if chain.last().is_some_and(|(_, t)| *t == Some(s)) => return None,
         None => &earlier[..earlier.len().min(1)],
     };
-    let now = cell(cells, last, s)?;
-    let best = reference
+    reference
         .iter()
-        .filter_map(|(v, _)| cell(cells, *v, s))
-        .fold(f64::INFINITY, f64::min);
-    best.is_finite().then(|| now / best - 1.0)
+        .filter_map(|(v, _)| cell(cells, *v, s).map(|p| (*v, p)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(v, _)| v)
+}
+
+/// The per-example figures of R\[v\]\[s\] (empty when not recorded).
+pub fn per_example(cells: &[EvalRow], v: i64, s: i64) -> &[(f64, i64)] {
+    cells
+        .iter()
+        .find(|c| c.adapter_id == v && c.stream_id == s)
+        .map_or(&[], |c| &c.per_example)
 }
 
 /// R\[v\]\[s\], when evaluated.
@@ -198,6 +214,7 @@ pub(crate) mod tests {
             nll_sum: 0.0,
             tokens: 1,
             evaluated_at: 0,
+            per_example: Vec::new(),
         }
     }
 

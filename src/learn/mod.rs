@@ -25,3 +25,4 @@ pub mod publish;
 pub mod records;
 pub mod replay;
 pub mod spec;
+pub mod stats;

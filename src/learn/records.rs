@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::learn::spec::PolicySpec;
+use crate::learn::stats::Estimate;
 use lorastream_base::text_enum;
 use lorastream_ml::train::TrainSpec;
 use lorastream_store::AdapterRow;
@@ -22,15 +23,38 @@ text_enum! {
         Retrain = "retrain",
         /// Rejected at the last attempt: the stream is `not_learned`.
         GiveUp = "give_up",
+        /// Rejected, and its stream done: the served version already knows
+        /// it (well below the base) and training adds too little.
+        AlreadyKnown = "already_known",
     }
 }
 
-/// The settings of attempt `number` at a stream: replay and learning rate.
+text_enum! {
+    /// Why a candidate failed, which decides the repair.
+    pub enum Cause {
+        /// A figure is not finite: retried as for forgetting.
+        NotFinite = "not_finite",
+        /// An earlier stream was forgotten past its limit: more replay, a lower rate.
+        Forgetting = "forgetting",
+        /// The probe set got worse past its limit: as for forgetting.
+        Probe = "probe",
+        /// The new stream improved too little: more epochs, a higher rate.
+        UnderLearning = "under_learning",
+    }
+}
+
+/// The settings of attempt `number` at a stream: replay, learning rate,
+/// epochs, and the cause of the retry that chose them.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     pub number: i64,
     pub replay_fraction: f64,
     pub lr: f64,
+    /// None: `[train] epochs_per_stream`.
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    #[serde(default)]
+    pub cause: Option<Cause>,
 }
 
 impl Attempt {
@@ -43,6 +67,8 @@ impl Attempt {
                 number,
                 replay_fraction: p.replay_fraction,
                 lr: p.lr,
+                epochs: None,
+                cause: None,
             };
         }
         Attempt {
@@ -50,15 +76,55 @@ impl Attempt {
             replay_fraction: (p.replay_fraction + retries as f64 * p.feedback.replay_step)
                 .min(p.feedback.replay_max.max(p.replay_fraction)),
             lr: p.lr * p.feedback.lr_decay.powi(retries as i32),
+            epochs: None,
+            cause: Some(Cause::Forgetting),
         }
     }
 
-    /// The training spec of this attempt: `spec` with its replay share and
-    /// learning rate (the only place they are set after the config).
+    /// The attempt after this one failed for `cause`: forgetting (or the
+    /// probe set, or a non-finite figure) → more replay (up to
+    /// `replay_max`) and the rate × `lr_decay`; too little gain →
+    /// `more_epochs` more epochs and the rate × `lr_raise`.
+    pub fn after(&self, p: &PolicySpec, cause: Cause) -> Attempt {
+        let f = &p.feedback;
+        let mut next = Attempt {
+            number: self.number + 1,
+            cause: Some(cause),
+            ..*self
+        };
+        if cause == Cause::UnderLearning {
+            next.epochs = Some(self.epochs.unwrap_or(p.epochs) + f.more_epochs);
+            next.lr = self.lr * f.lr_raise;
+        } else {
+            next.replay_fraction =
+                (self.replay_fraction + f.replay_step).min(f.replay_max.max(self.replay_fraction));
+            next.lr = self.lr * f.lr_decay;
+        }
+        next
+    }
+
+    /// The settings a version was trained with (its hyper-parameters), as
+    /// the attempt it was.
+    pub fn of(p: &PolicySpec, row: &AdapterRow) -> Attempt {
+        match serde_json::from_value::<Hyperparams>(row.hyperparams.clone()) {
+            Ok(Hyperparams::Lora(spec)) => Attempt {
+                number: row.attempt,
+                replay_fraction: spec.replay_fraction,
+                lr: spec.lr,
+                epochs: Some(spec.epochs),
+                cause: None,
+            },
+            _ => Attempt::nth(p, row.attempt),
+        }
+    }
+
+    /// The training spec of this attempt: `spec` with its replay share,
+    /// learning rate and epochs (the only place they are set after the config).
     pub fn apply(&self, spec: TrainSpec) -> TrainSpec {
         TrainSpec {
             replay_fraction: self.replay_fraction,
             lr: self.lr,
+            epochs: self.epochs.unwrap_or(spec.epochs),
             ..spec
         }
     }
@@ -88,6 +154,20 @@ pub struct Decision {
     pub probe_change: Option<f64>,
     /// The settings of the next attempt (`retrain`).
     pub next: Option<Attempt>,
+    /// Why it failed (None: it passed).
+    #[serde(default)]
+    pub cause: Option<Cause>,
+    /// The gain with its interval (paired bootstrap; zero width when the
+    /// cells have no per-example figures).
+    #[serde(default)]
+    pub gain_interval: Option<Estimate>,
+    /// Per earlier stream: the forgetting with its interval.
+    #[serde(default)]
+    pub forgetting_intervals: BTreeMap<i64, Estimate>,
+    /// Figures whose interval straddled their limit ("gain", "forgetting of
+    /// stream 3", "probe set").
+    #[serde(default)]
+    pub inconclusive: Vec<String>,
 }
 
 /// `adapters.hyperparams`.
@@ -105,7 +185,7 @@ pub enum Hyperparams {
 #[serde(untagged)]
 pub enum Outcome {
     /// The feedback policy decided on it.
-    Decided(Decision),
+    Decided(Box<Decision>),
     /// Training failed: why.
     Failed { error: String },
 }
@@ -121,7 +201,7 @@ impl Outcome {
 
     pub fn decision(&self) -> Option<&Decision> {
         match self {
-            Outcome::Decided(d) => Some(d),
+            Outcome::Decided(d) => Some(d.as_ref()),
             Outcome::Failed { .. } => None,
         }
     }
@@ -174,7 +254,13 @@ mod tests {
                 number: 2,
                 replay_fraction: 0.25,
                 lr: 1e-4,
+                epochs: None,
+                cause: Some(Cause::Forgetting),
             }),
+            cause: Some(Cause::Forgetting),
+            gain_interval: None,
+            forgetting_intervals: BTreeMap::new(),
+            inconclusive: Vec::new(),
         }
     }
 

@@ -37,6 +37,8 @@ pub struct PolicySpec {
     pub probe: bool,
     pub replay_fraction: f64,
     pub lr: f64,
+    /// `[train] epochs_per_stream`, which a retry for too little gain raises.
+    pub epochs: usize,
 }
 
 impl PolicySpec {
@@ -46,6 +48,7 @@ impl PolicySpec {
             probe: config.eval.probe,
             replay_fraction: config.train.replay_fraction,
             lr: config.train.lr,
+            epochs: config.train.epochs_per_stream,
         }
     }
 }

@@ -58,6 +58,34 @@ fn nll_sum_in(model: &CausalLm, hidden: &Tensor, labels: &Tensor, rows: i64) -> 
     })
 }
 
+/// Next-token NLL summed per row of a batch, with the labelled tokens of
+/// each row (no gradient): the per-example figures of an evaluation.
+pub fn nll_per_row(model: &CausalLm, hidden: &Tensor, labels: &Tensor) -> Vec<(f64, i64)> {
+    let (b, t) = labels.size2().expect("labels are [b, t]");
+    let mut out = vec![(0.0, 0i64); b as usize];
+    tch::no_grad(|| {
+        let (h, targets) = labelled(hidden, labels);
+        let ignore = Tensor::full([b, 1], IGNORE, (Kind::Int64, labels.device()));
+        let next = Tensor::cat(&[&labels.narrow(1, 1, t - 1), &ignore], 1).view([-1]);
+        let rows: Vec<i64> =
+            Vec::try_from(next.ne(IGNORE).nonzero().squeeze_dim(1) / t).unwrap_or_default();
+        let chunk = chunk_rows(model);
+        let mut at = 0;
+        for (hc, tc) in h.split(chunk, 0).iter().zip(targets.split(chunk, 0).iter()) {
+            let logp = model.logits(hc).log_softmax(-1, Kind::Float);
+            let picked = logp.gather(1, &tc.unsqueeze(1), false).squeeze_dim(1);
+            let nll: Vec<f64> = Vec::try_from(picked.to_kind(Kind::Double)).unwrap_or_default();
+            for x in nll {
+                let row = &mut out[rows[at] as usize];
+                row.0 -= x;
+                row.1 += 1;
+                at += 1;
+            }
+        }
+    });
+    out
+}
+
 /// Summed next-token NLL over the labelled positions of a batch, and the
 /// backward pass of `scale` × that sum through `hidden`'s graph (the LoRA
 /// weights get their gradients). Returns the sum (unscaled).

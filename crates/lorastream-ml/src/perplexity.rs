@@ -7,12 +7,14 @@ use crate::data::{self, Encoded, Labels};
 use crate::{CausalLm, ChatTokenizer, Message, MlError};
 
 /// The result of one evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Perplexity {
     pub perplexity: f64,
     pub nll_sum: f64,
     /// Tokens the mean NLL was taken over.
     pub tokens: i64,
+    /// (NLL sum, tokens) of each example, in the order given.
+    pub per_example: Vec<(f64, i64)>,
 }
 
 /// exp(mean NLL) over the target tokens of `examples`, batched, without gradients.
@@ -46,20 +48,24 @@ pub fn perplexity_encoded(
     batch_size: usize,
 ) -> Perplexity {
     let _guard = tch::no_grad_guard();
-    let mut nll = 0.0;
-    let mut count = 0i64;
     // Batches of similar lengths: a sum over every token does not depend on
     // the order, and short examples no longer pay for a long one's padding.
-    let mut by_length: Vec<&Encoded> = enc.iter().collect();
-    by_length.sort_by_key(|e| e.ids.len());
+    let mut by_length: Vec<(usize, &Encoded)> = enc.iter().enumerate().collect();
+    by_length.sort_by_key(|(_, e)| e.ids.len());
+    let mut per_example = vec![(0.0, 0i64); enc.len()];
     let _busy = crate::threads::busy(crate::threads::Work::Learn);
     for refs in by_length.chunks(batch_size.max(1)) {
         crate::threads::apply(crate::threads::Work::Learn);
-        let b = data::pad(refs, pad_id, model.device);
+        let batch: Vec<&Encoded> = refs.iter().map(|(_, e)| *e).collect();
+        let b = data::pad(&batch, pad_id, model.device);
         let hidden = model.hidden(&b.ids, &b.positions, b.mask.as_ref(), None, false);
-        nll += crate::loss::nll_sum(model, &hidden, &b.labels);
-        count += b.targets;
+        let rows = crate::loss::nll_per_row(model, &hidden, &b.labels);
+        for ((i, _), row) in refs.iter().zip(rows) {
+            per_example[*i] = row;
+        }
     }
+    let nll: f64 = per_example.iter().map(|r| r.0).sum();
+    let count: i64 = per_example.iter().map(|r| r.1).sum();
     Perplexity {
         perplexity: if count > 0 {
             (nll / count as f64).exp()
@@ -68,5 +74,6 @@ pub fn perplexity_encoded(
         },
         nll_sum: nll,
         tokens: count,
+        per_example,
     }
 }

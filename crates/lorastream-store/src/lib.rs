@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_unattended.sql"),
     include_str!("migrations/0007_identities.sql"),
     include_str!("migrations/0008_publish.sql"),
+    include_str!("migrations/0009_per_example.sql"),
 ];
 
 /// The schema version this build writes.

@@ -267,12 +267,17 @@ pub struct EvalRow {
     pub nll_sum: f64,
     pub tokens: i64,
     pub evaluated_at: i64,
+    /// (NLL sum, target tokens) of each example, in the stream's eval order
+    /// (empty: not recorded, a cell from before schema 9).
+    #[serde(skip)]
+    pub per_example: Vec<(f64, i64)>,
 }
 
 impl FromRow for EvalRow {
-    const SELECT: &'static str =
-        "SELECT adapter_id, stream_id, perplexity, nll_sum, tokens, evaluated_at FROM evals";
+    const SELECT: &'static str = "SELECT adapter_id, stream_id, perplexity, nll_sum, tokens, \
+         evaluated_at, per_example FROM evals";
     fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        let per_example: Option<String> = r.get(6)?;
         Ok(EvalRow {
             adapter_id: r.get(0)?,
             stream_id: r.get(1)?,
@@ -280,6 +285,9 @@ impl FromRow for EvalRow {
             nll_sum: r.get(3)?,
             tokens: r.get(4)?,
             evaluated_at: r.get(5)?,
+            per_example: per_example
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default(),
         })
     }
 }

@@ -416,6 +416,7 @@ fn evals_upsert_one_cell_per_pair() {
         nll_sum: ppl.ln() * 10.0,
         tokens: 10,
         evaluated_at: 0,
+        per_example: Vec::new(),
     };
     store.upsert_eval(&cell(f64::NAN)).unwrap();
     let nan = store.evals().unwrap();

@@ -406,6 +406,24 @@ fn check_feedback(k: &mut Checker, c: &Config) {
         1.0,
         true,
     );
+    let at = KeyPath::parse;
+    k.range(at("feedback.lr_raise"), f.lr_raise, 1.0, true, 10.0, true);
+    k.range(
+        at("feedback.known_gain"),
+        f.known_gain,
+        0.0,
+        true,
+        1.0,
+        false,
+    );
+    k.range(
+        at("feedback.confidence"),
+        f.confidence,
+        0.5,
+        true,
+        1.0,
+        false,
+    );
 }
 
 /// `[schedule]`

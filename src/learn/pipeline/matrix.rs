@@ -266,6 +266,7 @@ impl<'a> Measurer<'a> {
             nll_sum: p.nll_sum,
             tokens: p.tokens,
             evaluated_at: 0,
+            per_example: p.per_example,
         })?;
         Ok(None)
     }

@@ -252,7 +252,16 @@ fn open_attempt(
                 + 1
         }
     };
-    let attempt = Attempt::nth(&spec.policy, number);
+    // The repair the last decision on this stream chose (its cause's), or
+    // the attempt's defaults.
+    let decided = adapters
+        .iter()
+        .filter(|a| a.stream_id == stream.id && a.attempt == number - 1)
+        .filter_map(|a| crate::learn::records::outcome(a)?.decision()?.next)
+        .next_back();
+    let attempt = decided
+        .filter(|n| n.number == number)
+        .unwrap_or_else(|| Attempt::nth(&spec.policy, number));
     let train = attempt.apply(spec.train.clone());
     let adapter_id = match unfinished {
         Some(a) => a.id,

@@ -1,0 +1,207 @@
+//! How sure a decision can be: the ratio of two versions' perplexities on
+//! the same examples, with a paired bootstrap interval. Each cell of the
+//! matrix keeps (NLL sum, tokens) per example; resampling the examples (the
+//! same draw for both versions) and recomputing `exp(ΔNLL / tokens)` gives
+//! the spread a different evaluation set of the same size would show.
+
+use serde::{Deserialize, Serialize};
+
+/// A figure with its confidence interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    pub value: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl Estimate {
+    /// A figure known exactly (no per-example data): a zero-width interval.
+    pub fn point(value: f64) -> Estimate {
+        Estimate {
+            value,
+            lo: value,
+            hi: value,
+        }
+    }
+
+    /// `f` applied to the value and both ends (`f` increasing).
+    pub fn map(self, f: impl Fn(f64) -> f64) -> Estimate {
+        Estimate {
+            value: f(self.value),
+            lo: f(self.lo),
+            hi: f(self.hi),
+        }
+    }
+
+    /// `f` applied, for a decreasing `f` (the ends swap).
+    pub fn map_down(self, f: impl Fn(f64) -> f64) -> Estimate {
+        Estimate {
+            value: f(self.value),
+            lo: f(self.hi),
+            hi: f(self.lo),
+        }
+    }
+
+    pub fn is_finite(&self) -> bool {
+        self.value.is_finite() && self.lo.is_finite() && self.hi.is_finite()
+    }
+
+    /// Where the interval lies against `limit`.
+    pub fn against(&self, limit: f64) -> Side {
+        if self.lo > limit {
+            Side::Above
+        } else if self.hi < limit {
+            Side::Below
+        } else {
+            Side::Straddles
+        }
+    }
+
+    /// "1.7% ± 2.4%" (half the interval's width), in percent.
+    pub fn pct(&self) -> String {
+        let half = (self.hi - self.lo) / 2.0;
+        if half == 0.0 {
+            format!("{:+.1}%", self.value * 100.0)
+        } else {
+            format!("{:+.1}% ± {:.1}%", self.value * 100.0, half * 100.0)
+        }
+    }
+}
+
+/// An interval against a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Entirely above it.
+    Above,
+    /// Entirely below it.
+    Below,
+    /// The limit lies inside: the data cannot tell.
+    Straddles,
+}
+
+/// How a bootstrap is run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bootstrap {
+    /// Resamples drawn (0: point estimates only).
+    pub resamples: usize,
+    /// The interval's coverage (0.95: from the 2.5th to the 97.5th percentile).
+    pub confidence: f64,
+}
+
+/// `ppl(b) / ppl(a)` over the examples both measured (`a`, `b`: (NLL sum,
+/// tokens) per example, in the same order), with a paired bootstrap
+/// interval. `None` when they do not cover the same examples.
+pub fn ratio(a: &[(f64, i64)], b: &[(f64, i64)], how: Bootstrap) -> Option<Estimate> {
+    if a.is_empty() || a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.1 != y.1) {
+        return None;
+    }
+    // Per example: the NLL difference and its tokens.
+    let diffs: Vec<(f64, f64)> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (y.0 - x.0, x.1 as f64))
+        .collect();
+    let of = |sum: (f64, f64)| {
+        if sum.1 > 0.0 {
+            (sum.0 / sum.1).exp()
+        } else {
+            f64::NAN
+        }
+    };
+    let total = diffs.iter().fold((0.0, 0.0), |s, d| (s.0 + d.0, s.1 + d.1));
+    let value = of(total);
+    if how.resamples == 0 || !value.is_finite() {
+        return Some(Estimate::point(value));
+    }
+    // A fixed seed: the same cells give the same interval, every time.
+    let mut rng = fastrand::Rng::with_seed(0x5eed_1e55);
+    let n = diffs.len();
+    let mut draws: Vec<f64> = (0..how.resamples)
+        .map(|_| {
+            let sum = (0..n).fold((0.0, 0.0), |s, _| {
+                let d = diffs[rng.usize(..n)];
+                (s.0 + d.0, s.1 + d.1)
+            });
+            of(sum)
+        })
+        .filter(|x| x.is_finite())
+        .collect();
+    if draws.is_empty() {
+        return Some(Estimate::point(value));
+    }
+    draws.sort_by(f64::total_cmp);
+    let tail = (1.0 - how.confidence.clamp(0.0, 1.0)) / 2.0;
+    let at = |q: f64| draws[((q * (draws.len() - 1) as f64).round() as usize).min(draws.len() - 1)];
+    Some(Estimate {
+        value,
+        lo: at(tail),
+        hi: at(1.0 - tail),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOW: Bootstrap = Bootstrap {
+        resamples: 1000,
+        confidence: 0.95,
+    };
+
+    /// `n` examples of 20 tokens whose NLL per token is `base` + `shift`,
+    /// with per-example noise of `noise`.
+    type Cell = Vec<(f64, i64)>;
+
+    fn cells(n: usize, shift: f64, noise: f64) -> (Cell, Cell) {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let a: Vec<(f64, i64)> = (0..n).map(|_| ((2.0 + rng.f64()) * 20.0, 20)).collect();
+        let b = a
+            .iter()
+            .map(|&(x, t)| (x + (shift + noise * (rng.f64() - 0.5)) * t as f64, t))
+            .collect();
+        (a, b)
+    }
+
+    #[test]
+    fn a_clear_change_is_tight_and_a_noisy_one_is_wide() {
+        let (a, b) = cells(200, -0.2, 0.05);
+        let r = ratio(&a, &b, HOW).unwrap();
+        assert!((r.value - (-0.2f64).exp()).abs() < 0.01, "{r:?}");
+        assert!(
+            r.lo <= r.value && r.value <= r.hi && r.hi - r.lo < 0.01,
+            "{r:?}"
+        );
+        let (a, b) = cells(12, -0.02, 1.0);
+        let noisy = ratio(&a, &b, HOW).unwrap();
+        assert!(noisy.hi - noisy.lo > 0.05, "{noisy:?}");
+        // The same cells, the same interval.
+        assert_eq!(ratio(&a, &b, HOW), Some(noisy));
+    }
+
+    #[test]
+    fn mismatched_cells_have_no_ratio_and_no_resamples_is_a_point() {
+        let (a, b) = cells(10, 0.1, 0.1);
+        assert_eq!(ratio(&a, &b[..9], HOW), None);
+        assert_eq!(ratio(&[], &[], HOW), None);
+        let p = ratio(
+            &a,
+            &b,
+            Bootstrap {
+                resamples: 0,
+                confidence: 0.95,
+            },
+        )
+        .unwrap();
+        assert_eq!((p.lo, p.hi), (p.value, p.value));
+        let gain = p.map_down(|r| 1.0 - r);
+        assert!(gain.value < 0.0 && gain.lo == gain.hi);
+        assert_eq!(Estimate::point(0.05).against(0.02), Side::Above);
+        let e = Estimate {
+            value: 0.017,
+            lo: -0.007,
+            hi: 0.041,
+        };
+        assert_eq!(e.against(0.02), Side::Straddles);
+        assert_eq!(e.pct(), "+1.7% ± 2.4%");
+    }
+}
