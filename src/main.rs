@@ -138,7 +138,7 @@ fn state_writer(
             json,
         } => cli::crawl::command(config, source.as_deref(), *once, *seal, *json),
         Command::Learn { stream, json } => cli::adapters::learn(config, *stream, *json),
-        Command::Eval { json } => commands::eval(config, *json),
+        Command::Eval { json, full } => commands::eval(config, *json, *full),
         _ => unreachable!("dispatch sends only the state writers here"),
     }
 }

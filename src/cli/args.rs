@@ -119,6 +119,11 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Measure every cell on its stream's whole eval split (older streams
+        /// are otherwise sampled: [eval] eval_tokens_per_stream), replacing
+        /// the stored cells.
+        #[arg(long)]
+        full: bool,
     },
     /// The whole loop offline in a few minutes: two streams of sample
     /// questions about lorastream, trained and judged by the real daemon, and

@@ -167,10 +167,17 @@ pub fn train(config: &Config, stream: Option<i64>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `eval`
-pub fn eval(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+/// `eval [--full]`
+pub fn eval(config: &Config, json: bool, full: bool) -> anyhow::Result<ExitCode> {
     let store = config.open_store()?;
-    let m = lorastream::learn::pipeline::evaluate(&LearnSpec::from_config(config), &store)?;
+    let mut spec = LearnSpec::from_config(config);
+    if full {
+        spec.eval.eval_tokens_per_stream = 0;
+        spec.eval.eval_tokens_old_streams = 0;
+        let n = store.clear_evals()?;
+        eprintln!("eval --full: {n} stored cells are measured again on whole eval splits");
+    }
+    let m = lorastream::learn::pipeline::evaluate(&spec, &store)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&m)?);
     } else {

@@ -171,6 +171,15 @@ pub struct EvalConfig {
     /// A JSONL of chat examples to use as the probe set instead of the one
     /// built into lorastream.
     pub probe_set: Option<PathBuf>,
+    /// Target tokens of an older stream's sample (its examples in a fixed
+    /// random order, cut here; exact when smaller): the newest stream is
+    /// always measured whole. 0 = every example.
+    pub eval_tokens_per_stream: usize,
+    /// Target tokens over all older streams together: with many streams each
+    /// gets its share (`eval_tokens_old_streams / streams`, at least one
+    /// example), so a decision costs about the same after 5 streams or 100.
+    /// 0 = no total.
+    pub eval_tokens_old_streams: usize,
 }
 
 impl Default for EvalConfig {
@@ -180,6 +189,8 @@ impl Default for EvalConfig {
             max_examples_per_stream: 200,
             probe: true,
             probe_set: None,
+            eval_tokens_per_stream: 4096,
+            eval_tokens_old_streams: 32768,
         }
     }
 }

@@ -43,7 +43,17 @@ pub type RowKey = (i64, Option<i64>);
 pub fn forgetting(cells: &[EvalRow], chain: &[RowKey], s: i64) -> Option<f64> {
     let (&(last, _), _) = chain.split_last()?;
     let now = cell(cells, last, s)?;
-    let best = cell(cells, best_before(cells, chain, s)?, s)?;
+    let was = best_before(cells, chain, s)?;
+    let best = cell(cells, was, s)?;
+    // On the examples both cells measured (samples are prefixes of one order).
+    let point = crate::learn::stats::Bootstrap {
+        resamples: 0,
+        confidence: 0.95,
+    };
+    let (a, b) = (per_example(cells, was, s), per_example(cells, last, s));
+    if let Some(r) = crate::learn::stats::ratio(a, b, point) {
+        return r.value.is_finite().then_some(r.value - 1.0);
+    }
     best.is_finite().then(|| now / best - 1.0)
 }
 

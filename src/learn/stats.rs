@@ -89,10 +89,13 @@ pub struct Bootstrap {
 }
 
 /// `ppl(b) / ppl(a)` over the examples both measured (`a`, `b`: (NLL sum,
-/// tokens) per example, in the same order), with a paired bootstrap
-/// interval. `None` when they do not cover the same examples.
+/// tokens) per example, in the same order; the longer cut to the shorter),
+/// with a paired bootstrap interval. `None` when they share no examples.
 pub fn ratio(a: &[(f64, i64)], b: &[(f64, i64)], how: Bootstrap) -> Option<Estimate> {
-    if a.is_empty() || a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.1 != y.1) {
+    // Samples of a stream are prefixes of one order: compare on the shorter.
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    if n == 0 || a.iter().zip(b).any(|(x, y)| x.1 != y.1) {
         return None;
     }
     // Per example: the NLL difference and its tokens.
@@ -181,7 +184,9 @@ mod tests {
     #[test]
     fn mismatched_cells_have_no_ratio_and_no_resamples_is_a_point() {
         let (a, b) = cells(10, 0.1, 0.1);
-        assert_eq!(ratio(&a, &b[..9], HOW), None);
+        // A sample is a prefix: compared on the first 9.
+        assert_eq!(ratio(&a, &b[..9], HOW), ratio(&a[..9], &b[..9], HOW));
+        assert_eq!(ratio(&a, &[], HOW), None);
         assert_eq!(ratio(&[], &[], HOW), None);
         let p = ratio(
             &a,

@@ -9,6 +9,7 @@ mod common;
 mod config_check;
 mod crawl;
 mod daemon;
+mod eval_scale;
 mod feedback;
 mod fleet;
 mod fuzz;

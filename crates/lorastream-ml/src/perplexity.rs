@@ -26,9 +26,28 @@ pub fn perplexity(
     seq_len: usize,
     mode: Labels,
 ) -> Result<Perplexity, MlError> {
+    perplexity_within(model, tok, examples, (batch_size, seq_len), mode, 0)
+}
+
+/// As [`perplexity`], on the first of `examples` whose target tokens reach
+/// `max_tokens` (at least one example; 0 = all): a sample, when `examples`
+/// are in a random order, and a prefix of any larger sample of them.
+pub fn perplexity_within(
+    model: &CausalLm,
+    tok: &ChatTokenizer,
+    examples: &[Vec<Message>],
+    (batch_size, seq_len): (usize, usize),
+    mode: Labels,
+    max_tokens: usize,
+) -> Result<Perplexity, MlError> {
     let mut enc: Vec<Encoded> = Vec::new();
+    let mut tokens = 0;
     for m in examples {
+        if max_tokens > 0 && tokens >= max_tokens {
+            break;
+        }
         if let Some(e) = data::encode(tok, m, seq_len, mode)? {
+            tokens += e.labels.iter().filter(|&&l| l != data::IGNORE).count();
             enc.push(e);
         }
     }

@@ -31,6 +31,11 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets every cell (`eval --full` measures them all again); how many.
+    pub fn clear_evals(&self) -> Result<usize> {
+        Ok(self.conn.execute("DELETE FROM evals", [])?)
+    }
+
     pub fn evals(&self) -> Result<Vec<EvalRow>> {
         self.rows("ORDER BY 1, 2", [])
     }

@@ -103,6 +103,7 @@ pub fn fill_matrix(
     let mut failed = Vec::new();
     if !todo.is_empty() {
         let mut m = Measurer::start(spec, &all_adapters, probe)?;
+        m.budgets = budgets(&spec.eval, &streams);
         for cell in todo {
             if let Some(f) = m.measure(store, &streams, cell)? {
                 failed.push(f);
@@ -110,6 +111,33 @@ pub fn fill_matrix(
         }
     }
     Ok((stored_matrix(store)?, failed))
+}
+
+/// Target tokens each stream is measured on: the newest whole; each older
+/// one `eval_tokens_per_stream`, or its share of `eval_tokens_old_streams`
+/// when that is less (0: whole).
+fn budgets(e: &EvalConfig, streams: &[StreamRow]) -> BTreeMap<i64, usize> {
+    let live: Vec<i64> = streams
+        .iter()
+        .filter(|s| s.n_eval > 0 && s.state != StreamState::Failed)
+        .map(|s| s.id)
+        .collect();
+    let newest = live.iter().max().copied();
+    let old = live.len().saturating_sub(1).max(1);
+    let share = match e.eval_tokens_old_streams {
+        0 => usize::MAX,
+        total => (total / old).max(1),
+    };
+    let per = match e.eval_tokens_per_stream {
+        0 => usize::MAX,
+        n => n,
+    };
+    live.into_iter()
+        .map(|s| {
+            let b = if Some(s) == newest { 0 } else { per.min(share) };
+            (s, if b == usize::MAX { 0 } else { b })
+        })
+        .collect()
 }
 
 /// The cells the matrix lacks, versions set aside and failed streams left out.
@@ -185,6 +213,8 @@ struct Measurer<'a> {
     loaded: Option<i64>,
     /// Versions whose weights would not load: their other cells are skipped.
     broken: Vec<i64>,
+    /// Target tokens per stream (see [`budgets`]; absent or 0: whole).
+    budgets: BTreeMap<i64, usize>,
 }
 
 impl<'a> Measurer<'a> {
@@ -203,6 +233,7 @@ impl<'a> Measurer<'a> {
             base: lorastream_ml::source::model_dir(&spec.model.base)?,
             loaded: None,
             broken: Vec::new(),
+            budgets: BTreeMap::new(),
         })
     }
 
@@ -237,13 +268,14 @@ impl<'a> Measurer<'a> {
             Ok(ex) => ex,
             Err(e) => return Ok(fail(ItemKind::Stream, e)),
         };
-        let p = match lorastream_ml::perplexity::perplexity(
+        let budget = self.budgets.get(&s).copied().unwrap_or(0);
+        let p = match lorastream_ml::perplexity::perplexity_within(
             &self.model,
             &self.tok,
             &examples,
-            self.spec.eval.batch_size,
-            self.spec.train.seq_len,
+            (self.spec.eval.batch_size, self.spec.train.seq_len),
             Labels::Assistant,
+            budget,
         ) {
             Ok(p) => p,
             Err(err) => {
@@ -297,6 +329,9 @@ impl<'a> Measurer<'a> {
         if self.spec.eval.max_examples_per_stream > 0 {
             v.truncate(self.spec.eval.max_examples_per_stream);
         }
+        // One fixed random order per stream: every sample of it is a prefix
+        // of the same order, so two cells compare on the examples both have.
+        fastrand::Rng::with_seed(s as u64).shuffle(&mut v);
         Ok(v)
     }
 }
