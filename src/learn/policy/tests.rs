@@ -215,20 +215,18 @@ fn two_streams(v2_on_1: f64, v2_on_2: f64, base_2: f64, ref_2: f64) -> Vec<EvalR
     ]
 }
 
+/// The decision on `candidate` (trained on stream 2 from v1) over `cells`.
+fn on_stream_2(p: &PolicySpec, candidate: &AdapterRow, cells: &[EvalRow]) -> Decision {
+    decide(p, candidate, &CHAIN, &[stream(1), stream(2)], cells).unwrap()
+}
+
 #[test]
 fn a_run_forced_to_forget_gets_more_replay_and_a_lower_rate() {
     let cfg = config("");
     let p = PolicySpec::from_config(&cfg);
     // Stream 1: NLL 2.0 → 2.1 per token (+10.5% perplexity); stream 2 learned well.
     let cells = two_streams(2.1, 2.0, 3.0, 3.0);
-    let d = decide(
-        &p,
-        &adapter(2, Some(1), 2, 1),
-        &CHAIN,
-        &[stream(1), stream(2)],
-        &cells,
-    )
-    .unwrap();
+    let d = on_stream_2(&p, &adapter(2, Some(1), 2, 1), &cells);
     assert_eq!(
         (d.action, d.cause),
         (Action::Retrain, Some(Cause::Forgetting)),
@@ -256,14 +254,7 @@ fn a_run_forced_to_under_learn_gets_more_epochs_and_a_higher_rate() {
     let p = PolicySpec::from_config(&cfg);
     // Stream 2: 3.0 → 2.995 per token (0.5% gain), and v1 was no better than the base there.
     let cells = two_streams(2.0, 2.995, 3.0, 3.0);
-    let d = decide(
-        &p,
-        &adapter(2, Some(1), 2, 1),
-        &CHAIN,
-        &[stream(1), stream(2)],
-        &cells,
-    )
-    .unwrap();
+    let d = on_stream_2(&p, &adapter(2, Some(1), 2, 1), &cells);
     assert_eq!(
         (d.action, d.cause),
         (Action::Retrain, Some(Cause::UnderLearning)),
@@ -278,14 +269,7 @@ fn a_run_forced_to_under_learn_gets_more_epochs_and_a_higher_rate() {
     );
     // The same gain where v1 was already 10%+ below the base: already known.
     let cells = two_streams(2.0, 2.695, 3.0, 2.7);
-    let d = decide(
-        &p,
-        &adapter(2, Some(1), 2, 1),
-        &CHAIN,
-        &[stream(1), stream(2)],
-        &cells,
-    )
-    .unwrap();
+    let d = on_stream_2(&p, &adapter(2, Some(1), 2, 1), &cells);
     assert_eq!(d.action, Action::AlreadyKnown, "{:?}", d.reasons);
     // A retry's own settings are what the next one builds on.
     let mut second = adapter(2, Some(1), 2, 2);
@@ -298,7 +282,7 @@ fn a_run_forced_to_under_learn_gets_more_epochs_and_a_higher_rate() {
     second.hyperparams =
         serde_json::to_value(crate::learn::records::Hyperparams::Lora(spec)).unwrap();
     let cells = two_streams(2.0, 2.995, 3.0, 3.0);
-    let d = decide(&p, &second, &CHAIN, &[stream(1), stream(2)], &cells).unwrap();
+    let d = on_stream_2(&p, &second, &cells);
     let next = d.next.unwrap();
     assert_eq!((next.number, next.epochs), (3, Some(5)));
     assert!((next.lr - 1.5e-3).abs() < 1e-15, "{next:?}");

@@ -3,8 +3,8 @@
 //! `mlp_bias` say. Its `config.json` reader is the one the other
 //! Llama-architecture families start from.
 
-use super::decoder::{self, Decoder, Layout};
-use super::{Arch, Family, Init};
+use super::decoder::{Layout, llama_family};
+use super::{Arch, Family};
 use crate::hf_config::{ConfigProblem, HfConfig, RopeScaling, SpecialIds, uint};
 use crate::lora::LoraTargets;
 
@@ -134,18 +134,13 @@ pub(crate) const TARGETS: LoraTargets = LoraTargets {
 pub(crate) const SPECIAL_TOKENS: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
 /// Llama as lorastream registers it (see [`super::Arch::family`]).
-pub(crate) const FAMILY: Family = Family {
-    lora: TARGETS,
+pub(crate) const FAMILY: Family = llama_family!(
+    Arch::Llama,
+    Layout::default(),
+    TARGETS,
     read_config,
-    write_config,
-    load: |cfg, ws| Ok(Box::new(Decoder::load(cfg, ws, Layout::default())?)),
-    init: Init {
-        special_tokens: SPECIAL_TOKENS,
-        config: |v, w, l, id| tiny_as(Arch::Llama, v, w, l, id),
-        tokenizer_config,
-        tensors: |cfg| decoder::tensors(cfg, Layout::default()),
-    },
-};
+    write_config
+);
 
 /// The config of a tiny random model of a Llama-style `arch`.
 pub(crate) fn tiny_as(

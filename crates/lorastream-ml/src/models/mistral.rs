@@ -4,8 +4,8 @@
 //! within the window instead (the context is `min(max_position_embeddings,
 //! sliding_window)`), where windowed attention and full attention agree.
 
-use super::decoder::{self, Decoder, Layout};
-use super::{Arch, Family, Init, llama};
+use super::decoder::{Layout, llama_family};
+use super::{Arch, Family, llama};
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds, uint};
 
 const LAYOUT: Layout = Layout {
@@ -34,15 +34,10 @@ fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
 }
 
 /// Mistral as lorastream registers it (see [`super::Arch::family`]).
-pub(crate) const FAMILY: Family = Family {
-    lora: llama::TARGETS,
+pub(crate) const FAMILY: Family = llama_family!(
+    Arch::Mistral,
+    LAYOUT,
+    llama::TARGETS,
     read_config,
-    write_config,
-    load: |cfg, ws| Ok(Box::new(Decoder::load(cfg, ws, LAYOUT)?)),
-    init: Init {
-        special_tokens: llama::SPECIAL_TOKENS,
-        config: |v, w, l, id| llama::tiny_as(Arch::Mistral, v, w, l, id),
-        tokenizer_config: llama::tokenizer_config,
-        tensors: |cfg| decoder::tensors(cfg, LAYOUT),
-    },
-};
+    write_config
+);

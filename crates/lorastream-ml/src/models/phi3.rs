@@ -5,8 +5,8 @@
 //! Partial rotary embeddings (Phi-4-mini) and LongRoPE (the 128k variants)
 //! are refused by name.
 
-use super::decoder::{self, Decoder, Layout};
-use super::{Arch, Family, Init, llama, mistral};
+use super::decoder::{Layout, llama_family};
+use super::{Arch, Family, llama, mistral};
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds};
 use crate::lora::LoraTargets;
 
@@ -39,19 +39,14 @@ fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
 }
 
 /// Phi-3 as lorastream registers it (see [`super::Arch::family`]).
-pub(crate) const FAMILY: Family = Family {
-    lora: LoraTargets {
+pub(crate) const FAMILY: Family = llama_family!(
+    Arch::Phi3,
+    LAYOUT,
+    LoraTargets {
         all: &["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
         default: &["qkv_proj"],
         fan_in_fan_out: false,
     },
     read_config,
-    write_config,
-    load: |cfg, ws| Ok(Box::new(Decoder::load(cfg, ws, LAYOUT)?)),
-    init: Init {
-        special_tokens: llama::SPECIAL_TOKENS,
-        config: |v, w, l, id| llama::tiny_as(Arch::Phi3, v, w, l, id),
-        tokenizer_config: llama::tokenizer_config,
-        tensors: |cfg| decoder::tensors(cfg, LAYOUT),
-    },
-};
+    write_config
+);

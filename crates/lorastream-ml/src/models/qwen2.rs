@@ -2,8 +2,8 @@
 //! the query, key and value projections (not the output one); the ChatML
 //! template comes with the checkpoint.
 
-use super::decoder::{self, Decoder, Layout};
-use super::{Arch, Family, Init, llama};
+use super::decoder::{Layout, llama_family};
+use super::{Arch, Family, llama};
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds};
 
 const LAYOUT: Layout = Layout {
@@ -22,15 +22,10 @@ fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
 }
 
 /// Qwen2 as lorastream registers it (see [`super::Arch::family`]).
-pub(crate) const FAMILY: Family = Family {
-    lora: llama::TARGETS,
+pub(crate) const FAMILY: Family = llama_family!(
+    Arch::Qwen2,
+    LAYOUT,
+    llama::TARGETS,
     read_config,
-    write_config,
-    load: |cfg, ws| Ok(Box::new(Decoder::load(cfg, ws, LAYOUT)?)),
-    init: Init {
-        special_tokens: llama::SPECIAL_TOKENS,
-        config: |v, w, l, id| llama::tiny_as(Arch::Qwen2, v, w, l, id),
-        tokenizer_config: llama::tokenizer_config,
-        tensors: |cfg| decoder::tensors(cfg, LAYOUT),
-    },
-};
+    write_config
+);

@@ -3,8 +3,8 @@
 //! (`self_attn.q_norm`, `self_attn.k_norm`), an explicit `head_dim`, and
 //! biases only where `attention_bias` says.
 
-use super::decoder::{self, Decoder, Layout};
-use super::{Arch, Family, Init, llama};
+use super::decoder::{Layout, llama_family};
+use super::{Arch, Family, llama};
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds};
 
 const LAYOUT: Layout = Layout {
@@ -23,15 +23,10 @@ fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
 }
 
 /// Qwen3 as lorastream registers it (see [`super::Arch::family`]).
-pub(crate) const FAMILY: Family = Family {
-    lora: llama::TARGETS,
+pub(crate) const FAMILY: Family = llama_family!(
+    Arch::Qwen3,
+    LAYOUT,
+    llama::TARGETS,
     read_config,
-    write_config,
-    load: |cfg, ws| Ok(Box::new(Decoder::load(cfg, ws, LAYOUT)?)),
-    init: Init {
-        special_tokens: llama::SPECIAL_TOKENS,
-        config: |v, w, l, id| llama::tiny_as(Arch::Qwen3, v, w, l, id),
-        tokenizer_config: llama::tokenizer_config,
-        tensors: |cfg| decoder::tensors(cfg, LAYOUT),
-    },
-};
+    write_config
+);
