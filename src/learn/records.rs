@@ -162,7 +162,7 @@ pub struct Decision {
     #[serde(default)]
     pub gain_interval: Option<Estimate>,
     /// Per earlier stream: the forgetting with its interval.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "by_stream")]
     pub forgetting_intervals: BTreeMap<i64, Estimate>,
     /// Figures whose interval straddled their limit ("gain", "forgetting of
     /// stream 3", "probe set").
@@ -218,17 +218,27 @@ fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
-/// As [`f64_or_nan`], for each value of a map keyed by stream id (JSON
-/// keys are strings; read as text and parsed, so that this also works inside
-/// [`Outcome`]'s untagged buffering).
+/// As [`f64_or_nan`], for each value of a map keyed by stream id.
 fn map_f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<i64, f64>, D::Error> {
-    let m = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    let m: BTreeMap<i64, Option<f64>> = by_stream(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
+}
+
+/// A map keyed by stream id. JSON keys are strings: they are read as text
+/// and parsed, so that this also works inside [`Outcome`]'s untagged
+/// buffering (which cannot read a string key as an integer).
+fn by_stream<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<BTreeMap<i64, T>, D::Error> {
+    let m = BTreeMap::<String, T>::deserialize(d)?;
     m.into_iter()
         .map(|(k, v)| {
             let id = k.parse().map_err(|_| {
                 serde::de::Error::custom(format!("stream id {k:?} is not an integer"))
             })?;
-            Ok((id, v.unwrap_or(f64::NAN)))
+            Ok((id, v))
         })
         .collect()
 }
@@ -266,7 +276,14 @@ mod tests {
 
     #[test]
     fn a_decision_reads_back_typed_nan_included() {
-        let d = decision(f64::NAN);
+        let mut d = decision(f64::NAN);
+        let e = Estimate {
+            value: 0.01,
+            lo: f64::NAN,
+            hi: 0.02,
+        };
+        d.forgetting_intervals = BTreeMap::from([(1, e), (3, Estimate::point(0.01))]);
+        d.gain_interval = Some(e);
         let json = serde_json::to_value(&d).unwrap();
         assert!(json["reference_ppl"].is_null(), "JSON has no NaN: {json}");
         let Some(Outcome::Decided(back)) = serde_json::from_value(json).ok() else {
@@ -274,6 +291,11 @@ mod tests {
         };
         assert!(back.reference_ppl.is_nan() && back.gain.is_nan() && back.forgetting[&1].is_nan());
         assert_eq!((back.forgetting[&3], back.next), (0.01, d.next));
+        // Intervals per stream read back too (string keys, a NaN end).
+        assert_eq!(back.forgetting_intervals[&3], Estimate::point(0.01));
+        assert!(
+            back.forgetting_intervals[&1].lo.is_nan() && back.gain_interval.unwrap().hi == 0.02
+        );
         let failed = serde_json::json!({"error": "no trainable examples"});
         assert_eq!(
             serde_json::from_value::<Outcome>(failed).unwrap().reasons(),
