@@ -146,7 +146,8 @@ pub fn decide_stored(
         Action::Promote => (AdapterState::Promoted, None),
         Action::Retrain => (AdapterState::Rejected, Some(StreamState::Sealed)),
         Action::GiveUp => (AdapterState::NotLearned, Some(StreamState::NotLearned)),
-        Action::AlreadyKnown => (AdapterState::Rejected, Some(StreamState::Trained)),
+        // The stream is `trained` already (its candidate was): it stays so.
+        Action::AlreadyKnown => (AdapterState::Rejected, None),
     };
     // Recorded as `records::Outcome::Decided`, which is the decision itself.
     let record = serde_json::to_value(&d)?;
