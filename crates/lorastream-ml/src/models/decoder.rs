@@ -17,32 +17,6 @@ use crate::pass::Pass;
 use crate::rope::{rope_inv_freq, rotate_half};
 use crate::weights::Weights;
 
-/// The registration of a Llama-architecture family: `llama_family!(arch,
-/// layout, targets, read_config, write_config)` is its [`Family`], loading
-/// [`Decoder`] with `layout`, and `model init` making a tiny random one with
-/// Llama's tokenizer recipe.
-macro_rules! llama_family {
-    ($arch:expr, $layout:expr, $targets:expr, $read:expr, $write:expr) => {
-        $crate::models::Family {
-            lora: $targets,
-            read_config: $read,
-            write_config: $write,
-            load: |cfg, ws| {
-                Ok(Box::new($crate::models::decoder::Decoder::load(
-                    cfg, ws, $layout,
-                )?))
-            },
-            init: $crate::models::Init {
-                special_tokens: $crate::models::llama::SPECIAL_TOKENS,
-                config: |v, w, l, id| $crate::models::llama::tiny_as($arch, v, w, l, id),
-                tokenizer_config: $crate::models::llama::tokenizer_config,
-                tensors: |cfg| $crate::models::decoder::tensors(cfg, $layout),
-            },
-        }
-    };
-}
-pub(crate) use llama_family;
-
 /// How a family's checkpoint lays out the shared decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Layout {

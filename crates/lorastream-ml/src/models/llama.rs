@@ -3,7 +3,7 @@
 //! `mlp_bias` say. Its `config.json` reader is the one the other
 //! Llama-architecture families start from.
 
-use super::decoder::{Layout, llama_family};
+use super::decoder::Layout;
 use super::{Arch, Family};
 use crate::hf_config::{ConfigProblem, HfConfig, RopeScaling, SpecialIds, uint};
 use crate::lora::LoraTargets;

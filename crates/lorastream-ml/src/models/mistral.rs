@@ -4,7 +4,7 @@
 //! within the window instead (the context is `min(max_position_embeddings,
 //! sliding_window)`), where windowed attention and full attention agree.
 
-use super::decoder::{Layout, llama_family};
+use super::decoder::Layout;
 use super::{Arch, Family, llama};
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds, uint};
 

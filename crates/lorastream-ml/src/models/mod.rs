@@ -9,6 +9,31 @@
 //! families (Llama, Qwen2, Qwen3, Mistral, Phi-3) share [`decoder`] and
 //! differ by its [`decoder::Layout`] and their `config.json`.
 
+/// The registration of a Llama-architecture family: `llama_family!(arch,
+/// layout, targets, read_config, write_config)` is its [`Family`], loading
+/// [`Decoder`] with `layout`, and `model init` making a tiny random one with
+/// Llama's tokenizer recipe.
+macro_rules! llama_family {
+    ($arch:expr, $layout:expr, $targets:expr, $read:expr, $write:expr) => {
+        $crate::models::Family {
+            lora: $targets,
+            read_config: $read,
+            write_config: $write,
+            load: |cfg, ws| {
+                Ok(Box::new($crate::models::decoder::Decoder::load(
+                    cfg, ws, $layout,
+                )?))
+            },
+            init: $crate::models::Init {
+                special_tokens: $crate::models::llama::SPECIAL_TOKENS,
+                config: |v, w, l, id| $crate::models::llama::tiny_as($arch, v, w, l, id),
+                tokenizer_config: $crate::models::llama::tokenizer_config,
+                tensors: |cfg| $crate::models::decoder::tensors(cfg, $layout),
+            },
+        }
+    };
+}
+
 pub mod decoder;
 pub mod gpt2;
 pub mod llama;

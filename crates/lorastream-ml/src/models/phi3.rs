@@ -5,7 +5,7 @@
 //! Partial rotary embeddings (Phi-4-mini) and LongRoPE (the 128k variants)
 //! are refused by name.
 
-use super::decoder::{Layout, llama_family};
+use super::decoder::Layout;
 use super::{Arch, Family, llama, mistral};
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds};
 use crate::lora::LoraTargets;

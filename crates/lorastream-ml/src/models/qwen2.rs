@@ -2,7 +2,7 @@
 //! the query, key and value projections (not the output one); the ChatML
 //! template comes with the checkpoint.
 
-use super::decoder::{Layout, llama_family};
+use super::decoder::Layout;
 use super::{Arch, Family, llama};
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds};
 

@@ -3,7 +3,7 @@
 //! (`self_attn.q_norm`, `self_attn.k_norm`), an explicit `head_dim`, and
 //! biases only where `attention_bias` says.
 
-use super::decoder::{Layout, llama_family};
+use super::decoder::Layout;
 use super::{Arch, Family, llama};
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds};
 
