@@ -256,21 +256,7 @@ fn rust_trained_adapter_loads_in_peft() {
         );
 
         let logits = m.forward(&r.ids, Some(&r.mask), None, true);
-        let v = logits.size()[2];
-        let labels = r
-            .ids
-            .narrow(1, 1, r.ids.size()[1] - 1)
-            .masked_fill(&r.mask.narrow(1, 1, r.ids.size()[1] - 1).eq(0), -100);
-        let loss = logits
-            .narrow(1, 0, r.ids.size()[1] - 1)
-            .reshape([-1, v])
-            .cross_entropy_loss::<Tensor>(
-                &labels.reshape([-1]),
-                None,
-                tch::Reduction::Mean,
-                -100,
-                0.0,
-            );
+        let loss = next_token_loss(&logits, &r);
         loss.backward();
         tch::no_grad(|| {
             for (_, p) in m.lora_params() {
