@@ -3,7 +3,9 @@
 //! `tests/parity/make_reference.py` builds tiny random models of every family
 //! (GPT-2; Llama with GQA, non-default rope theta, llama3 rope scaling; Qwen2
 //! with q/k/v biases; Qwen3 with q/k norms and a separate head_dim; Mistral;
-//! Phi-3 with fused q/k/v and gate/up) and a PEFT adapter with non-zero B,
+//! Phi-3 with fused q/k/v and gate/up; Gemma; Gemma 2 with soft-capped
+//! scores and logits and a sliding layer shorter than the inputs; Gemma 3
+//! with a sliding layer on its own rotary theta) and a PEFT adapter with non-zero B,
 //! and records their logits; these tests load the same files in
 //! Rust and compare. The Python side runs in the venv made by
 //! `scripts/setup-libtorch.sh` (`make test` runs it first).
@@ -17,8 +19,8 @@ use lorastream_ml::{CausalLm, ChatTokenizer, LoraSpec};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
-const MODELS: [&str; 7] = [
-    "gpt2", "llama", "llama3", "qwen2", "qwen3", "mistral", "phi3",
+const MODELS: [&str; 10] = [
+    "gpt2", "llama", "llama3", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3",
 ];
 
 fn python() -> PathBuf {
@@ -320,5 +322,52 @@ fn chat_template_and_ids_match_transformers() {
             .collect();
         let want: Vec<u64> = serde_json::from_value(c["ids"].clone()).unwrap();
         assert_eq!(ids, want, "ids of {text:?}");
+    }
+}
+
+/// A model with sliding layers (the Gemma 2 reference: layer 0 sees 4 of the
+/// 10 positions) gives the same logits however its tokens are batched:
+/// whole, in chunks against a cache, and decoding together in a pool of
+/// slots (the serving paths), for three sequences at different lengths.
+#[test]
+fn sliding_layers_agree_on_every_attention_path() {
+    use lorastream_ml::Segment;
+    use lorastream_ml::kv_pool::KvPool;
+    let (r, m) = (load_ref("gemma2"), load_model("gemma2"));
+    let t = r.ids.size()[1];
+    let seqs = [r.ids.get(0), r.ids.get(0).flip([0]), r.ids.get(1)];
+    let whole: Vec<Tensor> = seqs
+        .iter()
+        .map(|s| tch::no_grad(|| m.forward(&s.unsqueeze(0), None, None, false).get(0)))
+        .collect();
+    let pool = KvPool::new(&m.config, Kind::Float, Device::Cpu, 3, t);
+    let mut caches: Vec<_> = (0..3).map(|i| pool.cache(i)).collect();
+    // Tokens each sequence takes per pass: prompts in chunks, single tokens
+    // (decoded together when two or more are), sums of 10.
+    let plan = [[5, 3, 1], [1, 1, 4], [2, 1, 1], [1, 1, 1], [1, 4, 3]];
+    let mut at = [0i64; 3];
+    for lens in plan {
+        let pick = |i: usize| seqs[i].narrow(0, at[i], lens[i]);
+        let ids = Tensor::cat(&[pick(0), pick(1), pick(2)], 0).unsqueeze(0);
+        let pos: Vec<Tensor> = (0..3)
+            .map(|i| Tensor::arange_start(at[i], at[i] + lens[i], (Kind::Int64, Device::Cpu)))
+            .collect();
+        let positions = Tensor::cat(&pos, 0).unsqueeze(0);
+        let segments = caches
+            .iter_mut()
+            .zip(lens)
+            .map(|(cache, len)| Segment {
+                len,
+                cache,
+                adapter: None,
+            })
+            .collect();
+        let h = m.forward_segments(&ids, &positions, segments, Some(&pool));
+        let logits = tch::no_grad(|| m.logits(&h));
+        for i in 0..3 {
+            at[i] += lens[i];
+            let what = format!("sequence {i} at {} after {lens:?}", at[i]);
+            assert_close(&what, &logits.get(i as i64), &whole[i].get(at[i] - 1));
+        }
     }
 }

@@ -22,7 +22,9 @@ import sys
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
+                          GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel,
+                          LlamaConfig, LlamaForCausalLM,
                           MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
                           PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM)
@@ -62,13 +64,31 @@ def models():
     # Qwen3: per-head q/k RMSNorm, head_dim apart from hidden/heads, tied head.
     yield "qwen3", randomized(Qwen3ForCausalLM(Qwen3Config(
         **small, head_dim=16, tie_word_embeddings=True))), ["q_proj", "k_proj", "o_proj", "down_proj"]
-    # Mistral: a sliding window longer than the sequences (lorastream's context).
-    yield "mistral", randomized(MistralForCausalLM(MistralConfig(**small, sliding_window=32))), every
+    # Mistral: every layer sees 4 positions of the 10.
+    yield "mistral", randomized(MistralForCausalLM(MistralConfig(**small, sliding_window=4))), every
     # Phi-3: q/k/v and gate/up fused in the checkpoint, one LoRA each.
     yield "phi3", randomized(Phi3ForCausalLM(Phi3Config(
         **small, pad_token_id=0, bos_token_id=1, eos_token_id=2, resid_pdrop=0.0,
-        embd_pdrop=0.0, attention_dropout=0.0, original_max_position_embeddings=64))), \
+        embd_pdrop=0.0, attention_dropout=0.0, original_max_position_embeddings=64,
+        sliding_window=6))), \
         ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    # Gemma: (1 + w) norms, embeddings x sqrt(hidden), GELU(tanh)-gated MLP, tied head.
+    gemma = dict(small, head_dim=8, initializer_range=0.1, attn_implementation="eager")
+    yield "gemma", randomized(GemmaForCausalLM(GemmaConfig(
+        **gemma, hidden_act="gelu_pytorch_tanh"))), every
+    # Gemma 2: norms around each block, query_pre_attn_scalar apart from head_dim,
+    # attention scores and logits soft-capped low enough to bite, layer 0
+    # sliding within 4 positions of the 10 (layer 1 global).
+    yield "gemma2", randomized(Gemma2ForCausalLM(Gemma2Config(
+        **gemma, query_pre_attn_scalar=12, attn_logit_softcapping=0.5,
+        final_logit_softcapping=2.0, sliding_window=4))), every
+    # Gemma 3: q/k norms, a sliding layer with its own rotary theta, a global
+    # layer with rope_theta and linear scaling.
+    yield "gemma3", randomized(Gemma3ForCausalLM(Gemma3TextConfig(
+        **dict(gemma, head_dim=16), query_pre_attn_scalar=10, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"], rope_theta=1e6,
+        rope_scaling={"rope_type": "linear", "factor": 2.0}, rope_local_base_freq=100.0))), \
+        ["q_proj", "k_proj", "o_proj", "gate_proj", "down_proj"]
 
 
 def randomized(model):

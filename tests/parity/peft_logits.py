@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 def main():
     model_dir, adapter_dir, ref, out = sys.argv[1:5]
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
     model = PeftModel.from_pretrained(base, adapter_dir)
     model.eval()
     r = load_file(ref)

@@ -1,7 +1,7 @@
 //! Attention over a KV cache that is allocated ahead and written in place:
 //! decoding a token copies only that token's keys and values, not the cache.
 
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// Keys and values of one layer: buffers `[b, kv_heads, capacity, head_dim]`
 /// of which the first `len` positions are filled.
@@ -126,32 +126,153 @@ impl KvCache {
     }
 }
 
+/// How one layer turns queries and keys into attention weights, beyond
+/// softmax(q·kᵀ/√d) over the causal past (the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Scores {
+    /// Multiplies q·kᵀ (None: 1/√head_dim).
+    pub scale: Option<f64>,
+    /// Scores pass `cap · tanh(s / cap)` before the mask (Gemma 2).
+    pub softcap: Option<f64>,
+    /// A query sees only the latest `window` positions, itself included.
+    pub window: Option<i64>,
+}
+
 /// Scaled dot-product attention over `q` and the new `k`, `v` appended to the
 /// cache. `mask`: additive `[b, 1, t, past + t]`; `None` = causal over the new
 /// tokens when the cache was empty, or all keys for a single query (which lets
 /// libtorch use its fused kernels instead of materialising the scores).
+/// A sliding window narrows either to the latest `window` keys.
 pub(crate) fn attention(
     q: &Tensor,
     k: Tensor,
     v: Tensor,
     mask: Option<&Tensor>,
     cache: Option<&mut LayerCache>,
+    scores: &Scores,
     gqa: bool,
 ) -> Tensor {
     let (k, v) = match cache {
         Some(c) => c.append(&k, &v),
         None => (k, v),
     };
-    // Grouped-query attention: SDPA shares each key/value head across its query
-    // heads itself (enable_gqa), without copying k and v.
-    let causal = mask.is_none() && q.size()[2] > 1;
-    Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, causal, None, gqa)
+    let (t, total) = (q.size()[2], k.size()[2]);
+    let windowed = scores
+        .window
+        .and_then(|w| band(t, total - t, w, q.device()))
+        .map(|band| match mask {
+            Some(m) => restrict(m, &band),
+            None => band.logical_and(&causal(t, total - t, q.device())),
+        });
+    let mask = windowed.as_ref().or(mask);
+    let causal = mask.is_none() && t > 1;
+    attend(q, &k, &v, mask, causal, scores, gqa)
+}
+
+/// Softmax attention with `scores`' scale and soft-capping; `mask`: boolean
+/// (true = may attend) or additive. Grouped-query attention: SDPA shares each
+/// key/value head across its query heads itself (enable_gqa), without
+/// copying k and v; soft-capped scores are formed here, as transformers'
+/// eager attention forms them (there is no fused kernel for them).
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal_rows: bool,
+    scores: &Scores,
+    gqa: bool,
+) -> Tensor {
+    let Some(cap) = scores.softcap else {
+        return Tensor::scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            mask,
+            0.0,
+            causal_rows,
+            scores.scale,
+            gqa,
+        );
+    };
+    let groups = q.size()[1] / k.size()[1];
+    let (k, v) = match groups {
+        1 => (k.shallow_clone(), v.shallow_clone()),
+        g => (
+            k.repeat_interleave_self_int(g, 1, None),
+            v.repeat_interleave_self_int(g, 1, None),
+        ),
+    };
+    let scale = scores.scale.unwrap_or(1.0 / (q.size()[3] as f64).sqrt());
+    let s = (q.matmul(&k.transpose(-2, -1)) * scale / cap).tanh() * cap;
+    let (t, total) = (q.size()[2], k.size()[2]);
+    let min = mask_min(s.kind());
+    let s = match mask {
+        Some(m) if m.kind() == Kind::Bool => s.masked_fill(&m.logical_not(), min),
+        Some(m) => s + m,
+        None if causal_rows => s.masked_fill(&causal(t, total - t, q.device()).logical_not(), min),
+        None => s,
+    };
+    s.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&v)
+}
+
+/// `[1, 1, t, past + t]`, true where query i may see key j (j ≤ past + i).
+pub(crate) fn causal(t: i64, past: i64, dev: Device) -> Tensor {
+    let opts = (Kind::Int64, dev);
+    let qi = Tensor::arange_start(past, past + t, opts).unsqueeze(1);
+    let kj = Tensor::arange(past + t, opts).unsqueeze(0);
+    kj.le_tensor(&qi).view([1, 1, t, past + t])
+}
+
+/// `[1, 1, t, past + t]`, true where key j is among the `window` latest
+/// positions of query i (j > past + i − window); None when every key is.
+/// Rows padded at one end keep their tokens' distances, so the band over
+/// indices is the band over positions.
+fn band(t: i64, past: i64, window: i64, dev: Device) -> Option<Tensor> {
+    if past + t <= window {
+        return None;
+    }
+    let opts = (Kind::Int64, dev);
+    let qi = Tensor::arange_start(past, past + t, opts).unsqueeze(1);
+    let kj = Tensor::arange(past + t, opts).unsqueeze(0);
+    Some(kj.gt_tensor(&(qi - window)).view([1, 1, t, past + t]))
+}
+
+/// `mask` (boolean or additive) also refusing what `band` refuses.
+fn restrict(mask: &Tensor, band: &Tensor) -> Tensor {
+    match mask.kind() {
+        Kind::Bool => mask.logical_and(band),
+        kind => mask.masked_fill(&band.logical_not(), mask_min(kind)),
+    }
+}
+
+/// The most negative finite value of `kind`: masked scores (as
+/// transformers, so a row with every key masked is uniform, not NaN).
+pub(crate) fn mask_min(kind: Kind) -> f64 {
+    match kind {
+        Kind::BFloat16 => -3.3895313892515355e38,
+        Kind::Half => -65504.0,
+        Kind::Double => f64::MIN,
+        _ => f32::MIN as f64,
+    }
+}
+
+/// The keys a pooled decoding step of queries at positions `past` `[d]`
+/// may see: `[d, 1, 1, keys]`, the causal past within `window`.
+pub(crate) fn seen(past: &Tensor, keys: i64, window: Option<i64>) -> Tensor {
+    let d = past.size()[0];
+    let kj = Tensor::arange(keys, (Kind::Int64, past.device())).unsqueeze(0);
+    let p = past.unsqueeze(1);
+    let mut seen = kj.le_tensor(&p);
+    if let Some(w) = window {
+        seen = seen.logical_and(&kj.gt_tensor(&(p - w)));
+    }
+    seen.view([d, 1, 1, keys])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Kind;
 
     #[test]
     fn the_cache_grows_and_keeps_what_it_holds() {

@@ -15,6 +15,9 @@ text_enum! {
         Qwen3 = "qwen3",
         Mistral = "mistral",
         Phi3 = "phi3",
+        Gemma = "gemma",
+        Gemma2 = "gemma2",
+        Gemma3 = "gemma3_text",
     }
 }
 
@@ -54,6 +57,53 @@ pub struct HfConfig {
     pub bos_token_id: Option<i64>,
     pub eos_token_ids: Vec<i64>,
     pub pad_token_id: Option<i64>,
+    /// What Gemma adds to the shared decoder (the defaults elsewhere).
+    #[serde(default)]
+    pub extras: Extras,
+}
+
+text_enum! {
+    /// The gate's activation in a gated MLP (`hidden_act`, Gemma's
+    /// `hidden_activation`).
+    #[derive(Default)]
+    pub enum Activation {
+        #[default]
+        Silu = "silu",
+        /// GELU with the tanh approximation (transformers' `gelu_pytorch_tanh`).
+        GeluTanh = "gelu_pytorch_tanh",
+        Gelu = "gelu",
+    }
+}
+
+impl Activation {
+    pub fn apply(self, x: &tch::Tensor) -> tch::Tensor {
+        match self {
+            Activation::Silu => x.silu(),
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::Gelu => x.gelu("none"),
+        }
+    }
+}
+
+/// Attention and head settings beyond a plain causal decoder, each off by
+/// default: only the families that have them set them (Gemma 2/3).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Extras {
+    /// Multiplies q·kᵀ (None: 1/√head_dim); Gemma: `query_pre_attn_scalar`^-½.
+    pub attn_scale: Option<f64>,
+    /// Attention scores pass `cap · tanh(s / cap)` (`attn_logit_softcapping`).
+    pub attn_softcap: Option<f64>,
+    /// Logits pass `cap · tanh(z / cap)` (`final_logit_softcapping`).
+    pub final_softcap: Option<f64>,
+    /// How many positions back a sliding layer sees, itself included.
+    pub sliding_window: Option<usize>,
+    /// Per layer, whether it attends within `sliding_window` (`layer_types`).
+    pub sliding_layers: Vec<bool>,
+    /// Rotary theta of the sliding layers, without scaling (Gemma 3's
+    /// `rope_local_base_freq`; None: they use the global rotary embedding).
+    pub local_rope_theta: Option<f64>,
+    /// The gated MLP's activation.
+    pub activation: Activation,
 }
 
 /// The special token ids every family's `config.json` may name.
@@ -139,18 +189,58 @@ mod tests {
             }
             HfConfig::from_json(&v)
         };
-        // Mistral v0.1 and Phi-3-mini: the context stays within the window.
+        // Mistral v0.1 and Phi-3-mini: every layer slides; the context is the model's.
         let m = with(json!({"model_type": "mistral", "sliding_window": 4096})).unwrap();
-        assert_eq!((m.arch, m.max_position_embeddings), (Arch::Mistral, 4096));
+        assert_eq!((m.arch, m.max_position_embeddings), (Arch::Mistral, 32768));
+        assert_eq!(m.extras.sliding_window, Some(4096));
+        assert_eq!(m.extras.sliding_layers, vec![true, true]);
         let m = with(json!({"model_type": "mistral", "sliding_window": null})).unwrap();
-        assert_eq!(m.max_position_embeddings, 32768);
+        assert_eq!(m.extras.sliding_window, None);
         let p = with(json!({"model_type": "phi3", "sliding_window": 2047})).unwrap();
-        assert_eq!(p.max_position_embeddings, 2047);
+        assert_eq!(p.extras.sliding_window, Some(2047));
         let q = with(json!({"model_type": "qwen3", "head_dim": 128})).unwrap();
         assert_eq!((q.arch, q.head_dim), (Arch::Qwen3, 128));
+        // Qwen's switch: the layers from max_window_layers on slide.
+        let q = with(json!({"model_type": "qwen2", "use_sliding_window": true,
+            "sliding_window": 64, "max_window_layers": 1}))
+        .unwrap();
+        assert_eq!(q.extras.sliding_layers, vec![false, true]);
+        let q = with(json!({"model_type": "qwen2", "sliding_window": 64})).unwrap();
+        assert_eq!(q.extras.sliding_window, None);
+        // Gemma: tied head, GELU(tanh), Gemma 2's caps and alternate layers,
+        // Gemma 3's one global layer in six.
+        let g = with(json!({"model_type": "gemma2"})).unwrap();
+        assert!(g.tie_word_embeddings);
+        assert_eq!(g.extras.activation, Activation::GeluTanh);
+        assert_eq!(
+            (g.extras.attn_softcap, g.extras.final_softcap),
+            (Some(50.0), Some(30.0))
+        );
+        assert_eq!(
+            (g.extras.sliding_window, g.extras.attn_scale),
+            (Some(4096), Some(1.0 / 16.0))
+        );
+        assert_eq!(g.extras.sliding_layers, vec![true, false]);
+        let g =
+            with(json!({"model_type": "gemma3_text", "final_logit_softcapping": null})).unwrap();
+        assert_eq!(
+            (g.extras.final_softcap, g.extras.local_rope_theta),
+            (None, Some(10000.0))
+        );
+        assert_eq!(g.extras.sliding_layers, vec![true, true]);
+        let back = HfConfig::from_json(&g.to_json()).unwrap();
+        assert_eq!(back, g);
+        let e =
+            with(json!({"model_type": "gemma2", "layer_types": ["full_attention"]})).unwrap_err();
+        assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("layer_types has 1")));
+        let e = with(json!({"model_type": "gemma3_text", "use_bidirectional_attention": true}))
+            .unwrap_err();
+        assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("bidirectional")));
+        let e = with(json!({"model_type": "gemma2", "attn_logit_softcapping": -1})).unwrap_err();
+        assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("attn_logit_softcapping")));
+        let e = with(json!({"model_type": "gemma", "hidden_act": "relu"})).unwrap_err();
+        assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("relu")));
         // What lorastream does not do is refused by name.
-        let e = with(json!({"model_type": "qwen2", "use_sliding_window": true})).unwrap_err();
-        assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("use_sliding_window")));
         let e = with(json!({"model_type": "phi3", "partial_rotary_factor": 0.75})).unwrap_err();
         assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("partial_rotary_factor")));
         let e = with(json!({"model_type": "phi3", "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}})).unwrap_err();

@@ -8,7 +8,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::attention::{KvCache, LayerCache, Qkv};
+use crate::attention::{KvCache, LayerCache, Qkv, Scores, attend, seen};
 use crate::hf_config::HfConfig;
 
 pub struct KvPool {
@@ -60,7 +60,14 @@ impl KvPool {
     /// `layer`: `x.q` `[d, heads, 1, hd]`, `x.k`, `x.v` `[d, kv_heads, 1, hd]`
     /// of the sequences at `rows` (slot, positions its cache holds). Writes
     /// the new keys and values into the slots; returns `[d, heads, 1, hd]`.
-    pub(crate) fn decode(&self, layer: usize, x: &Qkv, rows: &[(i64, i64)], gqa: bool) -> Tensor {
+    pub(crate) fn decode(
+        &self,
+        layer: usize,
+        x: &Qkv,
+        rows: &[(i64, i64)],
+        scores: &Scores,
+        gqa: bool,
+    ) -> Tensor {
         let dev = x.q.device();
         let (pk, pv) = &self.layers[layer];
         let (slots, past): (Vec<i64>, Vec<i64>) = rows.iter().copied().unzip();
@@ -76,10 +83,7 @@ impl KvPool {
         let keys = past.iter().max().map_or(1, |m| m + 1);
         let ks = pk.narrow(2, 0, keys).index_select(0, &s);
         let vs = pv.narrow(2, 0, keys).index_select(0, &s);
-        let seen = Tensor::arange(keys, (Kind::Int64, dev))
-            .unsqueeze(0)
-            .le_tensor(&p.unsqueeze(1))
-            .view([rows.len() as i64, 1, 1, keys]);
-        Tensor::scaled_dot_product_attention(&x.q, &ks, &vs, Some(&seen), 0.0, false, None, gqa)
+        let seen = seen(&p, keys, scores.window);
+        attend(&x.q, &ks, &vs, Some(&seen), false, scores, gqa)
     }
 }

@@ -122,6 +122,11 @@ fn backward_nll_in(
                     &Tensor::full([tc.size()[0], 1], -1.0, (Kind::Float, g.device())),
                 );
                 let _ = g.g_mul_scalar_(scale);
+                // Soft-capped logits c·tanh(z/c): times their slope 1 − tanh²(z/c).
+                if let Some(cap) = model.config.extras.final_softcap {
+                    let capped = model.logits(hc).to_kind(Kind::Float) / cap;
+                    let _ = g.g_mul_(&(capped.square().neg() + 1.0));
+                }
                 g.to_kind(w.kind()).mm(w)
             })
             .collect()

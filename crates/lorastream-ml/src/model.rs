@@ -182,14 +182,26 @@ impl CausalLm {
     /// (decoding: the head's decode copy where kept).
     pub fn head_rows(&self, h: &Tensor) -> Tensor {
         match self.inner.head_decode() {
-            Some(w) if super::fused::reads_copies(h.size()[0], true) => decode_linear(h, w),
+            Some(w) if super::fused::reads_copies(h.size()[0], true) => {
+                self.softcapped(decode_linear(h, w))
+            }
             _ => self.logits(h),
         }
     }
 
-    /// The LM head: logits `[…, vocab]` of hidden states `[…, hidden]`.
+    /// The LM head: logits `[…, vocab]` of hidden states `[…, hidden]`
+    /// (soft-capped where the family caps them).
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(self.head_weight(), None)
+        self.softcapped(hidden.linear::<Tensor>(self.head_weight(), None))
+    }
+
+    /// `cap · tanh(z / cap)` of the head's output `z` where the config caps
+    /// logits (Gemma 2's `final_logit_softcapping`); `z` elsewhere.
+    fn softcapped(&self, z: Tensor) -> Tensor {
+        match self.config.extras.final_softcap {
+            Some(cap) => (z / cap).tanh() * cap,
+            None => z,
+        }
     }
 
     /// The `[vocab, hidden]` LM head weight (the embedding when tied).
@@ -213,12 +225,7 @@ impl CausalLm {
             let keys = m.to_device(self.device).ne(0).view([b, 1, 1, total]);
             allowed = allowed.logical_and(&keys);
         }
-        let min = match self.kind {
-            Kind::BFloat16 => -3.3895313892515355e38,
-            Kind::Half => -65504.0,
-            Kind::Double => f64::MIN,
-            _ => f32::MIN as f64,
-        };
+        let min = crate::attention::mask_min(self.kind);
         Tensor::zeros([b, 1, t, total], (self.kind, self.device))
             .masked_fill(&allowed.logical_not(), min)
     }

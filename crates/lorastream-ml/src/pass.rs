@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use crate::attention::{KvCache, LayerCache, Qkv, attention};
+use crate::attention::{KvCache, LayerCache, Qkv, Scores, attention, causal};
 use crate::kv_pool::KvPool;
 use crate::lora::{Linear, LoraWeights};
 
@@ -92,12 +92,13 @@ impl<'a> Pass<'a> {
         q: &Tensor,
         k: Tensor,
         v: Tensor,
+        scores: &Scores,
         gqa: bool,
     ) -> Tensor {
         match &mut self.rows {
             Rows::Whole { mask, cache } => {
                 let c = cache.as_deref_mut().map(|c| &mut c[layer]);
-                attention(q, k, v, *mask, c, gqa)
+                attention(q, k, v, *mask, c, scores, gqa)
             }
             Rows::Segments(segs, pool) => {
                 let x = Qkv {
@@ -105,7 +106,7 @@ impl<'a> Pass<'a> {
                     k,
                     v,
                 };
-                attend_segments(segs, *pool, layer, &x, gqa)
+                attend_segments(segs, *pool, layer, &x, scores, gqa)
             }
         }
     }
@@ -170,11 +171,11 @@ impl<'a> Pass<'a> {
 }
 
 /// One segment's attention against its own cache (`x`: its rows).
-fn attend_one(s: &mut Segment, layer: usize, x: Qkv, gqa: bool) -> Tensor {
+fn attend_one(s: &mut Segment, layer: usize, x: Qkv, scores: &Scores, gqa: bool) -> Tensor {
     let c = &mut s.cache.layers[layer];
     let past = c.len();
-    let mask = (past > 0 && s.len > 1).then(|| offset_causal(&x.q, past));
-    attention(&x.q, x.k, x.v, mask.as_ref(), Some(c), gqa)
+    let mask = (past > 0 && s.len > 1).then(|| causal(s.len, past, x.q.device()));
+    attention(&x.q, x.k, x.v, mask.as_ref(), Some(c), scores, gqa)
 }
 
 /// Attention of a ragged pass: sequences decoding in slots of `pool` in
@@ -184,10 +185,11 @@ fn attend_segments(
     pool: Option<&KvPool>,
     layer: usize,
     x: &Qkv,
+    scores: &Scores,
     gqa: bool,
 ) -> Tensor {
     if let [s] = segs {
-        return attend_one(s, layer, x.map(Tensor::shallow_clone), gqa);
+        return attend_one(s, layer, x.map(Tensor::shallow_clone), scores, gqa);
     }
     let pooled = |s: &Segment| pool.is_some() && s.len == 1 && s.cache.slot.is_some();
     let together = segs.iter().filter(|s| pooled(s)).count() >= 2;
@@ -203,7 +205,7 @@ fn attend_segments(
             ));
             s.cache.layers[layer].filled(1);
         } else {
-            let r = attend_one(s, layer, x.map(|t| t.narrow(2, start, s.len)), gqa);
+            let r = attend_one(s, layer, x.map(|t| t.narrow(2, start, s.len)), scores, gqa);
             out.narrow(2, start, s.len).copy_(&r);
         }
         start += s.len;
@@ -211,7 +213,7 @@ fn attend_segments(
     if let (Some(pool), false) = (pool, idx.is_empty()) {
         let at = Tensor::from_slice(&idx).to_device(x.q.device());
         let mine = x.map(|t| t.index_select(2, &at).permute([2, 1, 0, 3]));
-        let o = pool.decode(layer, &mine, &rows, gqa);
+        let o = pool.decode(layer, &mine, &rows, scores, gqa);
         let mut out = out.shallow_clone();
         let _ = out.index_copy_(2, &at, &o.permute([2, 1, 0, 3]));
     }
@@ -224,14 +226,4 @@ fn same(a: Option<&Adapter>, b: Option<&Adapter>) -> bool {
         (Some(a), Some(b)) => std::ptr::eq(a, b),
         _ => false,
     }
-}
-
-/// `[1, 1, t, past + t]`, true where query i may see key j (j ≤ past + i):
-/// a chunk of a prompt whose earlier chunks are cached.
-fn offset_causal(q: &Tensor, past: i64) -> Tensor {
-    let t = q.size()[2];
-    let opts = (Kind::Int64, q.device());
-    let qi = Tensor::arange_start(past, past + t, opts).unsqueeze(1);
-    let kj = Tensor::arange(past + t, opts).unsqueeze(0);
-    kj.le_tensor(&qi).view([1, 1, t, past + t])
 }

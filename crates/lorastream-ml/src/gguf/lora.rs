@@ -21,6 +21,7 @@ use crate::lora::read_adapter;
 pub fn llama_cpp_arch(arch: Arch) -> &'static str {
     match arch {
         Arch::Mistral => "llama",
+        Arch::Gemma3 => "gemma3",
         other => other.as_str(),
     }
 }
@@ -39,7 +40,13 @@ const LLAMA_NAMES: &[(&str, &str)] = &[
 /// llama.cpp's name of a linear layer, from its checkpoint (PEFT) path.
 pub fn gguf_module(arch: Arch, path: &str) -> Option<String> {
     let (prefix, table): (&str, &[(&str, &str)]) = match arch {
-        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Mistral => ("model.layers.", LLAMA_NAMES),
+        Arch::Llama
+        | Arch::Qwen2
+        | Arch::Qwen3
+        | Arch::Mistral
+        | Arch::Gemma
+        | Arch::Gemma2
+        | Arch::Gemma3 => ("model.layers.", LLAMA_NAMES),
         Arch::Phi3 => (
             "model.layers.",
             &[

@@ -171,7 +171,7 @@ impl Backbone for Gpt2 {
             let parts = qkv.split(d, -1);
             let heads = |t_: &Tensor| t_.view([b, t, nh, hd]).transpose(1, 2);
             let (q, k, v) = (heads(&parts[0]), heads(&parts[1]), heads(&parts[2]));
-            let a = pass.attention(i, &q, k, v, false);
+            let a = pass.attention(i, &q, k, v, &Default::default(), false);
             let a = a.transpose(1, 2).contiguous().view([b, t, d]);
             x = x + pass.linear(&blk.attn_proj, &a);
             let h = blk.ln_2.forward(&x);
@@ -225,6 +225,7 @@ pub(crate) fn read_config(
         bos_token_id: ids.bos,
         eos_token_ids: ids.eos,
         pad_token_id: ids.pad,
+        extras: Default::default(),
     })
 }
 
@@ -295,6 +296,7 @@ fn tiny_config(
         bos_token_id: id("<|endoftext|>"),
         eos_token_ids: id("<|endoftext|>").into_iter().collect(),
         pad_token_id: None,
+        extras: Default::default(),
     }
 }
 

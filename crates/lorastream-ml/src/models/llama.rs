@@ -62,18 +62,79 @@ pub(crate) fn read_as(
         bos_token_id: ids.bos,
         eos_token_ids: ids.eos,
         pad_token_id: ids.pad,
+        extras: Default::default(),
     })
 }
 
-/// Refuses a config whose layers attend within a window (`use_sliding_window`,
-/// Qwen's switch): lorastream attends to the whole sequence.
-pub(crate) fn refuse_sliding_window(v: &serde_json::Value) -> Result<(), ConfigProblem> {
-    if v.get("use_sliding_window").and_then(|x| x.as_bool()) == Some(true) {
-        return Err(ConfigProblem::Invalid(
-            "use_sliding_window = true is not supported".into(),
-        ));
+/// The sliding window of a config (`sliding_window`, else `default`) and
+/// the layers it applies to: those `layer_types` marks `sliding_attention`,
+/// or without that list each layer `slides(i)` picks. No window: none.
+pub(crate) fn read_window(
+    c: &mut HfConfig,
+    v: &serde_json::Value,
+    default: Option<usize>,
+    slides: impl Fn(usize) -> bool,
+) -> Result<(), ConfigProblem> {
+    let window = match v.get("sliding_window") {
+        None => default,
+        Some(w) => w.as_u64().map(|w| w as usize),
+    };
+    let Some(window) = window.filter(|w| *w > 0) else {
+        return Ok(());
+    };
+    let layers: Vec<bool> = match v.get("layer_types").and_then(|x| x.as_array()) {
+        None => (0..c.num_layers).map(slides).collect(),
+        Some(types) => types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(true),
+                Some("full_attention") => Ok(false),
+                _ => Err(ConfigProblem::Invalid(format!(
+                    "layer_types: {t} is not sliding_attention or full_attention"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if layers.len() != c.num_layers {
+        return Err(ConfigProblem::Invalid(format!(
+            "layer_types has {} entries for {} layers",
+            layers.len(),
+            c.num_layers
+        )));
     }
+    c.extras.sliding_window = Some(window);
+    c.extras.sliding_layers = layers;
     Ok(())
+}
+
+/// Qwen's switch: with `use_sliding_window`, the layers from
+/// `max_window_layers` (28) on slide (or those `layer_types` marks).
+pub(crate) fn read_qwen_window(
+    c: &mut HfConfig,
+    v: &serde_json::Value,
+) -> Result<(), ConfigProblem> {
+    if v.get("use_sliding_window").and_then(|x| x.as_bool()) != Some(true) {
+        return Ok(());
+    }
+    let full = uint(v, "max_window_layers").unwrap_or(28);
+    read_window(c, v, None, |i| i >= full)
+}
+
+/// `config.json`'s `sliding_window` and `layer_types`, where the model has a window.
+pub(crate) fn write_window(c: &HfConfig, v: &mut serde_json::Value) {
+    let e = &c.extras;
+    let types: Vec<&str> = e
+        .sliding_layers
+        .iter()
+        .map(|s| match s {
+            true => "sliding_attention",
+            false => "full_attention",
+        })
+        .collect();
+    v["sliding_window"] = serde_json::json!(e.sliding_window);
+    if e.sliding_window.is_some() {
+        v["layer_types"] = serde_json::json!(types);
+    }
 }
 
 fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
@@ -169,6 +230,7 @@ pub(crate) fn tiny_as(
         bos_token_id: id("<|im_start|>"),
         eos_token_ids: id("<|im_end|>").into_iter().collect(),
         pad_token_id: id("<|endoftext|>"),
+        extras: Default::default(),
     }
 }
 

@@ -6,15 +6,21 @@
 //! them, and how `model init` makes a tiny random one. This file lists the
 //! families: adding one is its model file, one variant and one arm here,
 //! and its parity test (`tests/it/parity.rs`). The Llama-architecture
-//! families (Llama, Qwen2, Qwen3, Mistral, Phi-3) share [`decoder`] and
-//! differ by its [`decoder::Layout`] and their `config.json`.
+//! families (Llama, Qwen2, Qwen3, Mistral, Phi-3, Gemma 1/2/3) share
+//! [`decoder`] and differ by its [`decoder::Layout`] and their `config.json`.
 
 /// The registration of a Llama-architecture family: `llama_family!(arch,
-/// layout, targets, read_config, write_config)` is its [`Family`], loading
-/// [`Decoder`] with `layout`, and `model init` making a tiny random one with
+/// layout, targets, read_config, write_config[, tiny_config])` is its
+/// [`Family`], loading [`Decoder`] with `layout`, and `model init` making a
+/// tiny random one (Llama's config unless `tiny_config` is given) with
 /// Llama's tokenizer recipe.
 macro_rules! llama_family {
     ($arch:expr, $layout:expr, $targets:expr, $read:expr, $write:expr) => {
+        llama_family!($arch, $layout, $targets, $read, $write, |v, w, l, id| {
+            $crate::models::llama::tiny_as($arch, v, w, l, id)
+        })
+    };
+    ($arch:expr, $layout:expr, $targets:expr, $read:expr, $write:expr, $tiny:expr) => {
         $crate::models::Family {
             lora: $targets,
             read_config: $read,
@@ -26,7 +32,7 @@ macro_rules! llama_family {
             },
             init: $crate::models::Init {
                 special_tokens: $crate::models::llama::SPECIAL_TOKENS,
-                config: |v, w, l, id| $crate::models::llama::tiny_as($arch, v, w, l, id),
+                config: $tiny,
                 tokenizer_config: $crate::models::llama::tokenizer_config,
                 tensors: |cfg| $crate::models::decoder::tensors(cfg, $layout),
             },
@@ -35,6 +41,9 @@ macro_rules! llama_family {
 }
 
 pub mod decoder;
+pub mod gemma;
+pub mod gemma2;
+pub mod gemma3;
 pub mod gpt2;
 pub mod llama;
 pub mod mistral;
@@ -65,6 +74,9 @@ impl Arch {
             Arch::Qwen3 => &qwen3::FAMILY,
             Arch::Mistral => &mistral::FAMILY,
             Arch::Phi3 => &phi3::FAMILY,
+            Arch::Gemma => &gemma::FAMILY,
+            Arch::Gemma2 => &gemma2::FAMILY,
+            Arch::Gemma3 => &gemma3::FAMILY,
         }
     }
 

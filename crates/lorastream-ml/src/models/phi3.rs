@@ -1,12 +1,12 @@
 //! Phi-3 and Phi-3.5 (Phi3ForCausalLM): the Llama decoder with q, k and v
 //! fused in the checkpoint (`self_attn.qkv_proj`) and so gate and up
 //! (`mlp.gate_up_proj`, gate first): one linear, and one LoRA, each, as
-//! PEFT targets them. Like Mistral, sequences stay within `sliding_window`.
+//! PEFT targets them. Like Mistral, every layer sees `sliding_window` back.
 //! Partial rotary embeddings (Phi-4-mini) and LongRoPE (the 128k variants)
 //! are refused by name.
 
 use super::decoder::Layout;
-use super::{Arch, Family, llama, mistral};
+use super::{Arch, Family, llama};
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds};
 use crate::lora::LoraTargets;
 
@@ -14,6 +14,8 @@ const LAYOUT: Layout = Layout {
     qkv_bias: false,
     qk_norm: false,
     fused: true,
+    gemma: false,
+    sandwich: false,
 };
 
 fn read_config(v: &serde_json::Value, ids: SpecialIds) -> Result<HfConfig, ConfigProblem> {
@@ -27,13 +29,13 @@ fn read_config(v: &serde_json::Value, ids: SpecialIds) -> Result<HfConfig, Confi
         )));
     }
     let mut c = llama::read_as(v, ids, Arch::Phi3)?;
-    mistral::within_window(&mut c, v);
+    llama::read_window(&mut c, v, None, |_| true)?;
     Ok(c)
 }
 
 fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
     let mut v = llama::write_as(c, eos, "Phi3ForCausalLM");
-    v["sliding_window"] = serde_json::json!(c.max_position_embeddings);
+    llama::write_window(c, &mut v);
     v["original_max_position_embeddings"] = serde_json::json!(c.max_position_embeddings);
     v
 }

@@ -10,15 +10,24 @@ const LAYOUT: Layout = Layout {
     qkv_bias: true,
     qk_norm: false,
     fused: false,
+    gemma: false,
+    sandwich: false,
 };
 
 fn read_config(v: &serde_json::Value, ids: SpecialIds) -> Result<HfConfig, ConfigProblem> {
-    llama::refuse_sliding_window(v)?;
-    llama::read_as(v, ids, Arch::Qwen2)
+    let mut c = llama::read_as(v, ids, Arch::Qwen2)?;
+    llama::read_qwen_window(&mut c, v)?;
+    Ok(c)
 }
 
 fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
-    llama::write_as(c, eos, "Qwen2ForCausalLM")
+    let mut v = llama::write_as(c, eos, "Qwen2ForCausalLM");
+    if c.extras.sliding_window.is_some() {
+        v["use_sliding_window"] = serde_json::json!(true);
+        v["max_window_layers"] = serde_json::json!(0);
+        llama::write_window(c, &mut v);
+    }
+    v
 }
 
 /// Qwen2 as lorastream registers it (see [`super::Arch::family`]).
