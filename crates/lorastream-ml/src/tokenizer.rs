@@ -44,6 +44,10 @@ pub struct ChatTokenizer {
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     pub pad_token: Option<String>,
+    /// The template refuses a system message (Gemma 1/2 raise): a leading
+    /// system message goes at the start of the first user message instead,
+    /// as Gemma 3's template puts it.
+    pub folds_system: bool,
 }
 
 /// `"<s>"` or `{"content": "<s>", …}` as tokenizer_config.json writes special tokens.
@@ -111,10 +115,17 @@ impl ChatTokenizer {
             bos_token: token_str(cfg.get("bos_token")),
             eos_token: token_str(cfg.get("eos_token")),
             pad_token: token_str(cfg.get("pad_token")),
+            folds_system: false,
         };
         // Fail at load, not at the first request.
         tok.env()?;
-        Ok(tok)
+        let probe = |m: &[Message]| tok.render_as_is(m, true).is_ok();
+        let (system, user) = (Message::new("system", "s"), Message::new("user", "u"));
+        let folds_system = !probe(&[system, user.clone()]) && probe(&[user]);
+        Ok(ChatTokenizer {
+            folds_system,
+            ..tok
+        })
     }
 
     fn env(&self) -> Result<minijinja::Environment<'_>, MlError> {
@@ -139,8 +150,35 @@ impl ChatTokenizer {
         Ok(env)
     }
 
-    /// Renders messages as transformers' `apply_chat_template(tokenize=False)`.
+    /// Renders messages as transformers' `apply_chat_template(tokenize=False)`
+    /// (a system message folded where the template refuses one).
     pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, MlError> {
+        self.render_as_is(&self.folded(messages), add_generation_prompt)
+    }
+
+    /// `messages` with a leading system message put at the start of the
+    /// first user message, where the template refuses system messages.
+    fn folded<'m>(&self, messages: &'m [Message]) -> std::borrow::Cow<'m, [Message]> {
+        match messages.split_first() {
+            Some((system, rest)) if self.folds_system && system.role == "system" => {
+                let mut rest = rest.to_vec();
+                match rest.first_mut() {
+                    Some(user) if user.role == "user" => {
+                        user.content = format!("{}\n\n{}", system.content, user.content);
+                    }
+                    _ => rest.insert(0, Message::new("user", &system.content)),
+                }
+                std::borrow::Cow::Owned(rest)
+            }
+            _ => std::borrow::Cow::Borrowed(messages),
+        }
+    }
+
+    fn render_as_is(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
@@ -176,6 +214,7 @@ impl ChatTokenizer {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>, MlError> {
+        let messages = &self.folded(messages);
         let rendered = self.render(messages, add_generation_prompt)?;
         let spans = match self.content_spans(messages, add_generation_prompt, &rendered) {
             Some(spans) => spans,
@@ -308,5 +347,50 @@ impl ChatTokenizer {
             .and_then(|t| self.token_id(t))
             .or_else(|| self.eos_id())
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::{InitOptions, Preset, init_model};
+
+    /// Gemma 2's template, which refuses system messages.
+    const GEMMA2: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
+
+    #[test]
+    fn a_template_that_refuses_system_messages_gets_them_in_the_first_user_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            arch: crate::Arch::Gemma2,
+            preset: Preset::Tiny,
+            corpus: None,
+            seed: 1,
+            vocab_size: 300,
+        };
+        init_model(dir.path(), &opts).unwrap();
+        let plain = ChatTokenizer::load(dir.path(), None).unwrap();
+        assert!(!plain.folds_system, "ChatML takes system messages");
+        let template = dir.path().join("gemma2.jinja");
+        std::fs::write(&template, GEMMA2).unwrap();
+        let tok = ChatTokenizer::load(dir.path(), Some(&template)).unwrap();
+        assert!(tok.folds_system);
+        let chat = [
+            Message::new("system", "Be brief."),
+            Message::new("user", "What is LoRA?"),
+        ];
+        let text = tok.render(&chat, true).unwrap();
+        let bos = tok.bos_token.clone().unwrap_or_default();
+        let want = format!(
+            "{bos}<start_of_turn>user\nBe brief.\n\nWhat is LoRA?<end_of_turn>\n<start_of_turn>model\n"
+        );
+        assert_eq!(text, want);
+        assert!(!tok.encode_chat(&chat, true).unwrap().is_empty());
+        let alone = [Message::new("system", "Only a note.")];
+        assert!(
+            tok.render(&alone, true)
+                .unwrap()
+                .contains("user\nOnly a note.")
+        );
     }
 }
