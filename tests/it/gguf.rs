@@ -3,8 +3,8 @@
 //!
 //! `tests/parity/make_gguf.py` writes a tiny random Llama model with the `gguf`
 //! package (every tensor type we read, llama.cpp names and Q/K order, a BPE
-//! tokenizer and chat template), loads it with transformers, and records its
-//! logits and token ids; the real SmolLM2 Q4_1 file (the set-up script's
+//! tokenizer and chat template) and tiny Qwen2 and Qwen3 files, loads them
+//! with transformers, and records their logits and token ids; the real SmolLM2 Q4_1 file (the set-up script's
 //! fallback model), when present, is compared on a greedy continuation.
 
 use std::path::{Path, PathBuf};
@@ -63,24 +63,42 @@ fn imported(name: &str, src: &Path) -> PathBuf {
     out
 }
 
-#[test]
-fn tiny_gguf_logits_match_transformers() {
-    let dir = imported("tiny", &fixtures().join("tiny.gguf"));
-    let m = CausalLm::load(&dir, Device::Cpu, Kind::Float).unwrap();
+/// The imported model at `dir` gives the logits transformers got from the
+/// same file (`reference`), which are not degenerate.
+fn assert_logits_match(dir: &Path, reference: &str, what: &str) -> CausalLm {
+    let m = CausalLm::load(dir, Device::Cpu, Kind::Float).unwrap();
     let r: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(fixtures().join("reference.safetensors"))
+        Tensor::read_safetensors(fixtures().join(reference))
             .unwrap()
             .into_iter()
             .collect();
     let logits = tch::no_grad(|| m.forward(&r["input_ids"], None, None, false));
     let d = (&logits - &r["logits"]).abs().max().double_value(&[]);
     eprintln!(
-        "tiny GGUF logits: max abs diff {d:.2e} over {:?}",
+        "{what} logits: max abs diff {d:.2e} over {:?}",
         logits.size()
     );
-    assert!(d <= TOL, "max abs diff {d:e} > {TOL:e}");
-    // The fixture is not degenerate: logits vary.
+    assert!(d <= TOL, "{what}: max abs diff {d:e} > {TOL:e}");
     assert!(logits.std(false).double_value(&[]) > 1e-3);
+    m
+}
+
+#[test]
+fn tiny_gguf_logits_match_transformers() {
+    let dir = imported("tiny", &fixtures().join("tiny.gguf"));
+    assert_logits_match(&dir, "reference.safetensors", "tiny GGUF");
+}
+
+/// Qwen2 (q/k/v biases, tied head) and Qwen3 (q/k norms, head size 128
+/// apart from hidden / heads) files as llama.cpp's converter writes them
+/// (rows not permuted) import to the logits transformers gets from them.
+#[test]
+fn qwen_ggufs_match_transformers() {
+    for arch in ["qwen2", "qwen3"] {
+        let dir = imported(arch, &fixtures().join(format!("{arch}.gguf")));
+        let m = assert_logits_match(&dir, &format!("reference-{arch}.safetensors"), arch);
+        assert_eq!(m.config.arch.as_str(), arch);
+    }
 }
 
 #[test]

@@ -11,6 +11,9 @@ tokenizer (trained here) with a chat template. Then loads the file the way
 transformers does (from_pretrained(gguf_file=...)) and writes
   OUT_DIR/reference.safetensors   input_ids [2, T], logits [2, T, V]
   OUT_DIR/tokens.json             {"strings": [...], "ids": [[...]]} (no special tokens added)
+Then the same for OUT_DIR/qwen2.gguf (q/k/v biases, tied head) and
+OUT_DIR/qwen3.gguf (q/k norms), f32 and f16 tensors in llama.cpp's names,
+rows unpermuted: OUT_DIR/reference-<arch>.safetensors.
 With REAL_GGUF (SmolLM2's Q4_1 file): OUT_DIR/real.json with the prompt ids and
 the greedy continuation transformers generates from that file.
 Test-only: needs torch, transformers, gguf, tokenizers.
@@ -24,7 +27,8 @@ import torch
 from gguf import GGMLQuantizationType as Q, GGUFWriter, quants
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
@@ -82,6 +86,88 @@ def random_blocks(qtype, rows, cols, rng):
     else:
         b[:, 0:4] = scale(2)
     return b.reshape(rows, cols // block * size)
+
+
+def write_vocab(w, tokens, merges):
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(2)
+    w.add_add_bos_token(False)
+    w.add_chat_template(TEMPLATE)
+
+
+CPP_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down"}
+
+
+def cpp_name(hf):
+    fixed = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    if hf in fixed:
+        return fixed[hf]
+    _, _, layer, rest = hf.split(".", 3)
+    module, param = rest.rsplit(".", 1)
+    return f"blk.{layer}.{CPP_NAMES[module]}.{param}"
+
+
+def family_gguf(out, arch, model, tokens, merges):
+    """`model` as llama.cpp's converter writes a Qwen file (no q/k permutation),
+    then transformers' logits from that file."""
+    c = model.config
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    w = GGUFWriter(os.path.join(out, f"{arch}.gguf"), arch)
+    w.add_name(f"tiny {arch}")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    if getattr(c, "head_dim", None):
+        w.add_key_length(c.head_dim)
+        w.add_value_length(c.head_dim)
+    write_vocab(w, tokens, merges)
+    for i, (name, t) in enumerate(model.state_dict().items()):
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        t = t.float().numpy()
+        w.add_tensor(cpp_name(name), t.astype(np.float16 if t.ndim == 2 and i % 2 else np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    m = AutoModelForCausalLM.from_pretrained(out, gguf_file=f"{arch}.gguf", dtype=torch.float32).eval()
+    ids = torch.randint(3, len(tokens), (2, 12), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        logits = m(input_ids=ids).logits
+    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()},
+              os.path.join(out, f"reference-{arch}.safetensors"))
+
+
+def families(out, tokens, merges):
+    small = dict(vocab_size=len(tokens), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CTX,
+                 rms_norm_eps=1e-6, rope_theta=1e6)
+    family_gguf(out, "qwen2", Qwen2ForCausalLM(Qwen2Config(**small, tie_word_embeddings=True)),
+                tokens, merges)
+    # head_dim 128 apart from hidden / heads (transformers' loader assumes
+    # Qwen3's 128; llama.cpp writes attention.key_length).
+    family_gguf(out, "qwen3", Qwen3ForCausalLM(Qwen3Config(**small, head_dim=128,
+                tie_word_embeddings=False)), tokens, merges)
 
 
 def main():
@@ -171,6 +257,8 @@ def main():
     with open(os.path.join(out, "tokens.json"), "w") as f:
         json.dump({"strings": STRINGS,
                    "ids": [tok(s, add_special_tokens=False)["input_ids"] for s in STRINGS]}, f)
+
+    families(out, tokens, merges)
 
     if len(sys.argv) > 2:
         real = sys.argv[2]

@@ -1,19 +1,33 @@
-//! A GGUF file as a Hugging Face model directory: `config.json` from the
-//! `llama.*` metadata, `model.safetensors` with every tensor de-quantized and
-//! renamed to its checkpoint name (undoing the Q/K row permutation llama.cpp's
-//! converter applies for its rotary embedding layout), and the tokenizer and
-//! chat template from `tokenizer.*` (`vocab`).
+//! A GGUF file of a Llama, Qwen2 or Qwen3 model as a Hugging Face model
+//! directory: `config.json` from the `<arch>.*` metadata,
+//! `model.safetensors` with every tensor de-quantized and renamed to its
+//! checkpoint name (undoing the Q/K row permutation llama.cpp's converter
+//! applies to its `llama` architecture), and the tokenizer and chat
+//! template from `tokenizer.*` (`vocab`). Gemma's and Phi-3's files carry
+//! SentencePiece vocabularies, which `vocab` does not read yet.
 
 use std::path::Path;
 
 use serde_json::json;
 use tch::{Kind, Tensor};
 
+use super::lora::projections;
 use super::{Gguf, GgufError, TensorInfo};
-use crate::MlError;
+use crate::{Arch, MlError};
 
-/// The Hugging Face name of a llama.cpp tensor of a Llama-architecture model.
-pub fn hf_name(name: &str) -> Option<String> {
+/// The families whose llama.cpp files are read, by `general.architecture`
+/// (Mistral's files are `llama` ones).
+fn family(cpp_arch: &str) -> Option<Arch> {
+    match cpp_arch {
+        "llama" => Some(Arch::Llama),
+        "qwen2" => Some(Arch::Qwen2),
+        "qwen3" => Some(Arch::Qwen3),
+        _ => None,
+    }
+}
+
+/// The Hugging Face name of a llama.cpp tensor of a model of `arch`.
+pub fn hf_name(arch: Arch, name: &str) -> Option<String> {
     let fixed = match name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -27,19 +41,15 @@ pub fn hf_name(name: &str) -> Option<String> {
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, param) = rest.rsplit_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    matches!(param, "weight" | "bias").then(|| format!("model.layers.{layer}.{hf}.{param}"))
+    let norms = [
+        ("input_layernorm", "attn_norm"),
+        ("post_attention_layernorm", "ffn_norm"),
+        ("self_attn.q_norm", "attn_q_norm"),
+        ("self_attn.k_norm", "attn_k_norm"),
+    ];
+    let (prefix, table) = projections(arch);
+    let hf = norms.iter().chain(table).find(|(_, cpp)| *cpp == module)?.0;
+    matches!(param, "weight" | "bias").then(|| format!("{prefix}{layer}.{hf}.{param}"))
 }
 
 /// Undoes llama.cpp's `permute(w, n_head)`: its rows are, per head, the even
@@ -62,15 +72,15 @@ fn tensor(g: &Gguf, info: &TensorInfo) -> Result<Tensor, GgufError> {
 /// directory that exists is complete.
 pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
     let g = Gguf::open(src)?;
-    let arch = g.need("general.architecture", |v| v.as_str())?;
-    if arch != "llama" {
+    let cpp = g.need("general.architecture", |v| v.as_str())?;
+    let Some(arch) = family(&cpp) else {
         return Err(g
             .unsupported(format!(
-                "general.architecture {arch:?} is not supported (llama is)"
+                "general.architecture {cpp:?} is not supported (llama, qwen2, qwen3 are)"
             ))
             .into());
-    }
-    let u = |key: &str| g.need(&format!("llama.{key}"), |v| v.as_u64());
+    };
+    let u = |key: &str| g.need(&format!("{cpp}.{key}"), |v| v.as_u64());
     let hidden = u("embedding_length")?;
     let heads = u("attention.head_count")?;
     let kv_heads = u("attention.head_count_kv").unwrap_or(heads);
@@ -87,8 +97,7 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
     let tied = g.tensor("output.weight").is_none();
     let token_id = |key: &str| g.get(key).and_then(|v| v.as_u64());
     let config = json!({
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+        "model_type": arch.as_str(),
         "hidden_act": "silu",
         "vocab_size": u("vocab_size").unwrap_or(vocab.tokens.len() as u64),
         "hidden_size": hidden,
@@ -98,8 +107,8 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
         "num_key_value_heads": kv_heads,
         "head_dim": head_dim,
         "max_position_embeddings": context,
-        "rms_norm_eps": g.need("llama.attention.layer_norm_rms_epsilon", |v| v.as_f64())?,
-        "rope_theta": g.get("llama.rope.freq_base").and_then(|v| v.as_f64()).unwrap_or(10000.0),
+        "rms_norm_eps": g.need(&format!("{cpp}.attention.layer_norm_rms_epsilon"), |v| v.as_f64())?,
+        "rope_theta": g.get(&format!("{cpp}.rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10000.0),
         "tie_word_embeddings": tied,
         "attention_bias": g.tensor("blk.0.attn_q.bias").is_some(),
         "mlp_bias": false,
@@ -109,29 +118,35 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
         "torch_dtype": format!("{kind:?}").to_lowercase(),
         "lorastream_source": src.display().to_string(),
     });
-    let tensors = hf_tensors(&g, heads as i64, kv_heads as i64, kind)?;
+    // llama.cpp permutes q and k rows for its `llama` architecture only.
+    let heads = (cpp == "llama").then_some((heads as i64, kv_heads as i64));
+    let tensors = hf_tensors(&g, arch, heads, kind)?;
     write_dir(out, &config, &vocab, &tensors)
 }
 
-/// Every tensor in Hugging Face names and `kind`, q and k un-permuted.
+/// Every tensor in Hugging Face names and `kind`, q and k un-permuted where
+/// `permuted` gives their head counts.
 fn hf_tensors(
     g: &Gguf,
-    heads: i64,
-    kv_heads: i64,
+    arch: Arch,
+    permuted: Option<(i64, i64)>,
     kind: Kind,
 ) -> Result<Vec<(String, Tensor)>, MlError> {
     let mut tensors = Vec::with_capacity(g.tensors.len());
     for info in &g.tensors {
-        let Some(name) = hf_name(&info.name) else {
+        let Some(name) = hf_name(arch, &info.name) else {
             return Err(g
                 .unsupported(format!("tensor {} has no Hugging Face name", info.name))
                 .into());
         };
         let mut t = tensor(g, info)?;
-        if info.name.ends_with("attn_q.weight") || info.name.ends_with("attn_q.bias") {
-            t = unpermute(&t, heads);
-        } else if info.name.ends_with("attn_k.weight") || info.name.ends_with("attn_k.bias") {
-            t = unpermute(&t, kv_heads);
+        if let Some((heads, kv_heads)) = permuted {
+            let n = &info.name;
+            if n.ends_with("attn_q.weight") || n.ends_with("attn_q.bias") {
+                t = unpermute(&t, heads);
+            } else if n.ends_with("attn_k.weight") || n.ends_with("attn_k.bias") {
+                t = unpermute(&t, kv_heads);
+            }
         }
         tensors.push((name, t.to_kind(kind)));
     }
@@ -174,15 +189,19 @@ mod tests {
     #[test]
     fn names_map_to_checkpoint_names() {
         assert_eq!(
-            hf_name("blk.12.attn_k.weight").as_deref(),
+            hf_name(Arch::Llama, "blk.12.attn_k.weight").as_deref(),
             Some("model.layers.12.self_attn.k_proj.weight")
         );
         assert_eq!(
-            hf_name("token_embd.weight").as_deref(),
+            hf_name(Arch::Llama, "token_embd.weight").as_deref(),
             Some("model.embed_tokens.weight")
         );
-        assert_eq!(hf_name("blk.x.attn_k.weight"), None);
-        assert_eq!(hf_name("rope_freqs.weight"), None);
+        assert_eq!(
+            hf_name(Arch::Qwen3, "blk.0.attn_q_norm.weight").as_deref(),
+            Some("model.layers.0.self_attn.q_norm.weight")
+        );
+        assert_eq!(hf_name(Arch::Llama, "blk.x.attn_k.weight"), None);
+        assert_eq!(hf_name(Arch::Llama, "rope_freqs.weight"), None);
     }
 
     #[test]

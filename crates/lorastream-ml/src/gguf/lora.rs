@@ -37,9 +37,10 @@ const LLAMA_NAMES: &[(&str, &str)] = &[
     ("mlp.down_proj", "ffn_down"),
 ];
 
-/// llama.cpp's name of a linear layer, from its checkpoint (PEFT) path.
-pub fn gguf_module(arch: Arch, path: &str) -> Option<String> {
-    let (prefix, table): (&str, &[(&str, &str)]) = match arch {
+/// A family's linear layers as (checkpoint module, llama.cpp name), under
+/// its layers' checkpoint prefix: one table for export and import.
+pub(crate) fn projections(arch: Arch) -> (&'static str, &'static [(&'static str, &'static str)]) {
+    match arch {
         Arch::Llama
         | Arch::Qwen2
         | Arch::Qwen3
@@ -65,7 +66,12 @@ pub fn gguf_module(arch: Arch, path: &str) -> Option<String> {
                 ("mlp.c_proj", "ffn_down"),
             ],
         ),
-    };
+    }
+}
+
+/// llama.cpp's name of a linear layer, from its checkpoint (PEFT) path.
+pub fn gguf_module(arch: Arch, path: &str) -> Option<String> {
+    let (prefix, table) = projections(arch);
     let (layer, module) = path.strip_prefix(prefix)?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let name = table.iter().find(|(hf, _)| *hf == module)?.1;
