@@ -73,7 +73,7 @@ fn tensor(g: &Gguf, info: &TensorInfo) -> Result<Tensor, GgufError> {
 pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
     let g = Gguf::open(src)?;
     let cpp = g.need("general.architecture", |v| v.as_str())?;
-    let Some(arch) = family(&cpp) else {
+    let Some(arch) = family(cpp) else {
         return Err(g
             .unsupported(format!(
                 "general.architecture {cpp:?} is not supported (llama, qwen2, qwen3 are)"
