@@ -157,6 +157,14 @@ pub(crate) fn attention(
         None => (k, v),
     };
     let (t, total) = (q.size()[2], k.size()[2]);
+    if let (Some(w), None, 1) = (scores.window, mask, t)
+        && total > w
+    {
+        // One query on a sliding layer: its latest `window` keys alone,
+        // unmasked (the fused kernel; the cost of a step stays bounded).
+        let (k, v) = (k.narrow(2, total - w, w), v.narrow(2, total - w, w));
+        return attend(q, &k, &v, None, false, scores, gqa);
+    }
     let windowed = scores
         .window
         .and_then(|w| band(t, total - t, w, q.device()))
