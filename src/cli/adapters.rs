@@ -20,6 +20,13 @@ pub fn learn(config: &Config, stream: Option<i64>, json: bool) -> anyhow::Result
     let bar = super::commands::progress_bar();
     let mut attempts = Vec::new();
     let spec = LearnSpec::from_config(config);
+    if let Some((v, s, d)) = pipeline::decide_pending(&spec, &store, Actor::Cli)? {
+        if !json {
+            println!("stream {s} -> adapter v{v} (candidate an earlier run left undecided)");
+            println!("  {}: {}", d.action, d.reasons.join("; "));
+        }
+        attempts.push(serde_json::json!({"undecided": v, "decision": d}));
+    }
     loop {
         let result = pipeline::learn(
             &spec,

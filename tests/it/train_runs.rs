@@ -304,3 +304,33 @@ fn sigterm_checkpoints_and_exits_then_train_resumes() {
     let log = train_log(root.path());
     assert_eq!(log["resumed_from"].as_u64().unwrap(), at);
 }
+
+/// A candidate `train` left undecided is decided by the next `learn` before
+/// anything else is trained (never a second version beside it).
+#[test]
+fn learn_decides_a_candidate_an_earlier_run_left_undecided() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    write_jsonl(&data, &synthetic(30));
+    setup_run(dir.path(), &data);
+    let out = lorastream(dir.path()).arg("train").output().unwrap();
+    common::assert_ok(&out);
+    train_log(dir.path()); // one version, a candidate
+    let out = lorastream(dir.path()).arg("learn").output().unwrap();
+    common::assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("stream 1 -> adapter v1 (candidate an earlier run left undecided)"),
+        "{text}"
+    );
+    let cfg = Config::load(&dir.path().join("lorastream.toml")).unwrap();
+    let store = Store::open(&cfg.store_path()).unwrap();
+    let a = store.adapters().unwrap();
+    assert_ne!(a[0].state, AdapterState::Candidate, "v1 was decided");
+    assert!(a[0].decision.is_some());
+    assert!(
+        a.iter().all(|v| v.state != AdapterState::Candidate),
+        "nothing is left undecided: {:?}",
+        a.iter().map(|v| v.state).collect::<Vec<_>>()
+    );
+}

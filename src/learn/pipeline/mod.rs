@@ -335,6 +335,24 @@ fn settle(
     }
 }
 
+/// A candidate an earlier run trained but did not decide (`train`, or a
+/// `learn` stopped between training and its decision): evaluated and
+/// decided now, before anything else is trained. Its (version, stream,
+/// decision), if there was one.
+pub fn decide_pending(
+    spec: &LearnSpec,
+    store: &Store,
+    by: Actor,
+) -> Result<Option<(i64, i64, Decision)>, PipelineError> {
+    let adapters = store.adapters()?;
+    let Some(c) = adapters.iter().find(|a| a.state == AdapterState::Candidate) else {
+        return Ok(None);
+    };
+    evaluate(spec, store)?;
+    let d = crate::learn::policy::decide_stored(&spec.policy, store, c.id, by)?;
+    Ok(d.map(|d| (c.id, c.stream_id, d)))
+}
+
 /// One stream learned as the policy wants it: train, evaluate, decide, and
 /// again while the decision is `retrain`. Returns every attempt with its decision.
 pub fn learn(
