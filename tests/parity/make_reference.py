@@ -66,11 +66,15 @@ def models():
         **small, head_dim=16, tie_word_embeddings=True))), ["q_proj", "k_proj", "o_proj", "down_proj"]
     # Mistral: every layer sees 4 positions of the 10.
     yield "mistral", randomized(MistralForCausalLM(MistralConfig(**small, sliding_window=4))), every
-    # Phi-3: q/k/v and gate/up fused in the checkpoint, one LoRA each.
+    # Phi-3.5: q/k/v and gate/up fused in the checkpoint, one LoRA each; a
+    # sliding window of 6; LongRoPE extending 32 positions to 64 (short factors
+    # within 32, cos/sin scaled).
     yield "phi3", randomized(Phi3ForCausalLM(Phi3Config(
         **small, pad_token_id=0, bos_token_id=1, eos_token_id=2, resid_pdrop=0.0,
-        embd_pdrop=0.0, attention_dropout=0.0, original_max_position_embeddings=64,
-        sliding_window=6))), \
+        embd_pdrop=0.0, attention_dropout=0.0, original_max_position_embeddings=32,
+        sliding_window=6, rope_scaling={
+            "type": "longrope", "short_factor": [1.0, 1.3, 2.0, 3.5],
+            "long_factor": [1.5, 2.0, 4.0, 8.0]}))), \
         ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
     # Gemma: (1 + w) norms, embeddings x sqrt(hidden), GELU(tanh)-gated MLP, tied head.
     gemma = dict(small, head_dim=8, initializer_range=0.1, attn_implementation="eager")

@@ -34,6 +34,15 @@ pub struct RopeScaling {
     pub high_freq_factor: Option<f64>,
     #[serde(default)]
     pub original_max_position_embeddings: Option<usize>,
+    /// LongRoPE (Phi-3.5, Phi-3 128k): per-frequency divisors within the
+    /// original context, and beyond it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_factor: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_factor: Option<Vec<f64>>,
+    /// LongRoPE's scale of cos and sin (None: from `factor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_factor: Option<f64>,
 }
 
 /// The fields of `config.json` the model code reads; names as in transformers.
@@ -243,7 +252,21 @@ mod tests {
         // What lorastream does not do is refused by name.
         let e = with(json!({"model_type": "phi3", "partial_rotary_factor": 0.75})).unwrap_err();
         assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("partial_rotary_factor")));
+        // Phi-3.5's LongRoPE: within the original context, cos/sin scaled.
+        let p = with(
+            json!({"model_type": "phi3", "original_max_position_embeddings": 4096,
+            "rope_scaling": {"type": "longrope", "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8]}}),
+        );
+        let p = p.unwrap();
+        assert_eq!(p.max_position_embeddings, 4096);
+        assert_eq!(p.rope_scaling.as_ref().unwrap().factor, Some(8.0));
+        let scale = crate::rope::rope_attention_factor(&p);
+        assert!((scale - (1.0 + 8f64.ln() / 4096f64.ln()).sqrt()).abs() < 1e-12);
+        assert_eq!(HfConfig::from_json(&p.to_json()).unwrap(), p);
         let e = with(json!({"model_type": "phi3", "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}})).unwrap_err();
+        assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("short_factor must be 8")));
+        let e =
+            with(json!({"model_type": "llama", "rope_scaling": {"type": "longrope"}})).unwrap_err();
         assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("longrope")));
     }
 }

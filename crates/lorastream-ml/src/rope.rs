@@ -1,5 +1,6 @@
 //! Rotary position embeddings: the inverse frequencies of a config's theta
-//! and scaling (default, linear, llama3), as transformers computes them.
+//! and scaling (default, linear, llama3, LongRoPE within the original
+//! context), as transformers computes them.
 
 use tch::Tensor;
 
@@ -31,10 +32,36 @@ pub fn rope_inv_freq(cfg: &HfConfig) -> Vec<f64> {
                     }
                 }
             }
+            // Within the original context, as transformers: the short factors.
+            "longrope" => {
+                for (f, d) in inv.iter_mut().zip(s.short_factor.iter().flatten()) {
+                    *f /= d;
+                }
+            }
             _ => {}
         }
     }
     inv
+}
+
+/// The scale of cos and sin: LongRoPE's `attention_factor`, by default
+/// √(1 + ln(factor) / ln(original context)) when it extends the context; 1
+/// for every other rope.
+pub fn rope_attention_factor(cfg: &HfConfig) -> f64 {
+    let Some(s) = cfg
+        .rope_scaling
+        .as_ref()
+        .filter(|s| s.rope_type == "longrope")
+    else {
+        return 1.0;
+    };
+    let factor = s.factor.unwrap_or(1.0);
+    let original = s.original_max_position_embeddings.unwrap_or(1) as f64;
+    match s.attention_factor {
+        Some(a) => a,
+        None if factor > 1.0 && original > 1.0 => (1.0 + factor.ln() / original.ln()).sqrt(),
+        None => 1.0,
+    }
 }
 
 pub(crate) fn rotate_half(x: &Tensor) -> Tensor {

@@ -35,9 +35,10 @@ pub(crate) fn read_as(
     };
     if let Some(s) = &rope_scaling
         && !matches!(s.rope_type.as_str(), "default" | "linear" | "llama3")
+        && !(arch == Arch::Phi3 && s.rope_type == "longrope")
     {
         return Err(ConfigProblem::Invalid(format!(
-            "rope_scaling type {:?} is not supported (default, linear, llama3 are)",
+            "rope_scaling type {:?} is not supported (default, linear, llama3 are; longrope for phi3)",
             s.rope_type
         )));
     }

@@ -2,12 +2,14 @@
 //! fused in the checkpoint (`self_attn.qkv_proj`) and so gate and up
 //! (`mlp.gate_up_proj`, gate first): one linear, and one LoRA, each, as
 //! PEFT targets them. Like Mistral, every layer sees `sliding_window` back.
-//! Partial rotary embeddings (Phi-4-mini) and LongRoPE (the 128k variants)
-//! are refused by name.
+//! LongRoPE (Phi-3.5-mini, the 128k variants) is read within the original
+//! context (`original_max_position_embeddings`: the short factors and the
+//! scaled cos/sin transformers uses there). Partial rotary embeddings
+//! (Phi-4-mini) are refused by name.
 
 use super::decoder::Layout;
 use super::{Arch, Family, llama};
-use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds};
+use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds, uint};
 use crate::lora::LoraTargets;
 
 const LAYOUT: Layout = Layout {
@@ -30,13 +32,69 @@ fn read_config(v: &serde_json::Value, ids: SpecialIds) -> Result<HfConfig, Confi
     }
     let mut c = llama::read_as(v, ids, Arch::Phi3)?;
     llama::read_window(&mut c, v, None, |_| true)?;
+    longrope(&mut c, v)?;
     Ok(c)
+}
+
+/// LongRoPE (Phi-3.5-mini, Phi-3 128k): checks its factors and keeps
+/// sequences within `original_max_position_embeddings`, where transformers
+/// uses the short factors; `factor` becomes the extension the config claims
+/// (max / original), which sets the scale of cos and sin.
+fn longrope(c: &mut HfConfig, v: &serde_json::Value) -> Result<(), ConfigProblem> {
+    let half = c.head_dim / 2;
+    let max = c.max_position_embeddings;
+    let Some(s) = c
+        .rope_scaling
+        .as_mut()
+        .filter(|s| s.rope_type == "longrope")
+    else {
+        return Ok(());
+    };
+    for (name, f) in [
+        ("short_factor", &s.short_factor),
+        ("long_factor", &s.long_factor),
+    ] {
+        let ok = f
+            .as_ref()
+            .is_some_and(|f| f.len() == half && f.iter().all(|x| x.is_finite() && *x > 0.0));
+        if !ok {
+            return Err(ConfigProblem::Invalid(format!(
+                "rope_scaling.{name} must be {half} positive numbers (head_dim / 2)"
+            )));
+        }
+    }
+    let original = uint(v, "original_max_position_embeddings")
+        .or(s.original_max_position_embeddings)
+        .unwrap_or(max)
+        .max(1);
+    s.factor = Some(max as f64 / original as f64);
+    s.original_max_position_embeddings = Some(original);
+    c.max_position_embeddings = max.min(original);
+    Ok(())
 }
 
 fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
     let mut v = llama::write_as(c, eos, "Phi3ForCausalLM");
     llama::write_window(c, &mut v);
-    v["original_max_position_embeddings"] = serde_json::json!(c.max_position_embeddings);
+    let longrope = c
+        .rope_scaling
+        .as_ref()
+        .filter(|s| s.rope_type == "longrope");
+    let (max, original) = match longrope {
+        Some(s) => {
+            let original = s
+                .original_max_position_embeddings
+                .unwrap_or(c.max_position_embeddings);
+            let max = (original as f64 * s.factor.unwrap_or(1.0)).round();
+            (serde_json::json!(max as u64), original)
+        }
+        None => (
+            serde_json::json!(c.max_position_embeddings),
+            c.max_position_embeddings,
+        ),
+    };
+    v["max_position_embeddings"] = max;
+    v["original_max_position_embeddings"] = serde_json::json!(original);
     v
 }
 

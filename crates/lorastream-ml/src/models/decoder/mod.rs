@@ -20,7 +20,7 @@ use crate::fused::{decode_copy, tensor_bytes};
 use crate::hf_config::HfConfig;
 use crate::lora::Linear;
 use crate::pass::Pass;
-use crate::rope::{rope_inv_freq, rotate_half};
+use crate::rope::{rope_attention_factor, rope_inv_freq, rotate_half};
 use crate::weights::Weights;
 pub use layer::Layout;
 use layer::{Dims, Layer, RmsNorm, projections};
@@ -36,6 +36,8 @@ pub struct Decoder {
     /// model's device; then the sliding layers' own, where they have one.
     inv_freq: Tensor,
     local_inv_freq: Option<Tensor>,
+    /// cos and sin of the global rotary embedding are scaled by this (LongRoPE).
+    rope_scale: f64,
     layout: Layout,
 }
 
@@ -68,6 +70,7 @@ impl Decoder {
             cfg: cfg.clone(),
             inv_freq: freqs(cfg),
             local_inv_freq,
+            rope_scale: rope_attention_factor(cfg),
             embed,
             layers,
             norm: RmsNorm::load(ws, "model.norm", d, cfg.norm_eps, layout)?,
@@ -103,13 +106,17 @@ impl Decoder {
     }
 
     /// cos and sin `[b, 1, t, hd]` of `positions` `[b, t]` for `inv_freq`,
-    /// computed in f32 as transformers does.
-    fn rotary(positions: &Tensor, inv_freq: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+    /// times `scale`, computed in f32 as transformers does.
+    fn rotary(positions: &Tensor, inv_freq: &Tensor, scale: f64, kind: Kind) -> (Tensor, Tensor) {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        let (cos, sin) = match scale {
+            1.0 => (emb.cos(), emb.sin()),
+            s => (emb.cos() * s, emb.sin() * s),
+        };
         (
-            emb.cos().to_kind(kind).unsqueeze(1),
-            emb.sin().to_kind(kind).unsqueeze(1),
+            cos.to_kind(kind).unsqueeze(1),
+            sin.to_kind(kind).unsqueeze(1),
         )
     }
 }
@@ -166,8 +173,8 @@ impl Backbone for Decoder {
         let (nh, nkv, hd) = (dims.nh, dims.nkv, dims.hd);
         let mut x = self.embed(ids);
         let kind = x.kind();
-        let global = Self::rotary(positions, &self.inv_freq, kind);
-        let local = (self.local_inv_freq.as_ref()).map(|f| Self::rotary(positions, f, kind));
+        let global = Self::rotary(positions, &self.inv_freq, self.rope_scale, kind);
+        let local = (self.local_inv_freq.as_ref()).map(|f| Self::rotary(positions, f, 1.0, kind));
         let head_norm = |n: &Option<RmsNorm>, x: Tensor| match n {
             Some(n) => n.forward(&x),
             None => x,
