@@ -42,10 +42,6 @@ pub enum PolicyError {
     Record(#[from] serde_json::Error),
 }
 
-fn pct(x: f64) -> String {
-    format!("{:+.1}%", x * 100.0)
-}
-
 /// The policy on stored cells; `chain` is the candidate's lineage (root
 /// first, the candidate last). `Err` names the first cell still missing.
 pub fn decide(
@@ -69,11 +65,11 @@ pub fn decide(
         None => (Action::Promote, None),
         Some(Cause::UnderLearning) if known.is_some() => {
             reasons.push(format!(
-                "already known: version {} was already {} below the base on stream {stream} \
-                 (known_gain {}), and training adds {}; the stream is done, version {} stays",
+                "already known: version {} was already {:.1}% below the base on stream {stream} \
+                 (known_gain {:.1}%), and training adds {}; the stream is done, version {} stays",
                 figures.reference,
-                pct(known.unwrap_or_default()),
-                pct(f.known_gain),
+                known.unwrap_or_default() * 100.0,
+                f.known_gain * 100.0,
                 figures.gain.pct(),
                 figures.reference,
             ));
