@@ -81,9 +81,14 @@ impl KvPool {
             .shallow_clone()
             .index_put_(&at, &x.v.squeeze_dim(2), false);
         let keys = past.iter().max().map_or(1, |m| m + 1);
-        let ks = pk.narrow(2, 0, keys).index_select(0, &s);
-        let vs = pv.narrow(2, 0, keys).index_select(0, &s);
-        let seen = seen(&p, keys, scores.window);
+        // On a sliding layer, no row sees a key before the earliest window.
+        let first = match scores.window {
+            Some(w) => (past.iter().min().copied().unwrap_or(0) - w + 1).max(0),
+            None => 0,
+        };
+        let ks = pk.narrow(2, first, keys - first).index_select(0, &s);
+        let vs = pv.narrow(2, first, keys - first).index_select(0, &s);
+        let seen = seen(&(&p - first), keys - first, scores.window);
         attend(&x.q, &ks, &vs, Some(&seen), false, scores, gqa)
     }
 }
