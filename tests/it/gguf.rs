@@ -125,6 +125,31 @@ fn tiny_gguf_tokens_and_template_match_transformers() {
     assert_eq!(tok.eos_id(), Some(2));
 }
 
+/// A Llama file with a SentencePiece vocabulary (Llama 2, Mistral,
+/// TinyLlama: `▁` for spaces, byte fallback, no merges in the file) gives
+/// the token ids and texts transformers' GGUF tokenizer gives.
+#[test]
+fn sentencepiece_gguf_tokens_match_transformers() {
+    let dir = imported("spm", &fixtures().join("spm.gguf"));
+    let tok = ChatTokenizer::load(&dir, None).unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokens-spm.json")).unwrap())
+            .unwrap();
+    let strings = want["strings"].as_array().unwrap();
+    let decoded = want["decoded"].as_array().unwrap();
+    for ((s, ids), text) in strings
+        .iter()
+        .zip(want["ids"].as_array().unwrap())
+        .zip(decoded)
+    {
+        let s = s.as_str().unwrap();
+        let ids: Vec<u32> = serde_json::from_value(ids.clone()).unwrap();
+        assert_eq!(tok.encode(s).unwrap(), ids, "token ids of {s:?}");
+        assert_eq!(tok.decode(&ids), text.as_str().unwrap(), "decode of {s:?}");
+    }
+    CausalLm::load(&dir, Device::Cpu, Kind::Float).unwrap();
+}
+
 #[test]
 fn real_smollm2_gguf_generates_what_transformers_generates() {
     let Some(real) = real_gguf() else {

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as Q, GGUFWriter, quants
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders, trainers
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
                           Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
@@ -170,6 +170,72 @@ def families(out, tokens, merges):
                 tie_word_embeddings=False)), tokens, merges)
 
 
+def spm_vocab():
+    """A SentencePiece-style vocabulary as llama.cpp stores one (Llama 2,
+    Mistral, TinyLlama): <unk> <s> </s>, the 256 byte tokens, then pieces with
+    ▁ for spaces, scored by rank; no merges (readers rebuild them)."""
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                           normalizers.Replace(" ", "▁")])
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    vocab = json.loads(tok.to_str())["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    n = len(specials)
+    # Scores by rank, shuffled a little (as real vocabularies' are not in id
+    # order), so the merges readers rebuild depend on the scores.
+    rank = np.random.default_rng(11).permutation(len(tokens) - n) // 8 * 8 + np.arange(len(tokens) - n) % 8
+    scores = [0.0] * n + [-float(r) for r in rank]
+    types = [2, 3, 3] + [6] * 256 + [1] * (len(tokens) - n)
+    return tokens, scores, types
+
+
+def spm_gguf(out):
+    """A tiny Llama file with a SentencePiece vocabulary, and the token ids
+    transformers' GGUF tokenizer gives for STRINGS."""
+    tokens, scores, types = spm_vocab()
+    c = LlamaConfig(vocab_size=len(tokens), hidden_size=64, intermediate_size=128,
+                    num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                    max_position_embeddings=CTX, rms_norm_eps=1e-6, tie_word_embeddings=True)
+    model = LlamaForCausalLM(c)
+    w = GGUFWriter(os.path.join(out, "spm.gguf"), "llama")
+    w.add_context_length(CTX)
+    w.add_embedding_length(64)
+    w.add_block_count(1)
+    w.add_feed_forward_length(128)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        t = t.float().numpy()
+        if name.endswith("q_proj.weight"):
+            t = permute(t, 4)
+        elif name.endswith("k_proj.weight"):
+            t = permute(t, 2)
+        w.add_tensor(cpp_name(name), t.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = AutoTokenizer.from_pretrained(out, gguf_file="spm.gguf")
+    ids = [tok(s, add_special_tokens=False)["input_ids"] for s in STRINGS]
+    with open(os.path.join(out, "tokens-spm.json"), "w") as f:
+        json.dump({"strings": STRINGS, "ids": ids,
+                   "decoded": [tok.decode(i) for i in ids]}, f)
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
@@ -249,6 +315,7 @@ def main():
                    "ids": [tok(s, add_special_tokens=False)["input_ids"] for s in STRINGS]}, f)
 
     families(out, tokens, merges)
+    spm_gguf(out)
 
     if len(sys.argv) > 2:
         real = sys.argv[2]

@@ -3,8 +3,8 @@
 //! `model.safetensors` with every tensor de-quantized and renamed to its
 //! checkpoint name (undoing the Q/K row permutation llama.cpp's converter
 //! applies to its `llama` architecture), and the tokenizer and chat
-//! template from `tokenizer.*` (`vocab`). Gemma's and Phi-3's files carry
-//! SentencePiece vocabularies, which `vocab` does not read yet.
+//! template from `tokenizer.*` (`vocab`). Gemma's and Phi-3's files (their
+//! own tokenizer conventions, Gemma's norm offset) are refused by name.
 
 use std::path::Path;
 

@@ -1,7 +1,8 @@
 //! The tokenizer of a GGUF file (`tokenizer.ggml.*`) as `tokenizer.json` and
 //! `tokenizer_config.json`, built the way transformers' GGUF loader builds it,
-//! so both tokenize alike. Byte-level BPE (`tokenizer.ggml.model = "gpt2"`,
-//! Llama 3, SmolLM, Qwen …) is supported; SentencePiece vocabularies are not yet.
+//! so both tokenize alike: byte-level BPE (`tokenizer.ggml.model = "gpt2"`:
+//! Llama 3, SmolLM, Qwen …) and SentencePiece (`llama`: Llama 2, Mistral,
+//! TinyLlama; merges rebuilt from the scores, byte fallback).
 
 use serde_json::{Value as Json, json};
 
@@ -32,13 +33,27 @@ fn token_at(tokens: &[String], g: &Gguf, key: &str) -> Option<String> {
 
 pub fn build(g: &Gguf, context_length: u64) -> Result<Vocab, GgufError> {
     let model = g.need("tokenizer.ggml.model", |v| v.as_str())?;
-    if model != "gpt2" {
-        return Err(g.unsupported(format!(
-            "tokenizer.ggml.model {model:?} is not supported (gpt2, the byte-level BPE of Llama 3, SmolLM and Qwen models, is)"
-        )));
-    }
     let tokens = strings(g, "tokenizer.ggml.tokens")?;
-    let merges = strings(g, "tokenizer.ggml.merges")?;
+    let (merges, text) = match model {
+        "gpt2" => (strings(g, "tokenizer.ggml.merges")?, byte_level()),
+        "llama" => {
+            let merges = match g.get("tokenizer.ggml.merges") {
+                Some(_) => strings(g, "tokenizer.ggml.merges")?,
+                None => spm_merges(&tokens, &floats(g, "tokenizer.ggml.scores")?),
+            };
+            let prefix = g.get("tokenizer.ggml.add_space_prefix");
+            (
+                merges,
+                sentencepiece(prefix.and_then(|v| v.as_bool()).unwrap_or(true)),
+            )
+        }
+        _ => {
+            return Err(g.unsupported(format!(
+                "tokenizer.ggml.model {model:?} is not supported (gpt2, the byte-level BPE of \
+                 Llama 3, SmolLM and Qwen, and llama, SentencePiece's, are)"
+            )));
+        }
+    };
     let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
         Some(v) => v
             .as_array()
@@ -71,19 +86,15 @@ pub fn build(g: &Gguf, context_length: u64) -> Result<Vocab, GgufError> {
         (Some(b), true) => bos_processor(&tokens, b),
         _ => Json::Null,
     };
-    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true});
     let tokenizer_json = json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": {"type": "Sequence", "normalizers": []},
-        "pre_tokenizer": byte_level,
+        "normalizer": text.normalizer,
+        "pre_tokenizer": text.pre_tokenizer,
         "post_processor": post_processor,
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "ByteFallback"}, {"type": "Fuse"},
-            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-            byte_level]},
+        "decoder": text.decoder,
         "model": {"type": "BPE", "dropout": null, "unk_token": unk,
             "continuing_subword_prefix": null, "end_of_word_suffix": null,
             "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
@@ -107,6 +118,87 @@ pub fn build(g: &Gguf, context_length: u64) -> Result<Vocab, GgufError> {
         tokenizer_json,
         tokenizer_config,
     })
+}
+
+/// How text becomes pieces and back, around the BPE model.
+struct Text {
+    normalizer: Json,
+    pre_tokenizer: Json,
+    decoder: Json,
+}
+
+/// Byte-level BPE (`gpt2`), as transformers' GGUF loader builds it.
+fn byte_level() -> Text {
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true});
+    Text {
+        normalizer: json!({"type": "Sequence", "normalizers": []}),
+        pre_tokenizer: byte_level.clone(),
+        decoder: json!({"type": "Sequence", "decoders": [
+            {"type": "ByteFallback"}, {"type": "Fuse"},
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            byte_level]}),
+    }
+}
+
+/// SentencePiece (`llama`: Llama 2, Mistral, TinyLlama), as transformers'
+/// GGUF loader builds it: spaces become `▁` (one put first when `prefix`),
+/// unknown characters fall back to byte tokens.
+fn sentencepiece(prefix: bool) -> Text {
+    let mut normalizers = vec![];
+    let mut decoders = vec![
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+    ];
+    if prefix {
+        normalizers.push(json!({"type": "Prepend", "prepend": "\u{2581}"}));
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}));
+    Text {
+        normalizer: json!({"type": "Sequence", "normalizers": normalizers}),
+        pre_tokenizer: Json::Null,
+        decoder: json!({"type": "Sequence", "decoders": decoders}),
+    }
+}
+
+fn floats(g: &Gguf, key: &str) -> Result<Vec<f64>, GgufError> {
+    g.need(key, |v| v.as_array()?.iter().map(|x| x.as_f64()).collect())
+}
+
+/// The merges of a SentencePiece vocabulary, rebuilt from its scores as
+/// transformers does: every split of every token into two tokens, within a
+/// token by its halves' scores, then all by the token's score, both
+/// descending and stable.
+fn spm_merges(tokens: &[String], scores: &[f64]) -> Vec<String> {
+    let score: std::collections::HashMap<&str, f64> = tokens
+        .iter()
+        .zip(scores.iter().copied().chain(std::iter::repeat(0.0)))
+        .map(|(t, s)| (t.as_str(), s))
+        .collect();
+    let desc = |a: f64, b: f64| b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal);
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in tokens {
+        // A repeated token is one dictionary entry (its last score).
+        if !seen.insert(t.as_str()) {
+            continue;
+        }
+        let mut local: Vec<(&str, &str, f64)> = t
+            .char_indices()
+            .skip(1)
+            .map(|(i, _)| t.split_at(i))
+            .filter(|(l, r)| score.contains_key(l) && score.contains_key(r))
+            .map(|(l, r)| (l, r, score[t.as_str()]))
+            .collect();
+        local.sort_by(|a, b| desc(score[a.0], score[b.0]).then(desc(score[a.1], score[b.1])));
+        merges.extend(local);
+    }
+    merges.sort_by(|a, b| desc(a.2, b.2));
+    merges
+        .into_iter()
+        .map(|(l, r, _)| format!("{l} {r}"))
+        .collect()
 }
 
 /// The special tokens: the control tokens when the file types its tokens,
