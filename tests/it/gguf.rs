@@ -89,12 +89,13 @@ fn tiny_gguf_logits_match_transformers() {
     assert_logits_match(&dir, "reference.safetensors", "tiny GGUF");
 }
 
-/// Qwen2 (q/k/v biases, tied head) and Qwen3 (q/k norms, head size 128
-/// apart from hidden / heads) files as llama.cpp's converter writes them
-/// (rows not permuted) import to the logits transformers gets from them.
+/// Qwen2 (q/k/v biases, tied head), Qwen3 (q/k norms, head size 128 apart
+/// from hidden / heads) and Phi-3 (fused q/k/v and gate/up) files as
+/// llama.cpp's converter writes them (rows not permuted) import to the
+/// logits transformers gets from them.
 #[test]
-fn qwen_ggufs_match_transformers() {
-    for arch in ["qwen2", "qwen3"] {
+fn qwen_and_phi3_ggufs_match_transformers() {
+    for arch in ["qwen2", "qwen3", "phi3"] {
         let dir = imported(arch, &fixtures().join(format!("{arch}.gguf")));
         let m = assert_logits_match(&dir, &format!("reference-{arch}.safetensors"), arch);
         assert_eq!(m.config.arch.as_str(), arch);

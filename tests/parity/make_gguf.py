@@ -11,8 +11,8 @@ tokenizer (trained here) with a chat template. Then loads the file the way
 transformers does (from_pretrained(gguf_file=...)) and writes
   OUT_DIR/reference.safetensors   input_ids [2, T], logits [2, T, V]
   OUT_DIR/tokens.json             {"strings": [...], "ids": [[...]]} (no special tokens added)
-Then the same for OUT_DIR/qwen2.gguf (q/k/v biases, tied head) and
-OUT_DIR/qwen3.gguf (q/k norms), f32 and f16 tensors in llama.cpp's names,
+Then the same for OUT_DIR/qwen2.gguf (q/k/v biases, tied head),
+OUT_DIR/qwen3.gguf (q/k norms) and OUT_DIR/phi3.gguf (fused projections), f32 and f16 tensors in llama.cpp's names,
 rows unpermuted: OUT_DIR/reference-<arch>.safetensors.
 With REAL_GGUF (SmolLM2's Q4_1 file): OUT_DIR/real.json with the prompt ids and
 the greedy continuation transformers generates from that file.
@@ -28,7 +28,8 @@ from gguf import GGMLQuantizationType as Q, GGUFWriter, quants
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders, trainers
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+                          Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
@@ -106,7 +107,8 @@ CPP_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_no
              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
              "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down"}
+             "mlp.down_proj": "ffn_down", "self_attn.qkv_proj": "attn_qkv",
+             "mlp.gate_up_proj": "ffn_up"}
 
 
 def cpp_name(hf):
@@ -168,6 +170,9 @@ def families(out, tokens, merges):
     # Qwen3's 128; llama.cpp writes attention.key_length).
     family_gguf(out, "qwen3", Qwen3ForCausalLM(Qwen3Config(**small, head_dim=128,
                 tie_word_embeddings=False)), tokens, merges)
+    # Phi-3: q/k/v and gate/up fused (attn_qkv, ffn_up), untied head.
+    family_gguf(out, "phi3", Phi3ForCausalLM(Phi3Config(**small, pad_token_id=2, bos_token_id=1,
+                eos_token_id=2, original_max_position_embeddings=CTX)), tokens, merges)
 
 
 def spm_vocab():

@@ -1,10 +1,11 @@
-//! A GGUF file of a Llama, Qwen2 or Qwen3 model as a Hugging Face model
+//! A GGUF file of a Llama, Qwen2, Qwen3 or Phi-3 model as a Hugging Face model
 //! directory: `config.json` from the `<arch>.*` metadata,
 //! `model.safetensors` with every tensor de-quantized and renamed to its
 //! checkpoint name (undoing the Q/K row permutation llama.cpp's converter
 //! applies to its `llama` architecture), and the tokenizer and chat
-//! template from `tokenizer.*` (`vocab`). Gemma's and Phi-3's files (their
-//! own tokenizer conventions, Gemma's norm offset) are refused by name.
+//! template from `tokenizer.*` (`vocab`). Gemma's files (their norm offset,
+//! attention settings llama.cpp derives from the model size) are refused by
+//! name, and so are Phi-3 128k's `rope_factors_*` tensors.
 
 use std::path::Path;
 
@@ -22,6 +23,7 @@ fn family(cpp_arch: &str) -> Option<Arch> {
         "llama" => Some(Arch::Llama),
         "qwen2" => Some(Arch::Qwen2),
         "qwen3" => Some(Arch::Qwen3),
+        "phi3" => Some(Arch::Phi3),
         _ => None,
     }
 }
@@ -76,7 +78,7 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
     let Some(arch) = family(cpp) else {
         return Err(g
             .unsupported(format!(
-                "general.architecture {cpp:?} is not supported (llama, qwen2, qwen3 are)"
+                "general.architecture {cpp:?} is not supported (llama, qwen2, qwen3, phi3 are)"
             ))
             .into());
     };
@@ -115,6 +117,7 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
         "bos_token_id": token_id("tokenizer.ggml.bos_token_id"),
         "eos_token_id": token_id("tokenizer.ggml.eos_token_id"),
         "pad_token_id": token_id("tokenizer.ggml.padding_token_id"),
+        "sliding_window": g.get(&format!("{cpp}.attention.sliding_window")).and_then(|v| v.as_u64()),
         "torch_dtype": format!("{kind:?}").to_lowercase(),
         "lorastream_source": src.display().to_string(),
     });
