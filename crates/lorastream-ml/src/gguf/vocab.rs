@@ -54,25 +54,13 @@ pub fn build(g: &Gguf, context_length: u64) -> Result<Vocab, GgufError> {
             )));
         }
     };
-    let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
-        Some(v) => v
-            .as_array()
-            .map(|a| a.iter().map(|t| t.as_i64().unwrap_or(1)).collect())
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
+    let types = token_types(g);
     let vocab: serde_json::Map<String, Json> = tokens
         .iter()
         .enumerate()
         .map(|(i, t)| (t.clone(), json!(i)))
         .collect();
-    let merges: Vec<Json> = merges
-        .iter()
-        .map(|m| match m.split_once(' ') {
-            Some((a, b)) => Ok(json!([a, b])),
-            None => Err(g.unsupported(format!("merge {m:?} is not two tokens"))),
-        })
-        .collect::<Result<_, _>>()?;
+    let merges = merge_pairs(g, &merges)?;
     let unk = token_at(&tokens, g, "tokenizer.ggml.unknown_token_id");
     let bos = token_at(&tokens, g, "tokenizer.ggml.bos_token_id");
     let eos = token_at(&tokens, g, "tokenizer.ggml.eos_token_id");
@@ -118,6 +106,27 @@ pub fn build(g: &Gguf, context_length: u64) -> Result<Vocab, GgufError> {
         tokenizer_json,
         tokenizer_config,
     })
+}
+
+/// llama.cpp's type of every token (none when the file has no types).
+fn token_types(g: &Gguf) -> Vec<i64> {
+    let types = g
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_array());
+    types.map_or(Vec::new(), |a| {
+        a.iter().map(|t| t.as_i64().unwrap_or(1)).collect()
+    })
+}
+
+/// `"a b"` merges as tokenizers' `["a", "b"]` pairs.
+fn merge_pairs(g: &Gguf, merges: &[String]) -> Result<Vec<Json>, GgufError> {
+    merges
+        .iter()
+        .map(|m| match m.split_once(' ') {
+            Some((a, b)) => Ok(json!([a, b])),
+            None => Err(g.unsupported(format!("merge {m:?} is not two tokens"))),
+        })
+        .collect()
 }
 
 /// How text becomes pieces and back, around the BPE model.
