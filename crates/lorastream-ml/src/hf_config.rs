@@ -242,6 +242,8 @@ mod tests {
         let e =
             with(json!({"model_type": "gemma2", "layer_types": ["full_attention"]})).unwrap_err();
         assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("layer_types has 1")));
+        let e = with(json!({"model_type": "gemma3"})).unwrap_err();
+        assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("gemma3_text")));
         let e = with(json!({"model_type": "gemma3_text", "use_bidirectional_attention": true}))
             .unwrap_err();
         assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("bidirectional")));

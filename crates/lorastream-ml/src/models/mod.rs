@@ -116,6 +116,13 @@ impl HfConfig {
             .get("model_type")
             .and_then(|t| t.as_str())
             .ok_or(ConfigProblem::Missing("model_type"))?;
+        if model_type == "gemma3" {
+            return Err(ConfigProblem::Invalid(
+                "model_type gemma3 (Gemma 3 with its vision tower) is not read; \
+                 its text-only checkpoints (gemma3_text, e.g. gemma-3-1b-it) are"
+                    .into(),
+            ));
+        }
         let arch: Arch = model_type
             .parse()
             .map_err(|_| ConfigProblem::Unsupported(model_type.to_string()))?;
