@@ -66,7 +66,7 @@ pub struct HfConfig {
     pub bos_token_id: Option<i64>,
     pub eos_token_ids: Vec<i64>,
     pub pad_token_id: Option<i64>,
-    /// What Gemma adds to the shared decoder (the defaults elsewhere).
+    /// Attention and head settings some families add (the defaults elsewhere).
     #[serde(default)]
     pub extras: Extras,
 }
@@ -95,7 +95,8 @@ impl Activation {
 }
 
 /// Attention and head settings beyond a plain causal decoder, each off by
-/// default: only the families that have them set them (Gemma 2/3).
+/// default: only the families that have them set them (Gemma's scale, caps and
+/// activation; the sliding windows of Mistral, Phi-3, Qwen and Gemma).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Extras {
     /// Multiplies q·kᵀ (None: 1/√head_dim); Gemma: `query_pre_attn_scalar`^-½.
