@@ -126,15 +126,12 @@ fn tiny_gguf_tokens_and_template_match_transformers() {
     assert_eq!(tok.eos_id(), Some(2));
 }
 
-/// A Llama file with a SentencePiece vocabulary (Llama 2, Mistral,
-/// TinyLlama: `▁` for spaces, byte fallback, no merges in the file) gives
-/// the token ids and texts transformers' GGUF tokenizer gives.
-#[test]
-fn sentencepiece_gguf_tokens_match_transformers() {
-    let dir = imported("spm", &fixtures().join("spm.gguf"));
-    let tok = ChatTokenizer::load(&dir, None).unwrap();
+/// The imported tokenizer at `dir` gives the token ids and texts
+/// transformers' GGUF tokenizer gave (`reference`) for every string.
+fn assert_tokens_match(dir: &Path, reference: &str) {
+    let tok = ChatTokenizer::load(dir, None).unwrap();
     let want: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokens-spm.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join(reference)).unwrap())
             .unwrap();
     let strings = want["strings"].as_array().unwrap();
     let decoded = want["decoded"].as_array().unwrap();
@@ -145,10 +142,41 @@ fn sentencepiece_gguf_tokens_match_transformers() {
     {
         let s = s.as_str().unwrap();
         let ids: Vec<u32> = serde_json::from_value(ids.clone()).unwrap();
-        assert_eq!(tok.encode(s).unwrap(), ids, "token ids of {s:?}");
-        assert_eq!(tok.decode(&ids), text.as_str().unwrap(), "decode of {s:?}");
+        assert_eq!(
+            tok.encode(s).unwrap(),
+            ids,
+            "{reference}: token ids of {s:?}"
+        );
+        assert_eq!(
+            tok.decode(&ids),
+            text.as_str().unwrap(),
+            "{reference}: decode of {s:?}"
+        );
     }
+}
+
+/// A Llama file with a SentencePiece vocabulary (Llama 2, Mistral,
+/// TinyLlama: `▁` for spaces, byte fallback, no merges in the file) gives
+/// the token ids and texts transformers' GGUF tokenizer gives.
+#[test]
+fn sentencepiece_gguf_tokens_match_transformers() {
+    let dir = imported("spm", &fixtures().join("spm.gguf"));
+    assert_tokens_match(&dir, "tokens-spm.json");
     CausalLm::load(&dir, Device::Cpu, Kind::Float).unwrap();
+}
+
+/// Gemma 2 (soft-caps, alternating windows) and Gemma 3 (q/k norms, five
+/// sliding layers on their own rotary theta to a global one) files as
+/// llama.cpp writes them (norm weights as 1 + w, a SentencePiece vocabulary
+/// read as a Unigram model) give transformers' logits and token ids.
+#[test]
+fn gemma_ggufs_match_transformers() {
+    for arch in ["gemma2", "gemma3"] {
+        let dir = imported(arch, &fixtures().join(format!("{arch}.gguf")));
+        let m = assert_logits_match(&dir, &format!("reference-{arch}.safetensors"), arch);
+        assert!(m.config.extras.sliding_window.is_some());
+        assert_tokens_match(&dir, &format!("tokens-{arch}.json"));
+    }
 }
 
 #[test]

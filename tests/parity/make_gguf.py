@@ -28,6 +28,7 @@ from gguf import GGMLQuantizationType as Q, GGUFWriter, quants
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders, trainers
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
+                          Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
                           Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM)
 
@@ -241,6 +242,84 @@ def spm_gguf(out):
                    "decoded": [tok.decode(i) for i in ids]}, f)
 
 
+GEMMA_NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
+               "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+
+
+def gemma_gguf(out, arch, model):
+    """`model` as llama.cpp's converter writes Gemma 2/3 (norm weights as 1 + w,
+    a SentencePiece vocabulary without a space prefix), then transformers'
+    logits and token ids from that file."""
+    tokens, scores, types = spm_vocab()
+    c = model.config
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    w = GGUFWriter(os.path.join(out, f"{arch}.gguf"), arch)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(c.head_dim)
+    w.add_value_length(c.head_dim)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_sliding_window(c.sliding_window)
+    if arch == "gemma2":
+        w.add_attn_logit_softcapping(c.attn_logit_softcapping)
+        w.add_final_logit_softcapping(c.final_logit_softcapping)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_space_prefix(False)
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        if "norm" in name:
+            t = t + 1  # llama.cpp's Gemma converter stores 1 + w
+        parts = name.split(".")
+        if len(parts) > 4 and parts[3] in GEMMA_NORMS:
+            cpp = f"blk.{parts[2]}.{GEMMA_NORMS[parts[3]]}.{parts[4]}"
+        else:
+            cpp = cpp_name(name)
+        w.add_tensor(cpp, t.float().numpy().astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    m = AutoModelForCausalLM.from_pretrained(out, gguf_file=f"{arch}.gguf", dtype=torch.float32,
+                                             attn_implementation="eager").eval()
+    ids = torch.randint(3, len(tokens), (2, 12), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        logits = m(input_ids=ids).logits
+    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()},
+              os.path.join(out, f"reference-{arch}.safetensors"))
+    tok = AutoTokenizer.from_pretrained(out, gguf_file=f"{arch}.gguf")
+    ids = [tok(s, add_special_tokens=False)["input_ids"] for s in STRINGS]
+    with open(os.path.join(out, f"tokens-{arch}.json"), "w") as f:
+        json.dump({"strings": STRINGS, "ids": ids, "decoded": [tok.decode(i) for i in ids]}, f)
+
+
+def gemmas(out):
+    vocab = len(spm_vocab()[0])
+    # head_dim 256 = query_pre_attn_scalar (transformers' GGUF loader keeps its
+    # defaults there); windows of 4 positions of the 12.
+    small = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=256, max_position_embeddings=CTX, sliding_window=4,
+                 attn_implementation="eager")
+    gemma_gguf(out, "gemma2", Gemma2ForCausalLM(Gemma2Config(**small, num_hidden_layers=2)))
+    # Six layers: five sliding (local rotary theta) and a global one.
+    gemma_gguf(out, "gemma3", Gemma3ForCausalLM(Gemma3TextConfig(**small, num_hidden_layers=6)))
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
@@ -321,6 +400,7 @@ def main():
 
     families(out, tokens, merges)
     spm_gguf(out)
+    gemmas(out)
 
     if len(sys.argv) > 2:
         real = sys.argv[2]

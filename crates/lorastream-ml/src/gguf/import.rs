@@ -1,11 +1,13 @@
-//! A GGUF file of a Llama, Qwen2, Qwen3 or Phi-3 model as a Hugging Face model
+//! A GGUF file of a Llama, Qwen2, Qwen3, Phi-3, Gemma 2 or Gemma 3 model as a
+//! Hugging Face model
 //! directory: `config.json` from the `<arch>.*` metadata,
 //! `model.safetensors` with every tensor de-quantized and renamed to its
 //! checkpoint name (undoing the Q/K row permutation llama.cpp's converter
 //! applies to its `llama` architecture), and the tokenizer and chat
-//! template from `tokenizer.*` (`vocab`). Gemma's files (their norm offset,
-//! attention settings llama.cpp derives from the model size) are refused by
-//! name, and so are Phi-3 128k's `rope_factors_*` tensors.
+//! template from `tokenizer.*` (`vocab`). Gemma's norm weights are stored
+//! as 1 + w, and some of its attention settings are derived by llama.cpp
+//! rather than stored (`gemma_config`). Phi-3 128k's `rope_factors_*`
+//! tensors are refused by name.
 
 use std::path::Path;
 
@@ -24,6 +26,8 @@ fn family(cpp_arch: &str) -> Option<Arch> {
         "qwen2" => Some(Arch::Qwen2),
         "qwen3" => Some(Arch::Qwen3),
         "phi3" => Some(Arch::Phi3),
+        "gemma2" => Some(Arch::Gemma2),
+        "gemma3" => Some(Arch::Gemma3),
         _ => None,
     }
 }
@@ -43,14 +47,29 @@ pub fn hf_name(arch: Arch, name: &str) -> Option<String> {
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, param) = rest.rsplit_once('.')?;
+    // Gemma 2/3 norm each block's output too; `ffn_norm` is the MLP's input norm.
+    let ffn_norm = match arch {
+        Arch::Gemma2 | Arch::Gemma3 => "pre_feedforward_layernorm",
+        _ => "post_attention_layernorm",
+    };
+    let gemma_post = match arch {
+        Arch::Gemma2 | Arch::Gemma3 => "post_attention_layernorm",
+        _ => "",
+    };
     let norms = [
         ("input_layernorm", "attn_norm"),
-        ("post_attention_layernorm", "ffn_norm"),
+        (ffn_norm, "ffn_norm"),
+        (gemma_post, "post_attention_norm"),
+        ("post_feedforward_layernorm", "post_ffw_norm"),
         ("self_attn.q_norm", "attn_q_norm"),
         ("self_attn.k_norm", "attn_k_norm"),
     ];
     let (prefix, table) = projections(arch);
-    let hf = norms.iter().chain(table).find(|(_, cpp)| *cpp == module)?.0;
+    let hf = norms
+        .iter()
+        .chain(table)
+        .find(|(hf, cpp)| *cpp == module && !hf.is_empty())?
+        .0;
     matches!(param, "weight" | "bias").then(|| format!("{prefix}{layer}.{hf}.{param}"))
 }
 
@@ -78,7 +97,7 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
     let Some(arch) = family(cpp) else {
         return Err(g
             .unsupported(format!(
-                "general.architecture {cpp:?} is not supported (llama, qwen2, qwen3, phi3 are)"
+                "general.architecture {cpp:?} is not supported (llama, qwen2, qwen3, phi3, gemma2, gemma3 are)"
             ))
             .into());
     };
@@ -95,10 +114,10 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
             ))
             .into());
     }
-    let vocab = super::vocab::build(&g, context)?;
+    let vocab = super::vocab::build(&g, cpp, context)?;
     let tied = g.tensor("output.weight").is_none();
     let token_id = |key: &str| g.get(key).and_then(|v| v.as_u64());
-    let config = json!({
+    let mut config = json!({
         "model_type": arch.as_str(),
         "hidden_act": "silu",
         "vocab_size": u("vocab_size").unwrap_or(vocab.tokens.len() as u64),
@@ -121,10 +140,45 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
         "torch_dtype": format!("{kind:?}").to_lowercase(),
         "lorastream_source": src.display().to_string(),
     });
+    if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
+        gemma_config(&g, cpp, &mut config);
+    }
     // llama.cpp permutes q and k rows for its `llama` architecture only.
     let heads = (cpp == "llama").then_some((heads as i64, kv_heads as i64));
     let tensors = hf_tensors(&g, arch, heads, kind)?;
     write_dir(out, &config, &vocab, &tensors)
+}
+
+/// Gemma 2/3's `config.json` keys from a llama.cpp file: the soft-caps and
+/// window it stores, and what llama.cpp derives from the model instead of
+/// storing (the attention scale: 1/√head_dim, 1/√(hidden/heads) for the 27B
+/// models — 46 layers in Gemma 2, 62 in Gemma 3; Gemma 3's five sliding
+/// layers to a global one, their rotary theta 10000).
+fn gemma_config(g: &Gguf, cpp: &str, config: &mut serde_json::Value) {
+    let f = |key: &str| g.get(&format!("{cpp}.{key}")).and_then(|v| v.as_f64());
+    let (hidden, heads) = (
+        config["hidden_size"].clone(),
+        config["num_attention_heads"].clone(),
+    );
+    let layers = config["num_hidden_layers"].as_u64().unwrap_or(0);
+    let big = (cpp == "gemma2" && layers == 46) || (cpp == "gemma3" && layers == 62);
+    config["query_pre_attn_scalar"] = match (big, hidden.as_u64(), heads.as_u64()) {
+        (true, Some(h), Some(n)) if n > 0 => json!(h / n),
+        _ => config["head_dim"].clone(),
+    };
+    config["hidden_activation"] = json!("gelu_pytorch_tanh");
+    config["attn_logit_softcapping"] = json!(f("attn_logit_softcapping"));
+    config["final_logit_softcapping"] = json!(f("final_logit_softcapping"));
+    if cpp == "gemma3" {
+        config["sliding_window_pattern"] = json!(6);
+        config["rope_local_base_freq"] = json!(10000.0);
+        if let (Some("linear"), Some(factor)) = (
+            g.get("gemma3.rope.scaling.type").and_then(|v| v.as_str()),
+            f("rope.scaling.factor"),
+        ) {
+            config["rope_scaling"] = json!({"rope_type": "linear", "factor": factor});
+        }
+    }
 }
 
 /// Every tensor in Hugging Face names and `kind`, q and k un-permuted where
@@ -143,6 +197,10 @@ fn hf_tensors(
                 .into());
         };
         let mut t = tensor(g, info)?;
+        // llama.cpp stores Gemma's norm weights as 1 + w.
+        if matches!(arch, Arch::Gemma2 | Arch::Gemma3) && info.name.ends_with("norm.weight") {
+            t = t - 1.0;
+        }
         if let Some((heads, kv_heads)) = permuted {
             let n = &info.name;
             if n.ends_with("attn_q.weight") || n.ends_with("attn_q.bias") {

@@ -31,37 +31,38 @@ fn token_at(tokens: &[String], g: &Gguf, key: &str) -> Option<String> {
     tokens.get(id as usize).cloned()
 }
 
-pub fn build(g: &Gguf, context_length: u64) -> Result<Vocab, GgufError> {
-    let model = g.need("tokenizer.ggml.model", |v| v.as_str())?;
+/// The vocabulary of `g`, whose `general.architecture` is `arch` (Gemma's
+/// SentencePiece files read as transformers reads them: a Unigram model).
+pub fn build(g: &Gguf, arch: &str, context_length: u64) -> Result<Vocab, GgufError> {
+    let kind = g.need("tokenizer.ggml.model", |v| v.as_str())?;
     let tokens = strings(g, "tokenizer.ggml.tokens")?;
-    let (merges, text) = match model {
-        "gpt2" => (strings(g, "tokenizer.ggml.merges")?, byte_level()),
+    let unk = token_at(&tokens, g, "tokenizer.ggml.unknown_token_id");
+    let prefix = g.get("tokenizer.ggml.add_space_prefix");
+    let prefix = prefix.and_then(|v| v.as_bool()).unwrap_or(true);
+    let (model, text) = match kind {
+        "gpt2" => {
+            let merges = strings(g, "tokenizer.ggml.merges")?;
+            (bpe(g, &tokens, &merges, &unk)?, byte_level())
+        }
+        "llama" if arch.starts_with("gemma") => {
+            let scores = floats(g, "tokenizer.ggml.scores")?;
+            (unigram(g, &tokens, &scores), gemma_text(prefix))
+        }
         "llama" => {
             let merges = match g.get("tokenizer.ggml.merges") {
                 Some(_) => strings(g, "tokenizer.ggml.merges")?,
                 None => spm_merges(&tokens, &floats(g, "tokenizer.ggml.scores")?),
             };
-            let prefix = g.get("tokenizer.ggml.add_space_prefix");
-            (
-                merges,
-                sentencepiece(prefix.and_then(|v| v.as_bool()).unwrap_or(true)),
-            )
+            (bpe(g, &tokens, &merges, &unk)?, sentencepiece(prefix))
         }
         _ => {
             return Err(g.unsupported(format!(
-                "tokenizer.ggml.model {model:?} is not supported (gpt2, the byte-level BPE of \
+                "tokenizer.ggml.model {kind:?} is not supported (gpt2, the byte-level BPE of \
                  Llama 3, SmolLM and Qwen, and llama, SentencePiece's, are)"
             )));
         }
     };
     let types = token_types(g);
-    let vocab: serde_json::Map<String, Json> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
-    let merges = merge_pairs(g, &merges)?;
-    let unk = token_at(&tokens, g, "tokenizer.ggml.unknown_token_id");
     let bos = token_at(&tokens, g, "tokenizer.ggml.bos_token_id");
     let eos = token_at(&tokens, g, "tokenizer.ggml.eos_token_id");
     let pad = token_at(&tokens, g, "tokenizer.ggml.padding_token_id");
@@ -83,10 +84,7 @@ pub fn build(g: &Gguf, context_length: u64) -> Result<Vocab, GgufError> {
         "pre_tokenizer": text.pre_tokenizer,
         "post_processor": post_processor,
         "decoder": text.decoder,
-        "model": {"type": "BPE", "dropout": null, "unk_token": unk,
-            "continuing_subword_prefix": null, "end_of_word_suffix": null,
-            "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-            "vocab": vocab, "merges": merges},
+        "model": model,
     });
     let mut tokenizer_config = json!({
         "add_bos_token": add_bos,
@@ -106,6 +104,64 @@ pub fn build(g: &Gguf, context_length: u64) -> Result<Vocab, GgufError> {
         tokenizer_json,
         tokenizer_config,
     })
+}
+
+/// A BPE model over `tokens` with `merges` ("a b") and byte fallback.
+fn bpe(
+    g: &Gguf,
+    tokens: &[String],
+    merges: &[String],
+    unk: &Option<String>,
+) -> Result<Json, GgufError> {
+    let vocab: serde_json::Map<String, Json> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    Ok(json!({"type": "BPE", "dropout": null, "unk_token": unk,
+        "continuing_subword_prefix": null, "end_of_word_suffix": null,
+        "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+        "vocab": vocab, "merges": merge_pairs(g, merges)?}))
+}
+
+/// Gemma's Unigram model, as transformers' GGUF loader builds it: the tab
+/// byte token read as a tab, pieces of spaces as `▁`s.
+fn unigram(g: &Gguf, tokens: &[String], scores: &[f64]) -> Json {
+    let unk = g
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(|v| v.as_u64());
+    let vocab: Vec<Json> = tokens
+        .iter()
+        .zip(scores.iter().copied().chain(std::iter::repeat(0.0)))
+        .map(|(t, s)| {
+            let piece = match t.as_str() {
+                "<0x09>" => "\t".to_string(),
+                t if t.contains(' ') && t.trim().is_empty() => "\u{2581}".repeat(t.chars().count()),
+                t => t.to_string(),
+            };
+            json!([piece, s])
+        })
+        .collect();
+    json!({"type": "Unigram", "unk_id": unk, "vocab": vocab, "byte_fallback": true})
+}
+
+/// Gemma's text handling: spaces are `▁`, nothing put first, split after
+/// spaces; a leading space stripped on decoding when `prefix`.
+fn gemma_text(prefix: bool) -> Text {
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    Text {
+        normalizer: json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}),
+        pre_tokenizer: json!({"type": "Split", "pattern": {"String": " "},
+            "behavior": "MergedWithPrevious", "invert": false}),
+        decoder: json!({"type": "Sequence", "decoders": decoders}),
+    }
 }
 
 /// llama.cpp's type of every token (none when the file has no types).
