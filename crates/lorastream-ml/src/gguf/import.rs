@@ -199,7 +199,7 @@ fn hf_tensors(
         let mut t = tensor(g, info)?;
         // llama.cpp stores Gemma's norm weights as 1 + w.
         if matches!(arch, Arch::Gemma2 | Arch::Gemma3) && info.name.ends_with("norm.weight") {
-            t = t - 1.0;
+            t -= 1.0;
         }
         if let Some((heads, kv_heads)) = permuted {
             let n = &info.name;
