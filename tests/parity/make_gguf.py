@@ -90,6 +90,21 @@ def random_blocks(qtype, rows, cols, rng):
     return b.reshape(rows, cols // block * size)
 
 
+def gguf_writer(out, arch, c):
+    """A writer of OUT/<arch>.gguf with the sizes of transformers config `c`."""
+    w = GGUFWriter(os.path.join(out, f"{arch}.gguf"), arch)
+    w.add_name(f"tiny {arch}")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    return w
+
+
 def write_vocab(w, tokens, merges):
     w.add_vocab_size(len(tokens))
     w.add_tokenizer_model("gpt2")
@@ -130,16 +145,7 @@ def family_gguf(out, arch, model, tokens, merges):
         for name, p in model.named_parameters():
             if name.endswith(".bias") or "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
-    w = GGUFWriter(os.path.join(out, f"{arch}.gguf"), arch)
-    w.add_name(f"tiny {arch}")
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_rope_freq_base(c.rope_theta)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w = gguf_writer(out, arch, c)
     if getattr(c, "head_dim", None):
         w.add_key_length(c.head_dim)
         w.add_value_length(c.head_dim)
@@ -197,6 +203,17 @@ def spm_vocab():
     return tokens, scores, types
 
 
+def write_spm_vocab(w, tokens, scores, types):
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+
+
 def spm_gguf(out):
     """A tiny Llama file with a SentencePiece vocabulary, and the token ids
     transformers' GGUF tokenizer gives for STRINGS."""
@@ -214,14 +231,7 @@ def spm_gguf(out):
     w.add_head_count_kv(2)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-6)
-    w.add_vocab_size(len(tokens))
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
+    write_spm_vocab(w, tokens, scores, types)
     for name, t in model.state_dict().items():
         if name == "lm_head.weight":
             continue
@@ -256,29 +266,14 @@ def gemma_gguf(out, arch, model):
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
-    w = GGUFWriter(os.path.join(out, f"{arch}.gguf"), arch)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
+    w = gguf_writer(out, arch, c)
     w.add_key_length(c.head_dim)
     w.add_value_length(c.head_dim)
-    w.add_rope_freq_base(c.rope_theta)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_sliding_window(c.sliding_window)
     if arch == "gemma2":
         w.add_attn_logit_softcapping(c.attn_logit_softcapping)
         w.add_final_logit_softcapping(c.final_logit_softcapping)
-    w.add_vocab_size(len(tokens))
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
+    write_spm_vocab(w, tokens, scores, types)
     w.add_add_space_prefix(False)
     for name, t in model.state_dict().items():
         if name == "lm_head.weight":
