@@ -165,13 +165,14 @@ pub(crate) fn attention(
         let (k, v) = (k.narrow(2, total - w, w), v.narrow(2, total - w, w));
         return attend(q, &k, &v, None, false, scores, gqa);
     }
-    let windowed = scores
-        .window
-        .and_then(|w| band(t, total - t, w, q.device()))
-        .map(|band| match mask {
+    // Where some key lies outside a query's window, the mask says so.
+    let windowed = scores.window.filter(|w| total > *w).map(|w| {
+        let band = visible(t, total - t, Some(w), q.device());
+        match mask {
             Some(m) => restrict(m, &band),
-            None => band.logical_and(&causal(t, total - t, q.device())),
-        });
+            None => band,
+        }
+    });
     let mask = windowed.as_ref().or(mask);
     let causal = mask.is_none() && t > 1;
     attend(q, &k, &v, mask, causal, scores, gqa)
@@ -218,35 +219,30 @@ pub(crate) fn attend(
     let s = match mask {
         Some(m) if m.kind() == Kind::Bool => s.masked_fill(&m.logical_not(), min),
         Some(m) => s + m,
-        None if causal_rows => s.masked_fill(&causal(t, total - t, q.device()).logical_not(), min),
+        None if causal_rows => {
+            s.masked_fill(&visible(t, total - t, None, q.device()).logical_not(), min)
+        }
         None => s,
     };
     s.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&v)
 }
 
-/// `[1, 1, t, past + t]`, true where query i may see key j (j ≤ past + i).
-pub(crate) fn causal(t: i64, past: i64, dev: Device) -> Tensor {
+/// `[1, 1, t, past + t]`, true where query i may see key j: j ≤ past + i,
+/// and, with a `window`, j > past + i − window. Rows padded at one end keep
+/// their tokens' distances, so the band over indices is the band over
+/// positions.
+pub(crate) fn visible(t: i64, past: i64, window: Option<i64>, dev: Device) -> Tensor {
     let opts = (Kind::Int64, dev);
     let qi = Tensor::arange_start(past, past + t, opts).unsqueeze(1);
     let kj = Tensor::arange(past + t, opts).unsqueeze(0);
-    kj.le_tensor(&qi).view([1, 1, t, past + t])
-}
-
-/// `[1, 1, t, past + t]`, true where key j is among the `window` latest
-/// positions of query i (j > past + i − window); None when every key is.
-/// Rows padded at one end keep their tokens' distances, so the band over
-/// indices is the band over positions.
-fn band(t: i64, past: i64, window: i64, dev: Device) -> Option<Tensor> {
-    if past + t <= window {
-        return None;
+    let mut seen = kj.le_tensor(&qi);
+    if let Some(w) = window {
+        seen = seen.logical_and(&kj.gt_tensor(&(qi - w)));
     }
-    let opts = (Kind::Int64, dev);
-    let qi = Tensor::arange_start(past, past + t, opts).unsqueeze(1);
-    let kj = Tensor::arange(past + t, opts).unsqueeze(0);
-    Some(kj.gt_tensor(&(qi - window)).view([1, 1, t, past + t]))
+    seen.view([1, 1, t, past + t])
 }
 
-/// `mask` (boolean or additive) also refusing what `band` refuses.
+/// `mask` (boolean or additive; causal already) also refusing what `band` refuses.
 fn restrict(mask: &Tensor, band: &Tensor) -> Tensor {
     match mask.kind() {
         Kind::Bool => mask.logical_and(band),

@@ -32,11 +32,11 @@ fn chunk_rows(model: &CausalLm) -> i64 {
     (CHUNK_ELEMENTS / model.head_weight().size()[0]).clamp(16, 4096)
 }
 
-/// Log-probabilities of one chunk in f32 (`log_softmax`: one vectorised
-/// pass, where `logsumexp` on the CPU costs more than the head's matmul) and
-/// the summed NLL of `targets`.
-fn chunk_nll(model: &CausalLm, h: &Tensor, targets: &Tensor) -> (Tensor, f64) {
-    let logp = model.logits(h).log_softmax(-1, Kind::Float);
+/// Log-probabilities of one chunk's `logits` in f32 (`log_softmax`: one
+/// vectorised pass, where `logsumexp` on the CPU costs more than the head's
+/// matmul) and the summed NLL of `targets`.
+fn chunk_nll(logits: &Tensor, targets: &Tensor) -> (Tensor, f64) {
+    let logp = logits.log_softmax(-1, Kind::Float);
     let picked = logp.gather(1, &targets.unsqueeze(1), false);
     let nll = -picked.sum(Kind::Double).double_value(&[]);
     (logp, nll)
@@ -53,7 +53,7 @@ fn nll_sum_in(model: &CausalLm, hidden: &Tensor, labels: &Tensor, rows: i64) -> 
         h.split(rows, 0)
             .iter()
             .zip(targets.split(rows, 0).iter())
-            .map(|(h, t)| chunk_nll(model, h, t).1)
+            .map(|(h, t)| chunk_nll(&model.logits(h), t).1)
             .sum()
     })
 }
@@ -112,7 +112,8 @@ fn backward_nll_in(
             .iter()
             .zip(targets.split(rows, 0).iter())
             .map(|(hc, tc)| {
-                let (mut g, nll) = chunk_nll(model, hc, tc);
+                let z = model.logits(hc);
+                let (mut g, nll) = chunk_nll(&z, tc);
                 total += nll;
                 // d(nll)/d(logits) = softmax − one-hot.
                 let _ = g.exp_();
@@ -124,7 +125,7 @@ fn backward_nll_in(
                 let _ = g.g_mul_scalar_(scale);
                 // Soft-capped logits c·tanh(z/c): times their slope 1 − tanh²(z/c).
                 if let Some(cap) = model.config.extras.final_softcap {
-                    let capped = model.logits(hc).to_kind(Kind::Float) / cap;
+                    let capped = z.to_kind(Kind::Float) / cap;
                     let _ = g.g_mul_(&(capped.square().neg() + 1.0));
                 }
                 g.to_kind(w.kind()).mm(w)

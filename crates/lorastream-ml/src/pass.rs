@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use tch::Tensor;
 
-use crate::attention::{KvCache, LayerCache, Qkv, Scores, attention, causal};
+use crate::attention::{KvCache, LayerCache, Qkv, Scores, attention, visible};
 use crate::kv_pool::KvPool;
 use crate::lora::{Linear, LoraWeights};
 
@@ -174,7 +174,7 @@ impl<'a> Pass<'a> {
 fn attend_one(s: &mut Segment, layer: usize, x: Qkv, scores: &Scores, gqa: bool) -> Tensor {
     let c = &mut s.cache.layers[layer];
     let past = c.len();
-    let mask = (past > 0 && s.len > 1).then(|| causal(s.len, past, x.q.device()));
+    let mask = (past > 0 && s.len > 1).then(|| visible(s.len, past, None, x.q.device()));
     attention(&x.q, x.k, x.v, mask.as_ref(), Some(c), scores, gqa)
 }
 

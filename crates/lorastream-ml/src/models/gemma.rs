@@ -80,7 +80,13 @@ pub(crate) fn read_attention(
     e.attn_scale = Some(scalar.powf(-0.5));
     e.attn_softcap = positive(v, "attn_logit_softcapping", caps.0)?;
     e.final_softcap = positive(v, "final_logit_softcapping", caps.1)?;
-    llama::read_window(c, v, Some(4096), |i| (i + 1) % pattern.max(1) != 0)
+    llama::read_window(c, v, Some(4096), slides(pattern))
+}
+
+/// Whether layer `i` slides when every layer but each `pattern`-th does
+/// (transformers' default `layer_types`).
+fn slides(pattern: usize) -> impl Fn(usize) -> bool {
+    move |i| (i + 1) % pattern.max(1) != 0
 }
 
 fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
@@ -137,7 +143,7 @@ pub(crate) fn tiny_as(
     e.attn_scale = Some((c.head_dim as f64).powf(-0.5));
     (e.attn_softcap, e.final_softcap) = caps;
     e.sliding_window = Some(128);
-    e.sliding_layers = (0..layers).map(|i| (i + 1) % pattern != 0).collect();
+    e.sliding_layers = (0..layers).map(slides(pattern)).collect();
     c
 }
 

@@ -121,6 +121,16 @@ pub(crate) fn read_qwen_window(
     read_window(c, v, None, |i| i >= full)
 }
 
+/// Qwen's switch as [`read_qwen_window`] reads it: on, with `layer_types`
+/// saying which layers slide, where the model has a window.
+pub(crate) fn write_qwen_window(c: &HfConfig, v: &mut serde_json::Value) {
+    if c.extras.sliding_window.is_some() {
+        v["use_sliding_window"] = serde_json::json!(true);
+        v["max_window_layers"] = serde_json::json!(0);
+        write_window(c, v);
+    }
+}
+
 /// `config.json`'s `sliding_window` and `layer_types`, where the model has a window.
 pub(crate) fn write_window(c: &HfConfig, v: &mut serde_json::Value) {
     let e = &c.extras;

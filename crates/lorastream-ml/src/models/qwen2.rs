@@ -22,11 +22,7 @@ fn read_config(v: &serde_json::Value, ids: SpecialIds) -> Result<HfConfig, Confi
 
 fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
     let mut v = llama::write_as(c, eos, "Qwen2ForCausalLM");
-    if c.extras.sliding_window.is_some() {
-        v["use_sliding_window"] = serde_json::json!(true);
-        v["max_window_layers"] = serde_json::json!(0);
-        llama::write_window(c, &mut v);
-    }
+    llama::write_qwen_window(c, &mut v);
     v
 }
 

@@ -36,8 +36,8 @@ pub struct Layout {
 pub(super) struct RmsNorm {
     pub(super) w: Tensor,
     pub(super) eps: f64,
-    /// Gemma's: scale by `1 + w` in f32, then cast back.
-    pub(super) plus_one: bool,
+    /// Gemma's scale `1 + w` in f32, formed once at load.
+    pub(super) plus_one: Option<Tensor>,
 }
 
 impl RmsNorm {
@@ -48,11 +48,9 @@ impl RmsNorm {
         eps: f64,
         layout: Layout,
     ) -> Result<Self, MlError> {
-        Ok(RmsNorm {
-            w: ws.take(&format!("{name}.weight"), &[d])?,
-            eps,
-            plus_one: layout.gemma,
-        })
+        let w = ws.take(&format!("{name}.weight"), &[d])?;
+        let plus_one = layout.gemma.then(|| w.to_kind(Kind::Float) + 1.0);
+        Ok(RmsNorm { w, eps, plus_one })
     }
     /// As transformers: normalise in f32, cast back, then scale (Gemma:
     /// scale by `1 + w`, then cast back). Without a gradient to keep,
@@ -60,19 +58,16 @@ impl RmsNorm {
     /// slower than autograd's over the plain ops).
     pub(super) fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
-        let d = [self.w.size()[0]];
         if !x.requires_grad() && kind == Kind::Float {
-            return match self.plus_one {
-                true => x.rms_norm(d, Some(&(self.w.to_kind(Kind::Float) + 1.0)), self.eps),
-                false => x.rms_norm(d, Some(&self.w), self.eps),
-            };
+            let scale = self.plus_one.as_ref().unwrap_or(&self.w);
+            return x.rms_norm([self.w.size()[0]], Some(scale), self.eps);
         }
         let xf = x.to_kind(Kind::Float);
         let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
         let normed = xf * (var + self.eps).rsqrt();
-        match self.plus_one {
-            true => (normed * (self.w.to_kind(Kind::Float) + 1.0)).to_kind(kind),
-            false => &self.w * normed.to_kind(kind),
+        match &self.plus_one {
+            Some(scale) => (normed * scale).to_kind(kind),
+            None => &self.w * normed.to_kind(kind),
         }
     }
 }
