@@ -219,10 +219,14 @@ pub struct FeedbackConfig {
     pub more_epochs: usize,
     /// … and the learning rate multiplied by this.
     pub lr_raise: f64,
-    /// A stream already this much (relative) below the base before training,
-    /// which a candidate does not improve by `min_gain`, is `already_known`:
-    /// nothing to retrain for.
+    /// A stream already this much (relative) below the base before training
+    /// is known: a candidate for it needs only `known_min_gain`, and one that
+    /// falls short is `already_known` (nothing to retrain for).
     pub known_gain: f64,
+    /// The gain a candidate for a known stream needs to be promoted (with no
+    /// forgetting or probe limit broken): a sure small improvement of a
+    /// stream the served version already knows is still an improvement.
+    pub known_min_gain: f64,
     /// Coverage of the intervals decisions carry (paired bootstrap over the
     /// evaluation examples).
     pub confidence: f64,
@@ -250,6 +254,7 @@ impl Default for FeedbackConfig {
             more_epochs: 1,
             lr_raise: 1.5,
             known_gain: 0.10,
+            known_min_gain: 0.005,
             confidence: 0.95,
             resamples: 1000,
             inconclusive: Inconclusive::Point,

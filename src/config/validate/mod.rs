@@ -417,6 +417,14 @@ fn check_feedback(k: &mut Checker, c: &Config) {
         false,
     );
     k.range(
+        at("feedback.known_min_gain"),
+        f.known_min_gain,
+        0.0,
+        true,
+        1.0,
+        false,
+    );
+    k.range(
         at("feedback.confidence"),
         f.confidence,
         0.5,

@@ -56,7 +56,7 @@ pub fn decide(
     let mut reasons = verdict.reasons;
     let (attempt, stream) = (candidate.attempt, figures.stream);
     let f = &p.feedback;
-    let known = figures.known.filter(|k| *k >= f.known_gain);
+    let known = figures.known_to(p);
     let (action, next) = match verdict.cause {
         _ if !f.enabled => {
             reasons.push("feedback is off: promoted without checks".into());
@@ -66,11 +66,13 @@ pub fn decide(
         Some(Cause::UnderLearning) if known.is_some() => {
             reasons.push(format!(
                 "already known: version {} was already {:.1}% below the base on stream {stream} \
-                 (known_gain {:.1}%), and training adds {}; the stream is done, version {} stays",
+                 (known_gain {:.1}%), and training adds {}, short of {:.1}%; the stream is done, \
+                 version {} stays",
                 figures.reference,
                 known.unwrap_or_default() * 100.0,
                 f.known_gain * 100.0,
                 figures.gain.pct(),
+                f.known_min_gain * 100.0,
                 figures.reference,
             ));
             (Action::AlreadyKnown, None)

@@ -100,9 +100,9 @@ fn promotes_retrains_then_gives_up() {
     .unwrap();
     assert_eq!(d.action, Action::GiveUp);
     assert!(d.reasons.last().unwrap().contains("not learned"));
-    // Too little gain on a stream version 1 already has 50% below the
-    // base: already known, not retrained.
-    let flat = with(&[(2, 1, 10.0), (2, 2, 19.9)]);
+    // Too little gain (0.25%) on a stream version 1 already has 50% below
+    // the base: already known, not retrained.
+    let flat = with(&[(2, 1, 10.0), (2, 2, 19.95)]);
     let d = decide(&PolicySpec::from_config(&cfg), &c, &CHAIN, &streams, &flat).unwrap();
     assert_eq!(d.action, Action::AlreadyKnown, "{:?}", d.reasons);
     assert!(
@@ -267,10 +267,21 @@ fn a_run_forced_to_under_learn_gets_more_epochs_and_a_higher_rate() {
         (next.lr - cfg.train.lr * 1.5).abs() < 1e-15
             && next.replay_fraction == cfg.train.replay_fraction
     );
-    // The same gain where v1 was already 10%+ below the base: already known.
-    let cells = two_streams(2.0, 2.695, 3.0, 2.7);
+    // The same gain where v1 was already 10%+ below the base: the stream is
+    // known, and a sure 1% (NLL 2.7 → 2.69) is more than a known stream
+    // needs (0.5%).
+    let cells = two_streams(2.0, 2.69, 3.0, 2.7);
+    let d = on_stream_2(&p, &adapter(2, Some(1), 2, 1), &cells);
+    assert_eq!(d.action, Action::Promote, "{:?}", d.reasons);
+    assert!(d.reasons[0].contains("stream known"), "{:?}", d.reasons);
+    // Less than that: already known, nothing to retrain for.
+    let cells = two_streams(2.0, 2.699, 3.0, 2.7);
     let d = on_stream_2(&p, &adapter(2, Some(1), 2, 1), &cells);
     assert_eq!(d.action, Action::AlreadyKnown, "{:?}", d.reasons);
+    // A known stream's small gain still may not cost an earlier stream.
+    let cells = two_streams(2.1, 2.69, 3.0, 2.7);
+    let d = on_stream_2(&p, &adapter(2, Some(1), 2, 1), &cells);
+    assert_eq!(d.cause, Some(Cause::Forgetting), "{:?}", d.reasons);
     // A retry's own settings are what the next one builds on.
     let mut second = adapter(2, Some(1), 2, 2);
     let spec = Attempt {
