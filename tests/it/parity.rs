@@ -19,8 +19,9 @@ use lorastream_ml::{CausalLm, ChatTokenizer, LoraSpec};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
-const MODELS: [&str; 10] = [
-    "gpt2", "llama", "llama3", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3",
+const MODELS: [&str; 11] = [
+    "gpt2", "llama", "llama3", "qwen2", "qwen3", "mistral", "phi3", "phi4", "gemma", "gemma2",
+    "gemma3",
 ];
 
 fn python() -> PathBuf {
@@ -239,7 +240,7 @@ fn rust_trained_adapter_loads_in_peft() {
         let mut m = load_model(name);
         let targets = match name {
             "gpt2" => vec!["c_attn", "c_fc"],
-            "phi3" => vec!["qkv_proj", "gate_up_proj"],
+            "phi3" | "phi4" => vec!["qkv_proj", "gate_up_proj"],
             _ => vec!["q_proj", "v_proj", "down_proj"],
         };
         m.attach_lora(LoraSpec {

@@ -76,6 +76,16 @@ def models():
             "type": "longrope", "short_factor": [1.0, 1.3, 2.0, 3.5],
             "long_factor": [1.5, 2.0, 4.0, 8.0]}))), \
         ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    # Phi-4-mini: the same architecture, the leading 6 of each head's 8
+    # dimensions rotating (partial_rotary_factor 0.75; LongRoPE factors for
+    # those 6), a tied head, no window.
+    yield "phi4", randomized(Phi3ForCausalLM(Phi3Config(
+        **small, pad_token_id=0, bos_token_id=1, eos_token_id=2, resid_pdrop=0.0,
+        embd_pdrop=0.0, attention_dropout=0.0, original_max_position_embeddings=32,
+        partial_rotary_factor=0.75, tie_word_embeddings=True, rope_scaling={
+            "type": "longrope", "short_factor": [1.0, 1.7, 3.0],
+            "long_factor": [1.5, 2.0, 4.0]}))), \
+        ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
     # Gemma: (1 + w) norms, embeddings x sqrt(hidden), GELU(tanh)-gated MLP, tied head.
     gemma = dict(small, head_dim=8, initializer_range=0.1, attn_implementation="eager")
     yield "gemma", randomized(GemmaForCausalLM(GemmaConfig(

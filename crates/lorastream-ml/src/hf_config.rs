@@ -114,6 +114,10 @@ pub struct Extras {
     pub local_rope_theta: Option<f64>,
     /// The gated MLP's activation.
     pub activation: Activation,
+    /// Leading dimensions of each head that rotate (`head_dim` ×
+    /// `partial_rotary_factor`, Phi-4-mini); None: all of them.
+    #[serde(default)]
+    pub rotary_dim: Option<usize>,
 }
 
 /// The special token ids every family's `config.json` may name.
@@ -252,9 +256,15 @@ mod tests {
         assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("attn_logit_softcapping")));
         let e = with(json!({"model_type": "gemma", "hidden_act": "relu"})).unwrap_err();
         assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("relu")));
-        // What lorastream does not do is refused by name.
-        let e = with(json!({"model_type": "phi3", "partial_rotary_factor": 0.75})).unwrap_err();
-        assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("partial_rotary_factor")));
+        // Phi-4-mini: the leading 3/4 of each head rotate.
+        let p = with(json!({"model_type": "phi3", "partial_rotary_factor": 0.75})).unwrap();
+        assert_eq!((p.head_dim, p.extras.rotary_dim), (16, Some(12)));
+        assert_eq!(crate::rope::rope_inv_freq(&p).len(), 6);
+        assert_eq!(HfConfig::from_json(&p.to_json()).unwrap(), p);
+        for bad in [json!(0.1), json!(1.5), json!(-1), json!("half")] {
+            let e = with(json!({"model_type": "phi3", "partial_rotary_factor": bad})).unwrap_err();
+            assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("partial_rotary_factor")));
+        }
         // Phi-3.5's LongRoPE: within the original context, cos/sin scaled.
         let p = with(
             json!({"model_type": "phi3", "original_max_position_embeddings": 4096,

@@ -6,9 +6,16 @@ use tch::Tensor;
 
 use crate::hf_config::HfConfig;
 
-/// Inverse RoPE frequencies for the config's theta and scaling (default, linear, llama3).
+/// Leading dimensions of each head that rotate (all but with partial rotary
+/// embeddings).
+pub fn rotary_dim(cfg: &HfConfig) -> usize {
+    cfg.extras.rotary_dim.unwrap_or(cfg.head_dim)
+}
+
+/// Inverse RoPE frequencies for the config's theta and scaling (default,
+/// linear, llama3, LongRoPE), one per rotating pair of dimensions.
 pub fn rope_inv_freq(cfg: &HfConfig) -> Vec<f64> {
-    let hd = cfg.head_dim;
+    let hd = rotary_dim(cfg);
     let mut inv: Vec<f64> = (0..hd / 2)
         .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64))
         .collect();
@@ -64,9 +71,21 @@ pub fn rope_attention_factor(cfg: &HfConfig) -> f64 {
     }
 }
 
-pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
+fn rotate_half(x: &Tensor) -> Tensor {
     let half = x.size()[3] / 2;
     let x1 = x.narrow(-1, 0, half);
     let x2 = x.narrow(-1, half, half);
     Tensor::cat(&[x2.neg(), x1], -1)
+}
+
+/// `x` `[b, h, t, head_dim]` rotated by `cos`/`sin` `[b, 1, t, rotary_dim]`:
+/// its leading `rotary_dim` dimensions; the rest pass as they are.
+pub(crate) fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let (hd, rd) = (x.size()[3], cos.size()[3]);
+    if rd == hd {
+        return x * cos + rotate_half(x) * sin;
+    }
+    let r = x.narrow(-1, 0, rd);
+    let r = &r * cos + rotate_half(&r) * sin;
+    Tensor::cat(&[r, x.narrow(-1, rd, hd - rd)], -1)
 }

@@ -166,7 +166,10 @@ impl Figures {
         let (wanted, known) = match self.known_to(p) {
             Some(k) => (
                 f.known_min_gain,
-                format!(", the stream known: {:.1}% below the base already", k * 100.0),
+                format!(
+                    ", the stream known: {:.1}% below the base already",
+                    k * 100.0
+                ),
             ),
             None => (f.min_gain, String::new()),
         };

@@ -114,6 +114,16 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
             ))
             .into());
     }
+    // Partial rotary embeddings (Phi-4-mini's files, which also carry
+    // LongRoPE's `rope_factors_*`) are not read from GGUF.
+    let rotary = u("rope.dimension_count").unwrap_or(head_dim);
+    if rotary != head_dim {
+        return Err(g
+            .unsupported(format!(
+                "rope.dimension_count {rotary} with head size {head_dim}"
+            ))
+            .into());
+    }
     let vocab = super::vocab::build(&g, cpp, context)?;
     let tied = g.tensor("output.weight").is_none();
     let token_id = |key: &str| g.get(key).and_then(|v| v.as_u64());

@@ -4,8 +4,9 @@
 //! PEFT targets them. Like Mistral, every layer sees `sliding_window` back.
 //! LongRoPE (Phi-3.5-mini, the 128k variants) is read within the original
 //! context (`original_max_position_embeddings`: the short factors and the
-//! scaled cos/sin transformers uses there). Partial rotary embeddings
-//! (Phi-4-mini) are refused by name.
+//! scaled cos/sin transformers uses there). Phi-4-mini is the same
+//! architecture with partial rotary embeddings (`partial_rotary_factor`: only
+//! the leading dimensions of each head rotate) and a tied head.
 
 use super::decoder::Layout;
 use super::{Arch, Family, llama};
@@ -21,27 +22,38 @@ const LAYOUT: Layout = Layout {
 };
 
 fn read_config(v: &serde_json::Value, ids: SpecialIds) -> Result<HfConfig, ConfigProblem> {
-    let partial = v
-        .get("partial_rotary_factor")
-        .and_then(|x| x.as_f64())
-        .unwrap_or(1.0);
-    if partial != 1.0 {
-        return Err(ConfigProblem::Invalid(format!(
-            "partial_rotary_factor {partial} is not supported (only 1.0)"
-        )));
-    }
     let mut c = llama::read_as(v, ids, Arch::Phi3)?;
     llama::read_window(&mut c, v, None, |_| true)?;
+    partial_rotary(&mut c, v)?;
     longrope(&mut c, v)?;
     Ok(c)
 }
 
+/// `partial_rotary_factor` (Phi-4-mini: 0.75): the leading
+/// `int(head_dim × factor)` dimensions of each head rotate, as transformers
+/// counts them; an even number of at least 2.
+fn partial_rotary(c: &mut HfConfig, v: &serde_json::Value) -> Result<(), ConfigProblem> {
+    let Some(x) = v.get("partial_rotary_factor").filter(|x| !x.is_null()) else {
+        return Ok(());
+    };
+    let factor = x.as_f64().unwrap_or(f64::NAN);
+    let dim = (c.head_dim as f64 * factor) as usize;
+    if !(factor > 0.0 && factor <= 1.0) || dim < 2 || dim % 2 != 0 {
+        return Err(ConfigProblem::Invalid(format!(
+            "partial_rotary_factor {x} must be in (0, 1] and rotate an even number of the \
+             {} dimensions of a head",
+            c.head_dim
+        )));
+    }
+    c.extras.rotary_dim = (dim < c.head_dim).then_some(dim);
+    Ok(())
+}
 /// LongRoPE (Phi-3.5-mini, Phi-3 128k): checks its factors and keeps
 /// sequences within `original_max_position_embeddings`, where transformers
 /// uses the short factors; `factor` becomes the extension the config claims
 /// (max / original), which sets the scale of cos and sin.
 fn longrope(c: &mut HfConfig, v: &serde_json::Value) -> Result<(), ConfigProblem> {
-    let half = c.head_dim / 2;
+    let half = crate::rope::rotary_dim(c) / 2;
     let max = c.max_position_embeddings;
     let Some(s) = c
         .rope_scaling
@@ -59,7 +71,7 @@ fn longrope(c: &mut HfConfig, v: &serde_json::Value) -> Result<(), ConfigProblem
             .is_some_and(|f| f.len() == half && f.iter().all(|x| x.is_finite() && *x > 0.0));
         if !ok {
             return Err(ConfigProblem::Invalid(format!(
-                "rope_scaling.{name} must be {half} positive numbers (head_dim / 2)"
+                "rope_scaling.{name} must be {half} positive numbers (rotary dimensions / 2)"
             )));
         }
     }
@@ -95,6 +107,9 @@ fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
     };
     v["max_position_embeddings"] = max;
     v["original_max_position_embeddings"] = serde_json::json!(original);
+    if let Some(d) = c.extras.rotary_dim {
+        v["partial_rotary_factor"] = serde_json::json!(d as f64 / c.head_dim as f64);
+    }
     v
 }
 

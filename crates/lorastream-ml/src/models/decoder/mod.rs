@@ -20,7 +20,7 @@ use crate::fused::{decode_copy, tensor_bytes};
 use crate::hf_config::HfConfig;
 use crate::lora::Linear;
 use crate::pass::Pass;
-use crate::rope::{rope_attention_factor, rope_inv_freq, rotate_half};
+use crate::rope::{apply_rotary, rope_attention_factor, rope_inv_freq};
 use crate::weights::Weights;
 pub use layer::Layout;
 use layer::{Dims, Layer, RmsNorm, projections};
@@ -32,7 +32,7 @@ pub struct Decoder {
     norm: RmsNorm,
     lm_head: Option<Tensor>,
     head_decode: Option<Tensor>,
-    /// `[head_dim / 2]` inverse frequencies after rope scaling, f32 on the
+    /// `[rotary_dim / 2]` inverse frequencies after rope scaling, f32 on the
     /// model's device; then the sliding layers' own, where they have one.
     inv_freq: Tensor,
     local_inv_freq: Option<Tensor>,
@@ -105,7 +105,7 @@ impl Decoder {
         }
     }
 
-    /// cos and sin `[b, 1, t, hd]` of `positions` `[b, t]` for `inv_freq`,
+    /// cos and sin `[b, 1, t, rotary_dim]` of `positions` `[b, t]` for `inv_freq`,
     /// times `scale`, computed in f32 as transformers does.
     fn rotary(positions: &Tensor, inv_freq: &Tensor, scale: f64, kind: Kind) -> (Tensor, Tensor) {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
@@ -185,7 +185,7 @@ impl Backbone for Decoder {
                 Some(local) if scores.window.is_some() => local,
                 _ => &global,
             };
-            let rope = |x: &Tensor| x * cos + rotate_half(x) * sin;
+            let rope = |x: &Tensor| apply_rotary(x, cos, sin);
             let h = l.input_norm.forward(&x);
             let [q, k, v] = l.qkv(&h, &dims, pass);
             let q = head_norm(&l.q_norm, q.view([b, t, nh, hd])).transpose(1, 2);
