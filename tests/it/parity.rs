@@ -19,9 +19,9 @@ use lorastream_ml::{CausalLm, ChatTokenizer, LoraSpec};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
-const MODELS: [&str; 11] = [
+const MODELS: [&str; 12] = [
     "gpt2", "llama", "llama3", "qwen2", "qwen3", "mistral", "phi3", "phi4", "gemma", "gemma2",
-    "gemma3",
+    "gemma3", "gemma3mm",
 ];
 
 fn python() -> PathBuf {

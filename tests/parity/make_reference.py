@@ -23,6 +23,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
+                          Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig,
                           GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel,
                           LlamaConfig, LlamaForCausalLM,
                           MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
@@ -103,6 +104,29 @@ def models():
         layer_types=["sliding_attention", "full_attention"], rope_theta=1e6,
         rope_scaling={"rope_type": "linear", "factor": 2.0}, rope_local_base_freq=100.0))), \
         ["q_proj", "k_proj", "o_proj", "gate_proj", "down_proj"]
+    # Gemma 3 with its vision tower (the 4B+ checkpoints): read as its text
+    # model, whose config.json gives only what differs from the defaults.
+    yield "gemma3mm", randomized(Gemma3ForConditionalGeneration(Gemma3Config(
+        text_config=Gemma3TextConfig(**dict(gemma, head_dim=16), query_pre_attn_scalar=10,
+                                     sliding_window=4, sliding_window_pattern=2),
+        vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=28, patch_size=14),
+        mm_tokens_per_image=4))), ["q_proj", "v_proj", "down_proj"]
+
+
+# PEFT's exclude_modules for a multimodal checkpoint (lorastream's NOT_TEXT).
+NOT_TEXT = ".*(vision_tower|vision_model|multi_modal_projector).*"
+
+
+def hub_layout(d):
+    """Renames a multimodal checkpoint's tensors as the Hub's Gemma 3
+    checkpoints name them (`language_model.model.*`; transformers >= 4.52
+    saves `model.language_model.*` and reads both)."""
+    from safetensors.torch import load_file
+    path = os.path.join(d, "model.safetensors")
+    t = load_file(path)
+    save_file({k.replace("model.language_model.", "language_model.model.", 1): v
+               for k, v in t.items()}, path, metadata={"format": "pt"})
 
 
 def randomized(model):
@@ -125,8 +149,13 @@ def lora_grads(peft_model, ids, mask, vocab):
         logits[:, :-1].reshape(-1, vocab), labels.reshape(-1), ignore_index=-100)
     loss.backward()
     peft_model.eval()
-    return {n.replace(".default.weight", ".weight"): p.grad.contiguous()
-            for n, p in peft_model.named_parameters() if "lora_" in n}
+    # A multimodal checkpoint's text model by the names a text-only one has.
+    text = {"base_model.model.model.language_model.": "base_model.model.model."}
+    named = {n.replace(".default.weight", ".weight"): p for n, p in peft_model.named_parameters()
+             if "lora_" in n}
+    for a, b in text.items():
+        named = {n.replace(a, b, 1): p for n, p in named.items()}
+    return {n: p.grad.contiguous() for n, p in named.items()}
 
 
 def reference_models(out):
@@ -134,6 +163,9 @@ def reference_models(out):
         d = os.path.join(out, name)
         model.eval()
         model.save_pretrained(d, safe_serialization=True)
+        multimodal = name.endswith("mm")
+        if multimodal:
+            hub_layout(d)
         gen = torch.Generator().manual_seed(1)
         ids = torch.randint(0, VOCAB, (2, T), generator=gen)
         mask = torch.ones(2, T, dtype=torch.long)
@@ -141,7 +173,8 @@ def reference_models(out):
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits
         cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
-                         init_lora_weights=False, fan_in_fan_out=(name == "gpt2"))
+                         init_lora_weights=False, fan_in_fan_out=(name == "gpt2"),
+                         exclude_modules=NOT_TEXT if multimodal else None)
         peft_model = get_peft_model(model, cfg)
         peft_model.eval()
         with torch.no_grad():

@@ -118,6 +118,12 @@ pub struct Extras {
     /// `partial_rotary_factor`, Phi-4-mini); None: all of them.
     #[serde(default)]
     pub rotary_dim: Option<usize>,
+    /// The text model of a multimodal checkpoint (Gemma 3 4B and up,
+    /// `model_type` `gemma3`): its weights and PEFT's module names are under
+    /// `model.language_model.` (older checkpoints: `language_model.model.`);
+    /// the vision tower is not read.
+    #[serde(default)]
+    pub multimodal: bool,
 }
 
 /// The special token ids every family's `config.json` may name.

@@ -238,6 +238,10 @@ pub struct PeftConfig {
     pub use_rslora: bool,
     #[serde(default)]
     pub use_dora: bool,
+    /// Modules left out (PEFT ≥ 0.14); written for a multimodal checkpoint's
+    /// vision tower, which lorastream does not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_modules: Option<serde_json::Value>,
     #[serde(default)]
     pub rank_pattern: HashMap<String, serde_json::Value>,
     #[serde(default)]
@@ -279,6 +283,7 @@ impl PeftConfig {
             bias: "none".into(),
             use_rslora: spec.rslora,
             use_dora: false,
+            exclude_modules: None,
             rank_pattern: HashMap::new(),
             alpha_pattern: HashMap::new(),
             base_model_name_or_path: base.map(|p| p.display().to_string()),
@@ -333,19 +338,29 @@ impl PeftConfig {
     }
 }
 
-/// Writes an adapter directory: `adapter_model.safetensors` and `adapter_config.json`,
-/// each atomically.
-pub fn save_adapter(dir: &Path, config: &PeftConfig, layers: &[&Linear]) -> Result<(), MlError> {
+/// PEFT's `exclude_modules` of an adapter on a multimodal checkpoint's text
+/// model: the modules outside it.
+pub const NOT_TEXT: &str = ".*(vision_tower|vision_model|multi_modal_projector).*";
+
+/// Writes an adapter directory: `adapter_model.safetensors` and
+/// `adapter_config.json`, each atomically; `name` gives a layer's module
+/// name in the checkpoint.
+pub fn save_adapter(
+    dir: &Path,
+    config: &PeftConfig,
+    layers: &[&Linear],
+    name: &dyn Fn(&str) -> String,
+) -> Result<(), MlError> {
     lorastream_base::fsutil::create_dir_all_durable(dir).map_err(|e| MlError::io(dir, e))?;
     let mut tensors = Vec::new();
     for l in layers {
         if let Some(w) = &l.lora {
             tensors.push((
-                peft_key(&l.path, 'A'),
+                peft_key(&name(&l.path), 'A'),
                 w.a.detach().to_kind(Kind::Float).contiguous(),
             ));
             tensors.push((
-                peft_key(&l.path, 'B'),
+                peft_key(&name(&l.path), 'B'),
                 w.b.detach().to_kind(Kind::Float).contiguous(),
             ));
         }
@@ -374,10 +389,26 @@ pub fn read_adapter(dir: &Path) -> Result<(PeftConfig, HashMap<String, Tensor>),
         path: file.clone(),
         msg: e.to_string(),
     })?;
-    // PEFT may save keys with an adapter name (`lora_A.default.weight`); normalise.
+    // PEFT may save keys with an adapter name (`lora_A.default.weight`), and
+    // name a multimodal checkpoint's text model `model.language_model.` (or
+    // `language_model.model.`): normalised to the text model's names.
     let tensors = tensors
         .into_iter()
-        .map(|(k, v)| (k.replace(".default.weight", ".weight"), v))
+        .map(|(k, v)| {
+            let k = k
+                .replace(".default.weight", ".weight")
+                .replacen(
+                    "base_model.model.model.language_model.",
+                    "base_model.model.model.",
+                    1,
+                )
+                .replacen(
+                    "base_model.model.language_model.model.",
+                    "base_model.model.model.",
+                    1,
+                );
+            (k, v)
+        })
         .collect();
     Ok((config, tensors))
 }

@@ -31,6 +31,9 @@ impl CausalLm {
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<CausalLm, MlError> {
         let config = HfConfig::load(dir)?;
         let mut ws = Weights::load(dir, device, kind)?;
+        if config.extras.multimodal {
+            ws.text_model_of_multimodal();
+        }
         let m = Self::from_weights(config, &mut ws, device, kind)?;
         let unused = ws.unused();
         if !unused.is_empty() {
@@ -363,8 +366,12 @@ impl CausalLm {
             path: dir.to_owned(),
             msg: "no LoRA attached to save".into(),
         })?;
-        let cfg = PeftConfig::from_spec(spec, &self.config.arch.family().lora, base);
-        lora::save_adapter(dir, &cfg, &self.linears())
+        let mut cfg = PeftConfig::from_spec(spec, &self.config.arch.family().lora, base);
+        if self.config.extras.multimodal {
+            cfg.exclude_modules = Some(serde_json::json!(lora::NOT_TEXT));
+        }
+        let name = |path: &str| self.config.peft_module(path);
+        lora::save_adapter(dir, &cfg, &self.linears(), &name)
     }
 
     /// Writes the model (LoRA merged in) in Hugging Face layout: `config.json`

@@ -59,10 +59,27 @@ fn token_str(v: Option<&serde_json::Value>) -> Option<String> {
     }
 }
 
+/// The template a multimodal processor saves beside the tokenizer:
+/// `chat_template.json`, `{"chat_template": "…"}`.
+fn processor_template(dir: &Path) -> Result<Option<String>, MlError> {
+    let path = dir.join("chat_template.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(MlError::io(&path, e)),
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| MlError::Tokenizer {
+        path: path.clone(),
+        msg: e.to_string(),
+    })?;
+    Ok(v["chat_template"].as_str().map(String::from))
+}
+
 impl ChatTokenizer {
     /// Loads `tokenizer.json`, `tokenizer_config.json` (special tokens, template)
-    /// and `chat_template.jinja` from a model directory. `template_override`
-    /// replaces the model's template.
+    /// and `chat_template.jinja` from a model directory (or a multimodal
+    /// processor's `chat_template.json`). `template_override` replaces the
+    /// model's template.
     pub fn load(dir: &Path, template_override: Option<&Path>) -> Result<ChatTokenizer, MlError> {
         let path = dir.join("tokenizer.json");
         let tokenizer =
@@ -94,7 +111,7 @@ impl ChatTokenizer {
                     .find(|t| t["name"] == "default")
                     .and_then(|t| t["template"].as_str())
                     .map(String::from),
-                _ => None,
+                _ => processor_template(dir)?,
             }
         };
         let mut text_tokenizer = tokenizer.clone();

@@ -126,6 +126,25 @@ impl Weights {
         })
     }
 
+    /// Keeps the text model of a multimodal checkpoint under the names a
+    /// text-only one has (`model.language_model.X` or `language_model.model.X`
+    /// → `model.X`, `language_model.lm_head.X` → `lm_head.X`), dropping the
+    /// rest (vision tower, projector).
+    pub fn text_model_of_multimodal(&mut self) {
+        let text = |k: &str| {
+            let rest = k
+                .strip_prefix("model.language_model.")
+                .or_else(|| k.strip_prefix("language_model.model."))
+                .map(|r| format!("model.{r}"));
+            rest.or_else(|| k.strip_prefix("language_model.").map(str::to_string))
+                .or_else(|| k.starts_with("lm_head.").then(|| k.to_string()))
+        };
+        self.tensors = std::mem::take(&mut self.tensors)
+            .into_iter()
+            .filter_map(|(k, t)| Some((text(&k)?, t)))
+            .collect();
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

@@ -6,8 +6,9 @@
 //! layers' own rotary embedding (`rope_local_base_freq`, unscaled; the
 //! global layers use `rope_theta` and `rope_scaling`). Bidirectional
 //! attention (`use_bidirectional_attention`, the embedding variants) is
-//! refused; the multimodal checkpoints (`model_type` `gemma3`) are not
-//! read.
+//! refused. The multimodal checkpoints (`model_type` `gemma3`: 4B, 12B,
+//! 27B) are read as their text model ([`text_config`]; the vision tower is
+//! left unread): text in, text out.
 
 use super::decoder::Layout;
 use super::{Arch, Family, gemma, llama};
@@ -38,6 +39,54 @@ fn read_config(v: &serde_json::Value, ids: SpecialIds) -> Result<HfConfig, Confi
     gemma::read_attention(&mut c, v, (None, None), pattern)?;
     c.extras.local_rope_theta = gemma::positive(v, "rope_local_base_freq", Some(LOCAL_THETA))?;
     Ok(c)
+}
+
+/// transformers' `Gemma3TextConfig` defaults: a multimodal checkpoint's
+/// `text_config` names only what differs from them.
+const TEXT_DEFAULTS: &[(&str, f64)] = &[
+    ("vocab_size", 262_208.0),
+    ("hidden_size", 2304.0),
+    ("intermediate_size", 9216.0),
+    ("num_hidden_layers", 26.0),
+    ("num_attention_heads", 8.0),
+    ("num_key_value_heads", 4.0),
+    ("head_dim", 256.0),
+    ("max_position_embeddings", 131_072.0),
+    ("rms_norm_eps", 1e-6),
+    ("rope_theta", 1_000_000.0),
+    ("query_pre_attn_scalar", 256.0),
+    ("sliding_window", 4096.0),
+    ("rope_local_base_freq", LOCAL_THETA),
+    ("pad_token_id", 0.0),
+    ("eos_token_id", 1.0),
+    ("bos_token_id", 2.0),
+];
+
+/// The `gemma3_text` config of a multimodal Gemma 3 checkpoint: its
+/// `text_config` over transformers' defaults; the special token ids the
+/// top level names (the instruct models' `eos_token_id` [1, 106]) unless
+/// `text_config` names its own.
+pub(crate) fn text_config(v: &serde_json::Value) -> Result<serde_json::Value, ConfigProblem> {
+    let text = v
+        .get("text_config")
+        .and_then(|t| t.as_object())
+        .ok_or(ConfigProblem::Missing("text_config"))?;
+    let mut out = serde_json::Map::new();
+    for (key, x) in TEXT_DEFAULTS {
+        let n = match x.fract() == 0.0 && *x >= 0.0 {
+            true => serde_json::json!(*x as u64),
+            false => serde_json::json!(x),
+        };
+        out.insert(key.to_string(), n);
+    }
+    for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        if let Some(x) = v.get(key).filter(|x| !x.is_null()) {
+            out.insert(key.into(), x.clone());
+        }
+    }
+    out.extend(text.iter().map(|(k, x)| (k.clone(), x.clone())));
+    out.insert("model_type".into(), serde_json::json!("gemma3_text"));
+    Ok(serde_json::Value::Object(out))
 }
 
 fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {

@@ -117,11 +117,9 @@ impl HfConfig {
             .and_then(|t| t.as_str())
             .ok_or(ConfigProblem::Missing("model_type"))?;
         if model_type == "gemma3" {
-            return Err(ConfigProblem::Invalid(
-                "model_type gemma3 (Gemma 3 with its vision tower) is not read; \
-                 its text-only checkpoints (gemma3_text, e.g. gemma-3-1b-it) are"
-                    .into(),
-            ));
+            let mut c = Self::from_json(&gemma3::text_config(v)?)?;
+            c.extras.multimodal = true;
+            return Ok(c);
         }
         let arch: Arch = model_type
             .parse()
@@ -148,6 +146,16 @@ impl HfConfig {
             many => serde_json::json!(many),
         };
         (self.arch.family().write_config)(self, eos)
+    }
+
+    /// The module `path` (as the text model names it: `model.layers.…`) as
+    /// PEFT names it on this checkpoint: under `model.language_model.` for
+    /// the text model of a multimodal one.
+    pub fn peft_module(&self, path: &str) -> String {
+        match path.strip_prefix("model.") {
+            Some(rest) if self.extras.multimodal => format!("model.language_model.{rest}"),
+            _ => path.to_string(),
+        }
     }
 }
 
