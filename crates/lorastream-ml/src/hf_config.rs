@@ -253,8 +253,8 @@ mod tests {
         let e =
             with(json!({"model_type": "gemma2", "layer_types": ["full_attention"]})).unwrap_err();
         assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("layer_types has 1")));
-        let e = with(json!({"model_type": "gemma3"})).unwrap_err();
-        assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("gemma3_text")));
+        let e = HfConfig::from_json(&json!({"model_type": "gemma3"})).unwrap_err();
+        assert!(matches!(e, ConfigProblem::Missing("text_config")));
         let e = with(json!({"model_type": "gemma3_text", "use_bidirectional_attention": true}))
             .unwrap_err();
         assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("bidirectional")));
@@ -287,5 +287,44 @@ mod tests {
         let e =
             with(json!({"model_type": "llama", "rope_scaling": {"type": "longrope"}})).unwrap_err();
         assert!(matches!(e, ConfigProblem::Invalid(m) if m.contains("longrope")));
+    }
+
+    /// The shape of google/gemma-3-4b-it's `config.json`: the text model
+    /// names only what differs from transformers' defaults.
+    #[test]
+    fn a_multimodal_gemma3_config_is_read_as_its_text_model() {
+        let v = json!({"architectures": ["Gemma3ForConditionalGeneration"],
+            "model_type": "gemma3", "eos_token_id": [1, 106], "image_token_index": 262144,
+            "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+                "model_type": "gemma3_text", "num_hidden_layers": 34,
+                "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024},
+            "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152}});
+        let c = HfConfig::from_json(&v).unwrap();
+        assert_eq!(c.arch, Arch::Gemma3);
+        assert!(c.extras.multimodal && c.tie_word_embeddings);
+        assert_eq!(
+            (
+                c.hidden_size,
+                c.num_layers,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim
+            ),
+            (2560, 34, 8, 4, 256)
+        );
+        assert_eq!(
+            (c.vocab_size, c.eos_token_ids.clone()),
+            (262_208, vec![1, 106])
+        );
+        assert_eq!(c.extras.attn_scale, Some(1.0 / 16.0));
+        assert_eq!(c.extras.sliding_window, Some(1024));
+        assert_eq!(c.extras.local_rope_theta, Some(10_000.0));
+        let global: Vec<usize> = (0..34).filter(|i| !c.extras.sliding_layers[*i]).collect();
+        assert_eq!(global, vec![5, 11, 17, 23, 29]);
+        assert_eq!(c.rope_scaling.as_ref().unwrap().factor, Some(8.0));
+        assert_eq!(
+            c.peft_module("model.layers.0.mlp.up_proj"),
+            "model.language_model.layers.0.mlp.up_proj"
+        );
     }
 }

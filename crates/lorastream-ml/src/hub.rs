@@ -29,9 +29,10 @@ pub enum HubError {
 /// Required files; the weights are `model.safetensors` or an index with shards.
 const REQUIRED: [&str; 2] = ["config.json", "tokenizer.json"];
 /// Fetched when the repository has them.
-const OPTIONAL: [&str; 3] = [
+const OPTIONAL: [&str; 4] = [
     "tokenizer_config.json",
     "chat_template.jinja",
+    "chat_template.json",
     "generation_config.json",
 ];
 

@@ -411,6 +411,7 @@ pub const TOKENIZER_FILES: &[&str] = &[
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
+    "chat_template.json",
     "generation_config.json",
 ];
 
