@@ -139,6 +139,33 @@ impl Figures {
             && self.probe_change.is_none_or(|c| c.is_finite())
     }
 
+    /// Whether the gain reaches what the stream wants: `min_gain`, or
+    /// `known_min_gain` for a stream the reference already knows.
+    fn judge_gain(&self, p: &PolicySpec, v: &mut Verdict) -> bool {
+        let f = &p.feedback;
+        let (wanted, known) = match self.known_to(p) {
+            Some(k) => (
+                f.known_min_gain,
+                format!(
+                    ", the stream known: {:.1}% below the base already",
+                    k * 100.0
+                ),
+            ),
+            None => (f.min_gain, String::new()),
+        };
+        let ok = v.check(f.inconclusive, "gain", self.gain, wanted, true);
+        v.reasons.push(format!(
+            "stream {}: perplexity {:.3} vs version {}'s {:.3} (gain {}; at least {} wanted{known})",
+            self.stream,
+            self.new_ppl,
+            self.reference,
+            self.reference_ppl,
+            self.gain.pct(),
+            pct(wanted)
+        ));
+        ok
+    }
+
     /// Whether every limit holds, with a reason per check and the cause of
     /// a failure.
     pub fn judge(&self, p: &PolicySpec) -> Verdict {
@@ -163,26 +190,7 @@ impl Figures {
                 self.probe_change.map(|e| e.value)
             ));
         }
-        let (wanted, known) = match self.known_to(p) {
-            Some(k) => (
-                f.known_min_gain,
-                format!(
-                    ", the stream known: {:.1}% below the base already",
-                    k * 100.0
-                ),
-            ),
-            None => (f.min_gain, String::new()),
-        };
-        let gain_ok = v.check(f.inconclusive, "gain", self.gain, wanted, true);
-        v.reasons.push(format!(
-            "stream {}: perplexity {:.3} vs version {}'s {:.3} (gain {}; at least {} wanted{known})",
-            self.stream,
-            self.new_ppl,
-            self.reference,
-            self.reference_ppl,
-            self.gain.pct(),
-            pct(wanted)
-        ));
+        let gain_ok = self.judge_gain(p, &mut v);
         let mut forgot = false;
         for (s, e) in &self.forgetting {
             let ok = v.check(

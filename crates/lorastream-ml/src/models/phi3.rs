@@ -38,7 +38,7 @@ fn partial_rotary(c: &mut HfConfig, v: &serde_json::Value) -> Result<(), ConfigP
     };
     let factor = x.as_f64().unwrap_or(f64::NAN);
     let dim = (c.head_dim as f64 * factor) as usize;
-    if !(factor > 0.0 && factor <= 1.0) || dim < 2 || dim % 2 != 0 {
+    if !(factor > 0.0 && factor <= 1.0) || dim < 2 || !dim.is_multiple_of(2) {
         return Err(ConfigProblem::Invalid(format!(
             "partial_rotary_factor {x} must be in (0, 1] and rotate an even number of the \
              {} dimensions of a head",
