@@ -224,8 +224,9 @@ pub struct FeedbackConfig {
     /// falls short is `already_known` (nothing to retrain for).
     pub known_gain: f64,
     /// The gain a candidate for a known stream needs to be promoted (with no
-    /// forgetting or probe limit broken): a sure small improvement of a
-    /// stream the served version already knows is still an improvement.
+    /// forgetting or probe limit broken, judged with its interval as every
+    /// figure is): a small improvement of a stream the served version
+    /// already knows is still an improvement.
     pub known_min_gain: f64,
     /// Coverage of the intervals decisions carry (paired bootstrap over the
     /// evaluation examples).
