@@ -89,6 +89,23 @@ fn tiny_gguf_logits_match_transformers() {
     assert_logits_match(&dir, "reference.safetensors", "tiny GGUF");
 }
 
+/// A Llama 3.1-style file, its rope scaling stored as llama.cpp's
+/// per-frequency `rope_freqs`: read back as `rope_scaling` llama3, the
+/// model's own logits.
+#[test]
+fn llama3_rope_freqs_become_its_rope_scaling() {
+    let dir = imported("llama3", &fixtures().join("llama3.gguf"));
+    let m = assert_logits_match(&dir, "reference-llama3.safetensors", "llama3 GGUF");
+    let s = m.config.rope_scaling.as_ref().expect("rope_scaling");
+    assert_eq!(s.rope_type, "llama3");
+    assert_eq!(s.original_max_position_embeddings, Some(64));
+    let near = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-4);
+    assert!(
+        near(s.factor, 4.0) && near(s.low_freq_factor, 1.0) && near(s.high_freq_factor, 4.0),
+        "{s:?}"
+    );
+}
+
 /// Qwen2 (q/k/v biases, tied head), Qwen3 (q/k norms, head size 128 apart
 /// from hidden / heads) and Phi-3 (fused q/k/v and gate/up) files as
 /// llama.cpp's converter writes them (rows not permuted) import to the

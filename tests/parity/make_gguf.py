@@ -19,6 +19,7 @@ the greedy continuation transformers generates from that file.
 Test-only: needs torch, transformers, gguf, tokenizers.
 """
 import json
+import math
 import os
 import sys
 
@@ -180,6 +181,52 @@ def families(out, tokens, merges):
     # Phi-3: q/k/v and gate/up fused (attn_qkv, ffn_up), untied head.
     family_gguf(out, "phi3", Phi3ForCausalLM(Phi3Config(**small, pad_token_id=2, bos_token_id=1,
                 eos_token_id=2, original_max_position_embeddings=CTX)), tokens, merges)
+
+
+def llama3_gguf(out, tokens, merges):
+    """A Llama 3.1-style model (rope_scaling llama3) as llama.cpp's converter
+    writes it: q/k rows permuted, and the scaling as `rope_freqs`, one divisor
+    per rotary frequency; the reference is the model's own logits
+    (transformers' GGUF loader ignores rope_freqs)."""
+    scaling = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    c = LlamaConfig(vocab_size=len(tokens), hidden_size=64, intermediate_size=128,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    max_position_embeddings=CTX, rope_theta=100.0, rms_norm_eps=1e-6,
+                    tie_word_embeddings=False, rope_scaling=scaling)
+    model = LlamaForCausalLM(c).eval()
+    w = gguf_writer(out, "llama", c)
+    w.add_rope_dimension_count(16)
+    write_vocab(w, tokens, merges)
+    freqs = 1.0 / (100.0 ** (np.arange(0, 16, 2) / 16))
+    divisors = []
+    for f in freqs:  # llama.cpp's LlamaModel.generate_extra_tensors
+        wavelen = 2 * math.pi / f
+        if wavelen < 64 / 4.0:
+            divisors.append(1.0)
+        elif wavelen > 64 / 1.0:
+            divisors.append(4.0)
+        else:
+            smooth = (64 / wavelen - 1.0) / (4.0 - 1.0)
+            divisors.append(1 / ((1 - smooth) / 4.0 + smooth))
+    w.add_tensor("rope_freqs.weight", np.array(divisors, dtype=np.float32))
+    for name, t in model.state_dict().items():
+        t = t.float().numpy()
+        if name.endswith("q_proj.weight"):
+            t = permute(t, 4)
+        elif name.endswith("k_proj.weight"):
+            t = permute(t, 2)
+        w.add_tensor(cpp_name(name), t.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.rename(os.path.join(out, "llama.gguf"), os.path.join(out, "llama3.gguf"))
+    ids = torch.randint(3, len(tokens), (2, 12), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()},
+              os.path.join(out, "reference-llama3.safetensors"))
 
 
 def spm_vocab():
@@ -394,6 +441,7 @@ def main():
                    "ids": [tok(s, add_special_tokens=False)["input_ids"] for s in STRINGS]}, f)
 
     families(out, tokens, merges)
+    llama3_gguf(out, tokens, merges)
     spm_gguf(out)
     gemmas(out)
 

@@ -24,20 +24,13 @@ pub fn rope_inv_freq(cfg: &HfConfig) -> Vec<f64> {
         match s.rope_type.as_str() {
             "linear" => inv.iter_mut().for_each(|f| *f /= factor),
             "llama3" => {
-                let low = s.low_freq_factor.unwrap_or(1.0);
-                let high = s.high_freq_factor.unwrap_or(4.0);
-                let old = s.original_max_position_embeddings.unwrap_or(8192) as f64;
-                let low_wavelen = old / low;
-                let high_wavelen = old / high;
-                for f in inv.iter_mut() {
-                    let wavelen = 2.0 * std::f64::consts::PI / *f;
-                    if wavelen > low_wavelen {
-                        *f /= factor;
-                    } else if wavelen >= high_wavelen {
-                        let smooth = (old / wavelen - low) / (high - low);
-                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
-                    }
-                }
+                let l3 = Llama3 {
+                    factor,
+                    low: s.low_freq_factor.unwrap_or(1.0),
+                    high: s.high_freq_factor.unwrap_or(4.0),
+                    old: s.original_max_position_embeddings.unwrap_or(8192) as f64,
+                };
+                inv.iter_mut().for_each(|f| *f /= l3.divisor(*f));
             }
             // Within the original context, as transformers: the short factors.
             "longrope" => {
@@ -49,6 +42,32 @@ pub fn rope_inv_freq(cfg: &HfConfig) -> Vec<f64> {
         }
     }
     inv
+}
+
+/// Llama 3.1's `rope_scaling` (`rope_type` llama3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3 {
+    pub factor: f64,
+    pub low: f64,
+    pub high: f64,
+    /// `original_max_position_embeddings`.
+    pub old: f64,
+}
+
+impl Llama3 {
+    /// What it divides the inverse frequency `f` by: 1 for short
+    /// wavelengths, `factor` for long ones, a blend between.
+    pub fn divisor(&self, f: f64) -> f64 {
+        let wavelen = 2.0 * std::f64::consts::PI / f;
+        if wavelen > self.old / self.low {
+            self.factor
+        } else if wavelen >= self.old / self.high {
+            let smooth = (self.old / wavelen - self.low) / (self.high - self.low);
+            1.0 / ((1.0 - smooth) / self.factor + smooth)
+        } else {
+            1.0
+        }
+    }
 }
 
 /// The scale of cos and sin: LongRoPE's `attention_factor`, by default

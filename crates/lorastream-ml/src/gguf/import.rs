@@ -6,8 +6,10 @@
 //! applies to its `llama` architecture), and the tokenizer and chat
 //! template from `tokenizer.*` (`vocab`). Gemma's norm weights are stored
 //! as 1 + w, and some of its attention settings are derived by llama.cpp
-//! rather than stored (`gemma_config`). Phi-3 128k's `rope_factors_*`
-//! tensors are refused by name.
+//! rather than stored (`gemma_config`). Llama 3.1+'s `rope_freqs` (its
+//! rope scaling, one divisor per frequency) becomes `rope_scaling` llama3
+//! again ([`super::rope_freqs`]). Phi-3 128k's `rope_factors_*` tensors are
+//! refused by name.
 
 use std::path::Path;
 
@@ -153,10 +155,39 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
     if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
         gemma_config(&g, cpp, &mut config);
     }
+    if let Some(info) = g.tensor("rope_freqs.weight") {
+        config["rope_scaling"] = rope_scaling(&g, info, &config)?;
+    }
     // llama.cpp permutes q and k rows for its `llama` architecture only.
     let heads = (cpp == "llama").then_some((heads as i64, kv_heads as i64));
     let tensors = hf_tensors(&g, arch, heads, kind)?;
     write_dir(out, &config, &vocab, &tensors)
+}
+
+/// `rope_scaling` from llama.cpp's per-frequency divisors (Llama 3.1+).
+fn rope_scaling(
+    g: &Gguf,
+    info: &TensorInfo,
+    config: &serde_json::Value,
+) -> Result<serde_json::Value, MlError> {
+    let divisors: Vec<f64> = g.read_f32(info)?.into_iter().map(f64::from).collect();
+    let theta = config["rope_theta"].as_f64().unwrap_or(10000.0);
+    let head_dim = config["head_dim"].as_u64().unwrap_or(0) as usize;
+    let scaling = (config["model_type"] == "llama")
+        .then(|| super::rope_freqs::llama3(&divisors, theta, head_dim))
+        .flatten();
+    let Some(s) = scaling else {
+        return Err(g
+            .unsupported(
+                "rope_freqs.weight: per-frequency rope factors that are no llama3 rope scaling"
+                    .into(),
+            )
+            .into());
+    };
+    Ok(
+        json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low,
+        "high_freq_factor": s.high, "original_max_position_embeddings": s.old.round() as u64}),
+    )
 }
 
 /// Gemma 2/3's `config.json` keys from a llama.cpp file: the soft-caps and
@@ -201,6 +232,9 @@ fn hf_tensors(
 ) -> Result<Vec<(String, Tensor)>, MlError> {
     let mut tensors = Vec::with_capacity(g.tensors.len());
     for info in &g.tensors {
+        if info.name == "rope_freqs.weight" {
+            continue; // read into the config's rope_scaling
+        }
         let Some(name) = hf_name(arch, &info.name) else {
             return Err(g
                 .unsupported(format!("tensor {} has no Hugging Face name", info.name))

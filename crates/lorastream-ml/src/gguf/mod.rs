@@ -10,6 +10,7 @@
 pub mod import;
 pub mod lora;
 pub mod quant;
+mod rope_freqs;
 mod vocab;
 
 use std::collections::BTreeMap;
