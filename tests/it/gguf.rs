@@ -106,6 +106,24 @@ fn llama3_rope_freqs_become_its_rope_scaling() {
     );
 }
 
+/// A Phi-4-mini-style file: LongRoPE's factors stored as `rope_factors_*`
+/// tensors, the original context and attention factor as metadata, 12 of
+/// each head's 16 dimensions rotating (`rope.dimension_count`).
+#[test]
+fn phi3_longrope_and_partial_rotary_ggufs_import() {
+    let dir = imported("phi4", &fixtures().join("phi4.gguf"));
+    let m = assert_logits_match(&dir, "reference-phi4.safetensors", "phi4 GGUF");
+    let c = &m.config;
+    assert_eq!(
+        (c.extras.rotary_dim, c.max_position_embeddings),
+        (Some(12), 32)
+    );
+    let s = c.rope_scaling.as_ref().expect("rope_scaling");
+    assert_eq!((s.rope_type.as_str(), s.factor), ("longrope", Some(2.0)));
+    assert_eq!(s.short_factor.as_ref().map(Vec::len), Some(6));
+    assert!(c.tie_word_embeddings);
+}
+
 /// Qwen2 (q/k/v biases, tied head), Qwen3 (q/k norms, head size 128 apart
 /// from hidden / heads) and Phi-3 (fused q/k/v and gate/up) files as
 /// llama.cpp's converter writes them (rows not permuted) import to the

@@ -91,9 +91,9 @@ def random_blocks(qtype, rows, cols, rng):
     return b.reshape(rows, cols // block * size)
 
 
-def gguf_writer(out, arch, c):
-    """A writer of OUT/<arch>.gguf with the sizes of transformers config `c`."""
-    w = GGUFWriter(os.path.join(out, f"{arch}.gguf"), arch)
+def gguf_writer(out, arch, c, name=None):
+    """A writer of OUT/<name or arch>.gguf with the sizes of transformers config `c`."""
+    w = GGUFWriter(os.path.join(out, f"{name or arch}.gguf"), arch)
     w.add_name(f"tiny {arch}")
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
@@ -183,24 +183,47 @@ def families(out, tokens, merges):
                 eos_token_id=2, original_max_position_embeddings=CTX)), tokens, merges)
 
 
+def own_reference_gguf(out, name, arch, model, tokens, merges, extra, heads=None):
+    """`model` as llama.cpp's converter writes it to OUT/<name>.gguf (f32
+    tensors; q/k rows permuted for `heads` = (heads, kv heads); `extra(w)`
+    adds what this model needs), with the model's own logits as the
+    reference: transformers' GGUF loader ignores the rope tensors these
+    files carry."""
+    c = model.config
+    w = gguf_writer(out, arch, c, name)
+    write_vocab(w, tokens, merges)
+    extra(w)
+    for key, t in model.state_dict().items():
+        if key == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        t = t.float().numpy()
+        if heads and key.endswith("q_proj.weight"):
+            t = permute(t, heads[0])
+        elif heads and key.endswith("k_proj.weight"):
+            t = permute(t, heads[1])
+        w.add_tensor(cpp_name(key), t.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ids = torch.randint(3, len(tokens), (2, 12), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        logits = model.eval()(input_ids=ids).logits
+    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()},
+              os.path.join(out, f"reference-{name}.safetensors"))
+
+
 def llama3_gguf(out, tokens, merges):
-    """A Llama 3.1-style model (rope_scaling llama3) as llama.cpp's converter
-    writes it: q/k rows permuted, and the scaling as `rope_freqs`, one divisor
-    per rotary frequency; the reference is the model's own logits
-    (transformers' GGUF loader ignores rope_freqs)."""
+    """A Llama 3.1-style model (rope_scaling llama3): llama.cpp stores the
+    scaling as `rope_freqs`, one divisor per rotary frequency."""
     scaling = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
     c = LlamaConfig(vocab_size=len(tokens), hidden_size=64, intermediate_size=128,
                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                     max_position_embeddings=CTX, rope_theta=100.0, rms_norm_eps=1e-6,
                     tie_word_embeddings=False, rope_scaling=scaling)
-    model = LlamaForCausalLM(c).eval()
-    w = gguf_writer(out, "llama", c)
-    w.add_rope_dimension_count(16)
-    write_vocab(w, tokens, merges)
-    freqs = 1.0 / (100.0 ** (np.arange(0, 16, 2) / 16))
     divisors = []
-    for f in freqs:  # llama.cpp's LlamaModel.generate_extra_tensors
+    for f in 1.0 / (100.0 ** (np.arange(0, 16, 2) / 16)):  # LlamaModel.generate_extra_tensors
         wavelen = 2 * math.pi / f
         if wavelen < 64 / 4.0:
             divisors.append(1.0)
@@ -209,24 +232,39 @@ def llama3_gguf(out, tokens, merges):
         else:
             smooth = (64 / wavelen - 1.0) / (4.0 - 1.0)
             divisors.append(1 / ((1 - smooth) / 4.0 + smooth))
-    w.add_tensor("rope_freqs.weight", np.array(divisors, dtype=np.float32))
-    for name, t in model.state_dict().items():
-        t = t.float().numpy()
-        if name.endswith("q_proj.weight"):
-            t = permute(t, 4)
-        elif name.endswith("k_proj.weight"):
-            t = permute(t, 2)
-        w.add_tensor(cpp_name(name), t.astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.rename(os.path.join(out, "llama.gguf"), os.path.join(out, "llama3.gguf"))
-    ids = torch.randint(3, len(tokens), (2, 12), generator=torch.Generator().manual_seed(8))
+
+    def extra(w):
+        w.add_rope_dimension_count(16)
+        w.add_tensor("rope_freqs.weight", np.array(divisors, dtype=np.float32))
+    own_reference_gguf(out, "llama3", "llama", LlamaForCausalLM(c), tokens, merges, extra, (4, 2))
+
+
+def phi4_gguf(out, tokens, merges):
+    """A Phi-4-mini-style model: LongRoPE extending 32 positions to 64 and
+    the leading 12 of each head's 16 dimensions rotating; llama.cpp stores
+    the factors as `rope_factors_short` / `rope_factors_long`, the original
+    context and attention factor as metadata, the rotating dimensions as
+    `rope.dimension_count`."""
+    short, long = [1.0, 1.2, 1.5, 2.0, 3.0, 4.0], [1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
+    c = Phi3Config(vocab_size=len(tokens), hidden_size=64, intermediate_size=128,
+                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                   max_position_embeddings=64, original_max_position_embeddings=32,
+                   partial_rotary_factor=0.75, tie_word_embeddings=True, pad_token_id=2,
+                   bos_token_id=1, eos_token_id=2, rope_theta=10000.0, rms_norm_eps=1e-6,
+                   rope_scaling={"type": "longrope", "short_factor": short, "long_factor": long})
+
+    def extra(w):
+        w.add_rope_dimension_count(12)
+        w.add_rope_scaling_orig_ctx_len(32)
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(2) / math.log(32)))
+        w.add_tensor("rope_factors_long.weight", np.array(long, dtype=np.float32))
+        w.add_tensor("rope_factors_short.weight", np.array(short, dtype=np.float32))
+    model = Phi3ForCausalLM(c)
     with torch.no_grad():
-        logits = model(input_ids=ids).logits
-    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()},
-              os.path.join(out, "reference-llama3.safetensors"))
+        for key, p in model.named_parameters():
+            if "norm" in key:
+                p.add_(torch.randn_like(p) * 0.1)
+    own_reference_gguf(out, "phi4", "phi3", model, tokens, merges, extra)
 
 
 def spm_vocab():
@@ -442,6 +480,7 @@ def main():
 
     families(out, tokens, merges)
     llama3_gguf(out, tokens, merges)
+    phi4_gguf(out, tokens, merges)
     spm_gguf(out)
     gemmas(out)
 

@@ -8,8 +8,8 @@
 //! as 1 + w, and some of its attention settings are derived by llama.cpp
 //! rather than stored (`gemma_config`). Llama 3.1+'s `rope_freqs` (its
 //! rope scaling, one divisor per frequency) becomes `rope_scaling` llama3
-//! again ([`super::rope_freqs`]). Phi-3 128k's `rope_factors_*` tensors are
-//! refused by name.
+//! again ([`super::rope_freqs`]); Phi-3's `rope_factors_*` become its
+//! LongRoPE scaling (`longrope`).
 
 use std::path::Path;
 
@@ -116,10 +116,9 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
             ))
             .into());
     }
-    // Partial rotary embeddings (Phi-4-mini's files, which also carry
-    // LongRoPE's `rope_factors_*`) are not read from GGUF.
+    // Only Phi-3's files rotate part of a head (Phi-4-mini).
     let rotary = u("rope.dimension_count").unwrap_or(head_dim);
-    if rotary != head_dim {
+    if rotary != head_dim && (arch != Arch::Phi3 || rotary == 0 || rotary > head_dim) {
         return Err(g
             .unsupported(format!(
                 "rope.dimension_count {rotary} with head size {head_dim}"
@@ -155,13 +154,54 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
     if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
         gemma_config(&g, cpp, &mut config);
     }
+    if rotary != head_dim {
+        config["partial_rotary_factor"] = json!(rotary as f64 / head_dim as f64);
+    }
     if let Some(info) = g.tensor("rope_freqs.weight") {
         config["rope_scaling"] = rope_scaling(&g, info, &config)?;
+    }
+    if arch == Arch::Phi3 {
+        longrope(&g, &mut config)?;
     }
     // llama.cpp permutes q and k rows for its `llama` architecture only.
     let heads = (cpp == "llama").then_some((heads as i64, kv_heads as i64));
     let tensors = hf_tensors(&g, arch, heads, kind)?;
     write_dir(out, &config, &vocab, &tensors)
+}
+
+/// Tensors llama.cpp stores a model's rope scaling in.
+const ROPE_TENSORS: [&str; 3] = [
+    "rope_freqs.weight",
+    "rope_factors_short.weight",
+    "rope_factors_long.weight",
+];
+
+/// Phi-3's LongRoPE (Phi-3.5-mini, Phi-3 128k, Phi-4-mini) from a llama.cpp
+/// file: the short and long factors it stores as tensors, the original
+/// context and attention factor as metadata.
+fn longrope(g: &Gguf, config: &mut serde_json::Value) -> Result<(), MlError> {
+    let (Some(short), Some(long)) = (
+        g.tensor("rope_factors_short.weight"),
+        g.tensor("rope_factors_long.weight"),
+    ) else {
+        return Ok(());
+    };
+    let (short, long) = (g.read_f32(short)?, g.read_f32(long)?);
+    let context = config["max_position_embeddings"].clone();
+    let original = g
+        .get("phi3.rope.scaling.original_context_length")
+        .and_then(|v| v.as_u64())
+        .map_or(context, |n| json!(n));
+    config["original_max_position_embeddings"] = original;
+    config["rope_scaling"] =
+        json!({"type": "longrope", "short_factor": short, "long_factor": long});
+    if let Some(a) = g
+        .get("phi3.rope.scaling.attn_factor")
+        .and_then(|v| v.as_f64())
+    {
+        config["rope_scaling"]["attention_factor"] = json!(a);
+    }
+    Ok(())
 }
 
 /// `rope_scaling` from llama.cpp's per-frequency divisors (Llama 3.1+).
@@ -232,7 +272,7 @@ fn hf_tensors(
 ) -> Result<Vec<(String, Tensor)>, MlError> {
     let mut tensors = Vec::with_capacity(g.tensors.len());
     for info in &g.tensors {
-        if info.name == "rope_freqs.weight" {
+        if ROPE_TENSORS.contains(&info.name.as_str()) {
             continue; // read into the config's rope_scaling
         }
         let Some(name) = hf_name(arch, &info.name) else {
