@@ -326,5 +326,10 @@ mod tests {
             c.peft_module("model.layers.0.mlp.up_proj"),
             "model.language_model.layers.0.mlp.up_proj"
         );
+        // A text_config naming its own end token adds to the top level's.
+        let mut v = v;
+        v["text_config"]["eos_token_id"] = json!([2, 1]);
+        let c = HfConfig::from_json(&v).unwrap();
+        assert_eq!(c.eos_token_ids, vec![1, 106, 2]);
     }
 }

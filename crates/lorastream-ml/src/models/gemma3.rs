@@ -12,7 +12,7 @@
 
 use super::decoder::Layout;
 use super::{Arch, Family, gemma, llama};
-use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds, uint};
+use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds, ids, uint};
 
 const LAYOUT: Layout = Layout {
     qkv_bias: false,
@@ -41,50 +41,47 @@ fn read_config(v: &serde_json::Value, ids: SpecialIds) -> Result<HfConfig, Confi
     Ok(c)
 }
 
-/// transformers' `Gemma3TextConfig` defaults: a multimodal checkpoint's
-/// `text_config` names only what differs from them.
-const TEXT_DEFAULTS: &[(&str, f64)] = &[
-    ("vocab_size", 262_208.0),
-    ("hidden_size", 2304.0),
-    ("intermediate_size", 9216.0),
-    ("num_hidden_layers", 26.0),
-    ("num_attention_heads", 8.0),
-    ("num_key_value_heads", 4.0),
-    ("head_dim", 256.0),
-    ("max_position_embeddings", 131_072.0),
-    ("rms_norm_eps", 1e-6),
-    ("rope_theta", 1_000_000.0),
-    ("query_pre_attn_scalar", 256.0),
-    ("sliding_window", 4096.0),
-    ("rope_local_base_freq", LOCAL_THETA),
-    ("pad_token_id", 0.0),
-    ("eos_token_id", 1.0),
-    ("bos_token_id", 2.0),
-];
-
 /// The `gemma3_text` config of a multimodal Gemma 3 checkpoint: its
 /// `text_config` over transformers' defaults; the special token ids the
 /// top level names (the instruct models' `eos_token_id` [1, 106]) unless
-/// `text_config` names its own.
+/// `text_config` names its own, the end tokens of both.
 pub(crate) fn text_config(v: &serde_json::Value) -> Result<serde_json::Value, ConfigProblem> {
     let text = v
         .get("text_config")
         .and_then(|t| t.as_object())
         .ok_or(ConfigProblem::Missing("text_config"))?;
-    let mut out = serde_json::Map::new();
-    for (key, x) in TEXT_DEFAULTS {
-        let n = match x.fract() == 0.0 && *x >= 0.0 {
-            true => serde_json::json!(*x as u64),
-            false => serde_json::json!(x),
-        };
-        out.insert(key.to_string(), n);
-    }
+    // transformers' `Gemma3TextConfig` defaults: `text_config` names only
+    // what differs from them.
+    let defaults = serde_json::json!({
+        "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216,
+        "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "head_dim": 256, "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6,
+        "rope_theta": 1_000_000.0, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+        "rope_local_base_freq": LOCAL_THETA, "pad_token_id": 0, "eos_token_id": 1,
+        "bos_token_id": 2,
+    });
+    let mut out = defaults.as_object().cloned().unwrap_or_default();
     for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
         if let Some(x) = v.get(key).filter(|x| !x.is_null()) {
             out.insert(key.into(), x.clone());
         }
     }
     out.extend(text.iter().map(|(k, x)| (k.clone(), x.clone())));
+    // Generation ends at any end token either level names (the instruct
+    // models' <end_of_turn>, 106, is only at the top).
+    let mut eos: Vec<i64> = Vec::new();
+    for id in [v.get("eos_token_id"), text.get("eos_token_id")]
+        .into_iter()
+        .flatten()
+        .flat_map(ids)
+    {
+        if !eos.contains(&id) {
+            eos.push(id);
+        }
+    }
+    if !eos.is_empty() {
+        out.insert("eos_token_id".into(), serde_json::json!(eos));
+    }
     out.insert("model_type".into(), serde_json::json!("gemma3_text"));
     Ok(serde_json::Value::Object(out))
 }
