@@ -160,9 +160,7 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
     if let Some(info) = g.tensor("rope_freqs.weight") {
         config["rope_scaling"] = rope_scaling(&g, info, &config)?;
     }
-    if arch == Arch::Phi3 {
-        longrope(&g, &mut config)?;
-    }
+    longrope(&g, arch, &mut config)?;
     // llama.cpp permutes q and k rows for its `llama` architecture only.
     let heads = (cpp == "llama").then_some((heads as i64, kv_heads as i64));
     let tensors = hf_tensors(&g, arch, heads, kind)?;
@@ -178,13 +176,21 @@ const ROPE_TENSORS: [&str; 3] = [
 
 /// Phi-3's LongRoPE (Phi-3.5-mini, Phi-3 128k, Phi-4-mini) from a llama.cpp
 /// file: the short and long factors it stores as tensors, the original
-/// context and attention factor as metadata.
-fn longrope(g: &Gguf, config: &mut serde_json::Value) -> Result<(), MlError> {
-    let (Some(short), Some(long)) = (
+/// context and attention factor as metadata. Such tensors in any other file,
+/// or one without the other, are refused by name.
+fn longrope(g: &Gguf, arch: Arch, config: &mut serde_json::Value) -> Result<(), MlError> {
+    let (short, long) = (
         g.tensor("rope_factors_short.weight"),
         g.tensor("rope_factors_long.weight"),
-    ) else {
-        return Ok(());
+    );
+    let (short, long) = match (short, long) {
+        (None, None) => return Ok(()),
+        (Some(s), Some(l)) if arch == Arch::Phi3 => (s, l),
+        _ => {
+            return Err(g
+                .unsupported("rope_factors_short/long tensors outside a phi3 file's pair".into())
+                .into());
+        }
     };
     let (short, long) = (g.read_f32(short)?, g.read_f32(long)?);
     let context = config["max_position_embeddings"].clone();
