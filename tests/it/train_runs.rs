@@ -38,6 +38,15 @@ fn lorastream(dir: &Path) -> Command {
     c
 }
 
+/// A directory set up by [`setup_run`] on `examples` synthetic examples.
+fn run_dir(examples: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_jsonl(&data, &synthetic(examples));
+    setup_run(dir.path(), &data);
+    dir
+}
+
 /// Imports the same stream into a fresh state dir with a tiny model.
 fn setup_run(dir: &Path, data: &Path) {
     init(&dir.join("model"), Arch::Gpt2, None);
@@ -277,10 +286,7 @@ fn a_diverging_run_skips_non_finite_steps_then_ends_with_the_reason() {
 
 #[test]
 fn sigterm_checkpoints_and_exits_then_train_resumes() {
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data.jsonl");
-    write_jsonl(&data, &synthetic(80));
-    setup_run(root.path(), &data);
+    let root = run_dir(80);
     let state = root.path().join("state/adapters/1/trainer_state.json");
     let mut child = lorastream(root.path()).arg("train").spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -309,10 +315,7 @@ fn sigterm_checkpoints_and_exits_then_train_resumes() {
 /// anything else is trained (never a second version beside it).
 #[test]
 fn learn_decides_a_candidate_an_earlier_run_left_undecided() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("d.jsonl");
-    write_jsonl(&data, &synthetic(30));
-    setup_run(dir.path(), &data);
+    let dir = run_dir(30);
     let out = lorastream(dir.path()).arg("train").output().unwrap();
     common::assert_ok(&out);
     train_log(dir.path()); // one version, a candidate

@@ -395,19 +395,12 @@ pub fn read_adapter(dir: &Path) -> Result<(PeftConfig, HashMap<String, Tensor>),
     let tensors = tensors
         .into_iter()
         .map(|(k, v)| {
-            let k = k
-                .replace(".default.weight", ".weight")
-                .replacen(
-                    "base_model.model.model.language_model.",
-                    "base_model.model.model.",
-                    1,
-                )
-                .replacen(
-                    "base_model.model.language_model.model.",
-                    "base_model.model.model.",
-                    1,
-                );
-            (k, v)
+            let k = k.replace(".default.weight", ".weight");
+            let text = k
+                .strip_prefix("base_model.model.")
+                .and_then(crate::weights::text_model_name)
+                .map(|name| format!("base_model.model.{name}"));
+            (text.unwrap_or(k), v)
         })
         .collect();
     Ok((config, tensors))

@@ -65,6 +65,21 @@ fn map_file(path: &Path, index: usize) -> Result<(memmap2::Mmap, Vec<(String, St
     Ok((map, out))
 }
 
+/// A multimodal checkpoint's name for a piece of its text model as a
+/// text-only checkpoint names it (`model.language_model.X` or
+/// `language_model.model.X` → `model.X`, `language_model.lm_head.X` →
+/// `lm_head.X`, `lm_head.X` kept); None for the rest (vision tower,
+/// projector).
+pub(crate) fn text_model_name(name: &str) -> Option<String> {
+    let layers = name
+        .strip_prefix("model.language_model.")
+        .or_else(|| name.strip_prefix("language_model.model."))
+        .map(|r| format!("model.{r}"));
+    layers
+        .or_else(|| name.strip_prefix("language_model.").map(str::to_string))
+        .or_else(|| name.starts_with("lm_head.").then(|| name.to_string()))
+}
+
 /// Row-major strides of `shape`, in elements.
 fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
     let mut strides = vec![1i64; shape.len()];
@@ -131,17 +146,9 @@ impl Weights {
     /// → `model.X`, `language_model.lm_head.X` → `lm_head.X`), dropping the
     /// rest (vision tower, projector).
     pub fn text_model_of_multimodal(&mut self) {
-        let text = |k: &str| {
-            let rest = k
-                .strip_prefix("model.language_model.")
-                .or_else(|| k.strip_prefix("language_model.model."))
-                .map(|r| format!("model.{r}"));
-            rest.or_else(|| k.strip_prefix("language_model.").map(str::to_string))
-                .or_else(|| k.starts_with("lm_head.").then(|| k.to_string()))
-        };
         self.tensors = std::mem::take(&mut self.tensors)
             .into_iter()
-            .filter_map(|(k, t)| Some((text(&k)?, t)))
+            .filter_map(|(k, t)| Some((text_model_name(&k)?, t)))
             .collect();
     }
 
@@ -246,4 +253,32 @@ pub fn write_safetensors_atomic<S: AsRef<str>, T: AsRef<Tensor>>(
 /// Bytes of a tensor's elements.
 pub(crate) fn tensor_bytes(t: &Tensor) -> i64 {
     t.numel() as i64 * t.kind().elt_size_in_bytes() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_multimodal_checkpoints_text_model_keeps_the_text_only_names() {
+        let text = super::text_model_name;
+        let layer = "model.layers.0.self_attn.q_proj.weight";
+        for name in [
+            "model.language_model.layers.0.self_attn.q_proj.weight",
+            "language_model.model.layers.0.self_attn.q_proj.weight",
+        ] {
+            assert_eq!(text(name).as_deref(), Some(layer));
+        }
+        assert_eq!(
+            text("language_model.lm_head.weight").as_deref(),
+            Some("lm_head.weight")
+        );
+        assert_eq!(text("lm_head.weight").as_deref(), Some("lm_head.weight"));
+        assert_eq!(
+            text("model.vision_tower.vision_model.post_layernorm.weight"),
+            None
+        );
+        assert_eq!(
+            text("multi_modal_projector.mm_input_projection_weight"),
+            None
+        );
+    }
 }
