@@ -155,7 +155,10 @@ pub fn import(src: &Path, out: &Path, kind: Kind) -> Result<(), MlError> {
         gemma_config(&g, cpp, &mut config);
     }
     if rotary != head_dim {
-        config["partial_rotary_factor"] = json!(rotary as f64 / head_dim as f64);
+        config["partial_rotary_factor"] = json!(crate::models::phi3::rotary_factor(
+            rotary as usize,
+            head_dim as usize
+        ));
     }
     if let Some(info) = g.tensor("rope_freqs.weight") {
         config["rope_scaling"] = rope_scaling(&g, info, &config)?;

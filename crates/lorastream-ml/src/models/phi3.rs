@@ -48,6 +48,18 @@ fn partial_rotary(c: &mut HfConfig, v: &serde_json::Value) -> Result<(), ConfigP
     c.extras.rotary_dim = (dim < c.head_dim).then_some(dim);
     Ok(())
 }
+/// The `partial_rotary_factor` that rotates `dim` of `head_dim` dimensions
+/// when read back as `int(head_dim × factor)`: `dim / head_dim`, nudged up
+/// one ulp where the product would round below `dim` (e.g. 15 of 22).
+pub(crate) fn rotary_factor(dim: usize, head_dim: usize) -> f64 {
+    let factor = dim as f64 / head_dim as f64;
+    if (head_dim as f64 * factor) as usize == dim {
+        factor
+    } else {
+        factor.next_up()
+    }
+}
+
 /// LongRoPE (Phi-3.5-mini, Phi-3 128k): checks its factors and keeps
 /// sequences within `original_max_position_embeddings`, where transformers
 /// uses the short factors; `factor` becomes the extension the config claims
@@ -108,7 +120,7 @@ fn write_config(c: &HfConfig, eos: serde_json::Value) -> serde_json::Value {
     v["max_position_embeddings"] = max;
     v["original_max_position_embeddings"] = serde_json::json!(original);
     if let Some(d) = c.extras.rotary_dim {
-        v["partial_rotary_factor"] = serde_json::json!(d as f64 / c.head_dim as f64);
+        v["partial_rotary_factor"] = serde_json::json!(rotary_factor(d, c.head_dim));
     }
     v
 }
@@ -125,3 +137,23 @@ pub(crate) const FAMILY: Family = llama_family!(
     read_config,
     write_config
 );
+
+#[cfg(test)]
+mod tests {
+    /// Written factors read back to the same count however the division
+    /// rounds, as transformers reads them (`int(head_dim * factor)`).
+    #[test]
+    fn a_written_rotary_factor_reads_back_to_its_dimension_count() {
+        for head_dim in 2..=512usize {
+            for dim in (2..=head_dim).step_by(2) {
+                let factor = super::rotary_factor(dim, head_dim);
+                assert_eq!(
+                    (head_dim as f64 * factor) as usize,
+                    dim,
+                    "{dim} of {head_dim}"
+                );
+            }
+        }
+        assert!(super::rotary_factor(30, 44) > 30.0 / 44.0);
+    }
+}
