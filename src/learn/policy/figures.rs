@@ -25,6 +25,9 @@ pub(super) struct Figures {
     /// How far below the base the reference already was on the new stream
     /// (1 − reference / base; None when the reference is the base).
     pub known: Option<f64>,
+    /// The gain over every stream so far (the new one and the earlier ones,
+    /// their examples pooled): what training on a known stream consolidates.
+    pub overall: Option<Estimate>,
 }
 
 /// What the figures say.
@@ -36,21 +39,47 @@ pub(super) struct Verdict {
     pub inconclusive: Vec<String>,
 }
 
+fn bootstrap(p: &PolicySpec) -> Bootstrap {
+    Bootstrap {
+        resamples: p.feedback.resamples,
+        confidence: p.feedback.confidence,
+    }
+}
+
 /// `ppl(b) / ppl(a)` on stream `s` with its interval, or the point ratio
 /// when the cells have no per-example figures in common.
 fn ratio(p: &PolicySpec, evals: &[EvalRow], a: i64, b: i64, s: i64) -> Option<Estimate> {
-    let how = Bootstrap {
-        resamples: p.feedback.resamples,
-        confidence: p.feedback.confidence,
-    };
     let (pa, pb) = (
         eval::per_example(evals, a, s),
         eval::per_example(evals, b, s),
     );
-    stats::ratio(pa, pb, how).or_else(|| {
+    stats::ratio(pa, pb, bootstrap(p)).or_else(|| {
         let (x, y) = (eval::cell(evals, a, s)?, eval::cell(evals, b, s)?);
         Some(Estimate::point(y / x))
     })
+}
+
+/// `1 − ppl(b) / ppl(a)` over the examples of `streams` pooled (each
+/// stream's shared examples, token-weighted), with its interval; None when
+/// no stream has per-example figures of both.
+fn pooled_gain(
+    p: &PolicySpec,
+    evals: &[EvalRow],
+    a: i64,
+    b: i64,
+    streams: &[i64],
+) -> Option<Estimate> {
+    let (mut xa, mut xb) = (Vec::new(), Vec::new());
+    for &s in streams {
+        let (pa, pb) = (
+            eval::per_example(evals, a, s),
+            eval::per_example(evals, b, s),
+        );
+        let n = pa.len().min(pb.len());
+        xa.extend_from_slice(&pa[..n]);
+        xb.extend_from_slice(&pb[..n]);
+    }
+    stats::ratio(&xa, &xb, bootstrap(p)).map(|r| r.map_down(|r| 1.0 - r))
 }
 
 impl Figures {
@@ -78,13 +107,15 @@ impl Figures {
         let mut forgetting = BTreeMap::new();
         // A failed stream (set aside: it could not be trained or evaluated)
         // has no column to keep.
-        let earlier = streams
+        let earlier: Vec<i64> = streams
             .iter()
-            .filter(|s| s.id < stream && s.n_eval > 0 && s.state != StreamState::Failed);
-        for s in earlier {
-            need(c, s.id)?;
-            if let Some(f) = Self::forgot(p, evals, chain, s.id) {
-                forgetting.insert(s.id, f);
+            .filter(|s| s.id < stream && s.n_eval > 0 && s.state != StreamState::Failed)
+            .map(|s| s.id)
+            .collect();
+        for &s in &earlier {
+            need(c, s)?;
+            if let Some(f) = Self::forgot(p, evals, chain, s) {
+                forgetting.insert(s, f);
             }
         }
         let probe_change = if p.probe {
@@ -97,6 +128,10 @@ impl Figures {
             .then(|| eval::cell(evals, 0, stream))
             .flatten()
             .map(|base| 1.0 - reference_ppl / base);
+        let overall = known.and_then(|_| {
+            let all: Vec<i64> = earlier.iter().copied().chain([stream]).collect();
+            pooled_gain(p, evals, reference, c, &all)
+        });
         Ok(Figures {
             stream,
             reference,
@@ -106,6 +141,7 @@ impl Figures {
             forgetting,
             probe_change,
             known,
+            overall,
         })
     }
 
@@ -137,6 +173,7 @@ impl Figures {
             && self.gain.is_finite()
             && self.forgetting.values().all(Estimate::is_finite)
             && self.probe_change.is_none_or(|c| c.is_finite())
+            && self.overall.is_none_or(|c| c.is_finite())
     }
 
     /// Whether the gain reaches what the stream wants: `min_gain`, or
@@ -163,7 +200,46 @@ impl Figures {
             self.gain.pct(),
             pct(wanted)
         ));
-        ok
+        ok || self.consolidates(p, v)
+    }
+
+    /// A known stream's candidate short of its own gain still earns its
+    /// place when it is that much better over every stream so far, and no
+    /// worse on the new one than the forgetting limit allows.
+    fn consolidates(&self, p: &PolicySpec, v: &mut Verdict) -> bool {
+        let f = &p.feedback;
+        let (Some(_), Some(all)) = (self.known_to(p), self.overall) else {
+            return false;
+        };
+        let better = v.check(
+            f.inconclusive,
+            "gain over every stream",
+            all,
+            f.known_min_gain,
+            true,
+        );
+        let change = self.gain.map_down(|g| -g);
+        let kept = v.check(
+            f.inconclusive,
+            &format!("change of stream {}", self.stream),
+            change,
+            f.max_forgetting,
+            false,
+        );
+        let verb = if better && kept {
+            "reaches"
+        } else {
+            "does not reach"
+        };
+        v.reasons.push(format!(
+            "over every stream so far: gain {} {verb} {} (stream {} {}, limit {})",
+            all.pct(),
+            pct(f.known_min_gain),
+            self.stream,
+            change.pct(),
+            pct(f.max_forgetting)
+        ));
+        better && kept
     }
 
     /// Whether every limit holds, with a reason per check and the cause of

@@ -3,7 +3,8 @@
 //! stream from the same parent with the repair its failure calls for (more
 //! replay and a lower rate for forgetting; more epochs and a higher rate for
 //! learning too little); or call the stream `already_known` (the served
-//! lineage is already well below the base on it); or — after `max_attempts`
+//! lineage is already well below the base on it, and the candidate gains
+//! less than `known_min_gain` both on it and over every stream so far); or — after `max_attempts`
 //! — give it up as `not_learned` and keep serving the promoted version.
 //! Every figure carries a paired bootstrap interval ([`figures`]): a figure
 //! the evaluation set is too small to judge is said to be inconclusive and
@@ -66,12 +67,16 @@ pub fn decide(
         Some(Cause::UnderLearning) if known.is_some() => {
             reasons.push(format!(
                 "already known: version {} was already {:.1}% below the base on stream {stream} \
-                 (known_gain {:.1}%), and training adds {}, short of {:.1}%; the stream is done, \
-                 version {} stays",
+                 (known_gain {:.1}%), and training adds {}{}, short of {:.1}%; the stream is \
+                 done, version {} stays",
                 figures.reference,
                 known.unwrap_or_default() * 100.0,
                 f.known_gain * 100.0,
                 figures.gain.pct(),
+                figures
+                    .overall
+                    .map(|e| format!(" ({} over every stream)", e.pct()))
+                    .unwrap_or_default(),
                 f.known_min_gain * 100.0,
                 figures.reference,
             ));

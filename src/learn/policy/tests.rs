@@ -278,6 +278,27 @@ fn a_run_forced_to_under_learn_gets_more_epochs_and_a_higher_rate() {
     let cells = two_streams(2.0, 2.699, 3.0, 2.7);
     let d = on_stream_2(&p, &adapter(2, Some(1), 2, 1), &cells);
     assert_eq!(d.action, Action::AlreadyKnown, "{:?}", d.reasons);
+    // Nothing gained on the known stream itself, but stream 1 better by
+    // 2% (NLL 2.0 → 1.98): consolidation over every stream, promoted.
+    let cells = two_streams(1.98, 2.7, 3.0, 2.7);
+    let d = on_stream_2(&p, &adapter(2, Some(1), 2, 1), &cells);
+    assert_eq!(d.action, Action::Promote, "{:?}", d.reasons);
+    assert!(
+        d.reasons
+            .iter()
+            .any(|r| r.contains("over every stream so far: gain +1.0%")),
+        "{:?}",
+        d.reasons
+    );
+    // The same over every stream, paid for with 2% of the known stream: no.
+    let cells = two_streams(1.94, 2.72, 3.0, 2.7);
+    let d = on_stream_2(&p, &adapter(2, Some(1), 2, 1), &cells);
+    assert_eq!(d.action, Action::AlreadyKnown, "{:?}", d.reasons);
+    assert!(
+        d.reasons.last().unwrap().contains("over every stream)"),
+        "{:?}",
+        d.reasons
+    );
     // A known stream's small gain still may not cost an earlier stream.
     let cells = two_streams(2.1, 2.69, 3.0, 2.7);
     let d = on_stream_2(&p, &adapter(2, Some(1), 2, 1), &cells);
