@@ -225,8 +225,10 @@ pub struct FeedbackConfig {
     pub known_gain: f64,
     /// The gain a candidate for a known stream needs to be promoted (with no
     /// forgetting or probe limit broken, judged with its interval as every
-    /// figure is): a small improvement of a stream the served version
-    /// already knows is still an improvement.
+    /// figure is), on the stream itself or over every stream so far (their
+    /// examples pooled; the new stream then within `max_forgetting`): a
+    /// small improvement of what the served version already knows is still
+    /// an improvement.
     pub known_min_gain: f64,
     /// Coverage of the intervals decisions carry (paired bootstrap over the
     /// evaluation examples).
