@@ -177,8 +177,9 @@ pub struct EvalConfig {
     pub eval_tokens_per_stream: usize,
     /// Target tokens over all older streams together: with many streams each
     /// gets its share (`eval_tokens_old_streams / streams`, at least one
-    /// example), so a decision costs about the same after 5 streams or 100.
-    /// 0 = no total.
+    /// example), so a decision costs about the same after 5 streams or 100:
+    /// the default, 4 × `eval_tokens_per_stream`, is what the 4 older
+    /// streams of a fifth stream's decision take at most. 0 = no total.
     pub eval_tokens_old_streams: usize,
 }
 
@@ -190,7 +191,7 @@ impl Default for EvalConfig {
             probe: true,
             probe_set: None,
             eval_tokens_per_stream: 4096,
-            eval_tokens_old_streams: 32768,
+            eval_tokens_old_streams: 16384,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Evaluation that scales with data: a decision after 50 streams of 100
-//! examples measures about as much as one after 5 (older streams are
-//! sampled, their total bounded by `[eval] eval_tokens_old_streams`), and
+//! Evaluation that scales with data: with the shipped `[eval]` settings, a
+//! decision after 50 streams of 100 examples measures less than twice what
+//! one after 5 does (older streams are sampled, each to about
+//! `eval_tokens_per_stream`, all together to `eval_tokens_old_streams`), and
 //! `eval --full` still measures every cell whole. Prints the times (a
 //! figure, not an assertion) and checks the tokens measured, which do not
 //! depend on the machine.
@@ -14,12 +15,22 @@ use lorastream::config::Config;
 use lorastream_store::{Actor, AdapterKind, AdapterState, NewAdapter, Store};
 use serde_json::json;
 
-/// `n` examples of stream `k`: short questions and answers of its own.
+/// `n` examples of stream `k`: questions and answers of its own, the
+/// answers about as long as a condensed Quora answer (~200 target tokens).
 fn stream(k: usize, n: usize) -> String {
     (0..n)
         .map(|i| {
             let q = format!("What does part {i} of kit {k} hold?");
-            let a = format!("Part {i} of kit {k} holds {} bolts and {} nuts.", i % 7 + 1, k % 5 + 2);
+            let a = (0..4)
+                .map(|j| {
+                    format!(
+                        "Shelf {j} of part {i} in kit {k} holds {} bolts and {} nuts.",
+                        (i + j) % 7 + 1,
+                        k % 5 + 2
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
             json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
                 .to_string()
         })
@@ -36,7 +47,7 @@ fn decision(root: &Path, streams: usize) -> (i64, f64, Config) {
     common::tiny_llama(&dir.join("model"));
     let text = "[daemon]\nstate_dir = \"state\"\n[model]\ndtype = \"f32\"\nsource = \"path:model\"\n\
                 [streams]\neval_fraction = 0.2\nmin_eval_examples = 8\n\
-                [eval]\nprobe = false\neval_tokens_per_stream = 4096\neval_tokens_old_streams = 1200\n";
+                [eval]\nprobe = false\n";
     std::fs::write(dir.join("lorastream.toml"), text).unwrap();
     let cfg = Config::load(&dir.join("lorastream.toml")).unwrap();
     std::fs::create_dir_all(cfg.state_dir()).unwrap();
