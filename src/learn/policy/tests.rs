@@ -47,6 +47,15 @@ fn config(toml: &str) -> crate::config::Config {
     c
 }
 
+/// Asserts that one of `d`'s reasons contains `what`.
+fn assert_said(d: &Decision, what: &str) {
+    assert!(
+        d.reasons.iter().any(|r| r.contains(what)),
+        "{what:?} not in {:?}",
+        d.reasons
+    );
+}
+
 const CHAIN: [RowKey; 3] = [(0, None), (1, Some(1)), (2, Some(2))];
 
 #[test]
@@ -83,11 +92,7 @@ fn promotes_retrains_then_gives_up() {
     assert_eq!(next.number, 2);
     assert!((next.replay_fraction - (cfg.train.replay_fraction + 0.25)).abs() < 1e-12);
     assert!((next.lr - cfg.train.lr * 0.5).abs() < 1e-15);
-    assert!(
-        d.reasons.iter().any(|r| r.contains("exceeds")),
-        "{:?}",
-        d.reasons
-    );
+    assert_said(&d, "exceeds");
     // The last attempt gives the stream up.
     let last = adapter(2, Some(1), 2, cfg.feedback.max_attempts as i64);
     let d = decide(
@@ -165,13 +170,7 @@ fn the_probe_set_and_non_finite_figures_refuse() {
     let worse = cells(&[(0, 0, 20.0), (0, 1, 30.0), (1, 0, 21.0), (1, 1, 12.0)]);
     let d = decide(&PolicySpec::from_config(&cfg), &c, chain, &streams, &worse).unwrap();
     assert_eq!(d.action, Action::Retrain);
-    assert!(
-        d.reasons
-            .iter()
-            .any(|r| r.contains("probe set +5.0% exceeds")),
-        "{:?}",
-        d.reasons
-    );
+    assert_said(&d, "probe set +5.0% exceeds");
     assert!(
         decide(
             &PolicySpec::from_config(&cfg),
@@ -239,13 +238,7 @@ fn a_run_forced_to_forget_gets_more_replay_and_a_lower_rate() {
         "{next:?}"
     );
     assert_eq!(next.epochs, None, "forgetting keeps the epochs");
-    assert!(
-        d.reasons
-            .iter()
-            .any(|r| r.contains("retrain for forgetting")),
-        "{:?}",
-        d.reasons
-    );
+    assert_said(&d, "retrain for forgetting");
 }
 
 #[test]
@@ -283,13 +276,7 @@ fn a_run_forced_to_under_learn_gets_more_epochs_and_a_higher_rate() {
     let cells = two_streams(1.98, 2.7, 3.0, 2.7);
     let d = on_stream_2(&p, &adapter(2, Some(1), 2, 1), &cells);
     assert_eq!(d.action, Action::Promote, "{:?}", d.reasons);
-    assert!(
-        d.reasons
-            .iter()
-            .any(|r| r.contains("over every stream so far: gain +1.0%")),
-        "{:?}",
-        d.reasons
-    );
+    assert_said(&d, "over every stream so far: gain +1.0%");
     // The same over every stream, paid for with 2% of the known stream: no.
     let cells = two_streams(1.94, 2.72, 3.0, 2.7);
     let d = on_stream_2(&p, &adapter(2, Some(1), 2, 1), &cells);
