@@ -4,8 +4,9 @@
 //! replay and a lower rate for forgetting; more epochs and a higher rate for
 //! learning too little); or call the stream `already_known` (the served
 //! lineage is already well below the base on it, and the candidate gains
-//! less than `known_min_gain` both on it and over every stream so far); or — after `max_attempts`
-//! — give it up as `not_learned` and keep serving the promoted version.
+//! less than `known_min_gain` both on it and over every stream so far); or
+//! — after `max_attempts` — give it up as `not_learned` and keep serving the
+//! promoted version.
 //! Every figure carries a paired bootstrap interval ([`figures`]): a figure
 //! the evaluation set is too small to judge is said to be inconclusive and
 //! counted as `[feedback] inconclusive` says. Every number is checked to be

@@ -48,6 +48,7 @@ fn partial_rotary(c: &mut HfConfig, v: &serde_json::Value) -> Result<(), ConfigP
     c.extras.rotary_dim = (dim < c.head_dim).then_some(dim);
     Ok(())
 }
+
 /// The `partial_rotary_factor` that rotates `dim` of `head_dim` dimensions
 /// when read back as `int(head_dim × factor)`: `dim / head_dim`, nudged up
 /// one ulp where the product would round below `dim` (e.g. 15 of 22).
