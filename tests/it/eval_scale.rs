@@ -16,7 +16,8 @@ use lorastream_store::{Actor, AdapterKind, AdapterState, NewAdapter, Store};
 use serde_json::json;
 
 /// `n` examples of stream `k`: questions and answers of its own, the
-/// answers about as long as a condensed Quora answer (~200 target tokens).
+/// answers of about 140 target tokens (condensed Quora answers averaged
+/// 196–200 in the five-topic run).
 fn stream(k: usize, n: usize) -> String {
     (0..n)
         .map(|i| {

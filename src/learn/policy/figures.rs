@@ -49,20 +49,16 @@ fn bootstrap(p: &PolicySpec) -> Bootstrap {
 /// `ppl(b) / ppl(a)` on stream `s` with its interval, or the point ratio
 /// when the cells have no per-example figures in common.
 fn ratio(p: &PolicySpec, evals: &[EvalRow], a: i64, b: i64, s: i64) -> Option<Estimate> {
-    let (pa, pb) = (
-        eval::per_example(evals, a, s),
-        eval::per_example(evals, b, s),
-    );
-    stats::ratio(pa, pb, bootstrap(p)).or_else(|| {
+    pooled_ratio(p, evals, a, b, &[s]).or_else(|| {
         let (x, y) = (eval::cell(evals, a, s)?, eval::cell(evals, b, s)?);
         Some(Estimate::point(y / x))
     })
 }
 
-/// `1 − ppl(b) / ppl(a)` over the examples of `streams` pooled (each
-/// stream's shared examples, token-weighted), with its interval; None when
-/// no stream has per-example figures of both.
-fn pooled_gain(
+/// `ppl(b) / ppl(a)` over the examples of `streams` pooled (each stream's
+/// shared examples, token-weighted), with its interval; None when no stream
+/// has per-example figures of both.
+fn pooled_ratio(
     p: &PolicySpec,
     evals: &[EvalRow],
     a: i64,
@@ -79,7 +75,7 @@ fn pooled_gain(
         xa.extend_from_slice(&pa[..n]);
         xb.extend_from_slice(&pb[..n]);
     }
-    stats::ratio(&xa, &xb, bootstrap(p)).map(|r| r.map_down(|r| 1.0 - r))
+    stats::ratio(&xa, &xb, bootstrap(p))
 }
 
 impl Figures {
@@ -130,7 +126,7 @@ impl Figures {
             .map(|base| 1.0 - reference_ppl / base);
         let overall = known.and_then(|_| {
             let all: Vec<i64> = earlier.iter().copied().chain([stream]).collect();
-            pooled_gain(p, evals, reference, c, &all)
+            pooled_ratio(p, evals, reference, c, &all).map(|r| r.map_down(|r| 1.0 - r))
         });
         Ok(Figures {
             stream,
