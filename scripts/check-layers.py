@@ -35,8 +35,13 @@ FORBIDDEN_IN_ML = ["actix", "actix_web", "tokio", "rusqlite", "reqwest"]
 
 def strip_tests(text):
     """Source without comments, strings' contents and `#[cfg(test)]` items."""
-    text = re.sub(r"//[^\n]*", "", text)
-    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
+    # One pass, so a `//` inside a string ("https://…") is not a comment and
+    # a quote inside a comment or a char literal starts no string.
+    text = re.sub(
+        r'//[^\n]*|"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])\'',
+        lambda m: "" if m.group(0).startswith("//") else ('""' if m.group(0)[0] == '"' else "' '"),
+        text,
+    )
     out, skip, depth = [], False, 0
     lines = text.split("\n")
     i = 0

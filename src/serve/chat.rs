@@ -130,7 +130,8 @@ async fn generate(
                 .model_name(&version)
                 .map_err(|e| engine_error(e.into()))?;
             let messages = memory::with_memories(checked.messages.clone(), memories);
-            gw.submit(model, messages, checked, tx);
+            gw.submit(model, messages, checked, tx)
+                .map_err(|e| queue_full(e.capacity))?;
             Ok((0, None))
         }
         Backend::Local(engine) => {
@@ -227,7 +228,7 @@ async fn recall(
     let Some(sp) = speaker else {
         return Vec::new();
     };
-    let (owner, msgs) = (sp.owner.clone(), messages.to_vec());
+    let (sp, msgs) = (sp.clone(), messages.to_vec());
     let s = &state.config.server;
     let limits = memory::RecallLimits {
         results: s.memory_results,
@@ -238,7 +239,7 @@ async fn recall(
     let me = Arc::clone(state);
     let found = web::block(move || {
         me.readers
-            .with(|store| memory::recall(store, &owner, &msgs, limits))
+            .with(|store| memory::recall(store, &sp, &msgs, limits))
     })
     .await;
     match found {
@@ -256,16 +257,18 @@ async fn recall(
 
 /// Queues `job` on the generation worker; 429 when its queue is full.
 fn submit(engine: &super::engine::Engine, job: Job) -> Result<(), ApiError> {
-    engine.submit(job).map_err(|_| {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            format!(
-                "{} requests are queued already; retry shortly",
-                engine.capacity()
-            ),
-        )
-        .with_code("queue_full")
-        .retry_after(1)
-    })
+    engine
+        .submit(job)
+        .map_err(|_| queue_full(engine.capacity()))
+}
+
+/// 429: the backend has `capacity` requests queued already.
+fn queue_full(capacity: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        format!("{capacity} requests are queued already; retry shortly"),
+    )
+    .with_code("queue_full")
+    .retry_after(1)
 }

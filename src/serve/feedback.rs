@@ -40,7 +40,17 @@ pub async fn feedback(
     let f: FeedbackRequest = json_body(&state, payload, "feedback").await?;
     let conversation = check_conversation(Some(&f.conversation_id))?
         .ok_or_else(|| ApiError::invalid("conversation_id", "name the conversation"))?;
-    let identity = caller.acting_as(f.identity.clone())?;
+    let identity = caller.acting_as(f.identity.clone(), &state.keys())?;
+    // Consent to learning is the conversation's own identity's to give: an
+    // admin rating for another identity cannot opt it in.
+    if f.learn && identity != caller.0.name {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "only the conversation's own identity may opt it into learning (\"learn\": true)",
+        )
+        .with_code("forbidden"));
+    }
     let state = state.into_inner();
     let enabled = state.config.server.learn_from_conversations;
     // The operator decides whose conversations may be learned: the caller's
@@ -76,7 +86,13 @@ pub async fn feedback(
     } else {
         "not learned: already queued, or no user message before it"
     };
-    tracing::info!(identity = %identity, conversation = %conversation, rating = f.rating, learned, "chat feedback");
+    tracing::info!(
+        identity = identity.as_str(),
+        conversation = conversation.as_str(),
+        rating = f.rating,
+        learned,
+        "chat feedback"
+    );
     Ok(HttpResponse::Ok()
         .json(json!({"conversation_id": conversation, "learned": learned, "detail": why})))
 }

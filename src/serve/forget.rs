@@ -46,7 +46,7 @@ async fn forget(
     target: Target,
     user: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = caller.acting_as(target.identity)?;
+    let identity = caller.acting_as(target.identity, &state.keys())?;
     let (who, id) = (user.clone(), identity.clone());
     let gone = state
         .into_inner()

@@ -9,15 +9,19 @@
 //! engine. A client that leaves drops the channel, which closes the fleet
 //! request (vLLM aborts the generation).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc::Sender;
 
 use super::api::Checked;
 use super::jobs::{EngineError, Event, FleetError, VersionRef};
 use crate::config::Config;
-use crate::learn::publish::{plan, published_name, remote::shown};
+use crate::learn::publish::{plan, published_name};
+use crate::util::http::shown;
+use crate::util::sse::SseDecoder;
 use lorastream_ml::Message;
 use lorastream_ml::generate::FinishReason;
 
@@ -27,6 +31,21 @@ pub struct Gateway {
     url: String,
     key: Option<String>,
     base_model: String,
+    /// Requests accepted (in flight to the fleet or waiting): `max_batch +
+    /// queue`, as the built-in engine; beyond it, 429.
+    admitted: Arc<Semaphore>,
+    /// Requests in flight to the fleet at once: `max_batch`.
+    running: Arc<Semaphore>,
+    /// A client that has not taken an event for this long is dropped (its
+    /// fleet request closes): `send_timeout_secs`.
+    send_timeout: Duration,
+}
+
+/// The gateway has `max_batch + queue` requests already.
+#[derive(Debug, thiserror::Error)]
+#[error("{capacity} requests are in flight to the fleet or queued already")]
+pub struct Busy {
+    pub capacity: usize,
 }
 
 impl Gateway {
@@ -52,12 +71,10 @@ impl Gateway {
                 .backend_base_model
                 .clone()
                 .unwrap_or_else(|| plan::base_model(config, None)),
+            admitted: Arc::new(Semaphore::new(s.max_batch.max(1) + s.queue)),
+            running: Arc::new(Semaphore::new(s.max_batch.max(1))),
+            send_timeout: Duration::from_secs(s.send_timeout_secs),
         })
-    }
-
-    /// The fleet's URL, for `/ready` and logs.
-    pub fn url(&self) -> String {
-        shown(&self.url)
     }
 
     /// The fleet's name of `version`.
@@ -71,15 +88,27 @@ impl Gateway {
             .map_or_else(|| self.base_model.clone(), |a| published_name(a.id)))
     }
 
-    /// Sends the request to the fleet; its answer arrives on `events` as
-    /// `Started`, `Delta`s, then `Done` (or `Failed`).
+    /// Sends the request to the fleet once one of `max_batch` places is free;
+    /// its answer arrives on `events` as `Started`, `Delta`s, then `Done` (or
+    /// `Failed`). [`Busy`] when `max_batch + queue` are admitted already.
+    /// Special-token spellings in the messages are neutralized first: the
+    /// fleet renders the template to text and reads such spellings as tokens.
     pub fn submit(
         &self,
         model: String,
         messages: Vec<Message>,
         c: &Checked,
         events: Sender<Event>,
-    ) {
+    ) -> Result<(), Busy> {
+        let admitted = Arc::clone(&self.admitted)
+            .try_acquire_owned()
+            .map_err(|_| Busy {
+                capacity: self.running.available_permits().max(1),
+            })?;
+        let messages: Vec<Message> = messages
+            .into_iter()
+            .map(|m| Message::new(&m.role, &super::prompt::neutralize_markers(&m.content)))
+            .collect();
         let mut body = json!({
             "model": model, "messages": messages, "stream": true,
             "stream_options": {"include_usage": true},
@@ -97,12 +126,47 @@ impl Gateway {
         if let Some(k) = &self.key {
             req = req.bearer_auth(k);
         }
+        let (running, timeout) = (Arc::clone(&self.running), self.send_timeout);
         actix_web::rt::spawn(async move {
-            if let Err(e) = forward(req, &url, &model, &events).await {
+            let _admitted = admitted;
+            // Closed only if the gateway is gone: then there is no one to answer.
+            let Ok(_running) = running.acquire_owned().await else {
+                return;
+            };
+            if events.is_closed() {
+                return;
+            }
+            let out = Outbox { events, timeout };
+            if let Err(e) = forward(req, &url, &model, &out).await {
                 tracing::warn!(error = %e, model = %model, "fleet request failed");
-                let _ = events.send(Event::Failed(EngineError::Fleet(e))).await;
+                let _ = out.send(Event::Failed(EngineError::Fleet(e))).await;
             }
         });
+        Ok(())
+    }
+}
+
+/// Where a fleet request's events go: the client's channel, given up on
+/// when the client has not taken one for `timeout` (a stuck reader must not
+/// hold a fleet stream open).
+struct Outbox {
+    events: Sender<Event>,
+    timeout: Duration,
+}
+
+impl Outbox {
+    /// `false` when the client is gone or stuck: stop forwarding.
+    async fn send(&self, event: Event) -> bool {
+        match tokio::time::timeout(self.timeout, self.events.send(event)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::info!(
+                    timeout_secs = self.timeout.as_secs(),
+                    "fleet stream closed: the client did not read for [server] send_timeout_secs"
+                );
+                false
+            }
+        }
     }
 }
 
@@ -112,11 +176,12 @@ async fn forward(
     req: reqwest::RequestBuilder,
     url: &str,
     model: &str,
-    events: &Sender<Event>,
+    events: &Outbox,
 ) -> Result<(), FleetError> {
-    let unreachable = |e: reqwest::Error| FleetError::Unreachable {
-        url: shown(url),
-        reason: crate::util::http::describe(e),
+    let unreachable = |e: reqwest::Error| {
+        let reason = crate::util::http::describe(e);
+        tracing::warn!(fleet = %shown(url), error = %reason, "the vLLM fleet cannot be reached");
+        FleetError::Unreachable { reason }
     };
     let mut resp = req.send().await.map_err(unreachable)?;
     let status = resp.status().as_u16();
@@ -130,7 +195,7 @@ async fn forward(
                     .or(v["message"].as_str())
                     .map(String::from)
             })
-            .unwrap_or_else(|| text.chars().take(300).collect());
+            .unwrap_or_else(|| crate::util::http::excerpt(text.as_bytes(), 300));
         return Err(match status {
             404 => FleetError::NotLoaded {
                 model: model.into(),
@@ -139,7 +204,7 @@ async fn forward(
             _ => FleetError::Failed { status, message },
         });
     }
-    if events.send(Event::Started).await.is_err() {
+    if !events.send(Event::Started).await {
         return Ok(());
     }
     let mut chunks = Chunks::default();
@@ -148,10 +213,10 @@ async fn forward(
         .await
         .map_err(|e| FleetError::Broken(crate::util::http::describe(e)))?
     {
-        chunks.buf.extend_from_slice(&bytes);
+        chunks.sse.push(&bytes);
         while let Some(event) = chunks.next_event() {
             let done = matches!(event, Event::Done { .. });
-            if events.send(event).await.is_err() || done {
+            if !events.send(event).await || done {
                 return Ok(());
             }
         }
@@ -162,7 +227,7 @@ async fn forward(
 /// The fleet's SSE body as it arrives, and what its chunks said so far.
 #[derive(Default)]
 struct Chunks {
-    buf: Vec<u8>,
+    sse: SseDecoder,
     finish: Option<FinishReason>,
     completion_tokens: usize,
     prompt_tokens: Option<usize>,
@@ -172,12 +237,8 @@ impl Chunks {
     /// The next `Event` its complete lines give, if any.
     fn next_event(&mut self) -> Option<Event> {
         loop {
-            let end = self.buf.iter().position(|&b| b == b'\n')?;
-            let line: Vec<u8> = self.buf.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let Some(data) = line.trim().strip_prefix("data:").map(str::trim) else {
-                continue;
-            };
+            let data = self.sse.next_data()?;
+            let data = data.trim();
             if data == "[DONE]" {
                 return Some(Event::Done {
                     finish: self.finish.unwrap_or(FinishReason::Stop),
@@ -218,12 +279,12 @@ mod tests {
     #[test]
     fn chunks_become_events() {
         let mut c = Chunks::default();
-        c.buf.extend_from_slice(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hel");
+        c.sse.push(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hel");
         assert!(c.next_event().is_none());
-        c.buf.extend_from_slice(
+        c.sse.push(
             b"lo\"}}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
         );
-        c.buf.extend_from_slice(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
+        c.sse.push(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
         assert!(matches!(c.next_event(), Some(Event::Delta { text, .. }) if text == "Hello"));
         match c.next_event() {
             Some(Event::Done {

@@ -62,8 +62,9 @@ pub enum EngineError {
 /// Why a fleet request failed, as the client will hear it.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("the vLLM fleet at {url} cannot be reached: {reason}")]
-    Unreachable { url: String, reason: String },
+    /// The fleet's address is logged (without credentials), never told to clients.
+    #[error("the vLLM fleet cannot be reached: {reason}")]
+    Unreachable { reason: String },
     #[error("the vLLM fleet does not have {model} loaded yet (HTTP 404); retry shortly")]
     NotLoaded { model: String },
     #[error("the vLLM fleet refused the request (HTTP {status}): {message}")]

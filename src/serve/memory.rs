@@ -3,7 +3,10 @@
 //! into the prompt within a token budget; after it, the user's message and
 //! the answer are stored. A request is remembered when it names a `user` (a
 //! new conversation, whose server-made id comes back in `X-Conversation-Id`)
-//! or continues a conversation of its caller's by that id.
+//! or continues a conversation of its caller's by that id. A request that
+//! continues a conversation without naming its `user` recalls from that
+//! conversation alone: holding one conversation's id never opens the rest of
+//! its end user's memory.
 //!
 //! Recall runs on read-only connections of its own (WAL readers never wait
 //! for the writer), with at most `memory_query_terms` terms and a time budget,
@@ -29,6 +32,8 @@ pub struct Speaker {
     pub conversation: String,
     /// The conversation is created when the exchange is stored.
     pub new: bool,
+    /// Recall reads this conversation only (continued by id without `user`).
+    pub this_conversation_only: bool,
 }
 
 /// The request's `user` field, checked: at most [`MAX_USER_CHARS`]
@@ -95,12 +100,14 @@ pub fn speaker(
                 owner,
                 conversation: id.to_string(),
                 new: false,
+                this_conversation_only: user.is_none(),
             }))
         }
         (None, Some(u)) => Ok(Some(Speaker {
             owner: Owner::new(identity, Some(u)),
             conversation: crate::util::ids::random_hex(16),
             new: true,
+            this_conversation_only: false,
         })),
         (None, None) => Ok(None),
     }
@@ -148,12 +155,13 @@ pub struct RecallLimits {
     pub budget: Duration,
 }
 
-/// Earlier messages of `owner` relevant to `messages` (best first), at most
-/// `limits.results` and about `limits.tokens` tokens (4 characters a token),
-/// leaving out what the request already contains.
+/// Earlier messages of `speaker`'s owner (or of its conversation alone,
+/// see [`Speaker::this_conversation_only`]) relevant to `messages` (best
+/// first), at most `limits.results` and about `limits.tokens` tokens (4
+/// characters a token), leaving out what the request already contains.
 pub fn recall(
     store: &mut Store,
-    owner: &Owner,
+    speaker: &Speaker,
     messages: &[Message],
     limits: RecallLimits,
 ) -> Result<Vec<MessageRow>, StoreError> {
@@ -161,7 +169,10 @@ pub fn recall(
         return Ok(Vec::new());
     };
     let found = store.recall(&RecallQuery {
-        owner,
+        owner: &speaker.owner,
+        conversation: speaker
+            .this_conversation_only
+            .then_some(speaker.conversation.as_str()),
         text: &query.content,
         max_terms: limits.terms,
         limit: limits.results * 4 + 8,
@@ -275,9 +286,7 @@ mod tests {
             budget: Duration::from_secs(5),
         };
         let ask = vec![Message::new("user", "What is my cat called?")];
-        let got = readers
-            .with(|s| recall(s, &ann.owner, &ask, limits))
-            .unwrap();
+        let got = readers.with(|s| recall(s, &ann, &ask, limits)).unwrap();
         assert!(got.iter().any(|m| m.content.contains("Miso")), "{got:?}");
         assert!(
             !got.iter().any(|m| m.content.contains("Rex")),
@@ -287,9 +296,7 @@ mod tests {
         assert_eq!(prompt[0].role, "system");
         assert!(prompt[0].content.contains("Miso"));
         assert_eq!(store.forget("team", Some(Some("ann"))).unwrap().messages, 2);
-        let after = readers
-            .with(|s| recall(s, &ann.owner, &prompt, limits))
-            .unwrap();
+        let after = readers.with(|s| recall(s, &ann, &prompt, limits)).unwrap();
         assert!(after.is_empty());
         assert!(check_user(Some("a\u{7}b")).is_err());
         assert!(check_user(Some(&"x".repeat(MAX_USER_CHARS + 1))).is_err());

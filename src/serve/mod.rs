@@ -75,6 +75,8 @@ pub enum ServerError {
     Worker(std::io::Error),
     #[error(transparent)]
     Fleet(#[from] crate::util::http::SecretError),
+    #[error(transparent)]
+    NoRandomness(#[from] crate::util::ids::NoRandomness),
 }
 
 /// Who generates the answers (`[server] backend`).
@@ -139,7 +141,8 @@ impl State {
     }
 
     /// Re-reads the API keys of a reloaded config (other `[server]` settings
-    /// take a restart). A key that cannot be read keeps the old set.
+    /// take a restart). A key that cannot be read shuts its identity out; the
+    /// others are reloaded.
     pub fn reload_keys(&self, s: &crate::config::ServerConfig) {
         let old = self.keys();
         if !old.required() && !s.has_keys() {
@@ -165,6 +168,7 @@ impl State {
 /// stop on shutdown) and its state (to reload keys).
 pub fn start(config: Arc<Config>) -> Result<(actix_web::dev::Server, Arc<State>), ServerError> {
     let s = &config.server;
+    crate::util::ids::init()?;
     let keys = auth::Keys::load(s)?;
     let store = config.open_store()?;
     lorastream_ml::threads::configure(
@@ -305,9 +309,9 @@ async fn health() -> HttpResponse {
 async fn ready(state: web::Data<State>) -> HttpResponse {
     let engine = match &state.backend {
         Backend::Local(engine) => engine,
-        Backend::Fleet(gw) => {
-            return HttpResponse::Ok()
-                .json(json!({"status": "ready", "backend": "vllm", "url": gw.url()}));
+        // Public: names neither the fleet's address nor any path.
+        Backend::Fleet(_) => {
+            return HttpResponse::Ok().json(json!({"status": "ready", "backend": "vllm"}));
         }
     };
     match engine.readiness() {
@@ -318,9 +322,12 @@ async fn ready(state: web::Data<State>) -> HttpResponse {
         jobs::Readiness::Loading => HttpResponse::ServiceUnavailable()
             .insert_header(("retry-after", "2"))
             .json(json!({"status": "loading"})),
-        jobs::Readiness::Failed(e) => HttpResponse::ServiceUnavailable()
+        // The reason (paths, file names) is in the log and `/api/status`, not
+        // in this public probe.
+        jobs::Readiness::Failed(_) => HttpResponse::ServiceUnavailable()
             .insert_header(("retry-after", "30"))
-            .json(json!({"status": "no_model", "error": e})),
+            .json(json!({"status": "no_model",
+                "error": "the model could not be loaded; the operator finds why in the log"})),
     }
 }
 
@@ -349,6 +356,7 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found(format!(
         "no route {} {}: the API has GET /v1/models, POST /v1/chat/completions, POST /v1/feedback, DELETE /v1/memory[/{{user}}]",
         req.method(),
-        req.path()
+        // The caller's own path, bounded (it is echoed back).
+        req.path().chars().take(200).collect::<String>()
     )))
 }

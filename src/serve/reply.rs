@@ -320,10 +320,11 @@ pub(super) fn engine_error(e: EngineError) -> ApiError {
         EngineError::Prompt(PromptError::Template(_)) => {
             ApiError::invalid("messages", &e.to_string())
         }
+        // Why (paths, file names) is the operator's: logged when the load failed.
         EngineError::NoModel(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
-            e.to_string(),
+            "no model to serve: the model could not be loaded (the operator finds why in the log)",
         )
         .retry_after(5),
         EngineError::Generation(_) => ApiError::new(

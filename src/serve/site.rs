@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::State;
 use super::api::ApiError;
+use super::auth::Admin;
 use crate::util::metrics::{METRICS, set_finite};
 use lorastream_store::Store;
 
@@ -56,7 +57,7 @@ fn recent(store: &Store) -> Result<Vec<serde_json::Value>, lorastream_store::Sto
 
 /// `GET /api/status`: the store's view (as `lorastream status --json`), the
 /// perplexity matrix and the newest examples.
-pub async fn status(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+pub async fn status(state: web::Data<State>, _: Admin) -> Result<HttpResponse, ApiError> {
     let state = state.into_inner();
     let config = Arc::clone(&state.config);
     let (report, matrix, recent) = state
@@ -81,7 +82,7 @@ pub async fn status(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
 }
 
 /// `GET /metrics`: refreshes the figures read from the store, then renders all.
-pub async fn metrics(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+pub async fn metrics(state: web::Data<State>, _: Admin) -> Result<HttpResponse, ApiError> {
     let state = state.into_inner();
     state
         .with_store(|s| {

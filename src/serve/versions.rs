@@ -55,8 +55,10 @@ impl Versions {
             .and_then(|v| v.parse::<i64>().ok());
         match version.and_then(|v| self.promoted.iter().find(|a| a.id == v)) {
             Some(a) => Ok(self.adapter(name, a)),
+            // The caller's own words, bounded: they are echoed back.
             None => Err(ApiError::not_found(format!(
-                "the model `{requested}` does not exist: GET /v1/models lists {}",
+                "the model `{}` does not exist: GET /v1/models lists {}",
+                requested.chars().take(100).collect::<String>(),
                 self.ids(name).join(", ")
             ))
             .with_code("model_not_found")),

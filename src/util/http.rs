@@ -16,8 +16,27 @@ use url::Url;
 /// the source is retried on its next schedule.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(900);
 
-/// Query parameters whose values are replaced in every URL we print.
-const SECRET_PARAMS: &[&str] = &["token", "api_key", "apikey", "key", "access_token"];
+/// Query parameters whose values are replaced in every URL we print
+/// (compared without case): API tokens, and the signatures and credentials
+/// of pre-signed storage URLs (S3, GCS, Azure).
+const SECRET_PARAMS: &[&str] = &[
+    "token",
+    "api_key",
+    "apikey",
+    "key",
+    "access_token",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
+    "signature",
+    "sig",
+];
+
+fn is_secret_param(name: &str) -> bool {
+    SECRET_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
@@ -247,7 +266,7 @@ impl Http {
                 HttpError::Status {
                     url: shown.into(),
                     status: status.as_u16(),
-                    body: snippet(&body),
+                    body: excerpt(&body, 200),
                 },
                 retry_after.filter(|_| retryable_status(status)),
             ));
@@ -304,34 +323,72 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(at.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
-/// The start of an error body, for the message (bodies can be huge or binary).
-fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+/// The start of a response body for an error message (bodies can be huge or
+/// binary): at most `max` characters of it, whitespace runs as one space,
+/// `…` when cut. The one excerpt of every client error in the daemon.
+pub fn excerpt(body: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(max * 4)]);
+    let mut out = String::new();
+    for (i, word) in text.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    if out.chars().count() > max {
+        out = out.chars().take(max).collect();
+        out.push('…');
+    }
+    out
 }
 
-/// The URL with secret query values replaced, for logs and errors.
+/// The URL without its user name and password and with secret query values
+/// replaced, for logs, errors and status (never the URL a request is sent to).
 pub fn redact(url: &Url) -> String {
-    if !url
-        .query_pairs()
-        .any(|(k, _)| SECRET_PARAMS.contains(&k.as_ref()))
-    {
-        return url.to_string();
-    }
     let mut shown = url.clone();
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if SECRET_PARAMS.contains(&k.as_ref()) {
-                "REDACTED".to_string()
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    shown.query_pairs_mut().clear().extend_pairs(pairs);
+    if !url.username().is_empty() || url.password().is_some() {
+        // Only URLs that cannot have credentials refuse these, and they have none.
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+    }
+    if url.query_pairs().any(|(k, _)| is_secret_param(&k)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_secret_param(&k) {
+                    "REDACTED".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        shown.query_pairs_mut().clear().extend_pairs(pairs);
+    }
     shown.to_string()
+}
+
+/// [`redact`] for a URL held as text; one that does not parse (or has no
+/// host) is shown from after its last `@` (whatever came before may be
+/// credentials) without its query.
+pub fn shown(url: &str) -> String {
+    match Url::parse(url) {
+        // `u:pw@host` parses as scheme `u`, no host: not a URL we can read.
+        Ok(u) if u.host().is_some() => redact(&u),
+        _ => {
+            let tail = url.rsplit('@').next().unwrap_or(url);
+            tail.split('?').next().unwrap_or(tail).to_string()
+        }
+    }
+}
+
+/// Whether `a` and `b` are the same origin (scheme, host and port), so a
+/// credential meant for one may go to the other; URLs that do not parse are not.
+pub fn same_origin(a: &str, b: &str) -> bool {
+    match (Url::parse(a), Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin() && !matches!(a.origin(), url::Origin::Opaque(_)),
+        _ => false,
+    }
 }
 
 /// A request error in words, its causes included ("error sending request:
@@ -446,6 +503,36 @@ mod tests {
         assert!(!r.contains("s3cr3t"), "{r}");
         assert!(r.contains("token=REDACTED"), "{r}");
         assert!(r.contains("url=https"), "{r}");
+    }
+
+    #[test]
+    fn redacts_credentials_and_signatures() {
+        for (url, secret) in [
+            ("http://u:pw-9@fleet.example:8000/v1", "pw-9"),
+            ("http://only-user-9@fleet.example/", "only-user-9"),
+            (
+                "https://s3.example/b/k?X-Amz-Signature=abc123sig&X-Amz-Date=1",
+                "abc123sig",
+            ),
+            ("https://blob.example/c?sv=1&Sig=abc123sig", "abc123sig"),
+        ] {
+            let r = shown(url);
+            assert!(!r.contains(secret), "{url} shown as {r}");
+            assert!(r.contains("example"), "{r}");
+        }
+        assert_eq!(shown("u:pw@host:80:bad url?token=x"), "host:80:bad url");
+        assert!(same_origin(
+            "https://huggingface.co",
+            "https://huggingface.co/api/x"
+        ));
+        for other in [
+            "https://huggingface.co.evil.example/x",
+            "http://huggingface.co/x",
+            "https://huggingface.co:8443/x",
+            "https://huggingface.co@evil.example/x",
+        ] {
+            assert!(!same_origin("https://huggingface.co", other), "{other}");
+        }
     }
 
     #[test]

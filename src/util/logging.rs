@@ -1,6 +1,11 @@
 //! tracing-subscriber set-up: human format on a terminal, plain text without
 //! colours otherwise (journald adds its own timestamps), JSON on request.
 //! Filters use `RUST_LOG` syntax; `RUST_LOG` wins over `-v/-q` and the config.
+//!
+//! One event is one line: in the text formats every control character a
+//! field carries (a newline in a name a request sent, say) is written
+//! escaped (`\n`, `\u{1b}`), so no value can forge a line of its own; JSON
+//! escapes them itself.
 
 use std::io::IsTerminal;
 
@@ -93,21 +98,24 @@ pub fn init(settings: &LogSettings) -> Result<(), LogError> {
     };
     // systemd sets JOURNAL_STREAM when stdout is connected to the journal.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let (writer, is_tty) = if settings.to_stderr {
-        (
-            BoxMakeWriter::new(std::io::stderr),
-            std::io::stderr().is_terminal(),
-        )
+    let is_tty = if settings.to_stderr {
+        std::io::stderr().is_terminal()
     } else {
-        (
-            BoxMakeWriter::new(std::io::stdout),
-            std::io::stdout().is_terminal(),
-        )
+        std::io::stdout().is_terminal()
+    };
+    let style = style(settings.format, is_tty, journald && !settings.to_stderr);
+    // ANSI colours are escape sequences of our own: kept on a terminal.
+    let keep_esc = style == Style::Ansi;
+    let writer = match (style, settings.to_stderr) {
+        (Style::Json, true) => BoxMakeWriter::new(std::io::stderr),
+        (Style::Json, false) => BoxMakeWriter::new(std::io::stdout),
+        (_, true) => BoxMakeWriter::new(move || OneLine::new(std::io::stderr(), keep_esc)),
+        (_, false) => BoxMakeWriter::new(move || OneLine::new(std::io::stdout(), keep_esc)),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
-    let result = match style(settings.format, is_tty, journald && !settings.to_stderr) {
+    let result = match style {
         Style::Json => builder
             .json()
             .flatten_event(true)
@@ -122,9 +130,76 @@ pub fn init(settings: &LogSettings) -> Result<(), LogError> {
     result.map_err(|e| LogError::Install(e.to_string()))
 }
 
+/// A writer of formatted events that escapes every control character but
+/// the event's final newline (tab kept; ESC kept when `keep_esc`). The fmt
+/// layer writes each event with one `write_all`.
+pub struct OneLine<W> {
+    inner: W,
+    keep_esc: bool,
+}
+
+impl<W: std::io::Write> OneLine<W> {
+    pub fn new(inner: W, keep_esc: bool) -> OneLine<W> {
+        OneLine { inner, keep_esc }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(b) => (b, &b"\n"[..]),
+            None => (buf, &b""[..]),
+        };
+        let keep = |b: u8| b == b'\t' || (self.keep_esc && b == 0x1b) || (b >= 0x20 && b != 0x7f);
+        if body.iter().all(|&b| keep(b)) {
+            return self.inner.write_all(buf);
+        }
+        let mut out = Vec::with_capacity(buf.len() + 16);
+        for &b in body {
+            match b {
+                _ if keep(b) => out.push(b),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                _ => out.extend_from_slice(format!("\\u{{{b:x}}}").as_bytes()),
+            }
+        }
+        out.extend_from_slice(end);
+        self.inner.write_all(&out)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_event_is_one_line() {
+        use std::io::Write;
+        let mut out = Vec::new();
+        OneLine::new(&mut out, false)
+            .write_all(
+                b"INFO chat feedback identity=x\nERROR lorastream::audit forged\r\x1b[2J\tok\n",
+            )
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "INFO chat feedback identity=x\\nERROR lorastream::audit forged\\r\\u{1b}[2J\tok\n"
+        );
+        let mut out = Vec::new();
+        OneLine::new(&mut out, true)
+            .write_all(b"\x1b[1mbold\x1b[0m\n")
+            .unwrap();
+        assert_eq!(out, b"\x1b[1mbold\x1b[0m\n");
+    }
 
     #[test]
     fn style_follows_terminal_and_request() {

@@ -4,6 +4,7 @@
 //!
 //! - [`http`]: the one HTTP client (retries, rate limits, size caps,
 //!   redaction) and secret reading, used by the sources and the summarizer.
+//! - [`sse`]: the one Server-Sent Events decoder (the chat CLI, the gateway).
 //! - [`ids`]: unguessable ids (conversations, requests).
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`logging`]: tracing-subscriber set-up (terminal, plain, JSON).
@@ -18,3 +19,4 @@ pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod sse;

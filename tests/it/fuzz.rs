@@ -115,9 +115,14 @@ fn inputs(seeds: &[&[u8]]) -> impl Strategy<Value = Vec<u8>> {
 
 /// Runs `target` on `cases()` inputs from a fixed seed; fails on a panic or
 /// on an input that takes 1 s or more. `target` says whether the input was
-/// accepted all the way through (the share shows the mutations reach past
-/// the first syntax check).
+/// accepted all the way through: the first seed must be (a parser broken at
+/// its first check fails here), and so must at least a tenth of the inputs
+/// (the mutations reach past the first syntax check).
 fn fuzz(name: &str, seeds: &[&[u8]], target: impl Fn(&[u8]) -> bool) {
+    assert!(
+        target(seeds[0]),
+        "fuzz {name}: the first seed is not accepted"
+    );
     let n = cases();
     let config = RunConfig {
         cases: n,
@@ -151,6 +156,11 @@ fn fuzz(name: &str, seeds: &[&[u8]], target: impl Fn(&[u8]) -> bool) {
     if let Err(e) = result {
         panic!("fuzz {name}: {e}");
     }
+    assert!(
+        accepted.get() >= n / 10,
+        "fuzz {name}: only {} of {n} inputs accepted: the target rejects what it should read",
+        accepted.get()
+    );
 }
 
 fn text(b: &[u8]) -> String {

@@ -3,6 +3,7 @@
 //! e.g. `cargo test --release --test it train::` or `KILLS=50 cargo test --release --test it kill::`.
 //! Shared helpers are in `common/` (loopback servers, tiny models, daemons).
 
+mod attack;
 mod chat;
 mod chat_load;
 mod common;

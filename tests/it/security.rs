@@ -109,7 +109,7 @@ pub(crate) async fn chat(
     .await
 }
 
-fn say(user: Option<&str>, text: &str) -> Value {
+pub(crate) fn say(user: Option<&str>, text: &str) -> Value {
     let mut b = json!({"model": "lorastream", "max_tokens": 8, "temperature": 1.0, "seed": 5,
         "messages": [{"role": "user", "content": text}]});
     if let Some(u) = user {
@@ -118,7 +118,7 @@ fn say(user: Option<&str>, text: &str) -> Value {
     b
 }
 
-fn memories(h: &reqwest::header::HeaderMap) -> u64 {
+pub(crate) fn memories(h: &reqwest::header::HeaderMap) -> u64 {
     h["x-lorastream-memories"]
         .to_str()
         .unwrap()
@@ -387,7 +387,25 @@ fn per_key_rate_and_concurrency_limits_hold_under_a_burst() {
         assert_eq!(rx.await.unwrap(), 200, "the first stream runs");
         let (tx, _rx_b) = tokio::sync::oneshot::channel();
         let b = tokio::spawn(stream(tx));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The second stream is in flight once the key's next request is refused.
+        let mut full = false;
+        for _ in 0..600 {
+            let (s, _, _) = call(
+                &url,
+                reqwest::Method::GET,
+                "/v1/models",
+                Some(PAIR),
+                None,
+                &[],
+            )
+            .await;
+            if s == 429 {
+                full = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(full, "the second stream never got in flight");
         let statuses = burst(&url, PAIR).await;
         let limited = statuses.iter().filter(|&&s| s == 429).count();
         println!(

@@ -52,16 +52,25 @@ fn a_client_that_hangs_up_stops_its_generation() {
             if let Ok(resp) = r {
                 let _ = resp.bytes().await; // times out at 0.3 s
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // The worker says when it drops the sequence; then a probe of two
+            // tokens goes through the same worker: had the dropped one gone
+            // on, it would have generated beside the probe.
+            let gone = d.wait_until(Duration::from_secs(30), |v| {
+                v["message"] == "client went away; generation stopped"
+            });
+            assert!(gone.is_some(), "no hang-up noticed (stream: {stream})");
             let stopped = generated(&url).await;
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            let probe = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                               "ignore_eos": true, "temperature": 1.0, "seed": 3});
+            let (status, _, _) = chat(&url, ALICE, probe, &[]).await;
+            assert_eq!(status, 200);
             let later = generated(&url).await;
             println!(
-                "BENCH hang-up after 0.3 s (stream: {stream}): {} of 1000 tokens generated, {} after",
+                "BENCH hang-up after 0.3 s (stream: {stream}): {} of 1000 tokens generated, {} after (a 2-token probe)",
                 stopped - before,
                 later - stopped
             );
-            assert_eq!(stopped, later, "generation goes on after the hang-up");
+            assert_eq!(later - stopped, 2, "generation goes on after the hang-up");
             assert!(stopped - before < 1000, "generated to the end for nobody");
         }
     });
@@ -172,6 +181,7 @@ fn recall_over_a_big_store_is_bounded_and_never_stalls_status() {
         let t = Instant::now();
         let q = RecallQuery {
             owner: &owner,
+            conversation: None,
             text: &message,
             max_terms: terms,
             limit: 24,

@@ -11,8 +11,10 @@
 //!   `seen_urls`), `raw_items`, `examples`, `streams`, `adapters`, `evals`,
 //!   `stages`, `failures` (poison items and spool file cursors),
 //!   `conversations` (with `messages`; their owners), `recall` (bounded
-//!   search of one owner's messages in the FTS5 index), `forget` (deleting an
-//!   owner's memory and what was derived from it; retention).
+//!   BM25 search of one owner's messages, its statistics the owner's own;
+//!   `stopwords` what queries leave out), `forget` (deleting an owner's
+//!   memory and what was derived from it; retention), `publish` (publish
+//!   targets' state).
 
 mod adapters;
 mod conversations;
@@ -27,6 +29,7 @@ mod rows;
 mod sources;
 mod stages;
 mod states;
+mod stopwords;
 mod streams;
 
 use std::path::{Path, PathBuf};

@@ -460,6 +460,7 @@ fn recall_is_scoped_to_its_owner_and_queries_are_inert() {
     let recall = |s: &mut Store, owner: &Owner, text: &str| {
         s.recall(&RecallQuery {
             owner,
+            conversation: None,
             text,
             max_terms: 4,
             limit: 5,

@@ -82,9 +82,13 @@ fn check_key(k: &mut Checker, s: &ServerConfig, i: usize, key: &KeyConfig) {
             format!("must be 1–64 letters, digits or -_.@ (got {:?})", key.name),
         );
     }
-    if s.keys[..i].iter().any(|o| o.name == key.name)
-        || (key.name == "default" && (s.api_key_file.is_some() || s.api_key_env.is_some()))
-    {
+    if key.name == crate::config::DEFAULT_IDENTITY {
+        k.fail(
+            at.key("name"),
+            "\"default\" is reserved: it is the identity of api_key_file / api_key_env (an \
+             admin) and owns what was stored before keys existed; name this key otherwise",
+        );
+    } else if s.keys[..i].iter().any(|o| o.name == key.name) {
         k.fail(
             at.key("name"),
             format!("identity {:?} is named twice", key.name),

@@ -246,7 +246,7 @@ impl Hub<'_> {
                 req = req.header(k.as_str(), v.as_str().unwrap_or_default());
             }
             // The token goes only to the Hub itself, never to a storage host.
-            if vurl.starts_with(self.endpoint.trim_end_matches('/')) {
+            if crate::util::http::same_origin(self.endpoint, vurl) {
                 req = authed(req, Some(self.token));
             }
             send(req, what, vurl).await?;

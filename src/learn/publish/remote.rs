@@ -37,26 +37,13 @@ pub(super) async fn checked(
     if status.is_success() {
         return Ok(body);
     }
-    let mut body = body.trim().to_string();
-    if body.len() > 300 {
-        let cut = (0..=300)
-            .rev()
-            .find(|&i| body.is_char_boundary(i))
-            .unwrap_or(0);
-        body.truncate(cut);
-        body.push('…');
-    }
     Err(RemoteError::Status {
         what,
         url: shown(url),
         status: status.as_u16(),
-        body,
+        body: crate::util::http::excerpt(body.as_bytes(), 300),
     })
 }
 
 /// `url` without credentials or query secrets, for errors and logs.
-pub fn shown(url: &str) -> String {
-    reqwest::Url::parse(url)
-        .map(|u| crate::util::http::redact(&u))
-        .unwrap_or_else(|_| url.to_string())
-}
+pub use crate::util::http::shown;

@@ -31,6 +31,37 @@ pub enum Reply {
     Truncated { declared: usize, body: Vec<u8> },
     /// No Content-Length: sends `bytes` bytes of filler then closes.
     Endless { bytes: usize },
+    /// No Content-Length: sends each chunk, `every` apart, then closes;
+    /// stops when the client hangs up. `open` counts the streams being sent.
+    Stream {
+        headers: Vec<(String, String)>,
+        chunks: Vec<Vec<u8>>,
+        every: Duration,
+        open: Arc<Gauge>,
+    },
+}
+
+/// How many of something are open now, and the most at once.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    pub now: AtomicUsize,
+    pub peak: AtomicUsize,
+}
+
+impl Gauge {
+    fn up(&self) {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(n, Ordering::SeqCst);
+    }
+    fn down(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+    pub fn now(&self) -> usize {
+        self.now.load(Ordering::SeqCst)
+    }
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
 }
 
 impl Reply {
@@ -167,6 +198,28 @@ fn serve(
                 }
                 sent += chunk.len();
             }
+        }
+        Reply::Stream {
+            headers,
+            chunks,
+            every,
+            open,
+        } => {
+            open.up();
+            let mut head = String::from("HTTP/1.1 200 OK\r\nConnection: close\r\n");
+            for (k, v) in headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            let mut sent = conn.write_all(head.as_bytes());
+            for c in chunks {
+                if sent.is_err() {
+                    break;
+                }
+                std::thread::sleep(every);
+                sent = conn.write_all(&c).and_then(|_| conn.flush());
+            }
+            open.down();
         }
         Reply::Delay(..) => unreachable!(),
     }
