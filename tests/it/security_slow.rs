@@ -27,7 +27,7 @@ async fn generated(url: &str) -> u64 {
 /// A request that would run for 1,000 tokens (about 3 s on the small model).
 fn long(stream: bool) -> serde_json::Value {
     json!({"messages": [{"role": "user", "content": "tell me everything"}], "max_tokens": 1000,
-           "temperature": 1.0, "seed": 3, "stream": stream})
+           "ignore_eos": true, "temperature": 1.0, "seed": 3, "stream": stream})
 }
 
 #[test]
@@ -55,10 +55,16 @@ fn a_client_that_hangs_up_stops_its_generation() {
             // The worker says when it drops the sequence; then a probe of two
             // tokens goes through the same worker: had the dropped one gone
             // on, it would have generated beside the probe.
-            let gone = d.wait_until(Duration::from_secs(30), |v| {
-                v["message"] == "client went away; generation stopped"
-            });
-            assert!(gone.is_some(), "no hang-up noticed (stream: {stream})");
+            // (Polled between awaits: the runtime must run on to close the
+            // client's connection.)
+            let mut gone = false;
+            let t = Instant::now();
+            while !gone && t.elapsed() < Duration::from_secs(30) {
+                let pred = |v: &serde_json::Value| v["message"] == "client went away; generation stopped";
+                gone = d.wait_until(Duration::from_millis(1), pred).is_some();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(gone, "no hang-up noticed (stream: {stream})");
             let stopped = generated(&url).await;
             let probe = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
                                "ignore_eos": true, "temperature": 1.0, "seed": 3});
