@@ -7,7 +7,7 @@
    (the daemon). The ml and store crates name no daemon module and no crate
    above them; the ml crate names none of actix, tokio, rusqlite, reqwest.
 2. Layers of the daemon crate, bottom to top: config, util, data, learn,
-   serve, run (and the binary's cli on top). A module names only modules of
+   publish, serve, run (and the binary's cli on top). A module names only modules of
    its own layer or below: no arrow runs back up.
 3. No import circle: in every folder, the references between its child
    modules (a file, or a whole sub-folder) form no cycle. A child may use
@@ -29,7 +29,7 @@ CRATES = {
     "lorastream_base": "crates/lorastream-base/src",
 }
 CRATE_ORDER = {"lorastream_base": 0, "lorastream_store": 1, "lorastream_ml": 1, "lorastream": 2}
-LAYERS = ["config", "util", "data", "learn", "serve", "run", "cli"]
+LAYERS = ["config", "util", "data", "learn", "publish", "serve", "run", "cli"]
 FORBIDDEN_IN_ML = ["actix", "actix_web", "tokio", "rusqlite", "reqwest"]
 
 

@@ -9,6 +9,8 @@
 //!   schedule and supervisor, retention.
 //! - [`serve`]: the OpenAI-compatible chat server (hot swap, memory,
 //!   feedback, the web page) and the status report.
+//! - [`publish`]: learn → publish → serve: promoted versions written to the
+//!   `[[publish]]` targets (a directory, GGUF, a vLLM fleet, the Hub).
 //! - [`learn`]: train → evaluate → decide: the base model's location, the
 //!   pipeline over the store, the matrix, the feedback policy, replay,
 //!   lineage and merges.
@@ -31,6 +33,7 @@
 pub mod config;
 pub mod data;
 pub mod learn;
+pub mod publish;
 pub mod run;
 pub mod serve;
 pub mod util;

@@ -60,7 +60,7 @@ pub fn learn(config: &Config, stream: Option<i64>, json: bool) -> anyhow::Result
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    lorastream::learn::publish::after_change(config, &store);
+    lorastream::publish::after_change(config, &store);
     let m = pipeline::stored_matrix(&store)?;
     if json {
         println!(
@@ -173,7 +173,7 @@ pub fn promote(config: &Config, version: i64) -> anyhow::Result<ExitCode> {
     )?;
     tracing::info!(version, by = "cli", "version promoted");
     println!("v{version} is served now");
-    lorastream::learn::publish::after_change(config, &store);
+    lorastream::publish::after_change(config, &store);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -186,7 +186,7 @@ pub fn rollback(config: &Config) -> anyhow::Result<ExitCode> {
         Some(v) => println!("v{from} rolled back; v{v} is served now"),
         None => println!("v{from} rolled back; the base model is served now"),
     }
-    lorastream::learn::publish::after_change(config, &store);
+    lorastream::publish::after_change(config, &store);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -200,7 +200,7 @@ pub fn merge(config: &Config) -> anyhow::Result<ExitCode> {
         "merged by the operator",
     )?;
     println!("v{id}: the served adapter merged into a new base snapshot, served now");
-    lorastream::learn::publish::after_change(config, &store);
+    lorastream::publish::after_change(config, &store);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -225,7 +225,7 @@ pub fn publish(
         }
     };
     let mut failed = false;
-    for (name, r) in lorastream::learn::publish::publish(config, &store, version, to)? {
+    for (name, r) in lorastream::publish::publish(config, &store, version, to)? {
         match r {
             Ok(t) => println!(
                 "{name}: published {}; removed {}; holds {}; current: {}",
@@ -250,7 +250,7 @@ pub fn publish(
 
 /// `adapters export VERSION --format peft|gguf --out PATH`.
 pub fn export(config: &Config, version: i64, format: &str, out: &Path) -> anyhow::Result<ExitCode> {
-    use lorastream::learn::publish::{Plan, files, gguf, plan};
+    use lorastream::publish::{Plan, files, gguf, plan};
     anyhow::ensure!(!out.exists(), "{} exists already", out.display());
     let store = config.open_store()?;
     let p = Plan::read(&store, Some(version))?;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use lorastream::config::LogFormat;
 use lorastream_base::text_enum::UnknownVariant;
-use lorastream_ml::init::Preset;
+use lorastream_ml::models::init::Preset;
 use lorastream_ml::{Arch, DType};
 
 use super::bench::{EvalArgs, GenerateArgs, TrainArgs};

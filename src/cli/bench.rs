@@ -9,9 +9,9 @@ use serde_json::json;
 
 use lorastream::config::LossOn;
 use lorastream::data::streams::read_jsonl as load_examples;
-use lorastream_ml::data::{self, Encoded, Labels};
-use lorastream_ml::generate::{SamplingParams, generate};
+use lorastream_ml::generation::generate::{SamplingParams, generate};
 use lorastream_ml::train::LoraOptimizer;
+use lorastream_ml::train::data::{self, Encoded, Labels};
 use lorastream_ml::{CausalLm, ChatTokenizer, DType, LoraSpec, Message, MlError};
 
 /// Flags shared by every bench subcommand (as the peer's).
@@ -42,7 +42,8 @@ pub struct CommonArgs {
 impl CommonArgs {
     fn load(&self) -> Result<(ChatTokenizer, CausalLm), BenchError> {
         set_threads(self.threads);
-        let device = lorastream_ml::device::resolve(&self.device).map_err(MlError::from)?;
+        let device =
+            lorastream_ml::runtime::device::resolve(&self.device).map_err(MlError::from)?;
         let kind = self.dtype.kind(device);
         eprintln!(
             "device {device:?}, dtype {kind:?} ({})",
@@ -156,9 +157,14 @@ pub fn bench_eval(a: &EvalArgs) -> Result<serde_json::Value, BenchError> {
     )?;
     let pad_id = tok.pad_id() as i64;
     let bs = a.common.batch_size.max(1);
-    lorastream_ml::perplexity::perplexity_encoded(&model, &enc[..bs.min(enc.len())], pad_id, bs);
+    lorastream_ml::train::perplexity::perplexity_encoded(
+        &model,
+        &enc[..bs.min(enc.len())],
+        pad_id,
+        bs,
+    );
     let t0 = Instant::now();
-    let p = lorastream_ml::perplexity::perplexity_encoded(&model, &enc, pad_id, bs);
+    let p = lorastream_ml::train::perplexity::perplexity_encoded(&model, &enc, pad_id, bs);
     let dt = t0.elapsed().as_secs_f64();
     let tokens: usize = enc.iter().map(|e| e.ids.len()).sum();
     Ok(json!({
@@ -216,7 +222,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
         let tf = Instant::now();
         let scale = 1.0 / b.targets.max(1) as f64;
         let loss_value =
-            lorastream_ml::loss::backward_nll(&model, &hidden, &b.labels, scale) * scale;
+            lorastream_ml::train::loss::backward_nll(&model, &hidden, &b.labels, scale) * scale;
         let tb = Instant::now();
         opt.step(a.lr, step + 1, 1.0);
         let to = Instant::now();
@@ -239,7 +245,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<serde_json::Value, BenchError> {
 /// As the peer: `--threads 0` keeps libtorch's default.
 fn set_threads(threads: usize) {
     if threads > 0 {
-        lorastream_ml::device::set_threads(threads);
+        lorastream_ml::runtime::device::set_threads(threads);
     }
 }
 
@@ -251,7 +257,7 @@ pub fn bench_generate(a: &GenerateArgs) -> Result<serde_json::Value, BenchError>
     let at_main = process_age_s();
     let (tok, mut model) = a.common.load()?;
     let loaded = process_age_s();
-    model.set_decode_kind(lorastream_ml::device::decode_kind(
+    model.set_decode_kind(lorastream_ml::runtime::device::decode_kind(
         model.device,
         model.kind,
         !a.no_decode_bf16,

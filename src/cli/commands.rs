@@ -13,7 +13,7 @@ use lorastream::learn::spec::LearnSpec;
 use lorastream::run::daemon;
 use lorastream::serve::status;
 use lorastream::util::logging::{self, LogSettings};
-use lorastream_ml::init::{InitOptions, Preset, init_model};
+use lorastream_ml::models::init::{InitOptions, Preset, init_model};
 use lorastream_ml::train::TrainError;
 use lorastream_ml::{Arch, DType};
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use lorastream_ml::source::DEFAULT_SOURCE;
+use lorastream_ml::load::source::DEFAULT_SOURCE;
 use lorastream_store::{AdapterState, Store};
 
 /// The two streams, in order.

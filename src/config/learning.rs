@@ -7,16 +7,16 @@ use serde::{Deserialize, Serialize};
 
 use lorastream_base::text_enum;
 use lorastream_ml::DType;
-use lorastream_ml::source::ModelSource;
+use lorastream_ml::load::source::ModelSource;
 use lorastream_ml::train::TrainSpec;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// `hub:ORG/NAME[@revision]`, `path:DIR` or `gguf:FILE` (see [`lorastream_ml::source`]).
+    /// `hub:ORG/NAME[@revision]`, `path:DIR` or `gguf:FILE` (see [`lorastream_ml::load::source`]).
     pub source: ModelSource,
     /// The GGUF file used when the hub cannot be reached and nothing is cached.
-    /// Unset: [`lorastream_ml::source::default_fallback`].
+    /// Unset: [`lorastream_ml::load::source::default_fallback`].
     pub gguf_fallback: Option<PathBuf>,
     /// `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
     pub device: String,

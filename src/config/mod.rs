@@ -196,8 +196,8 @@ impl Config {
     }
 
     /// `[model]` resolved into what decides the base model's directory.
-    pub fn base_model(&self) -> lorastream_ml::source::BaseModel {
-        lorastream_ml::source::BaseModel {
+    pub fn base_model(&self) -> lorastream_ml::load::source::BaseModel {
+        lorastream_ml::load::source::BaseModel {
             source: self.model.source.clone(),
             gguf_fallback: self.model.gguf_fallback.clone(),
             dtype: self.model.dtype,

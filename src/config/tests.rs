@@ -1,7 +1,7 @@
 //! Config tests: defaults, path resolution, the example file, error locations.
 
 use super::*;
-use lorastream_ml::source::ModelSource;
+use lorastream_ml::load::source::ModelSource;
 use std::ffi::OsString;
 
 fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {

@@ -109,7 +109,7 @@ impl Summarizer {
         Self::new(
             &config.summarizer,
             TokenCounter::for_model(
-                lorastream_ml::source::resolved(&config.base_model()).as_deref(),
+                lorastream_ml::load::source::resolved(&config.base_model()).as_deref(),
             ),
             http,
         )

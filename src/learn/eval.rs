@@ -1,5 +1,5 @@
 //! The matrix R\[version\]\[stream\] with forgetting and backward transfer
-//! (DESIGN.md §4; each cell a `lorastream_ml::perplexity`), and the built-in probe
+//! (DESIGN.md §4; each cell a `lorastream_ml::train::perplexity`), and the built-in probe
 //! set (`probe.jsonl`: general knowledge and instruction following, written
 //! for lorastream; column 0 of the matrix).
 

@@ -12,7 +12,7 @@ use crate::learn::eval::RowKey;
 use crate::learn::records::Hyperparams;
 use crate::learn::spec::LearnSpec;
 use lorastream_ml::MlError;
-use lorastream_ml::source::BaseModel;
+use lorastream_ml::load::source::BaseModel;
 use lorastream_store::{Actor, AdapterKind, AdapterRow, NewAdapter, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,7 @@ pub enum MergeError {
     #[error("merge: {0}")]
     Ml(#[from] MlError),
     #[error("base model: {0}")]
-    Source(#[from] lorastream_ml::source::ModelSourceError),
+    Source(#[from] lorastream_ml::load::source::ModelSourceError),
 }
 
 /// The lineage of `v`, root first, `v` last (a cycle or a missing parent ends it).
@@ -77,7 +77,7 @@ pub fn base_dir(
 ) -> Result<PathBuf, MergeError> {
     match v.and_then(|v| snapshot(all, v)) {
         Some(m) => Ok(m.path.clone()),
-        None => Ok(lorastream_ml::source::model_dir(base)?),
+        None => Ok(lorastream_ml::load::source::model_dir(base)?),
     }
 }
 

@@ -15,13 +15,14 @@
 //!   keeps them as JSON).
 //! - [`lineage`]: the chain of versions, base snapshots and merges, and the
 //!   version to serve.
-//! - [`publish`]: promoted versions written to the `[[publish]]` targets.
+//! - [`stats`]: paired bootstrap intervals of the matrix's figures.
+//!
+//! Publishing the promoted versions is the next stage, [`crate::publish`].
 
 pub mod eval;
 pub mod lineage;
 pub mod pipeline;
 pub mod policy;
-pub mod publish;
 pub mod records;
 pub mod replay;
 pub mod spec;

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::learn::spec::ReplaySpec;
 use lorastream_ml::Message;
-use lorastream_ml::rng::reservoir;
+use lorastream_ml::runtime::rng::reservoir;
 use lorastream_store::{Split, StreamRow};
 
 /// The pool and where it came from.

@@ -43,7 +43,7 @@ pub enum DaemonError {
 
 /// The device and dtype training will use, as `[model]` resolves here.
 fn log_device(config: &Config) {
-    match lorastream_ml::device::select(&config.model.device, config.model.dtype) {
+    match lorastream_ml::runtime::device::select(&config.model.device, config.model.dtype) {
         Ok((device, kind)) => tracing::info!(
             requested = %config.model.device,
             device = ?device,

@@ -5,47 +5,32 @@
 //!
 //! # Layout
 //!
-//! - this file: start-up, shared state, routes, body limits;
-//! - [`guard`]: what every request passes (Host, content type, identity,
-//!   role, limits) and every response carries (request id, CSP, CORS, audit);
-//! - [`auth`]: API keys and the identities they open; [`limits`]: each
-//!   identity's requests per minute and in flight;
-//! - [`api`]: the wire format, request checks and OpenAI error objects;
-//! - [`chat`]: the completion handler; [`reply`]: whole answers and streams;
-//! - [`gateway`]: gateway mode, generation sent to a vLLM fleet;
-//! - [`engine`]: the generation engine's handle; [`jobs`]: its messages;
-//!   [`worker`]: its thread (model loaded at start-up, queue, admission);
-//!   [`batch`]: continuous batching; [`served`]: the base weights and the
-//!   adapters applied per row;
-//! - [`prompt`]: messages encoded and fitted into the context window;
-//! - [`peer`]: whether a client is still connected (cancels its generation);
-//! - [`versions`]: which versions exist and which one is served;
-//! - [`memory`]: conversations owned by (identity, user): recall and storage;
-//! - [`feedback`]: ratings, and learning from conversations users opted in;
-//! - [`site`]: the status and chat page, its JSON, and `/metrics`;
-//! - [`status`]: the report behind `/api/status`, the page and `lorastream status`.
+//! - this file: start-up, shared state, routes, body limits, `/health`,
+//!   `/ready`;
+//! - [`error`]: the one error type of the handlers (OpenAI's error object);
+//! - [`guard`]: what every request passes and every response carries (guard:
+//!   Host, content type, identity, limits, CSP, CORS, audit), API keys and
+//!   roles (auth), per-key limits, TLS, hang-up detection (peer);
+//! - [`openai`]: the OpenAI surface: the wire format (api), the completion
+//!   handler (chat), whole answers and streams (reply), `/v1/models`;
+//! - [`backend`]: who generates: the built-in engine (its handle, jobs,
+//!   worker thread, continuous batching, served weights, prompt fitting) or
+//!   a vLLM fleet (gateway);
+//! - [`memory`]: conversations owned by (identity, user): recall and
+//!   storage, forgetting, feedback and learning from opted-in conversations;
+//! - [`site`]: the status and chat page, its JSON, `/metrics`, and the
+//!   status report behind `/api/status` and `lorastream status`;
+//! - [`versions`]: which versions exist and which one is served.
 
-pub mod api;
-pub mod auth;
-mod batch;
-pub mod chat;
-pub mod engine;
-pub mod feedback;
-pub mod forget;
-pub mod gateway;
+pub mod backend;
+pub mod error;
 pub mod guard;
-pub mod jobs;
-pub mod limits;
 pub mod memory;
-pub mod peer;
-pub mod prompt;
-pub mod reply;
-mod served;
+pub mod openai;
 pub mod site;
-pub mod status;
-pub mod tls;
 pub mod versions;
-mod worker;
+
+pub use site::status;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,8 +41,8 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::config::Config;
-use api::ApiError;
-use engine::Engine;
+use backend::Engine;
+use error::ApiError;
 use lorastream_store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +50,7 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Keys(#[from] auth::KeysError),
+    Keys(#[from] guard::auth::KeysError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -84,7 +69,7 @@ pub enum Backend {
     /// The built-in engine (this process).
     Local(Engine),
     /// A vLLM fleet (gateway mode).
-    Fleet(gateway::Gateway),
+    Fleet(backend::gateway::Gateway),
 }
 
 /// What every request handler shares.
@@ -97,7 +82,7 @@ pub struct State {
     /// Read-only connections for memory recall.
     pub readers: memory::Readers,
     /// The API keys; replaced when a reload changes them.
-    keys: std::sync::RwLock<Arc<auth::Keys>>,
+    keys: std::sync::RwLock<Arc<guard::auth::Keys>>,
     pub hosts: guard::Hosts,
 }
 
@@ -136,7 +121,7 @@ pub(crate) fn internal(msg: &str) -> ApiError {
 
 impl State {
     /// The API keys in force.
-    pub fn keys(&self) -> Arc<auth::Keys> {
+    pub fn keys(&self) -> Arc<guard::auth::Keys> {
         Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -154,7 +139,7 @@ impl State {
             );
             return;
         }
-        match auth::Keys::reload(s, Some(&old)) {
+        match guard::auth::Keys::reload(s, Some(&old)) {
             Ok(new) => {
                 tracing::info!(identities = new.identities(), "API keys reloaded");
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
@@ -169,10 +154,10 @@ impl State {
 pub fn start(config: Arc<Config>) -> Result<(actix_web::dev::Server, Arc<State>), ServerError> {
     let s = &config.server;
     crate::util::ids::init()?;
-    let keys = auth::Keys::load(s)?;
+    let keys = guard::auth::Keys::load(s)?;
     let store = config.open_store()?;
-    lorastream_ml::threads::configure(
-        lorastream_ml::threads::Budget {
+    lorastream_ml::runtime::threads::configure(
+        lorastream_ml::runtime::threads::Budget {
             alone: s.threads,
             shared: s.threads_while_learning,
         },
@@ -183,7 +168,9 @@ pub fn start(config: Arc<Config>) -> Result<(actix_web::dev::Server, Arc<State>)
             crate::config::Backend::Builtin => Backend::Local(
                 Engine::start(Arc::clone(&config), s.queue).map_err(ServerError::Worker)?,
             ),
-            crate::config::Backend::Vllm => Backend::Fleet(gateway::Gateway::new(&config)?),
+            crate::config::Backend::Vllm => {
+                Backend::Fleet(backend::gateway::Gateway::new(&config)?)
+            }
         },
         versions: versions::watch(&config)?,
         readers: memory::Readers::new(store.path().to_owned()),
@@ -202,25 +189,28 @@ pub fn start(config: Arc<Config>) -> Result<(actix_web::dev::Server, Arc<State>)
             .route("/app.js", web::get().to(site::script))
             .route("/health", web::get().to(health))
             .route("/ready", web::get().to(ready))
-            .route("/api/status", web::get().to(site::status))
+            .route("/api/status", web::get().to(site::api_status))
             .route("/metrics", web::get().to(site::metrics))
-            .route("/v1/models", web::get().to(models))
-            .route("/v1/models/{id}", web::get().to(model))
-            .route("/v1/chat/completions", web::post().to(chat::completions))
-            .route("/v1/memory", web::delete().to(forget::all))
-            .route("/v1/memory/{user}", web::delete().to(forget::user))
-            .route("/v1/feedback", web::post().to(feedback::feedback))
+            .route("/v1/models", web::get().to(openai::models::list))
+            .route("/v1/models/{id}", web::get().to(openai::models::one))
+            .route(
+                "/v1/chat/completions",
+                web::post().to(openai::chat::completions),
+            )
+            .route("/v1/memory", web::delete().to(memory::forget::all))
+            .route("/v1/memory/{user}", web::delete().to(memory::forget::user))
+            .route("/v1/feedback", web::post().to(memory::feedback::feedback))
             .route(
                 "/v1/conversations/{id}",
-                web::get().to(forget::conversation),
+                web::get().to(memory::forget::conversation),
             )
             .route(
                 "/v1/conversations/{id}",
-                web::delete().to(forget::delete_conversation),
+                web::delete().to(memory::forget::delete_conversation),
             )
             .default_service(web::to(not_found))
     })
-    .on_connect(peer::Peer::on_connect)
+    .on_connect(guard::peer::Peer::on_connect)
     .workers(2)
     .client_request_timeout(Duration::from_secs(s.header_timeout_secs))
     .client_disconnect_timeout(Duration::from_secs(1))
@@ -230,7 +220,7 @@ pub fn start(config: Arc<Config>) -> Result<(actix_web::dev::Server, Arc<State>)
         addr: s.listen.clone(),
         source,
     };
-    let http = match tls::config(s).map_err(bind_err)? {
+    let http = match guard::tls::config(s).map_err(bind_err)? {
         Some(tls) => http.bind_rustls_0_23(&s.listen, tls),
         None => http.bind(&s.listen),
     }
@@ -315,41 +305,20 @@ async fn ready(state: web::Data<State>) -> HttpResponse {
         }
     };
     match engine.readiness() {
-        jobs::Readiness::Ready(m) => HttpResponse::Ok().json(json!({
+        backend::jobs::Readiness::Ready(m) => HttpResponse::Ok().json(json!({
             "status": "ready", "model": m.config.arch.to_string(),
             "context": m.config.max_position_embeddings,
         })),
-        jobs::Readiness::Loading => HttpResponse::ServiceUnavailable()
+        backend::jobs::Readiness::Loading => HttpResponse::ServiceUnavailable()
             .insert_header(("retry-after", "2"))
             .json(json!({"status": "loading"})),
         // The reason (paths, file names) is in the log and `/api/status`, not
         // in this public probe.
-        jobs::Readiness::Failed(_) => HttpResponse::ServiceUnavailable()
+        backend::jobs::Readiness::Failed(_) => HttpResponse::ServiceUnavailable()
             .insert_header(("retry-after", "30"))
             .json(json!({"status": "no_model",
                 "error": "the model could not be loaded; the operator finds why in the log"})),
     }
-}
-
-async fn models(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
-    let v = versions::current(&state.versions);
-    let name = &state.config.server.model_name;
-    let data: Vec<_> = v
-        .ids(name)
-        .into_iter()
-        .map(|id| json!({"id": id, "object": "model", "created": v.created(&id, name), "owned_by": "lorastream"}))
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
-}
-
-async fn model(state: web::Data<State>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let v = versions::current(&state.versions);
-    let name = &state.config.server.model_name;
-    // 404 for an id that names no version.
-    v.resolve(Some(&id), name)?;
-    Ok(HttpResponse::Ok().json(
-        json!({"id": *id, "object": "model", "created": v.created(&id, name), "owned_by": "lorastream"}),
-    ))
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -8,9 +8,9 @@
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use super::api::ApiError;
-use super::jobs::VersionRef;
 use crate::config::Config;
+use crate::serve::backend::jobs::VersionRef;
+use crate::serve::error::ApiError;
 use lorastream_store::{AdapterRow, AdapterState, Store, StoreError};
 
 /// What the store said at the last read.

@@ -108,7 +108,8 @@ impl Default for Http {
 /// A reqwest client builder with rustls on the `ring` provider, installed as
 /// the process's default once (reqwest is built without a provider of its own:
 /// `ring` is already in the tree through the Hub client, and a second one,
-/// aws-lc, is minutes of C to compile). Every HTTP client is made here.
+/// aws-lc, is minutes of C to compile). The daemon's clients are made by
+/// [`client`]; the CLI's own (chat, bench, demo) start from this builder.
 pub fn client_builder() -> reqwest::ClientBuilder {
     static PROVIDER: std::sync::Once = std::sync::Once::new();
     PROVIDER.call_once(|| {
@@ -118,13 +119,40 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
+/// How long a daemon client waits: to connect, between two reads of a
+/// response (a stream may be long, its pauses not), and for a whole request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub total: Option<Duration>,
+}
+
+/// The daemon's outbound HTTP client (sources, summarizer, publishers, the
+/// gateway): its user agent, rustls, `timeouts`. The one place a client of
+/// the daemon is made.
+pub fn client(timeouts: Timeouts) -> reqwest::Client {
+    let mut b = client_builder().user_agent(concat!("lorastream/", env!("CARGO_PKG_VERSION")));
+    if let Some(t) = timeouts.connect {
+        b = b.connect_timeout(t);
+    }
+    if let Some(t) = timeouts.read {
+        b = b.read_timeout(t);
+    }
+    if let Some(t) = timeouts.total {
+        b = b.timeout(t);
+    }
+    // Building fails only when the TLS back end cannot start; a default
+    // client (same provider) then fails its requests with that reason.
+    b.build().unwrap_or_default()
+}
+
 impl Http {
     pub fn new() -> Http {
-        let client = client_builder()
-            .user_agent(concat!("lorastream/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let client = client(Timeouts {
+            connect: Some(Duration::from_secs(10)),
+            ..Timeouts::default()
+        });
         Http {
             client,
             next_slot: Arc::default(),
@@ -302,15 +330,9 @@ fn retryable_status(s: StatusCode) -> bool {
     s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
 }
 
-/// Exponential backoff with full jitter: uniform in [0, min(max, initial·2^(n-1))],
-/// never below a tenth of the step so retries do not hammer the server.
+/// The wait before retry `attempt` (see [`crate::util::retry::Backoff::jittered`]).
 fn backoff(p: &Policy, attempt: u32) -> Duration {
-    let step = p
-        .backoff_initial
-        .saturating_mul(1u32 << (attempt - 1).min(20))
-        .min(p.backoff_max);
-    let ms = step.as_millis() as u64;
-    Duration::from_millis(ms / 10 + fastrand::u64(0..=ms - ms / 10))
+    crate::util::retry::Backoff::new(p.backoff_initial, p.backoff_max).jittered(attempt)
 }
 
 /// `Retry-After` as seconds or an HTTP date.

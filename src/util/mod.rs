@@ -5,6 +5,8 @@
 //! - [`http`]: the one HTTP client (retries, rate limits, size caps,
 //!   redaction) and secret reading, used by the sources and the summarizer.
 //! - [`sse`]: the one Server-Sent Events decoder (the chat CLI, the gateway).
+//! - [`retry`]: the one exponential backoff (HTTP retries, stage restarts,
+//!   publish targets, the worker's model reload).
 //! - [`ids`]: unguessable ids (conversations, requests).
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`logging`]: tracing-subscriber set-up (terminal, plain, JSON).
@@ -19,4 +21,5 @@ pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod retry;
 pub mod sse;

@@ -1,6 +1,7 @@
 //! `lorastream crawl` as a process: the spool source on the project's own
-//! fixtures and on the real Quora exports in ../shared/data/quora (skipped with
-//! a reason when absent), the five topic CSVs becoming five streams, a second
+//! fixtures (tests/fixtures/quora: five topic CSVs in the export's layout, our
+//! own text) and on the real Quora exports in ../shared/data/quora (that
+//! test skipped with a reason when absent), the five topic CSVs becoming five streams, a second
 //! crawl adding nothing, bad and unsettled files, and the OpenAI-compatible
 //! summarizer over loopback (with its fallback).
 
@@ -174,26 +175,65 @@ fn dropped(r: &Value, name: &str) -> Value {
     r["preprocess"]["by_source"][name]["dropped"].clone()
 }
 
+/// What a set of exports holds: per topic file (rows, new, duplicate,
+/// examples kept, drops by reason), and of answers.json (rows, examples
+/// kept, drops).
+struct Expected {
+    topics: [(u64, u64, u64, u64, Value); 5],
+    json: (u64, u64, Value),
+}
+
 #[test]
 fn five_quora_topic_files_become_five_streams_and_a_second_crawl_adds_nothing() {
+    // The bundled exports (tests/fixtures/quora/make.py says what each holds).
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quora");
+    five_topics(
+        &fixture,
+        Expected {
+            topics: [
+                (30, 30, 0, 30, json!({})),
+                (30, 30, 0, 28, json!({"answer_too_long": 1, "no_answer": 1})),
+                (30, 28, 2, 27, json!({"answer_too_long": 1})),
+                (30, 24, 6, 24, json!({})),
+                (30, 27, 3, 27, json!({})),
+            ],
+            json: (20, 11, json!({"no_answer": 1, "low_upvotes": 8})),
+        },
+    );
+}
+
+#[test]
+fn the_real_quora_exports_when_present() {
     let Some(quora) = shared_quora() else { return };
+    // Hand-checked with Python's csv module.
+    five_topics(
+        &quora,
+        Expected {
+            topics: [
+                (90, 90, 0, 90, json!({})),
+                (90, 90, 0, 88, json!({"answer_too_long": 1, "no_answer": 1})),
+                (90, 88, 2, 87, json!({"answer_too_long": 1})),
+                (90, 61, 29, 61, json!({})),
+                (90, 87, 3, 87, json!({})),
+            ],
+            json: (39, 15, json!({"no_answer": 1, "low_upvotes": 23})),
+        },
+    );
+}
+
+/// Five topic files, then answers.json, crawled twice: five streams, one
+/// waiting set, and nothing new the second time.
+fn five_topics(quora: &Path, want: Expected) {
     let s = Setup::new("[preprocess]\nmin_upvotes = 10\n");
-    // Hand-checked with Python's csv module: rows new to the store, rows
-    // already stored from an earlier topic, examples kept, and drops by reason.
-    let expected: [(u64, u64, u64, Value); 5] = [
-        (90, 0, 90, json!({})),
-        (90, 0, 88, json!({"answer_too_long": 1, "no_answer": 1})),
-        (88, 2, 87, json!({"answer_too_long": 1})),
-        (61, 29, 61, json!({})),
-        (87, 3, 87, json!({})),
-    ];
-    for (topic, (new, dup, kept, drops)) in TOPICS.iter().zip(expected) {
+    // Rows new to the store, rows already stored from an earlier topic,
+    // examples kept, and drops by reason.
+    for (topic, (rows, new, dup, kept, drops)) in TOPICS.iter().zip(want.topics.clone()) {
         s.drop_file(
             "csv",
             &quora.join(format!("{topic} - Quora_with_responses.csv")),
         );
         let (r, _) = s.crawl(&["--source", "quora-csv"]);
-        assert_eq!(fetch(&r, "quora-csv"), (90, new, dup), "{topic}");
+        assert_eq!(fetch(&r, "quora-csv"), (rows, new, dup), "{topic}");
         assert_eq!(examples(&r, "quora-csv"), kept, "{topic}");
         assert_eq!(dropped(&r, "quora-csv"), drops, "{topic}");
         let streams = r["streams"].as_array().unwrap();
@@ -214,19 +254,17 @@ fn five_quora_topic_files_become_five_streams_and_a_second_crawl_adds_nothing() 
                 .exists()
         );
     }
-    // The JSON export: one empty answer, 23 answers under 10 upvotes.
+    // The JSON export: empty answers and answers under 10 upvotes dropped.
+    let (json_rows, json_kept, json_drops) = want.json;
     s.drop_file("json", &quora.join("answers.json"));
     let (r, _) = s.crawl(&[]);
-    assert_eq!(fetch(&r, "quora-json"), (39, 39, 0));
-    assert_eq!(examples(&r, "quora-json"), 15);
-    assert_eq!(
-        dropped(&r, "quora-json"),
-        json!({"no_answer": 1, "low_upvotes": 23})
-    );
+    assert_eq!(fetch(&r, "quora-json"), (json_rows, json_rows, 0));
+    assert_eq!(examples(&r, "quora-json"), json_kept);
+    assert_eq!(dropped(&r, "quora-json"), json_drops);
     assert_eq!(
         r["streams"].as_array().unwrap().len(),
         0,
-        "15 < min_examples"
+        "{json_kept} < min_examples"
     );
 
     // The same data again: all duplicates, no new examples, no stream.
@@ -238,8 +276,9 @@ fn five_quora_topic_files_become_five_streams_and_a_second_crawl_adds_nothing() 
     }
     s.drop_file("json", &quora.join("answers.json"));
     let (r, _) = s.crawl(&[]);
-    assert_eq!(fetch(&r, "quora-csv"), (450, 0, 450));
-    assert_eq!(fetch(&r, "quora-json"), (39, 0, 39));
+    let csv_rows: u64 = want.topics.iter().map(|t| t.0).sum();
+    assert_eq!(fetch(&r, "quora-csv"), (csv_rows, 0, csv_rows));
+    assert_eq!(fetch(&r, "quora-json"), (json_rows, 0, json_rows));
     assert_eq!(r["preprocess"]["by_source"], json!({}));
     assert_eq!(r["streams"].as_array().unwrap().len(), 0);
 
@@ -259,12 +298,12 @@ fn five_quora_topic_files_become_five_streams_and_a_second_crawl_adds_nothing() 
     // Answers over 256 tokens were condensed (approximate count: no model configured).
     let longest = train.iter().map(|m| m[1].content.len()).max().unwrap();
     assert!(longest < 256 * 6, "longest trained answer {longest} chars");
-    // Force-sealing the 15 waiting JSON examples makes a sixth stream named after the file.
+    // Force-sealing the waiting JSON examples makes a sixth stream named after the file.
     let (r, _) = s.crawl(&["--seal"]);
     assert_eq!(r["streams"][0][1], "answers");
     assert_eq!(
         r["streams"][0][2].as_u64().unwrap() + r["streams"][0][3].as_u64().unwrap(),
-        15
+        json_kept
     );
 }
 

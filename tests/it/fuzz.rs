@@ -276,7 +276,7 @@ fn chat_request_parser() {
         br#"{"messages":[{"role":"user","content":[{"type":"text","text":"Hi"}]}],"n":1,"top_p":0.9,"seed":3,"metadata":{"conversation_id":"c"}}"#,
     ];
     fuzz("chat request", seeds, |b| {
-        serde_json::from_slice::<lorastream::serve::api::ChatRequest>(b).is_ok_and(|r| {
+        serde_json::from_slice::<lorastream::serve::openai::api::ChatRequest>(b).is_ok_and(|r| {
             r.check(&lorastream::config::ServerConfig::default())
                 .is_ok()
         })

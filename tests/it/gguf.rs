@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use lorastream_ml::generate::{SamplingParams, generate};
+use lorastream_ml::generation::generate::{SamplingParams, generate};
 use lorastream_ml::gguf::{Gguf, GgufProblem, import::import};
 use lorastream_ml::{CausalLm, ChatTokenizer, Message, MlError};
 use tch::{Device, Kind, Tensor};
@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 const TOL: f64 = 1e-4;
 
 fn real_gguf() -> Option<PathBuf> {
-    lorastream_ml::source::default_fallback().filter(|p| p.is_file())
+    lorastream_ml::load::source::default_fallback().filter(|p| p.is_file())
 }
 
 /// Fixtures and transformers' outputs, made once per test binary.

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use lorastream_ml::generate::{FinishReason, SamplingParams, generate};
-use lorastream_ml::init::{InitOptions, Preset, init_model};
+use lorastream_ml::generation::generate::{FinishReason, SamplingParams, generate};
+use lorastream_ml::models::init::{InitOptions, Preset, init_model};
 use lorastream_ml::{Arch, CausalLm, ChatTokenizer, LoraSpec, Message, MlError};
 use tch::{Device, Kind, Tensor};
 

@@ -333,7 +333,7 @@ fn chat_template_and_ids_match_transformers() {
 #[test]
 fn sliding_layers_agree_on_every_attention_path() {
     use lorastream_ml::Segment;
-    use lorastream_ml::kv_pool::KvPool;
+    use lorastream_ml::nn::kv_pool::KvPool;
     let (r, m) = (load_ref("gemma2"), load_model("gemma2"));
     let t = r.ids.size()[1];
     let seqs = [r.ids.get(0), r.ids.get(0).flip([0]), r.ids.get(1)];

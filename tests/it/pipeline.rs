@@ -1,5 +1,5 @@
-//! The daemon end to end: a loopback datasets-server serving real Quora Q&A
-//! from ../shared/data/quora, a tiny Llama, second-level cron schedules:
+//! The daemon end to end: a loopback datasets-server serving Quora-like Q&A
+//! (the bundled tests/fixtures/quora), a tiny Llama, second-level cron schedules:
 //! crawl → preprocess → summarize → seal → train → evaluate → feedback, for
 //! two streams. Once in-process without interruption, once as a process
 //! killed with SIGKILL during a crawl, during training and between training
@@ -18,24 +18,24 @@ use serde_json::{Value, json};
 const ROWS: usize = 60;
 const PER_STREAM: usize = 25;
 
-/// The first `ROWS` rows of a real Quora topic export, as dataset rows.
-fn quora_rows() -> Option<Vec<Value>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/quora/software engineering - Quora_with_responses.csv");
-    if !path.exists() {
-        eprintln!("SKIP: {} is absent (no ../shared here)", path.display());
-        return None;
+/// The first `ROWS` rows of the bundled Quora-like exports (two topic files
+/// of tests/fixtures/quora), as dataset rows.
+fn quora_rows() -> Vec<Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quora");
+    let mut out = Vec::new();
+    for topic in ["software engineering", "ai"] {
+        let path = dir.join(format!("{topic} - Quora_with_responses.csv"));
+        let mut rd = csv::Reader::from_path(&path).unwrap();
+        for r in rd.deserialize::<std::collections::HashMap<String, String>>() {
+            let r = r.unwrap();
+            out.push(
+                json!({"question": r["Questions"], "answer": r["Answers"], "date": r["Time"]}),
+            );
+        }
     }
-    let mut rd = csv::Reader::from_path(&path).unwrap();
-    Some(
-        rd.deserialize::<std::collections::HashMap<String, String>>()
-            .take(ROWS)
-            .map(|r| {
-                let r = r.unwrap();
-                json!({"question": r["Questions"], "answer": r["Answers"], "date": r["Time"]})
-            })
-            .collect(),
-    )
+    out.truncate(ROWS);
+    assert_eq!(out.len(), ROWS, "the fixture has {ROWS} rows");
+    out
 }
 
 struct Setup {
@@ -214,7 +214,7 @@ fn check_final(f: &Final) {
 
 #[test]
 fn two_streams_flow_from_crawl_to_feedback_in_process() {
-    let Some(rows) = quora_rows() else { return };
+    let rows = quora_rows();
     let server = rows_api(rows, Duration::ZERO);
     let s = setup(&server.base);
     let config = lorastream::config::Config::load(&s.config).unwrap();
@@ -246,7 +246,7 @@ fn two_streams_flow_from_crawl_to_feedback_in_process() {
 
 #[test]
 fn killed_anywhere_the_daemon_resumes_and_ends_the_same() {
-    let Some(rows) = quora_rows() else { return };
+    let rows = quora_rows();
     // Pages take 400 ms, so a crawl can be caught in flight.
     let server = rows_api(rows, Duration::from_millis(400));
     let s = setup(&server.base);

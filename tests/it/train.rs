@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use lorastream::config::Config;
-use lorastream_ml::data::{self, IGNORE, Labels};
-use lorastream_ml::init::{InitOptions, Preset, init_model};
+use lorastream_ml::models::init::{InitOptions, Preset, init_model};
+use lorastream_ml::train::data::{self, IGNORE, Labels};
 use lorastream_ml::{Arch, CausalLm, ChatTokenizer, Message};
 use lorastream_store::{Actor, AdapterState, Store};
 use tch::{Device, Kind};

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use lorastream::config::Config;
-use lorastream_ml::data::Labels;
+use lorastream_ml::train::data::Labels;
 use lorastream_ml::{Arch, CausalLm, ChatTokenizer, Message};
 use lorastream_store::{Actor, AdapterState, Store};
 use tch::{Device, Kind};
@@ -189,7 +189,7 @@ fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
     )
     .unwrap();
     // R[v3][stream 2] by hand: the base with v1 folded in, v3 on top.
-    let base = lorastream_ml::source::model_dir(&cfg.base_model()).unwrap();
+    let base = lorastream_ml::load::source::model_dir(&cfg.base_model()).unwrap();
     let tok = ChatTokenizer::load(&base, None).unwrap();
     let mut model = CausalLm::load(&base, Device::Cpu, Kind::Float).unwrap();
     model.load_adapter(&a[0].path).unwrap();
@@ -200,7 +200,7 @@ fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
     let s2 = store.streams().unwrap()[1].clone();
     let eval =
         lorastream::data::streams::load_split(&s2.path, lorastream_store::Split::Eval).unwrap();
-    let p = lorastream_ml::perplexity::perplexity(
+    let p = lorastream_ml::train::perplexity::perplexity(
         &model,
         &tok,
         &eval,
@@ -220,7 +220,7 @@ fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
     // Without v1 folded in the number differs: the snapshot matters.
     let mut plain = CausalLm::load(&base, Device::Cpu, Kind::Float).unwrap();
     plain.load_adapter(&a[2].path).unwrap();
-    let q = lorastream_ml::perplexity::perplexity(
+    let q = lorastream_ml::train::perplexity::perplexity(
         &plain,
         &tok,
         &eval,

@@ -265,7 +265,7 @@ mod tests {
         // Phi-4-mini: the leading 3/4 of each head rotate.
         let p = with(json!({"model_type": "phi3", "partial_rotary_factor": 0.75})).unwrap();
         assert_eq!((p.head_dim, p.extras.rotary_dim), (16, Some(12)));
-        assert_eq!(crate::rope::rope_inv_freq(&p).len(), 6);
+        assert_eq!(crate::nn::rope::rope_inv_freq(&p).len(), 6);
         assert_eq!(HfConfig::from_json(&p.to_json()).unwrap(), p);
         for bad in [json!(0.1), json!(1.5), json!(-1), json!("half")] {
             let e = with(json!({"model_type": "phi3", "partial_rotary_factor": bad})).unwrap_err();
@@ -279,7 +279,7 @@ mod tests {
         let p = p.unwrap();
         assert_eq!(p.max_position_embeddings, 4096);
         assert_eq!(p.rope_scaling.as_ref().unwrap().factor, Some(8.0));
-        let scale = crate::rope::rope_attention_factor(&p);
+        let scale = crate::nn::rope::rope_attention_factor(&p);
         assert!((scale - (1.0 + 8f64.ln() / 4096f64.ln()).sqrt()).abs() < 1e-12);
         assert_eq!(HfConfig::from_json(&p.to_json()).unwrap(), p);
         let e = with(json!({"model_type": "phi3", "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}})).unwrap_err();

@@ -6,14 +6,14 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::MlError;
-pub use super::attention::KvCache;
-use super::fused::decode_linear;
-use super::hf_config::HfConfig;
-use super::lora::{self, Linear, LoraSpec, LoraWeights, PeftConfig};
-use super::models::Backbone;
-use super::pass::{Adapter, Pass, Segment};
-use super::weights::Weights;
+use crate::MlError;
+use crate::hf_config::HfConfig;
+use crate::load::weights::Weights;
+use crate::models::Backbone;
+pub use crate::nn::attention::KvCache;
+use crate::nn::fused::decode_linear;
+use crate::nn::lora::{self, Linear, LoraSpec, LoraWeights, PeftConfig};
+use crate::nn::pass::{Adapter, Pass, Segment};
 
 pub struct CausalLm {
     pub config: HfConfig,
@@ -164,7 +164,7 @@ impl CausalLm {
 
     /// The tokens of several sequences laid end to end, `ids` and `positions`
     /// `[1, N]`, each segment continuing its own cache with its own adapter
-    /// (see [`crate::pass`]): the final hidden states of each segment's last
+    /// (see [`crate::nn::pass`]): the final hidden states of each segment's last
     /// token, `[segments, hidden]`; sequences whose caches are slots of
     /// `pool` decode together. Never tracks gradients.
     pub fn forward_segments(
@@ -172,7 +172,7 @@ impl CausalLm {
         ids: &Tensor,
         positions: &Tensor,
         segments: Vec<Segment>,
-        pool: Option<&super::kv_pool::KvPool>,
+        pool: Option<&crate::nn::kv_pool::KvPool>,
     ) -> Tensor {
         let _guard = tch::no_grad_guard();
         let mut pass = Pass::segments(segments, pool);
@@ -185,7 +185,7 @@ impl CausalLm {
     /// (decoding: the head's decode copy where kept).
     pub fn head_rows(&self, h: &Tensor) -> Tensor {
         match self.inner.head_decode() {
-            Some(w) if super::fused::reads_copies(h.size()[0], true) => {
+            Some(w) if crate::nn::fused::reads_copies(h.size()[0], true) => {
                 self.softcapped(decode_linear(h, w))
             }
             _ => self.logits(h),
@@ -228,7 +228,7 @@ impl CausalLm {
             let keys = m.to_device(self.device).ne(0).view([b, 1, 1, total]);
             allowed = allowed.logical_and(&keys);
         }
-        let min = crate::attention::mask_min(self.kind);
+        let min = crate::nn::attention::mask_min(self.kind);
         Tensor::zeros([b, 1, t, total], (self.kind, self.device))
             .masked_fill(&allowed.logical_not(), min)
     }
@@ -397,7 +397,7 @@ impl CausalLm {
                 .collect()
         });
         lorastream_base::fsutil::create_dir_all_durable(dir).map_err(|e| MlError::io(dir, e))?;
-        super::weights::write_safetensors_atomic(&dir.join("model.safetensors"), &named)?;
+        crate::load::weights::write_safetensors_atomic(&dir.join("model.safetensors"), &named)?;
         let cfg = dir.join("config.json");
         lorastream_base::fsutil::write_json_atomic(&cfg, &self.config.to_json())
             .map_err(|e| MlError::io(&cfg, e))

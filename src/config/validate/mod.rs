@@ -292,12 +292,12 @@ fn check_lora(k: &mut Checker, c: &Config) {
         .iter()
         .flat_map(|a| a.lora_modules().iter().copied())
         .collect();
-    modules.push(lorastream_ml::lora::ALL_LINEAR);
+    modules.push(lorastream_ml::nn::lora::ALL_LINEAR);
     let all = c
         .lora
         .target_modules
         .iter()
-        .any(|m| m == lorastream_ml::lora::ALL_LINEAR);
+        .any(|m| m == lorastream_ml::nn::lora::ALL_LINEAR);
     if all && c.lora.target_modules.len() > 1 {
         k.fail(
             KeyPath::parse("lora.target_modules"),

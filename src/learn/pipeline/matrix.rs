@@ -10,8 +10,8 @@ use crate::data::streams;
 use crate::learn::eval::{self, Matrix};
 use crate::learn::lineage;
 use crate::learn::spec::LearnSpec;
-use lorastream_ml::data::Labels;
 use lorastream_ml::load::{load_base, switch_to};
+use lorastream_ml::train::data::Labels;
 use lorastream_ml::{CausalLm, ChatTokenizer, Message};
 use lorastream_store::{
     AdapterRow, AdapterState, EvalRow, ItemKind, Split, Store, StoreError, StreamRow, StreamState,
@@ -230,7 +230,7 @@ impl<'a> Measurer<'a> {
             probe,
             model,
             tok,
-            base: lorastream_ml::source::model_dir(&spec.model.base)?,
+            base: lorastream_ml::load::source::model_dir(&spec.model.base)?,
             loaded: None,
             broken: Vec::new(),
             budgets: BTreeMap::new(),
@@ -269,7 +269,7 @@ impl<'a> Measurer<'a> {
             Err(e) => return Ok(fail(ItemKind::Stream, e)),
         };
         let budget = self.budgets.get(&s).copied().unwrap_or(0);
-        let p = match lorastream_ml::perplexity::perplexity_within(
+        let p = match lorastream_ml::train::perplexity::perplexity_within(
             &self.model,
             &self.tok,
             &examples,

@@ -47,7 +47,7 @@ pub enum PipelineError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("base model: {0}")]
-    Source(#[from] lorastream_ml::source::ModelSourceError),
+    Source(#[from] lorastream_ml::load::source::ModelSourceError),
     #[error("evaluating version {version} on stream {stream}: {source}")]
     Cell {
         version: i64,

@@ -1,5 +1,5 @@
 //! Publisher: keeps the `[[publish]]` targets in line with the store
-//! ([`crate::learn::publish`]) in the background, so that publishing never
+//! ([`crate::publish`]) in the background, so that publishing never
 //! holds up learning. A run starts on start-up, on a [`Publish`] (Feedback
 //! promoted a version), whenever the served version or the promoted set
 //! changes in the store (a CLI promote, rollback or merge), and per target
@@ -11,6 +11,7 @@
 //! Local targets (`dir`, `gguf`) run first, on a blocking thread; the
 //! remote ones (`vllm`, `hf_hub`) then run concurrently on this arbiter.
 
+use crate::util::retry::Backoff;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use actix::prelude::*;
 
 use super::UseConfig;
 use crate::config::{Config, PublishConfig};
-use crate::learn::publish::{self, Plan, PublishError, TargetState};
+use crate::publish::{self, Plan, PublishError, TargetState};
 use lorastream_store::Store;
 
 /// Publish now (a version was promoted).
@@ -29,9 +30,8 @@ pub struct Publish;
 
 /// How often the store is checked for a change of what is published.
 const TICK: Duration = Duration::from_secs(2);
-/// The first retry of a failed target; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(5);
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// The retry of a failed target: 5 s, doubling up to 5 min.
+const BACKOFF: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
 
 pub struct Publisher {
     pub config: Arc<Config>,
@@ -112,9 +112,7 @@ impl Publisher {
                 clock.due = now + Duration::from_secs(t.reconcile_secs);
             } else {
                 clock.failures += 1;
-                let wait = FIRST_BACKOFF
-                    .saturating_mul(1 << (clock.failures - 1).min(16))
-                    .min(MAX_BACKOFF);
+                let wait = BACKOFF.delay(clock.failures);
                 clock.due = now + wait;
                 tracing::warn!(target = %t.name, failures = clock.failures, retry_in_secs = wait.as_secs(), "publish target degraded; retrying");
             }

@@ -19,16 +19,14 @@ use super::summarizer::Seal;
 use super::{Busy, Kick, Ping, Stage, UseConfig};
 use crate::config::{Config, ON_NEW_STREAM};
 use crate::util::notify::Notifier;
+use crate::util::retry::Backoff;
 use lorastream_store::{AdapterState, StageState, Store, StoreError};
 
 /// Backoff before a failed stage is retried: 1 s, 2 s, 4 s … capped at 5 min.
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
-const BACKOFF_CAP: Duration = Duration::from_secs(300);
+const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 
 pub fn backoff(consecutive_failures: u32) -> Duration {
-    BACKOFF_BASE
-        .saturating_mul(1u32 << consecutive_failures.saturating_sub(1).min(16))
-        .min(BACKOFF_CAP)
+    BACKOFF.delay(consecutive_failures)
 }
 
 #[derive(Debug, Clone, Message)]
@@ -433,7 +431,7 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert_eq!(backoff(2), Duration::from_secs(2));
         assert_eq!(backoff(5), Duration::from_secs(16));
-        assert_eq!(backoff(12), BACKOFF_CAP);
-        assert_eq!(backoff(100), BACKOFF_CAP);
+        assert_eq!(backoff(12), BACKOFF.max);
+        assert_eq!(backoff(100), BACKOFF.max);
     }
 }

@@ -331,7 +331,7 @@ fn write_dir(
     write("config.json", config)?;
     write("tokenizer.json", &vocab.tokenizer_json)?;
     write("tokenizer_config.json", &vocab.tokenizer_config)?;
-    crate::weights::write_safetensors_atomic(&tmp.join("model.safetensors"), tensors)?;
+    crate::load::weights::write_safetensors_atomic(&tmp.join("model.safetensors"), tensors)?;
     std::fs::rename(&tmp, out).map_err(|e| MlError::io(out, e))?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use tch::{Kind, Tensor};
 use super::GgmlType;
 use crate::MlError;
 use crate::hf_config::{Arch, HfConfig};
-use crate::lora::read_adapter;
+use crate::nn::lora::read_adapter;
 
 /// llama.cpp's architecture name of a family (Mistral is llama.cpp's `llama`).
 pub fn llama_cpp_arch(arch: Arch) -> &'static str {

@@ -10,7 +10,7 @@
 
 use std::f64::consts::PI;
 
-use crate::rope::Llama3;
+use crate::nn::rope::Llama3;
 
 /// The llama3 scaling that gives `divisors` (one per frequency of
 /// `theta` over `head_dim`); None when no such scaling gives all of them.

@@ -6,9 +6,9 @@ use tch::Tensor;
 use super::{Arch, Backbone, Family, Fill, Init, TensorSpec};
 use crate::MlError;
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds, uint};
-use crate::lora::{Linear, LoraTargets};
-use crate::pass::Pass;
-use crate::weights::Weights;
+use crate::load::weights::Weights;
+use crate::nn::lora::{Linear, LoraTargets};
+use crate::nn::pass::Pass;
 
 struct LayerNorm {
     w: Tensor,

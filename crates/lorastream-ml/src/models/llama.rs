@@ -6,7 +6,7 @@
 use super::decoder::Layout;
 use super::{Arch, Family};
 use crate::hf_config::{ConfigProblem, HfConfig, RopeScaling, SpecialIds, uint};
-use crate::lora::LoraTargets;
+use crate::nn::lora::LoraTargets;
 
 /// `config.json` read as this family's names say.
 pub(crate) fn read_config(

@@ -45,6 +45,7 @@ pub mod gemma;
 pub mod gemma2;
 pub mod gemma3;
 pub mod gpt2;
+pub mod init;
 pub mod llama;
 pub mod mistral;
 pub mod phi3;
@@ -57,12 +58,12 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use crate::MlError;
-use crate::fused::tensor_bytes;
 pub use crate::hf_config::Arch;
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds, ids};
-use crate::lora::{Linear, LoraTargets};
-use crate::pass::Pass;
-use crate::weights::Weights;
+use crate::load::weights::Weights;
+use crate::nn::fused::tensor_bytes;
+use crate::nn::lora::{Linear, LoraTargets};
+use crate::nn::pass::Pass;
 
 impl Arch {
     /// What the family's model file says about it.

@@ -11,7 +11,7 @@
 use super::decoder::Layout;
 use super::{Arch, Family, llama};
 use crate::hf_config::{ConfigProblem, HfConfig, SpecialIds, uint};
-use crate::lora::LoraTargets;
+use crate::nn::lora::LoraTargets;
 
 const LAYOUT: Layout = Layout {
     qkv_bias: false,
@@ -66,7 +66,7 @@ pub(crate) fn rotary_factor(dim: usize, head_dim: usize) -> f64 {
 /// uses the short factors; `factor` becomes the extension the config claims
 /// (max / original), which sets the scale of cos and sin.
 fn longrope(c: &mut HfConfig, v: &serde_json::Value) -> Result<(), ConfigProblem> {
-    let half = crate::rope::rotary_dim(c) / 2;
+    let half = crate::nn::rope::rotary_dim(c) / 2;
     let max = c.max_position_embeddings;
     let Some(s) = c
         .rope_scaling

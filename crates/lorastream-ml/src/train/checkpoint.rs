@@ -123,7 +123,7 @@ pub(super) fn save(
         tensors.push((format!("opt.m.{k}"), opt.m[i].copy()));
         tensors.push((format!("opt.v.{k}"), opt.v[i].copy()));
     }
-    crate::weights::write_safetensors_atomic(&dir.join(&name), &tensors)?;
+    crate::load::weights::write_safetensors_atomic(&dir.join(&name), &tensors)?;
     let previous = state.checkpoint.replace(name);
     state.write(dir)?;
     if let Some(prev) = previous.filter(|p| Some(p) != state.checkpoint.as_ref()) {
@@ -169,7 +169,7 @@ pub(super) fn save_best(dir: &Path, opt: &LoraOptimizer) -> Result<(), TrainErro
         .iter()
         .map(|(k, p)| (k.clone(), p.detach().copy()))
         .collect();
-    crate::weights::write_safetensors_atomic(&dir.join(BEST_FILE), &tensors)?;
+    crate::load::weights::write_safetensors_atomic(&dir.join(BEST_FILE), &tensors)?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! `patience` validations without a new best.
 
 use crate::CausalLm;
-use crate::data::Encoded;
+use crate::train::data::Encoded;
 
 use super::TrainSpec;
 use super::checkpoint::TrainerState;
@@ -54,9 +54,13 @@ impl Validation {
 
     /// Measures the model now and records it in `state`.
     pub fn run(&self, model: &CausalLm, batch_size: usize, state: &mut TrainerState) -> Verdict {
-        let ppl =
-            crate::perplexity::perplexity_encoded(model, &self.examples, self.pad_id, batch_size)
-                .perplexity;
+        let ppl = crate::train::perplexity::perplexity_encoded(
+            model,
+            &self.examples,
+            self.pad_id,
+            batch_size,
+        )
+        .perplexity;
         state.validations.push((state.step, ppl));
         let better = ppl.is_finite() && state.best.is_none_or(|(_, b)| ppl < b);
         tracing::info!(

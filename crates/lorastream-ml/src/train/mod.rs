@@ -18,8 +18,11 @@
 //! - [`checkpoint`]: `trainer_state.json` and the checkpoint tensors.
 
 pub mod checkpoint;
+pub mod data;
 mod guard;
+pub mod loss;
 pub mod optim;
+pub mod perplexity;
 mod plan;
 
 use std::path::{Path, PathBuf};
@@ -28,9 +31,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{self, Encoded, Labels};
 use crate::{CausalLm, ChatTokenizer, LoraSpec, Message, MlError};
 pub use checkpoint::{TrainerState, read_state};
+use data::{Encoded, Labels};
 pub use optim::LoraOptimizer;
 use plan::BatchPlan;
 
@@ -212,9 +215,9 @@ pub fn train(
         checkpoint::save_best(job.out_dir, &opt)?;
     }
     let mut run_tokens = 0i64;
-    let _busy = crate::threads::busy(crate::threads::Work::Learn);
+    let _busy = crate::runtime::threads::busy(crate::runtime::threads::Work::Learn);
     while state.step < plan.total_steps && !state.stopped_early {
-        crate::threads::apply(crate::threads::Work::Learn);
+        crate::runtime::threads::apply(crate::runtime::threads::Work::Learn);
         let step = state.step;
         let batches = plan.micro_batches(spec, step, &examples, &replay);
         let (loss, tokens) = forward_backward(job.model, job.tok, spec, step, &batches);
@@ -402,7 +405,7 @@ fn forward_backward(
         };
         let hidden = model.hidden(&b.ids, &b.positions, b.mask.as_ref(), None, true);
         let scale = 1.0 / targets.max(1) as f64;
-        loss_sum += crate::loss::backward_nll(model, &hidden, &b.labels, scale) * scale;
+        loss_sum += crate::train::loss::backward_nll(model, &hidden, &b.labels, scale) * scale;
         tokens += b.tokens;
     }
     (loss_sum, tokens)

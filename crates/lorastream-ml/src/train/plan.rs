@@ -3,8 +3,8 @@
 //! examples step `s` takes — from the seed alone, so a resumed run takes the
 //! same ones.
 
-use crate::data::Encoded;
-use crate::rng::{mix, shuffled};
+use crate::runtime::rng::{mix, shuffled};
+use crate::train::data::Encoded;
 
 use super::TrainSpec;
 

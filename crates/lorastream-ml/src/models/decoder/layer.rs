@@ -5,11 +5,11 @@
 use tch::{Kind, Tensor};
 
 use crate::MlError;
-use crate::fused::Fused;
 use crate::hf_config::{Activation, HfConfig};
-use crate::lora::Linear;
-use crate::pass::Pass;
-use crate::weights::Weights;
+use crate::load::weights::Weights;
+use crate::nn::fused::Fused;
+use crate::nn::lora::Linear;
+use crate::nn::pass::Pass;
 
 /// How a family's checkpoint lays out the shared decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -15,13 +15,13 @@ use tch::{Kind, Tensor};
 
 use super::{Backbone, Fill, TensorSpec};
 use crate::MlError;
-use crate::attention::Scores;
-use crate::fused::{decode_copy, tensor_bytes};
 use crate::hf_config::HfConfig;
-use crate::lora::Linear;
-use crate::pass::Pass;
-use crate::rope::{apply_rotary, rope_attention_factor, rope_inv_freq};
-use crate::weights::Weights;
+use crate::load::weights::Weights;
+use crate::nn::attention::Scores;
+use crate::nn::fused::{decode_copy, tensor_bytes};
+use crate::nn::lora::Linear;
+use crate::nn::pass::Pass;
+use crate::nn::rope::{apply_rotary, rope_attention_factor, rope_inv_freq};
 pub use layer::Layout;
 use layer::{Dims, Layer, RmsNorm, projections};
 
