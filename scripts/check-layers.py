@@ -14,6 +14,9 @@
    its parent's `mod.rs` (the folder's shared types) and the parent its
    children; siblings must be ordered.
 
+4. Module maps: a lib.rs or mod.rs whose `//!` header maps its modules
+   (a `# Layout` section or `//! - ` items) names every module it declares.
+
 References are `crate::…`, `super::…` and `self::…` paths, in `use` trees and
 in code, with `#[cfg(test)]` code left out.
 """
@@ -165,6 +168,7 @@ def main():
         if crate == "lorastream":
             problems += check_layers(graph, mods)
         problems += check_cycles(graph, mods, crate)
+        problems += check_maps(mods)
     print(f"check-layers: {edges_total} module references in {len(CRATES)} crates")
     for p in problems:
         print("  " + p)
@@ -173,6 +177,27 @@ def main():
         return 1
     print("check-layers: no upward arrow, no import circle")
     return 0
+
+
+def check_maps(mods):
+    """A folder's `//!` map names every module it declares: in each lib.rs or
+    mod.rs whose header has a `# Layout` section or a list of modules (lines
+    starting `//! - `), every `mod NAME;` must appear there as `NAME`."""
+    out = []
+    for path in sorted(set(mods.values())):
+        if os.path.basename(path) not in ("lib.rs", "mod.rs"):
+            continue
+        text = open(path, encoding="utf-8").read()
+        header = "\n".join(l for l in text.split("\n") if l.startswith("//!"))
+        if "# Layout" not in header and "\n//! - " not in "\n" + header:
+            continue
+        declared = re.findall(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", text, re.M)
+        for name in declared:
+            if name == "tests":
+                continue
+            if not re.search(rf"\b{name}\b", header):
+                out.append(f"{path}: its module map (//!) does not name `{name}`")
+    return out
 
 
 def layer_of(mod):

@@ -10,7 +10,9 @@
 //! # Layout
 //!
 //! - this file: [`Config`], loading, path resolution, [`ConfigError`];
-//! - `daemon`: `[daemon]`, `[store]`, `[server]`, `[schedule]`, `[retention]`;
+//! - `daemon`: `[daemon]`, `[store]`, `[schedule]`, `[retention]`;
+//! - `server`: `[server]` and its `[[server.keys]]`;
+//! - `publish`: `[[publish]]` targets;
 //! - `source`: `[[sources]]` and the checks of one source;
 //! - `data`: `[preprocess]`, `[streams]`, `[summarizer]`;
 //! - `learning`: `[model]`, `[lora]`, `[train]`, `[eval]`, `[feedback]`;

@@ -15,7 +15,10 @@
 //! - `plan`: which examples each step takes;
 //! - `guard`: validation during training, best weights, early stopping;
 //! - [`optim`]: the optimizer step (shared with `bench train`);
-//! - [`checkpoint`]: `trainer_state.json` and the checkpoint tensors.
+//! - [`checkpoint`]: `trainer_state.json` and the checkpoint tensors;
+//! - [`data`]: chat examples encoded into token rows with labels, batched;
+//! - [`loss`]: the LM head and the loss at labelled rows only, in chunks;
+//! - [`perplexity`]: a stream's perplexity, per example, batched.
 
 pub mod checkpoint;
 pub mod data;
