@@ -323,7 +323,7 @@ async fn ready(state: web::Data<State>) -> HttpResponse {
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found(format!(
-        "no route {} {}: the API has GET /v1/models, POST /v1/chat/completions, POST /v1/feedback, DELETE /v1/memory[/{{user}}]",
+        "no route {} {}: the API has GET /v1/models[/{{id}}], POST /v1/chat/completions, POST /v1/feedback, DELETE /v1/memory[/{{user}}], GET and DELETE /v1/conversations/{{id}}",
         req.method(),
         // The caller's own path, bounded (it is echoed back).
         req.path().chars().take(200).collect::<String>()

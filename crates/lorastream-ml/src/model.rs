@@ -1,5 +1,6 @@
-//! A causal language model of either architecture, with LoRA, a KV cache, and
-//! Hugging Face / PEFT file formats.
+//! A causal language model of any supported family (GPT-2 and the
+//! Llama-architecture ones, `models/`), with LoRA, a KV cache, and Hugging
+//! Face / PEFT file formats.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,9 +1,11 @@
 //! `DELETE /v1/memory/{user}` and `DELETE /v1/memory`: forget one end user's
 //! memory, or every user's, within the caller's identity (an admin may name
-//! another with `?identity=NAME`). Conversations, messages, their index rows
-//! and the examples derived from them that are not yet learned go; examples
-//! already in a stream are listed with the versions trained on them, so an
-//! operator can roll back.
+//! another configured identity with `?identity=NAME`); `GET` and `DELETE
+//! /v1/conversations/{id}`: read or forget one conversation the caller's
+//! identity owns. Conversations, messages, their index rows and the examples
+//! derived from them that are not yet learned go; examples already in a
+//! stream are listed with the versions trained on them, so an operator can
+//! roll back.
 
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;

@@ -94,6 +94,19 @@ function render(data) {
 
   fill("streams", st.streams.map((s) => row([num(s.id), el("td", s.name), num(s.n_train),
     num(s.n_eval), el("td", s.state)])));
+  // Before the first stream: how to feed the daemon.
+  const feed = $("feed");
+  feed.replaceChildren();
+  if (st.streams.length === 0) {
+    feed.appendChild(el("p", st.sources.length === 0
+      ? "No stream yet, and no [[sources]] in the config: add one (a spool directory to drop " +
+        "CSV/JSON/JSONL exports into, a Hugging Face dataset, or Quora through Crawlbase) and reload."
+      : "No stream yet. Feed it:"));
+    for (const s of st.sources.filter((x) => x.enabled)) {
+      feed.appendChild(el("div", s.name + " (" + s.kind + "): " + s.feeds +
+        (s.schedule ? ", read on " + s.schedule : ""), "dim"));
+    }
+  }
 
   fill("versions", st.adapters.slice().reverse().map((a) => {
     const d = a.decision || {};

@@ -58,8 +58,39 @@ pub struct SourceStatus {
     pub kind: String,
     pub enabled: bool,
     pub schedule: Option<String>,
+    /// How data reaches it, in words (where to drop files, which dataset).
+    pub feeds: String,
     /// None when the source is configured but has never run.
     pub store: Option<SourceRow>,
+}
+
+/// How data reaches source `s`, for the page and `status` before any stream exists.
+fn feeds(s: &crate::config::SourceConfig, state_dir: &std::path::Path) -> String {
+    use crate::config::{SourceKind, SpoolFormat};
+    match s.kind {
+        SourceKind::Spool => format!(
+            "drop {} exports into {}",
+            match s.spool_format() {
+                SpoolFormat::Auto => "CSV, JSON or JSONL".to_string(),
+                f => f.to_string().to_uppercase(),
+            },
+            s.spool_dir(state_dir).display()
+        ),
+        SourceKind::HfDatasets => format!(
+            "rows of {} ({}, {}) from the datasets-server",
+            s.dataset.as_deref().unwrap_or("?"),
+            s.dataset_config(),
+            s.split()
+        ),
+        SourceKind::Conversations => {
+            "conversations users opted into learning ([server] learn_from_conversations)".into()
+        }
+        SourceKind::Crawlbase => format!(
+            "Quora pages through Crawlbase: topics {}, questions {}",
+            s.topics.as_ref().map_or(0, Vec::len),
+            s.questions.as_ref().map_or(0, Vec::len)
+        ),
+    }
 }
 
 /// Gathers the report. A missing database is reported, not created; an
@@ -102,6 +133,7 @@ pub fn report(config: &Config, store: Option<&Store>) -> Result<StatusReport, St
             kind: s.kind.to_string(),
             enabled: s.enabled,
             schedule: s.schedule.clone().or_else(|| config.schedule.crawl.clone()),
+            feeds: feeds(s, &config.state_dir()),
             store: rows.iter().find(|r| r.name == s.name).cloned(),
         });
     }
@@ -309,6 +341,9 @@ impl StatusReport {
                 health,
                 s.schedule.as_deref().unwrap_or("on demand"),
             )?;
+            if self.streams.is_empty() && s.enabled {
+                writeln!(o, "  {:<20} {}", "", s.feeds)?;
+            }
         }
         Ok(())
     }
