@@ -61,7 +61,7 @@ pub fn learn(config: &Config, stream: Option<i64>, json: bool) -> anyhow::Result
         bar.finish_and_clear();
     }
     lorastream::publish::after_change(config, &store);
-    let m = pipeline::stored_matrix(&store)?;
+    let m = lorastream::learn::matrix::fill::stored_matrix(&store)?;
     if json {
         println!(
             "{}",

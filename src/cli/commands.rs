@@ -177,7 +177,7 @@ pub fn eval(config: &Config, json: bool, full: bool) -> anyhow::Result<ExitCode>
         let n = store.clear_evals()?;
         eprintln!("eval --full: {n} stored cells are measured again on whole eval splits");
     }
-    let m = lorastream::learn::pipeline::evaluate(&spec, &store)?;
+    let m = lorastream::learn::matrix::fill::evaluate(&spec, &store)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&m)?);
     } else {

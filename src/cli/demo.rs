@@ -393,7 +393,7 @@ fn spinner() -> indicatif::ProgressBar {
 /// The matrix, the decisions, the served version and the answers before and after.
 fn report(dir: &Path, a: &Answers, started: Instant) -> anyhow::Result<()> {
     let store = Store::open(&dir.join("state/lorastream.db"))?;
-    let matrix = lorastream::learn::pipeline::stored_matrix(&store)?;
+    let matrix = lorastream::learn::matrix::fill::stored_matrix(&store)?;
     println!("\nperplexity matrix (rows: versions, columns: streams; lower is better)\n{matrix}");
     println!("feedback decisions");
     let adapters = store.adapters()?;

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use crate::config::FeedbackConfig;
 use crate::config::MergePolicy;
-use crate::learn::eval::RowKey;
 use crate::learn::records::Hyperparams;
 use crate::learn::spec::LearnSpec;
 use lorastream_ml::MlError;
@@ -43,6 +42,10 @@ pub fn chain<'a>(all: &'a [AdapterRow], v: &'a AdapterRow) -> Vec<&'a AdapterRow
     out.reverse();
     out
 }
+
+/// A version as a row of the matrix: (adapter id, the stream it was trained
+/// on); the base model is `(0, None)`, a merge snapshot has `None` too.
+pub type RowKey = (i64, Option<i64>);
 
 /// A lineage as matrix rows, with the base model at its head.
 pub fn row_keys(chain: &[&AdapterRow]) -> Vec<RowKey> {

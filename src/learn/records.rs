@@ -2,7 +2,8 @@
 //! with and the outcome of its evaluation — the policy's [`Decision`] (with
 //! its [`Action`] and the next [`Attempt`]) or a failure. The store keeps
 //! both as JSON (`adapters.hyperparams`, `adapters.decision`); they are
-//! written from these types and read back into them here.
+//! written from these types and read back into them here. A figure with its
+//! interval ([`Estimate`]) is recorded as such.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,7 +11,6 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::learn::spec::PolicySpec;
-use crate::learn::stats::Estimate;
 use lorastream_base::text_enum;
 use lorastream_ml::train::TrainSpec;
 use lorastream_store::AdapterRow;
@@ -146,11 +146,11 @@ pub struct Decision {
     /// 1 − new / reference.
     #[serde(deserialize_with = "f64_or_nan")]
     pub gain: f64,
-    /// Per earlier stream: [`crate::learn::eval::forgetting`].
+    /// Per earlier stream: [`crate::learn::matrix::forgetting`].
     #[serde(deserialize_with = "map_f64_or_nan")]
     pub forgetting: BTreeMap<i64, f64>,
     pub max_forgetting: Option<f64>,
-    /// [`crate::learn::eval::forgetting`] of the probe set (column 0).
+    /// [`crate::learn::matrix::forgetting`] of the probe set (column 0).
     pub probe_change: Option<f64>,
     /// The settings of the next attempt (`retrain`).
     pub next: Option<Attempt>,
@@ -241,6 +241,87 @@ fn by_stream<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
             Ok((id, v))
         })
         .collect()
+}
+
+/// A figure with its confidence interval. JSON has no NaN: a non-finite
+/// end is written `null` and reads back as NaN.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    #[serde(deserialize_with = "nan_if_null")]
+    pub value: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub lo: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub hi: f64,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+impl Estimate {
+    /// A figure known exactly (no per-example data): a zero-width interval.
+    pub fn point(value: f64) -> Estimate {
+        Estimate {
+            value,
+            lo: value,
+            hi: value,
+        }
+    }
+
+    /// `f` applied to the value and both ends (`f` increasing).
+    pub fn map(self, f: impl Fn(f64) -> f64) -> Estimate {
+        Estimate {
+            value: f(self.value),
+            lo: f(self.lo),
+            hi: f(self.hi),
+        }
+    }
+
+    /// `f` applied, for a decreasing `f` (the ends swap).
+    pub fn map_down(self, f: impl Fn(f64) -> f64) -> Estimate {
+        Estimate {
+            value: f(self.value),
+            lo: f(self.hi),
+            hi: f(self.lo),
+        }
+    }
+
+    pub fn is_finite(&self) -> bool {
+        self.value.is_finite() && self.lo.is_finite() && self.hi.is_finite()
+    }
+
+    /// Where the interval lies against `limit`.
+    pub fn against(&self, limit: f64) -> Side {
+        if self.lo > limit {
+            Side::Above
+        } else if self.hi < limit {
+            Side::Below
+        } else {
+            Side::Straddles
+        }
+    }
+
+    /// "1.7% ± 2.4%" (half the interval's width), in percent.
+    pub fn pct(&self) -> String {
+        let half = (self.hi - self.lo) / 2.0;
+        if half == 0.0 {
+            format!("{:+.1}%", self.value * 100.0)
+        } else {
+            format!("{:+.1}% ± {:.1}%", self.value * 100.0, half * 100.0)
+        }
+    }
+}
+
+/// An interval against a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Entirely above it.
+    Above,
+    /// Entirely below it.
+    Below,
+    /// The limit lies inside: the data cannot tell.
+    Straddles,
 }
 
 #[cfg(test)]

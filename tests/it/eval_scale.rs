@@ -66,7 +66,7 @@ fn decision(root: &Path, streams: usize) -> (i64, f64, Config) {
         .unwrap();
     }
     let spec = lorastream::learn::spec::LearnSpec::from_config(&cfg);
-    lorastream::learn::pipeline::evaluate(&spec, &store).unwrap();
+    lorastream::learn::matrix::fill::evaluate(&spec, &store).unwrap();
     let adapter = dir.join("adapter");
     let mut m =
         lorastream_ml::CausalLm::load(&dir.join("model"), tch::Device::Cpu, tch::Kind::Float)
@@ -87,7 +87,7 @@ fn decision(root: &Path, streams: usize) -> (i64, f64, Config) {
         .set_adapter_state(id, AdapterState::Candidate, None, Actor::Cli, "test")
         .unwrap();
     let started = Instant::now();
-    lorastream::learn::pipeline::evaluate(&spec, &store).unwrap();
+    lorastream::learn::matrix::fill::evaluate(&spec, &store).unwrap();
     let secs = started.elapsed().as_secs_f64();
     let tokens = store
         .evals()

@@ -99,7 +99,7 @@ fn run(root: &Path, name: &str, policy: bool) -> (f64, Vec<(i64, Action)>) {
             actions.push((t.stream_id, d.action));
         }
     }
-    let m = lorastream::learn::pipeline::stored_matrix(&store).unwrap();
+    let m = lorastream::learn::matrix::fill::stored_matrix(&store).unwrap();
     eprintln!("{name}:\n{m}");
     (m.forgetting[&1], actions)
 }

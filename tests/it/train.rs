@@ -240,7 +240,7 @@ fn three_quora_streams_in_sequence() {
     );
     assert_eq!(adapters[2].parent_id, Some(adapters[1].id));
 
-    let m = lorastream::learn::pipeline::evaluate(
+    let m = lorastream::learn::matrix::fill::evaluate(
         &lorastream::learn::spec::LearnSpec::from_config(&cfg),
         &store,
     )
@@ -268,7 +268,7 @@ fn three_quora_streams_in_sequence() {
         "base row (3) + 1 + 2 + 3 cells, and the probe set for each of the 4 rows"
     );
     // A second evaluate computes nothing new.
-    let again = lorastream::learn::pipeline::evaluate(
+    let again = lorastream::learn::matrix::fill::evaluate(
         &lorastream::learn::spec::LearnSpec::from_config(&cfg),
         &store,
     )

@@ -183,7 +183,7 @@ fn merges_write_a_snapshot_served_like_a_version_and_rollback_crosses_them() {
     );
     assert!(a[1].path.join("model.safetensors").is_file());
     assert_eq!(store.served_adapter().unwrap().unwrap().id, 3);
-    let m = lorastream::learn::pipeline::evaluate(
+    let m = lorastream::learn::matrix::fill::evaluate(
         &lorastream::learn::spec::LearnSpec::from_config(&cfg),
         &store,
     )

@@ -23,8 +23,7 @@ use lorastream_store::{
     StreamState,
 };
 
-mod matrix;
-pub use matrix::{CellFailure, evaluate, fill_matrix, probe_set, stored_matrix};
+use crate::learn::matrix::fill::{MatrixError, evaluate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -48,12 +47,8 @@ pub enum PipelineError {
     Load(#[from] LoadError),
     #[error("base model: {0}")]
     Source(#[from] lorastream_ml::load::source::ModelSourceError),
-    #[error("evaluating version {version} on stream {stream}: {source}")]
-    Cell {
-        version: i64,
-        stream: i64,
-        source: Box<PipelineError>,
-    },
+    #[error(transparent)]
+    Matrix(#[from] MatrixError),
 }
 
 fn split_of(stream: &StreamRow, split: Split) -> Result<Vec<Vec<Message>>, PipelineError> {

@@ -1,5 +1,5 @@
 //! The figures a decision rests on, read from the matrix, each with its
-//! interval ([`crate::learn::stats`]), and the verdict on them: which limits
+//! interval ([`crate::learn::matrix::stats`]), and the verdict on them: which limits
 //! hold, which fail, which the data cannot tell, and — for a failure — its
 //! cause.
 
@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 
 use super::{MissingCell, PolicySpec};
 use crate::config::Inconclusive;
-use crate::learn::eval::{self, RowKey};
+use crate::learn::lineage::RowKey;
+use crate::learn::matrix as eval;
+use crate::learn::matrix::stats::{self, Bootstrap};
 use crate::learn::records::Cause;
-use crate::learn::stats::{self, Bootstrap, Estimate};
+use crate::learn::records::Estimate;
 use lorastream_store::{AdapterRow, EvalRow, StreamRow, StreamState};
 
 pub(super) struct Figures {

@@ -16,8 +16,8 @@ mod figures;
 
 use figures::Figures;
 
-use crate::learn::eval::RowKey;
 use crate::learn::lineage;
+use crate::learn::lineage::RowKey;
 pub use crate::learn::records::{Action, Attempt, Cause, Decision};
 pub use crate::learn::spec::PolicySpec;
 use lorastream_store::{

@@ -37,7 +37,7 @@ fn stream(id: i64) -> StreamRow {
 
 fn cells(v: &[(i64, i64, f64)]) -> Vec<EvalRow> {
     v.iter()
-        .map(|&(a, s, p)| crate::learn::eval::tests::cell(a, s, p))
+        .map(|&(a, s, p)| crate::learn::matrix::tests::cell(a, s, p))
         .collect()
 }
 
@@ -197,7 +197,7 @@ fn measured(a: i64, s: i64, nll: f64, n: usize, noise: impl Fn(usize) -> f64) ->
     let (sum, tok) = per.iter().fold((0.0, 0), |a, e| (a.0 + e.0, a.1 + e.1));
     EvalRow {
         per_example: per,
-        ..crate::learn::eval::tests::cell(a, s, (sum / tok as f64).exp())
+        ..crate::learn::matrix::tests::cell(a, s, (sum / tok as f64).exp())
     }
 }
 

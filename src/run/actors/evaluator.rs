@@ -1,4 +1,4 @@
-//! Evaluator: fills the perplexity matrix (see [`crate::learn::pipeline::evaluate`])
+//! Evaluator: fills the perplexity matrix (see [`crate::learn::matrix::fill::evaluate`])
 //! on its own thread when a candidate arrives or the eval schedule fires, then
 //! hands every undecided candidate to Feedback.
 
@@ -12,7 +12,7 @@ use super::messages::{Candidate, EvalReport, StageDone};
 use super::schedule::Scheduled;
 use super::{Busy, Kick, Pending, Ping, Stage, StageError, UseConfig, block_on, catch, mark};
 use crate::config::Config;
-use crate::learn::pipeline::CellFailure;
+use crate::learn::matrix::fill::CellFailure;
 use crate::learn::spec::LearnSpec;
 use lorastream_store::{AdapterState, ItemKind, StageState, Store, StoreError};
 
@@ -51,7 +51,7 @@ impl Evaluator {
         mark(store, Stage::Evaluator, StageState::Running, Some(why));
         let started = std::time::Instant::now();
         let (matrix, failed) = catch("evaluation", || {
-            crate::learn::pipeline::fill_matrix(&LearnSpec::from_config(&config), store)
+            crate::learn::matrix::fill::fill_matrix(&LearnSpec::from_config(&config), store)
         })??;
         count_failures(store, &config, &failed)?;
         tracing::info!(
@@ -66,7 +66,7 @@ impl Evaluator {
         if let Some(f) = failed.into_iter().next() {
             // Retried after a backoff; the cells that were measured stay. A
             // candidate is not decided on a half-filled matrix.
-            return Err(crate::learn::pipeline::PipelineError::from(f).into());
+            return Err(crate::learn::matrix::fill::MatrixError::from(f).into());
         }
         let waiting: Vec<i64> = store
             .adapters()?

@@ -61,6 +61,8 @@ pub enum StageError {
     #[error(transparent)]
     Pipeline(#[from] crate::learn::pipeline::PipelineError),
     #[error(transparent)]
+    Matrix(#[from] crate::learn::matrix::fill::MatrixError),
+    #[error(transparent)]
     Streams(#[from] crate::data::streams::StreamError),
     #[error(transparent)]
     Policy(#[from] crate::learn::policy::PolicyError),

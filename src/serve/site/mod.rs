@@ -66,7 +66,7 @@ pub async fn api_status(state: web::Data<State>, _: Admin) -> Result<HttpRespons
         .with_store(move |s| {
             Ok((
                 crate::serve::site::status::report(&config, Some(s))?,
-                crate::learn::pipeline::stored_matrix(s)?,
+                crate::learn::matrix::fill::stored_matrix(s)?,
                 recent(s)?,
             ))
         })

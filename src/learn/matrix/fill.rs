@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use super::{PipelineError, split_of};
 use crate::config::EvalConfig;
 use crate::data::streams;
-use crate::learn::eval::{self, Matrix};
+use crate::data::streams::StreamError;
 use crate::learn::lineage;
+use crate::learn::lineage::MergeError;
+use crate::learn::matrix::{self as eval, Matrix};
 use crate::learn::spec::LearnSpec;
 use lorastream_ml::load::{load_base, switch_to};
 use lorastream_ml::train::data::Labels;
@@ -52,7 +53,7 @@ pub struct CellFailure {
     pub version: i64,
     pub stream: i64,
     pub blame: ItemKind,
-    pub error: PipelineError,
+    pub error: MatrixError,
 }
 
 impl CellFailure {
@@ -65,9 +66,34 @@ impl CellFailure {
     }
 }
 
-impl From<CellFailure> for PipelineError {
+/// Why the matrix could not be filled.
+#[derive(Debug, thiserror::Error)]
+pub enum MatrixError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error(transparent)]
+    Ml(#[from] lorastream_ml::MlError),
+    #[error(transparent)]
+    Load(#[from] lorastream_ml::load::LoadError),
+    #[error(transparent)]
+    Merge(#[from] MergeError),
+    #[error("base model: {0}")]
+    Source(#[from] lorastream_ml::load::source::ModelSourceError),
+    #[error("stream {0} does not exist")]
+    NoSuchStream(i64),
+    #[error("evaluating version {version} on stream {stream}: {source}")]
+    Cell {
+        version: i64,
+        stream: i64,
+        source: Box<MatrixError>,
+    },
+}
+
+impl From<CellFailure> for MatrixError {
     fn from(f: CellFailure) -> Self {
-        PipelineError::Cell {
+        MatrixError::Cell {
             version: f.version,
             stream: f.stream,
             source: Box::new(f.error),
@@ -76,7 +102,7 @@ impl From<CellFailure> for PipelineError {
 }
 
 /// [`fill_matrix`], failing on the first cell that could not be measured.
-pub fn evaluate(spec: &LearnSpec, store: &Store) -> Result<Matrix, PipelineError> {
+pub fn evaluate(spec: &LearnSpec, store: &Store) -> Result<Matrix, MatrixError> {
     let (matrix, failed) = fill_matrix(spec, store)?;
     match failed.into_iter().next() {
         Some(f) => Err(f.into()),
@@ -95,7 +121,7 @@ type Cell<'a> = (i64, Option<&'a AdapterRow>, i64);
 pub fn fill_matrix(
     spec: &LearnSpec,
     store: &Store,
-) -> Result<(Matrix, Vec<CellFailure>), PipelineError> {
+) -> Result<(Matrix, Vec<CellFailure>), MatrixError> {
     let streams = store.streams()?;
     let all_adapters = store.adapters()?;
     let probe = probe_set(&spec.eval)?;
@@ -146,7 +172,7 @@ fn missing_cells<'a>(
     adapters: &'a [AdapterRow],
     streams: &[StreamRow],
     probe: bool,
-) -> Result<Vec<Cell<'a>>, PipelineError> {
+) -> Result<Vec<Cell<'a>>, MatrixError> {
     let aside: Vec<String> = store
         .item_failures()?
         .into_iter()
@@ -222,7 +248,7 @@ impl<'a> Measurer<'a> {
         spec: &'a LearnSpec,
         adapters: &'a [AdapterRow],
         probe: Option<Vec<Vec<Message>>>,
-    ) -> Result<Measurer<'a>, PipelineError> {
+    ) -> Result<Measurer<'a>, MatrixError> {
         let (model, tok) = load_base(&spec.model)?;
         Ok(Measurer {
             spec,
@@ -244,7 +270,7 @@ impl<'a> Measurer<'a> {
         store: &Store,
         streams: &[StreamRow],
         (v, row, s): Cell<'_>,
-    ) -> Result<Option<CellFailure>, PipelineError> {
+    ) -> Result<Option<CellFailure>, MatrixError> {
         let fail = |blame, error| {
             Some(CellFailure {
                 version: v,
@@ -304,7 +330,7 @@ impl<'a> Measurer<'a> {
     }
 
     /// Puts version `row` (None: the base) on the model.
-    fn switch(&mut self, row: Option<&AdapterRow>) -> Result<(), PipelineError> {
+    fn switch(&mut self, row: Option<&AdapterRow>) -> Result<(), MatrixError> {
         let want = lineage::base_dir(&self.spec.model.base, self.adapters, row)?;
         let adapter = row.and_then(lineage::adapter_path);
         Ok(switch_to(
@@ -317,15 +343,15 @@ impl<'a> Measurer<'a> {
     }
 
     /// Stream `s`'s eval split (at most `max_examples_per_stream`), or the probe set.
-    fn examples(&self, streams: &[StreamRow], s: i64) -> Result<Vec<Vec<Message>>, PipelineError> {
+    fn examples(&self, streams: &[StreamRow], s: i64) -> Result<Vec<Vec<Message>>, MatrixError> {
         if s == 0 {
             return Ok(self.probe.clone().unwrap_or_default());
         }
         let row = streams
             .iter()
             .find(|r| r.id == s)
-            .ok_or(PipelineError::NoSuchStream(s))?;
-        let mut v = split_of(row, Split::Eval)?;
+            .ok_or(MatrixError::NoSuchStream(s))?;
+        let mut v = streams::load_split(&row.path, Split::Eval)?;
         if self.spec.eval.max_examples_per_stream > 0 {
             v.truncate(self.spec.eval.max_examples_per_stream);
         }
@@ -338,12 +364,12 @@ impl<'a> Measurer<'a> {
 
 /// The probe set's examples: `[eval] probe_set`, else the built-in one;
 /// `None` with `[eval] probe = false`.
-pub fn probe_set(e: &EvalConfig) -> Result<Option<Vec<Vec<Message>>>, PipelineError> {
+pub fn probe_set(e: &EvalConfig) -> Result<Option<Vec<Vec<Message>>>, MatrixError> {
     if !e.probe {
         return Ok(None);
     }
     Ok(Some(match &e.probe_set {
         Some(p) => streams::read_jsonl(p, e.max_examples_per_stream)?,
-        None => crate::learn::eval::builtin_probe(),
+        None => eval::builtin_probe(),
     }))
 }

@@ -4,88 +4,7 @@
 //! same draw for both versions) and recomputing `exp(ΔNLL / tokens)` gives
 //! the spread a different evaluation set of the same size would show.
 
-use serde::{Deserialize, Serialize};
-
-/// A figure with its confidence interval. JSON has no NaN: a non-finite
-/// end is written `null` and reads back as NaN.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Estimate {
-    #[serde(deserialize_with = "nan_if_null")]
-    pub value: f64,
-    #[serde(deserialize_with = "nan_if_null")]
-    pub lo: f64,
-    #[serde(deserialize_with = "nan_if_null")]
-    pub hi: f64,
-}
-
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
-impl Estimate {
-    /// A figure known exactly (no per-example data): a zero-width interval.
-    pub fn point(value: f64) -> Estimate {
-        Estimate {
-            value,
-            lo: value,
-            hi: value,
-        }
-    }
-
-    /// `f` applied to the value and both ends (`f` increasing).
-    pub fn map(self, f: impl Fn(f64) -> f64) -> Estimate {
-        Estimate {
-            value: f(self.value),
-            lo: f(self.lo),
-            hi: f(self.hi),
-        }
-    }
-
-    /// `f` applied, for a decreasing `f` (the ends swap).
-    pub fn map_down(self, f: impl Fn(f64) -> f64) -> Estimate {
-        Estimate {
-            value: f(self.value),
-            lo: f(self.hi),
-            hi: f(self.lo),
-        }
-    }
-
-    pub fn is_finite(&self) -> bool {
-        self.value.is_finite() && self.lo.is_finite() && self.hi.is_finite()
-    }
-
-    /// Where the interval lies against `limit`.
-    pub fn against(&self, limit: f64) -> Side {
-        if self.lo > limit {
-            Side::Above
-        } else if self.hi < limit {
-            Side::Below
-        } else {
-            Side::Straddles
-        }
-    }
-
-    /// "1.7% ± 2.4%" (half the interval's width), in percent.
-    pub fn pct(&self) -> String {
-        let half = (self.hi - self.lo) / 2.0;
-        if half == 0.0 {
-            format!("{:+.1}%", self.value * 100.0)
-        } else {
-            format!("{:+.1}% ± {:.1}%", self.value * 100.0, half * 100.0)
-        }
-    }
-}
-
-/// An interval against a limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// Entirely above it.
-    Above,
-    /// Entirely below it.
-    Below,
-    /// The limit lies inside: the data cannot tell.
-    Straddles,
-}
+use crate::learn::records::Estimate;
 
 /// How a bootstrap is run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -153,6 +72,7 @@ pub fn ratio(a: &[(f64, i64)], b: &[(f64, i64)], how: Bootstrap) -> Option<Estim
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::learn::records::Side;
 
     const HOW: Bootstrap = Bootstrap {
         resamples: 1000,

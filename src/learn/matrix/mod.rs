@@ -1,7 +1,12 @@
-//! The matrix R\[version\]\[stream\] with forgetting and backward transfer
-//! (DESIGN.md §4; each cell a `lorastream_ml::train::perplexity`), and the built-in probe
-//! set (`probe.jsonl`: general knowledge and instruction following, written
-//! for lorastream; column 0 of the matrix).
+//! The matrix R\[version\]\[stream\], in one home: this file holds its
+//! figures (forgetting, backward transfer; DESIGN.md §4) and the built-in
+//! probe set (`probe.jsonl`: general knowledge and instruction following,
+//! written for lorastream; column 0); [`fill`] measures the cells each
+//! version needs (each a `lorastream_ml::train::perplexity`) and reads the
+//! stored ones; [`stats`] gives each figure its paired bootstrap interval.
+
+pub mod fill;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,16 +22,14 @@ pub fn builtin_probe() -> Vec<Vec<Message>> {
     struct Ex {
         messages: Vec<Message>,
     }
-    include_str!("probe.jsonl")
+    include_str!("../probe.jsonl")
         .lines()
         .filter_map(|l| serde_json::from_str::<Ex>(l).ok())
         .map(|e| e.messages)
         .collect()
 }
 
-/// A version as a row of the matrix: (adapter id, the stream it was trained
-/// on); the base model is `(0, None)`, a merge snapshot has `None` too.
-pub type RowKey = (i64, Option<i64>);
+use crate::learn::lineage::RowKey;
 
 /// Forgetting of stream `s` by the last version of `chain` (its lineage, root
 /// first, the base model at the head):
@@ -46,12 +49,12 @@ pub fn forgetting(cells: &[EvalRow], chain: &[RowKey], s: i64) -> Option<f64> {
     let was = best_before(cells, chain, s)?;
     let best = cell(cells, was, s)?;
     // On the examples both cells measured (samples are prefixes of one order).
-    let point = crate::learn::stats::Bootstrap {
+    let point = crate::learn::matrix::stats::Bootstrap {
         resamples: 0,
         confidence: 0.95,
     };
     let (a, b) = (per_example(cells, was, s), per_example(cells, last, s));
-    if let Some(r) = crate::learn::stats::ratio(a, b, point) {
+    if let Some(r) = crate::learn::matrix::stats::ratio(a, b, point) {
         return r.value.is_finite().then_some(r.value - 1.0);
     }
     best.is_finite().then(|| now / best - 1.0)
@@ -230,7 +233,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_builtin_probe_set_parses_whole() {
-        let n = include_str!("probe.jsonl").lines().count();
+        let n = include_str!("../probe.jsonl").lines().count();
         assert!(n >= 36, "{n}");
         assert_eq!(builtin_probe().len(), n);
     }
