@@ -317,6 +317,27 @@ fn browser_safety_and_request_checks() {
     assert!(d.wait_exit().success());
 }
 
+/// Calls `GET /v1/models` with `key` until it answers `want`, at most `tries`
+/// times `pause` apart; whether it did.
+async fn models_until(url: &str, key: &str, want: u16, tries: usize, pause: Duration) -> bool {
+    for _ in 0..tries {
+        let (s, _, _) = call(
+            url,
+            reqwest::Method::GET,
+            "/v1/models",
+            Some(key),
+            None,
+            &[],
+        )
+        .await;
+        if s == want {
+            return true;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    false
+}
+
 /// The statuses of 50 concurrent `GET /v1/models` with `key`.
 async fn burst(url: &str, key: &str) -> Vec<u16> {
     let calls = (0..50).map(|_| {
@@ -380,32 +401,21 @@ fn per_key_rate_and_concurrency_limits_hold_under_a_burst() {
                 let _ = r.bytes().await;
             }
         };
-        // One generates (its headers came), the other waits for the worker:
-        // both are in flight.
+        // Two streams of 1,000 tokens held open: the key's two places taken.
         let (tx, rx) = tokio::sync::oneshot::channel();
         let a = tokio::spawn(stream(tx));
         assert_eq!(rx.await.unwrap(), 200, "the first stream runs");
-        let (tx, _rx_b) = tokio::sync::oneshot::channel();
+        let (tx, rx_b) = tokio::sync::oneshot::channel();
         let b = tokio::spawn(stream(tx));
-        // The second stream is in flight once the key's next request is refused.
-        let mut full = false;
-        for _ in 0..600 {
-            let (s, _, _) = call(
-                &url,
-                reqwest::Method::GET,
-                "/v1/models",
-                Some(PAIR),
-                None,
-                &[],
-            )
-            .await;
-            if s == 429 {
-                full = true;
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert!(full, "the second stream never got in flight");
+        // Both in flight once the second one's headers came (continuous
+        // batching starts it beside the first). No request of this key may
+        // run meanwhile: it would take the second one's place.
+        let second = tokio::time::timeout(Duration::from_secs(60), rx_b).await;
+        assert_eq!(
+            second.ok().and_then(Result::ok),
+            Some(200),
+            "the second stream runs"
+        );
         let statuses = burst(&url, PAIR).await;
         let limited = statuses.iter().filter(|&&s| s == 429).count();
         println!(
@@ -416,23 +426,7 @@ fn per_key_rate_and_concurrency_limits_hold_under_a_burst() {
         b.abort();
         assert_eq!(limited, 50, "{statuses:?}");
         // The streams' places come back when they go.
-        let mut freed = false;
-        for _ in 0..50 {
-            let (s, _, _) = call(
-                &url,
-                reqwest::Method::GET,
-                "/v1/models",
-                Some(PAIR),
-                None,
-                &[],
-            )
-            .await;
-            if s == 200 {
-                freed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let freed = models_until(&url, PAIR, 200, 50, Duration::from_millis(100)).await;
         assert!(freed, "the dropped streams free their places");
     });
     d.signal(libc::SIGTERM);
