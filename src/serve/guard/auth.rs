@@ -271,6 +271,41 @@ mod tests {
     }
 
     #[test]
+    fn a_key_unreadable_at_reload_shuts_its_identity_out_and_only_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ServerConfig {
+            keys: vec![
+                key(dir.path(), "alice", "alice-key", KeyRole::User),
+                key(dir.path(), "bob", "bob-key", KeyRole::Admin),
+            ],
+            ..ServerConfig::default()
+        };
+        let old = Keys::load(&s).unwrap();
+        std::fs::remove_file(dir.path().join("bob")).unwrap();
+        assert!(
+            Keys::load(&s).is_err(),
+            "at start an unreadable key stops the server"
+        );
+        let new = Keys::reload(&s, Some(&old)).unwrap();
+        assert_eq!(
+            new.authenticate(Some("Bearer alice-key")).unwrap().name,
+            "alice"
+        );
+        assert!(
+            new.authenticate(Some("Bearer bob-key")).is_err(),
+            "bob is shut out"
+        );
+        std::fs::remove_file(dir.path().join("alice")).unwrap();
+        let none = Keys::reload(&s, Some(&new)).unwrap();
+        assert!(
+            none.required(),
+            "never open to all because every key was unreadable"
+        );
+        assert!(none.authenticate(None).is_err());
+        assert!(none.authenticate(Some("Bearer alice-key")).is_err());
+    }
+
+    #[test]
     fn each_key_opens_its_identity_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let s = ServerConfig {
