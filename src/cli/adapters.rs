@@ -260,7 +260,7 @@ pub fn export(config: &Config, version: i64, format: &str, out: &Path) -> anyhow
         .find(|a| a.id == version)
         .expect("Plan::read includes the version asked for");
     if format == "gguf" {
-        let n = gguf::export(v, &gguf::base_config(config)?, out)?;
+        let n = gguf::export(v, &gguf::base_config(&config.base_model())?, out)?;
         println!("v{version}: {n} tensors written to {}", out.display());
     } else {
         let base = plan::base_model(config, None);

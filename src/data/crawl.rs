@@ -190,7 +190,7 @@ pub async fn crawl(
         });
     }
     let pre = preprocess::run(store, &config.preprocess)?;
-    let summarize = Summarizer::from_config(config, http.clone())
+    let summarize = Summarizer::for_model(&config.summarizer, &config.base_model(), http.clone())
         .run(store)
         .await?;
     let sealed = streams::seal_ready(store, &state_dir, &config.streams, force_seal)?

@@ -104,15 +104,15 @@ impl Summarizer {
         }
     }
 
-    /// The `[summarizer]` of `config`, counting tokens with its model's tokenizer.
-    pub fn from_config(config: &crate::config::Config, http: Http) -> Summarizer {
-        Self::new(
-            &config.summarizer,
-            TokenCounter::for_model(
-                lorastream_ml::load::source::resolved(&config.base_model()).as_deref(),
-            ),
-            http,
-        )
+    /// `[summarizer]`, counting tokens with the tokenizer of `base` (the
+    /// model the examples train).
+    pub fn for_model(
+        cfg: &SummarizerConfig,
+        base: &lorastream_ml::load::source::BaseModel,
+        http: Http,
+    ) -> Summarizer {
+        let model = lorastream_ml::load::source::resolved(base);
+        Self::new(cfg, TokenCounter::for_model(model.as_deref()), http)
     }
 
     /// Makes every `new` example ready, condensing long answers.

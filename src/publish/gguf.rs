@@ -5,9 +5,10 @@
 use std::path::Path;
 
 use super::{Plan, PublishError, TargetState, dir, published_name};
-use crate::config::{Config, PublishConfig};
+use crate::config::PublishConfig;
 use crate::learn::lineage;
 use lorastream_ml::HfConfig;
+use lorastream_ml::load::source::BaseModel;
 use lorastream_store::AdapterRow;
 
 /// The file name of a version's GGUF LoRA.
@@ -18,7 +19,7 @@ pub fn file_name(id: i64) -> String {
 /// Writes the versions `t` keeps that it lacks, removes the others, points
 /// `current.gguf` at the served one.
 pub fn reconcile(
-    config: &Config,
+    model: &BaseModel,
     t: &PublishConfig,
     plan: &Plan,
 ) -> Result<TargetState, PublishError> {
@@ -33,7 +34,7 @@ pub fn reconcile(
         }
         let base = match &base {
             Some(b) => b,
-            None => base.insert(base_config(config)?),
+            None => base.insert(base_config(model)?),
         };
         export(v, base, &path)?;
         tracing::info!(target = %t.name, version = v.id, file = %path.display(), "version published as GGUF");
@@ -50,8 +51,8 @@ pub fn reconcile(
 
 /// The base model's `config.json` (its family, heads), which the file's
 /// tensor names and layout depend on.
-pub fn base_config(config: &Config) -> Result<HfConfig, PublishError> {
-    let dir = lorastream_ml::load::source::model_dir(&config.base_model())
+pub fn base_config(model: &BaseModel) -> Result<HfConfig, PublishError> {
+    let dir = lorastream_ml::load::source::model_dir(model)
         .map_err(|e| PublishError::Aborted(format!("the base model: {e}")))?;
     Ok(HfConfig::load(&dir)?)
 }

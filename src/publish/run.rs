@@ -22,7 +22,7 @@ pub fn run_local(
 ) -> Result<TargetState, PublishError> {
     match t.kind {
         PublishKind::Dir => dir::reconcile(t, store, plan, &plan::base_model(config, Some(t))),
-        PublishKind::Gguf => gguf::reconcile(config, t, plan),
+        PublishKind::Gguf => gguf::reconcile(&config.base_model(), t, plan),
         PublishKind::Vllm | PublishKind::HfHub => {
             unreachable!("remote targets run through run_remote")
         }

@@ -32,7 +32,11 @@ pub struct Summarizer {
 
 impl Summarizer {
     pub fn condenser(config: &Config, http: &Http) -> Rc<Condenser> {
-        Rc::new(Condenser::from_config(config, http.clone()))
+        Rc::new(Condenser::for_model(
+            &config.summarizer,
+            &config.base_model(),
+            http.clone(),
+        ))
     }
 
     /// Condenses every `new` example, then seals while enough are ready.
