@@ -10,7 +10,7 @@ pub async fn each_event(
     mut resp: reqwest::Response,
     mut on_event: impl FnMut(Value) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut sse = lorastream::util::sse::SseDecoder::default();
+    let mut sse = lorastream::util::http::sse::SseDecoder::default();
     while let Some(chunk) = resp.chunk().await? {
         sse.push(&chunk);
         while let Some(data) = sse.next_data() {

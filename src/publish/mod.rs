@@ -10,9 +10,9 @@
 //!   base, weights, model card from [`card`]);
 //! - local kinds, written in place: [`dir`] (`DIR/lorastream-vN/`, `current`)
 //!   and [`gguf`] (llama.cpp LoRA files);
-//! - remote kinds, over HTTP: [`vllm`] (load/unload on every server) and
-//!   [`hub`] (a commit per version on the Hugging Face Hub, tagged);
-//! - [`remote`]: the HTTP both remote kinds use;
+//! - [`remote`]: the remote kinds, over HTTP: `vllm` (load/unload on every
+//!   server) and `hub` (a commit per version on the Hugging Face Hub,
+//!   tagged), and the HTTP both use;
 //! - [`run`]: one target's run, recorded for `status`; [`publish`] runs
 //!   them all from the CLI (the daemon's `Publisher` actor runs them in the
 //!   background, with retries).
@@ -21,11 +21,9 @@ pub mod card;
 pub mod dir;
 pub mod files;
 pub mod gguf;
-pub mod hub;
 pub mod plan;
 pub mod remote;
 pub mod run;
-pub mod vllm;
 
 use std::path::PathBuf;
 

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::hub::{File, Hub};
-use super::vllm::Fleet;
+use super::remote::hub::{File, Hub};
+use super::remote::vllm::Fleet;
 use super::{Plan, PublishError, TargetState, dir, files, gguf, plan, published_name};
 use crate::config::{Config, PublishConfig, PublishKind};
 use crate::util::http::read_secret;
@@ -48,7 +48,7 @@ pub async fn run_remote(
                 key: key.as_deref(),
                 prefix: &prefix,
             };
-            super::vllm::reconcile(t, plan, &fleet).await
+            super::remote::vllm::reconcile(t, plan, &fleet).await
         }
         PublishKind::HfHub => hub(config, plan, t, &client).await,
         PublishKind::Dir | PublishKind::Gguf => unreachable!("local targets run through run_local"),

@@ -185,29 +185,7 @@ pub fn start(config: Arc<Config>) -> Result<(actix_web::dev::Server, Arc<State>)
         App::new()
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(guard::guard))
-            .route("/", web::get().to(site::page))
-            .route("/app.js", web::get().to(site::script))
-            .route("/health", web::get().to(health))
-            .route("/ready", web::get().to(ready))
-            .route("/api/status", web::get().to(site::api_status))
-            .route("/metrics", web::get().to(site::metrics))
-            .route("/v1/models", web::get().to(openai::models::list))
-            .route("/v1/models/{id}", web::get().to(openai::models::one))
-            .route(
-                "/v1/chat/completions",
-                web::post().to(openai::chat::completions),
-            )
-            .route("/v1/memory", web::delete().to(memory::forget::all))
-            .route("/v1/memory/{user}", web::delete().to(memory::forget::user))
-            .route("/v1/feedback", web::post().to(memory::feedback::feedback))
-            .route(
-                "/v1/conversations/{id}",
-                web::get().to(memory::forget::conversation),
-            )
-            .route(
-                "/v1/conversations/{id}",
-                web::delete().to(memory::forget::delete_conversation),
-            )
+            .configure(routes)
             .default_service(web::to(not_found))
     })
     .on_connect(guard::peer::Peer::on_connect)
@@ -235,6 +213,33 @@ pub fn start(config: Arc<Config>) -> Result<(actix_web::dev::Server, Arc<State>)
         "chat server listening"
     );
     Ok((http.run(), state))
+}
+
+/// Every route of the API, the page and the probes.
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(site::page))
+        .route("/app.js", web::get().to(site::script))
+        .route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready))
+        .route("/api/status", web::get().to(site::api_status))
+        .route("/metrics", web::get().to(site::metrics))
+        .route("/v1/models", web::get().to(openai::models::list))
+        .route("/v1/models/{id}", web::get().to(openai::models::one))
+        .route(
+            "/v1/chat/completions",
+            web::post().to(openai::chat::completions),
+        )
+        .route("/v1/memory", web::delete().to(memory::forget::all))
+        .route("/v1/memory/{user}", web::delete().to(memory::forget::user))
+        .route("/v1/feedback", web::post().to(memory::feedback::feedback))
+        .route(
+            "/v1/conversations/{id}",
+            web::get().to(memory::forget::conversation),
+        )
+        .route(
+            "/v1/conversations/{id}",
+            web::delete().to(memory::forget::delete_conversation),
+        );
 }
 
 /// Reads a request body of at most `[server] max_request_bytes` (413 beyond)

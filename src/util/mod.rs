@@ -2,9 +2,9 @@
 //!
 //! # Layout
 //!
-//! - [`http`]: the one HTTP client (retries, rate limits, size caps,
-//!   redaction) and secret reading, used by the sources and the summarizer.
-//! - [`sse`]: the one Server-Sent Events decoder (the chat CLI, the gateway).
+//! - [`http`]: outbound HTTP: every client made in one place, the fetching
+//!   client (retries, rate limits, size caps) of the sources and the
+//!   summarizer, redaction of URLs, secret reading, the one SSE decoder.
 //! - [`retry`]: the one exponential backoff (HTTP retries, stage restarts,
 //!   publish targets, the worker's model reload).
 //! - [`ids`]: unguessable ids (conversations, requests).
@@ -22,4 +22,3 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod retry;
-pub mod sse;

@@ -175,10 +175,12 @@ fn dropped(r: &Value, name: &str) -> Value {
     r["preprocess"]["by_source"][name]["dropped"].clone()
 }
 
-/// What a set of exports holds: per topic file (rows, new, duplicate,
-/// examples kept, drops by reason), and of answers.json (rows, examples
-/// kept, drops).
+/// A set of exports and what it holds: the stem of each topic's CSV and of
+/// the JSON file; per topic file (rows, new, duplicate, examples kept, drops
+/// by reason), and of the JSON file (rows, examples kept, drops).
 struct Expected {
+    topic_stem: fn(&str) -> String,
+    json_stem: &'static str,
     topics: [(u64, u64, u64, u64, Value); 5],
     json: (u64, u64, Value),
 }
@@ -190,6 +192,8 @@ fn five_quora_topic_files_become_five_streams_and_a_second_crawl_adds_nothing() 
     five_topics(
         &fixture,
         Expected {
+            topic_stem: |t| format!("topic-{}", t.replace(' ', "-")),
+            json_stem: "scraped-answers",
             topics: [
                 (30, 30, 0, 30, json!({})),
                 (30, 30, 0, 28, json!({"answer_too_long": 1, "no_answer": 1})),
@@ -209,6 +213,8 @@ fn the_real_quora_exports_when_present() {
     five_topics(
         &quora,
         Expected {
+            topic_stem: |t| format!("{t} - Quora_with_responses"),
+            json_stem: "answers",
             topics: [
                 (90, 90, 0, 90, json!({})),
                 (90, 90, 0, 88, json!({"answer_too_long": 1, "no_answer": 1})),
@@ -221,7 +227,7 @@ fn the_real_quora_exports_when_present() {
     );
 }
 
-/// Five topic files, then answers.json, crawled twice: five streams, one
+/// Five topic files, then the JSON file, crawled twice: five streams, one
 /// waiting set, and nothing new the second time.
 fn five_topics(quora: &Path, want: Expected) {
     let s = Setup::new("[preprocess]\nmin_upvotes = 10\n");
@@ -230,7 +236,7 @@ fn five_topics(quora: &Path, want: Expected) {
     for (topic, (rows, new, dup, kept, drops)) in TOPICS.iter().zip(want.topics.clone()) {
         s.drop_file(
             "csv",
-            &quora.join(format!("{topic} - Quora_with_responses.csv")),
+            &quora.join(format!("{}.csv", (want.topic_stem)(topic))),
         );
         let (r, _) = s.crawl(&["--source", "quora-csv"]);
         assert_eq!(fetch(&r, "quora-csv"), (rows, new, dup), "{topic}");
@@ -238,7 +244,7 @@ fn five_topics(quora: &Path, want: Expected) {
         assert_eq!(dropped(&r, "quora-csv"), drops, "{topic}");
         let streams = r["streams"].as_array().unwrap();
         assert_eq!(streams.len(), 1, "{topic}: {streams:?}");
-        assert_eq!(streams[0][1], format!("{topic} - Quora_with_responses"));
+        assert_eq!(streams[0][1], (want.topic_stem)(topic));
         assert_eq!(
             streams[0][2].as_u64().unwrap() + streams[0][3].as_u64().unwrap(),
             kept
@@ -250,13 +256,13 @@ fn five_topics(quora: &Path, want: Expected) {
         assert!(
             s.root
                 .join("csv/done")
-                .join(format!("{topic} - Quora_with_responses.csv"))
+                .join(format!("{}.csv", (want.topic_stem)(topic)))
                 .exists()
         );
     }
     // The JSON export: empty answers and answers under 10 upvotes dropped.
     let (json_rows, json_kept, json_drops) = want.json;
-    s.drop_file("json", &quora.join("answers.json"));
+    s.drop_file("json", &quora.join(format!("{}.json", want.json_stem)));
     let (r, _) = s.crawl(&[]);
     assert_eq!(fetch(&r, "quora-json"), (json_rows, json_rows, 0));
     assert_eq!(examples(&r, "quora-json"), json_kept);
@@ -271,10 +277,10 @@ fn five_topics(quora: &Path, want: Expected) {
     for topic in TOPICS {
         s.drop_file(
             "csv",
-            &quora.join(format!("{topic} - Quora_with_responses.csv")),
+            &quora.join(format!("{}.csv", (want.topic_stem)(topic))),
         );
     }
-    s.drop_file("json", &quora.join("answers.json"));
+    s.drop_file("json", &quora.join(format!("{}.json", want.json_stem)));
     let (r, _) = s.crawl(&[]);
     let csv_rows: u64 = want.topics.iter().map(|t| t.0).sum();
     assert_eq!(fetch(&r, "quora-csv"), (csv_rows, 0, csv_rows));
@@ -300,7 +306,7 @@ fn five_topics(quora: &Path, want: Expected) {
     assert!(longest < 256 * 6, "longest trained answer {longest} chars");
     // Force-sealing the waiting JSON examples makes a sixth stream named after the file.
     let (r, _) = s.crawl(&["--seal"]);
-    assert_eq!(r["streams"][0][1], "answers");
+    assert_eq!(r["streams"][0][1], want.json_stem);
     assert_eq!(
         r["streams"][0][2].as_u64().unwrap() + r["streams"][0][3].as_u64().unwrap(),
         json_kept

@@ -24,7 +24,7 @@ fn quora_rows() -> Vec<Value> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quora");
     let mut out = Vec::new();
     for topic in ["software engineering", "ai"] {
-        let path = dir.join(format!("{topic} - Quora_with_responses.csv"));
+        let path = dir.join(format!("topic-{}.csv", topic.replace(' ', "-")));
         let mut rd = csv::Reader::from_path(&path).unwrap();
         for r in rd.deserialize::<std::collections::HashMap<String, String>>() {
             let r = r.unwrap();

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::publish::{plan, published_name};
 use crate::serve::backend::jobs::{EngineError, Event, FleetError, VersionRef};
 use crate::util::http::shown;
-use crate::util::sse::SseDecoder;
+use crate::util::http::sse::SseDecoder;
 use lorastream_ml::Message;
 use lorastream_ml::generation::generate::{FinishReason, SamplingParams};
 
@@ -35,6 +35,8 @@ pub struct Gateway {
     admitted: Arc<Semaphore>,
     /// Requests in flight to the fleet at once: `max_batch`.
     running: Arc<Semaphore>,
+    /// `max_batch + queue`, for the 429's words.
+    capacity: usize,
     /// A client that has not taken an event for this long is dropped (its
     /// fleet request closes): `send_timeout_secs`.
     send_timeout: Duration,
@@ -71,6 +73,7 @@ impl Gateway {
                 .clone()
                 .unwrap_or_else(|| plan::base_model(config, None)),
             admitted: Arc::new(Semaphore::new(s.max_batch.max(1) + s.queue)),
+            capacity: s.max_batch.max(1) + s.queue,
             running: Arc::new(Semaphore::new(s.max_batch.max(1))),
             send_timeout: Duration::from_secs(s.send_timeout_secs),
         })
@@ -102,7 +105,7 @@ impl Gateway {
         let admitted = Arc::clone(&self.admitted)
             .try_acquire_owned()
             .map_err(|_| Busy {
-                capacity: self.running.available_permits().max(1),
+                capacity: self.capacity,
             })?;
         let messages: Vec<Message> = messages
             .into_iter()

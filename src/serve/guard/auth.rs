@@ -270,16 +270,21 @@ mod tests {
         }
     }
 
+    /// alice (user) and bob (admin), their keys in files under `dir`.
+    fn alice_and_bob(dir: &std::path::Path) -> ServerConfig {
+        ServerConfig {
+            keys: vec![
+                key(dir, "alice", "alice-key", KeyRole::User),
+                key(dir, "bob", "bob-key", KeyRole::Admin),
+            ],
+            ..ServerConfig::default()
+        }
+    }
+
     #[test]
     fn a_key_unreadable_at_reload_shuts_its_identity_out_and_only_it() {
         let dir = tempfile::tempdir().unwrap();
-        let s = ServerConfig {
-            keys: vec![
-                key(dir.path(), "alice", "alice-key", KeyRole::User),
-                key(dir.path(), "bob", "bob-key", KeyRole::Admin),
-            ],
-            ..ServerConfig::default()
-        };
+        let s = alice_and_bob(dir.path());
         let old = Keys::load(&s).unwrap();
         std::fs::remove_file(dir.path().join("bob")).unwrap();
         assert!(
@@ -308,13 +313,7 @@ mod tests {
     #[test]
     fn each_key_opens_its_identity_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
-        let s = ServerConfig {
-            keys: vec![
-                key(dir.path(), "alice", "alice-key", KeyRole::User),
-                key(dir.path(), "bob", "bob-key", KeyRole::Admin),
-            ],
-            ..ServerConfig::default()
-        };
+        let s = alice_and_bob(dir.path());
         let keys = Keys::load(&s).unwrap();
         assert!(keys.required());
         let who = |h: &str| keys.authenticate(Some(h)).map(|i| i.name.clone());

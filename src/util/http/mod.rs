@@ -1,8 +1,20 @@
-//! The one HTTP client of the daemon (sources and the OpenAI summarizer):
-//! timeouts, retries with exponential backoff
-//! and full jitter (on connect errors, timeouts, 429 and 5xx, honouring
-//! `Retry-After`), a per-host rate limit shared by all sources of a process, a
-//! cap on response size, and errors that never contain a secret.
+//! The daemon's outbound HTTP: every client is made here ([`client`]); the
+//! fetching client of the sources and the OpenAI summarizer ([`Http`]):
+//! timeouts, retries with exponential backoff and full jitter (on connect
+//! errors, timeouts, 429 and 5xx, honouring `Retry-After`), a per-host rate
+//! limit shared by all sources of a process, a cap on response size, and
+//! errors that never contain a secret.
+//!
+//! Beside it: [`redact`] (URLs as shown: no credentials, no secret query
+//! values; same-origin checks), [`secret`] (tokens and keys from a file or
+//! the environment), [`sse`] (the one Server-Sent Events decoder).
+
+pub mod redact;
+pub mod secret;
+pub mod sse;
+
+pub use redact::{redact, same_origin, shown};
+pub use secret::{SecretError, read_secret};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,28 +27,6 @@ use url::Url;
 /// A server asking for longer than this is not waited for: the run fails and
 /// the source is retried on its next schedule.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(900);
-
-/// Query parameters whose values are replaced in every URL we print
-/// (compared without case): API tokens, and the signatures and credentials
-/// of pre-signed storage URLs (S3, GCS, Azure).
-const SECRET_PARAMS: &[&str] = &[
-    "token",
-    "api_key",
-    "apikey",
-    "key",
-    "access_token",
-    "x-amz-signature",
-    "x-amz-credential",
-    "x-amz-security-token",
-    "x-goog-signature",
-    "x-goog-credential",
-    "signature",
-    "sig",
-];
-
-fn is_secret_param(name: &str) -> bool {
-    SECRET_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name))
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
@@ -364,55 +354,6 @@ pub fn excerpt(body: &[u8], max: usize) -> String {
     out
 }
 
-/// The URL without its user name and password and with secret query values
-/// replaced, for logs, errors and status (never the URL a request is sent to).
-pub fn redact(url: &Url) -> String {
-    let mut shown = url.clone();
-    if !url.username().is_empty() || url.password().is_some() {
-        // Only URLs that cannot have credentials refuse these, and they have none.
-        let _ = shown.set_username("");
-        let _ = shown.set_password(None);
-    }
-    if url.query_pairs().any(|(k, _)| is_secret_param(&k)) {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if is_secret_param(&k) {
-                    "REDACTED".to_string()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        shown.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    shown.to_string()
-}
-
-/// [`redact`] for a URL held as text; one that does not parse (or has no
-/// host) is shown from after its last `@` (whatever came before may be
-/// credentials) without its query.
-pub fn shown(url: &str) -> String {
-    match Url::parse(url) {
-        // `u:pw@host` parses as scheme `u`, no host: not a URL we can read.
-        Ok(u) if u.host().is_some() => redact(&u),
-        _ => {
-            let tail = url.rsplit('@').next().unwrap_or(url);
-            tail.split('?').next().unwrap_or(tail).to_string()
-        }
-    }
-}
-
-/// Whether `a` and `b` are the same origin (scheme, host and port), so a
-/// credential meant for one may go to the other; URLs that do not parse are not.
-pub fn same_origin(a: &str, b: &str) -> bool {
-    match (Url::parse(a), Url::parse(b)) {
-        (Ok(a), Ok(b)) => a.origin() == b.origin() && !matches!(a.origin(), url::Origin::Opaque(_)),
-        _ => false,
-    }
-}
-
 /// A request error in words, its causes included ("error sending request:
 /// … Connection refused"), without the URL (the caller names it, redacted).
 pub fn describe(e: reqwest::Error) -> String {
@@ -428,58 +369,6 @@ pub fn describe(e: reqwest::Error) -> String {
         cause = c.source();
     }
     out
-}
-
-/// A secret (API token, key) that cannot be read; never holds the secret itself.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("{what}: cannot read {}: {source}", path.display())]
-    Read {
-        what: String,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{what}: {} is empty", path.display())]
-    Empty {
-        what: String,
-        path: std::path::PathBuf,
-    },
-    #[error("{what}: environment variable {var} is not set")]
-    EnvUnset { what: String, var: String },
-}
-
-/// Reads a secret from a file (trimmed) or an environment variable; `None`
-/// when neither is configured.
-pub fn read_secret(
-    what: &str,
-    file: Option<&std::path::Path>,
-    env: Option<&str>,
-) -> Result<Option<String>, SecretError> {
-    if let Some(path) = file {
-        let s = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
-            what: what.into(),
-            path: path.to_owned(),
-            source,
-        })?;
-        let s = s.trim().to_string();
-        if s.is_empty() {
-            return Err(SecretError::Empty {
-                what: what.into(),
-                path: path.to_owned(),
-            });
-        }
-        return Ok(Some(s));
-    }
-    if let Some(var) = env {
-        return match std::env::var(var) {
-            Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
-            _ => Err(SecretError::EnvUnset {
-                what: what.into(),
-                var: var.into(),
-            }),
-        };
-    }
-    Ok(None)
 }
 
 /// A response body that is not the JSON it should be.
@@ -517,45 +406,6 @@ pub fn parse_json(body: &[u8], what: &str) -> Result<serde_json::Value, NotJson>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_tokens() {
-        let u = Url::parse("https://api.crawlbase.com/?token=s3cr3t&url=https%3A%2F%2Fx").unwrap();
-        let r = redact(&u);
-        assert!(!r.contains("s3cr3t"), "{r}");
-        assert!(r.contains("token=REDACTED"), "{r}");
-        assert!(r.contains("url=https"), "{r}");
-    }
-
-    #[test]
-    fn redacts_credentials_and_signatures() {
-        for (url, secret) in [
-            ("http://u:pw-9@fleet.example:8000/v1", "pw-9"),
-            ("http://only-user-9@fleet.example/", "only-user-9"),
-            (
-                "https://s3.example/b/k?X-Amz-Signature=abc123sig&X-Amz-Date=1",
-                "abc123sig",
-            ),
-            ("https://blob.example/c?sv=1&Sig=abc123sig", "abc123sig"),
-        ] {
-            let r = shown(url);
-            assert!(!r.contains(secret), "{url} shown as {r}");
-            assert!(r.contains("example"), "{r}");
-        }
-        assert_eq!(shown("u:pw@host:80:bad url?token=x"), "host:80:bad url");
-        assert!(same_origin(
-            "https://huggingface.co",
-            "https://huggingface.co/api/x"
-        ));
-        for other in [
-            "https://huggingface.co.evil.example/x",
-            "http://huggingface.co/x",
-            "https://huggingface.co:8443/x",
-            "https://huggingface.co@evil.example/x",
-        ] {
-            assert!(!same_origin("https://huggingface.co", other), "{other}");
-        }
-    }
 
     #[test]
     fn retry_after_forms() {

@@ -1,8 +1,13 @@
-//! The HTTP the remote targets share: a request sent with its failure
+//! The remote kinds, over HTTP: [`vllm`] (load/unload on every server of a
+//! fleet) and [`hub`] (a commit per version on the Hugging Face Hub,
+//! tagged); and the HTTP they share: a request sent with its failure
 //! named (what was being done, the URL without credentials, the cause), a
 //! non-2xx answer as an error carrying the start of its body.
 
-use super::RemoteError;
+pub mod hub;
+pub mod vllm;
+
+use crate::publish::RemoteError;
 
 /// Sends `req`; the body of a 2xx answer, else an error.
 pub(super) async fn send(

@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use super::remote::{authed, send, shown};
-use super::{Plan, PublishError, RemoteError, TargetState, published_name, version_of};
+use crate::publish::{Plan, PublishError, RemoteError, TargetState, published_name, version_of};
+use super::{authed, send, shown};
 use crate::config::PublishConfig;
 
 /// How to reach the fleet.

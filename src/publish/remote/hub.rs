@@ -16,8 +16,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::remote::{authed, send, shown};
-use super::{RemoteError, published_name};
+use crate::publish::{RemoteError, published_name};
+use super::{authed, send, shown};
 
 /// How to reach the repository.
 pub struct Hub<'a> {
