@@ -16,8 +16,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::publish::{RemoteError, published_name};
 use super::{authed, send, shown};
+use crate::publish::{RemoteError, published_name};
 
 /// How to reach the repository.
 pub struct Hub<'a> {

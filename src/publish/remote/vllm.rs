@@ -14,9 +14,9 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use crate::publish::{Plan, PublishError, RemoteError, TargetState, published_name, version_of};
 use super::{authed, send, shown};
 use crate::config::PublishConfig;
+use crate::publish::{Plan, PublishError, RemoteError, TargetState, published_name, version_of};
 
 /// How to reach the fleet.
 pub struct Fleet<'a> {
